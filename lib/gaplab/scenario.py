@@ -1,0 +1,182 @@
+"""Scenario files: a declarative matrix of runtimes x models x quants x workloads x concurrency.
+
+A scenario with a wrong field, value or type stops before anything runs, with one line
+that names the field and what is allowed (ScenarioError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ScenarioError(ValueError):
+    """A user mistake in a scenario file; its message is one line meant for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeSpec(_Strict):
+    """One runtime configuration: a server gaplab starts, or one it attaches to by URL."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    kind: Literal["llamacpp", "openai"]
+    # llamacpp (started here)
+    parallel: int = Field(1, ge=1, le=256)
+    threads: int = Field(1, ge=1, le=512)
+    ctx_size: int = Field(4096, ge=256)
+    kv_unified: bool = True
+    extra_args: list[str] = []
+    # openai (attach)
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _attach_needs_url(self) -> "RuntimeSpec":
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("base_url is required when kind is 'openai' (e.g. http://gpu-box:8000/v1)")
+        if self.kind == "llamacpp" and self.base_url:
+            raise ValueError("base_url is only for kind 'openai'; a 'llamacpp' runtime is started by gaplab")
+        return self
+
+    def launch_flags(self) -> dict:
+        """The flags that make this runtime's identity (part of every cell key)."""
+        if self.kind == "llamacpp":
+            return {"parallel": self.parallel, "threads": self.threads, "ctx_size": self.ctx_size,
+                    "kv_unified": self.kv_unified, "extra_args": list(self.extra_args)}
+        return {"base_url": self.base_url}
+
+
+class ModelSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    api: Literal["chat", "completions"] = "chat"
+    quants: list[str] = Field(min_length=1)
+    # Name the server knows the model by (attach); defaults to the gaplab name.
+    served_name: str | None = None
+
+
+class WorkloadSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    kind: Literal["fixed"] = "fixed"
+    prompt_tokens: int = Field(ge=1, le=131072)
+    output_tokens: int = Field(ge=1, le=131072)
+
+
+class LoadSpec(_Strict):
+    concurrency: list[int] = Field(min_length=1)
+    requests: int = Field(16, ge=1, description="measured requests per cell")
+    warmup: int = Field(2, ge=0, description="warmup requests per cell, stored and flagged")
+    max_seconds: float = Field(120.0, gt=0, description="wall-clock limit on the measured phase")
+    request_timeout: float = Field(300.0, gt=0)
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError("every concurrency level must be 1 or more")
+        return v
+
+
+class Scenario(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    runtimes: list[RuntimeSpec] = Field(min_length=1)
+    models: list[ModelSpec] = Field(min_length=1)
+    workloads: list[WorkloadSpec] = Field(min_length=1)
+    load: LoadSpec
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Scenario":
+        for field in ("runtimes", "models", "workloads"):
+            names = [x.name for x in getattr(self, field)]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{field}: names must be unique, '{dup[0]}' appears twice")
+        return self
+
+    def cells(self) -> list["Cell"]:
+        out = []
+        for rt, model, wl, conc in itertools.product(self.runtimes, self.models, self.workloads,
+                                                      self.load.concurrency):
+            for quant in model.quants:
+                out.append(Cell(scenario=self.name, runtime=rt, model=model, quant=quant,
+                                workload=wl, concurrency=conc, load=self.load, seed=self.seed))
+        # Group cells of one server together so a sweep starts each server once.
+        out.sort(key=lambda c: (c.server_key, c.workload.name, c.concurrency))
+        return out
+
+
+class Cell(_Strict):
+    """One point of the matrix: what one papermill run of notebooks/10-measure.ipynb measures."""
+
+    scenario: str
+    runtime: RuntimeSpec
+    model: ModelSpec
+    quant: str
+    workload: WorkloadSpec
+    concurrency: int
+    load: LoadSpec
+    seed: int = 0
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.runtime.name}/{self.model.name}/{self.quant}/{self.workload.name}/c{self.concurrency}"
+
+    @property
+    def server_key(self) -> str:
+        return f"{self.runtime.name}/{self.model.name}/{self.quant}"
+
+    def identity(self) -> dict:
+        """Everything that changes what is measured; hashed into cell_key."""
+        return {"runtime": self.runtime.name, "kind": self.runtime.kind, "flags": self.runtime.launch_flags(),
+                "model": self.model.name, "api": self.model.api, "quant": self.quant,
+                "workload": self.workload.model_dump(), "concurrency": self.concurrency,
+                "requests": self.load.requests, "warmup": self.load.warmup, "seed": self.seed}
+
+    @property
+    def cell_key(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field; check the spelling against scenarios/local-cpu.yaml"
+    elif err["type"] == "literal_error":
+        msg = f"got {err.get('input')!r}; {msg.lower()}"
+    elif "input" in err and not isinstance(err["input"], (dict, list)):
+        msg = f"got {err['input']!r}; {msg[0].lower() + msg[1:]}"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def parse_scenario(data: object, source: str = "scenario") -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: the file must hold a mapping with runtimes, models, workloads, load")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    if not path.exists():
+        raise ScenarioError(f"{path}: no such scenario file (see scenarios/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ScenarioError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_scenario(data, str(path))

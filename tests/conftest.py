@@ -1,0 +1,33 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+OUTPUT = ROOT / "build" / "test-output"
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    return OUTPUT
+
+
+@pytest.fixture(scope="session")
+def llama_ready():
+    """The local llama.cpp build and SmolLM2 model (make test provisions them)."""
+    from gaplab import local
+
+    if not local.llama_built() or not local.model_path("smollm2-135m", "Q4_1").exists():
+        pytest.fail("llama.cpp or the SmolLM2 model is not provisioned: run 'make test' "
+                    "(or '.venv/bin/gaplab local setup --model smollm2-135m')")
+    return local
+
+
+@pytest.fixture(scope="session")
+def gaplab_cli() -> list[str]:
+    return [str(Path(sys.executable).parent / "gaplab")]

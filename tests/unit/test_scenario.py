@@ -1,0 +1,79 @@
+import copy
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gaplab.scenario import ScenarioError, load_scenario, parse_scenario
+
+GOOD = {
+    "name": "t",
+    "runtimes": [{"name": "a", "kind": "llamacpp", "parallel": 8}, {"name": "b", "kind": "llamacpp"}],
+    "models": [{"name": "m", "api": "chat", "quants": ["F16", "Q8_0"]}],
+    "workloads": [{"name": "w", "prompt_tokens": 32, "output_tokens": 16}],
+    "load": {"concurrency": [1, 8]},
+}
+
+
+def test_local_default_expands_to_the_issue_matrix():
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "local-cpu.yaml")
+    cells = sc.cells()
+    assert len(cells) == 2 * 2 * 3 * 4
+    assert len({c.cell_key for c in cells}) == len(cells)
+    # cells of one server are adjacent, so a sweep starts each server once
+    keys = [c.server_key for c in cells]
+    assert len([k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]) == 12
+
+
+def test_cell_key_changes_with_what_is_measured():
+    a = parse_scenario(GOOD).cells()[0]
+    changed = copy.deepcopy(GOOD)
+    changed["runtimes"][0]["threads"] = 2
+    b = parse_scenario(changed).cells()[0]
+    assert a.cell_id == b.cell_id and a.cell_key != b.cell_key
+
+
+def _error(mutate) -> str:
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    with pytest.raises(ScenarioError) as exc:
+        parse_scenario(data, "s.yaml")
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d.update(runtims=[]), "s.yaml: runtims: unknown field"),
+    (lambda d: d["runtimes"][0].update(kind="vllm2"), "runtimes.0.kind: got 'vllm2'"),
+    (lambda d: d["runtimes"][0].update(parallel=0), "runtimes.0.parallel: got 0; input should be greater than or equal to 1"),
+    (lambda d: d["load"].update(concurrency=["eight"]), "load.concurrency.0: got 'eight'"),
+    (lambda d: d["load"].update(concurrency=[0]), "every concurrency level must be 1 or more"),
+    (lambda d: d["models"][0].update(api="chatty"), "models.0.api: got 'chatty'; input should be 'chat' or 'completions'"),
+    (lambda d: d["models"][0].update(quants=[]), "models.0.quants"),
+    (lambda d: d["workloads"][0].pop("output_tokens"), "workloads.0.output_tokens: field required"),
+    (lambda d: d["runtimes"].append({"name": "a", "kind": "llamacpp"}), "runtimes: names must be unique, 'a' appears twice"),
+    (lambda d: d["runtimes"].append({"name": "c", "kind": "openai"}), "base_url is required when kind is 'openai'"),
+    (lambda d: d["runtimes"][0].update(name="Has Space"), "runtimes.0.name: got 'Has Space'"),
+])
+def test_each_bad_field_names_itself(mutate, expected):
+    assert expected.lower() in _error(mutate).lower()
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nruntimes: [\n  - oops: : :\n")
+    with pytest.raises(ScenarioError, match=r"bad.yaml: line \d+ is not valid YAML"):
+        load_scenario(p)
+
+
+def test_cli_prints_one_line_and_no_traceback(tmp_path, gaplab_cli):
+    data = copy.deepcopy(GOOD)
+    data["load"]["concurrency"] = "many"
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(data))
+    res = subprocess.run([*gaplab_cli, "sweep", str(p)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0, res.stderr
+    assert "Traceback" not in res.stderr and "load.concurrency" in res.stderr
