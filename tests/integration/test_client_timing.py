@@ -1,0 +1,75 @@
+"""The client's TTFT against a server with exactly injected delays: first token 200 ms
+after the request arrives (a role-only chunk goes out at once, before it), then one
+token every 20 ms, 50 tokens. Server and client run on different cores."""
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gaplab.client import RequestRecord, StreamClient
+from gaplab.runtimes.llamacpp import free_port, stop_process
+
+SERVER = Path(__file__).resolve().parents[1] / "support" / "sse_server.py"
+TTFT_MS, ITL_MS, TOKENS = 200, 20, 50
+
+
+def start_sse_server(ttft_s: float, itl_s: float, tokens: int, cpu: int | None = 1):
+    port = free_port()
+    args = [sys.executable, str(SERVER), str(port), str(ttft_s), str(itl_s), str(tokens)]
+    if cpu is not None and (os.cpu_count() or 1) > 1:
+        args.append(str(cpu))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="module")
+def delayed_server():
+    proc, url = start_sse_server(TTFT_MS / 1000, ITL_MS / 1000, TOKENS)
+    yield url
+    stop_process(proc)
+
+
+async def measure(url: str, streams: int, rounds: int) -> list[RequestRecord]:
+    out = []
+    async with StreamClient(url, "chat") as client:
+        payload = client.body("hi", TOKENS, "fake")
+        for _ in range(rounds):
+            recs = [RequestRecord(index=i, user=i, warmup=False, scheduled_ns=time.perf_counter_ns())
+                    for i in range(streams)]
+            await asyncio.gather(*(client.stream(payload, r) for r in recs))
+            out += recs
+    return out
+
+
+def p99(xs):
+    return statistics.quantiles(xs, n=100, method="inclusive")[98]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streams, rounds", [(1, 40), (64, 3)])
+def test_ttft_and_inter_chunk_time_match_the_injected_delays(delayed_server, streams, rounds):
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {0})
+    try:
+        recs = asyncio.run(measure(delayed_server, streams, rounds))
+    finally:
+        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, before)
+    assert all(r.error is None for r in recs), recs[0].error
+    assert all(r.completion_tokens == TOKENS and len(r.chunks) == TOKENS + 3 for r in recs)
+    ttft = [(r.first_token_ns - r.sent_ns) / 1e6 for r in recs]
+    gaps = [(r.last_token_ns - r.first_token_ns) / 1e6 / (TOKENS - 1) for r in recs]
+    print(f"\n{streams} streams: TTFT median {statistics.median(ttft):.2f} ms, p99 {p99(ttft):.2f} ms, "
+          f"mean inter-chunk {statistics.mean(gaps):.3f} ms")
+    # the role-only chunk arrived ~200 ms earlier and must not count as the first token
+    assert abs(statistics.median(ttft) - TTFT_MS) <= 5
+    assert abs(p99(ttft) - TTFT_MS) <= 20
+    assert abs(statistics.mean(gaps) - ITL_MS) <= 1

@@ -1,0 +1,46 @@
+import orjson
+
+from gaplab.client import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord, classify, fill_from_events
+
+
+def test_role_only_and_empty_chunks_are_not_tokens():
+    assert classify({"choices": [{"delta": {"role": "assistant", "content": None}}]}, "chat") == (ROLE, 0)
+    assert classify({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, "chat") == (ROLE, 0)
+    assert classify({"choices": [{"delta": {}, "finish_reason": "length"}]}, "chat") == (EMPTY, 0)
+    assert classify({"choices": [{"text": "", "finish_reason": "length"}]}, "completions") == (EMPTY, 0)
+    assert classify({"choices": [], "usage": {"completion_tokens": 3}}, "chat") == (USAGE, 0)
+
+
+def test_text_reasoning_and_tool_chunks_are_tokens():
+    assert classify({"choices": [{"delta": {"content": "Hi"}}]}, "chat") == (CONTENT, 2)
+    assert classify({"choices": [{"delta": {"reasoning_content": "hmm"}}]}, "chat") == (REASONING, 3)
+    assert classify({"choices": [{"delta": {"tool_calls": [{"index": 0}]}}]}, "chat")[0] == TOOL
+    assert classify({"choices": [{"text": " the"}]}, "completions") == (CONTENT, 4)
+
+
+def _line(obj) -> bytes:
+    return b"data: " + orjson.dumps(obj)
+
+
+def test_first_token_skips_the_role_chunk_and_usage_fills_counts():
+    rec = RequestRecord(index=0, user=0, warmup=False, scheduled_ns=0)
+    fill_from_events(rec, [
+        (10, _line({"choices": [{"delta": {"role": "assistant"}}]})),
+        (30, _line({"choices": [{"delta": {"content": "a"}}]})),
+        (50, _line({"choices": [{"delta": {"content": "bc"}}]})),
+        (60, _line({"choices": [{"delta": {}, "finish_reason": "length"}]})),
+        (61, _line({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2},
+                    "timings": {"predicted_n": 2}})),
+        (62, b"data: [DONE]"),
+    ], "chat")
+    assert (rec.first_token_ns, rec.last_token_ns) == (30, 50)
+    assert (rec.prompt_tokens, rec.completion_tokens, rec.output_chars) == (4, 2, 3)
+    assert rec.finish_reason == "length" and rec.server_timings == {"predicted_n": 2}
+    assert [c[1] for c in rec.chunks] == ["role", "content", "content", "empty", "usage"]
+    assert rec.error is None
+
+
+def test_malformed_event_is_an_error_not_a_crash():
+    rec = RequestRecord(index=0, user=0, warmup=False, scheduled_ns=0)
+    fill_from_events(rec, [(5, b"data: {not json"), (9, _line({"choices": [{"delta": {"content": "x"}}]}))], "chat")
+    assert rec.error.startswith("malformed stream event") and rec.first_token_ns == 9
