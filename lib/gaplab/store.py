@@ -1,0 +1,142 @@
+"""Parquet store: one immutable file set per run, under data/raw/.
+
+Layout: raw/<hardware_id>/<runtime>/<model>/<quant>/<date>/<run_id>.{run,requests,chunks}.parquet
+Every row carries the run identity; run metadata also sits in each file's key-value
+metadata under b"gaplab". Files are written to a temporary name and renamed, so a
+crash never leaves half a file; a rerun adds files and never rewrites old ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gaplab.client import TOKEN_KINDS, RequestRecord
+from gaplab.config import SCHEMA_VERSION
+
+IDENTITY = pa.schema([
+    ("run_id", pa.string()), ("cell_id", pa.string()), ("cell_key", pa.string()),
+    ("scenario", pa.string()), ("hardware_id", pa.string()), ("runtime", pa.string()),
+    ("runtime_kind", pa.string()), ("runtime_version", pa.string()), ("model", pa.string()),
+    ("quant", pa.string()), ("workload", pa.string()), ("concurrency", pa.int32()),
+    ("threads", pa.int32()), ("parallel", pa.int32()),
+])
+
+REQUESTS = pa.schema(list(IDENTITY) + [
+    ("request_index", pa.int32()), ("user", pa.int32()), ("warmup", pa.bool_()),
+    ("scheduled_ns", pa.int64()), ("sent_ns", pa.int64()), ("first_token_ns", pa.int64()),
+    ("last_token_ns", pa.int64()), ("end_ns", pa.int64()),
+    ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
+    ("n_chunks", pa.int32()), ("n_token_chunks", pa.int32()), ("output_chars", pa.int32()),
+    ("finish_reason", pa.string()), ("http_status", pa.int32()), ("error", pa.string()),
+    ("server_prompt_n", pa.int32()), ("server_prompt_ms", pa.float64()),
+    ("server_predicted_n", pa.int32()), ("server_predicted_ms", pa.float64()),
+])
+
+CHUNKS = pa.schema(list(IDENTITY) + [
+    ("request_index", pa.int32()), ("warmup", pa.bool_()), ("chunk_index", pa.int32()),
+    ("arrival_ns", pa.int64()), ("kind", pa.string()), ("n_chars", pa.int32()),
+])
+
+RUNS = pa.schema(list(IDENTITY) + [
+    ("status", pa.string()), ("error", pa.string()), ("started_at", pa.string()),
+    ("finished_at", pa.string()), ("n_requests", pa.int32()), ("n_errors", pa.int32()),
+    ("schema_version", pa.int32()), ("gaplab_version", pa.string()),
+    ("cpu_model", pa.string()), ("cpu_cores", pa.int32()), ("memory_gib", pa.int32()),
+    ("model_file", pa.string()), ("model_sha256", pa.string()), ("model_note", pa.string()),
+    ("launch_command", pa.string()), ("meta_json", pa.string()),
+])
+
+TABLES = {"run": RUNS, "requests": REQUESTS, "chunks": CHUNKS}
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def run_dir(raw_dir: Path, identity: dict, run_id: str) -> Path:
+    date = f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]}"
+    return Path(raw_dir, identity["hardware_id"], identity["runtime"], identity["model"],
+                identity["quant"], date)
+
+
+def _request_row(rec: RequestRecord) -> dict:
+    t = rec.server_timings or {}
+    return {
+        "request_index": rec.index, "user": rec.user, "warmup": rec.warmup,
+        "scheduled_ns": rec.scheduled_ns, "sent_ns": rec.sent_ns, "first_token_ns": rec.first_token_ns,
+        "last_token_ns": rec.last_token_ns, "end_ns": rec.end_ns,
+        "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
+        "n_chunks": len(rec.chunks), "n_token_chunks": sum(1 for c in rec.chunks if c[1] in TOKEN_KINDS),
+        "output_chars": rec.output_chars, "finish_reason": rec.finish_reason,
+        "http_status": rec.http_status, "error": rec.error,
+        "server_prompt_n": t.get("prompt_n"), "server_prompt_ms": t.get("prompt_ms"),
+        "server_predicted_n": t.get("predicted_n"), "server_predicted_ms": t.get("predicted_ms"),
+    }
+
+
+def _table(rows: list[dict], identity: dict, schema: pa.Schema, meta: dict) -> pa.Table:
+    cols = {name: [identity.get(name)] * len(rows) if name in identity else [r.get(name) for r in rows]
+            for name in schema.names}
+    table = pa.Table.from_pydict(cols, schema=schema)
+    return table.replace_schema_metadata({b"gaplab": json.dumps(meta, default=str).encode()})
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRecord]) -> Path:
+    """Write the run's three tables; returns the run table's path. Never overwrites a file."""
+    missing = [n for n in IDENTITY.names if n not in identity]
+    if missing:
+        raise ValueError(f"run identity lacks {missing}")
+    folder = run_dir(raw_dir, identity, identity["run_id"])
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "schema_version": SCHEMA_VERSION}
+    requests = [_request_row(r) for r in records]
+    chunks = [{"request_index": r.index, "warmup": r.warmup, "chunk_index": k, "arrival_ns": c[0],
+               "kind": c[1], "n_chars": c[2]} for r in records for k, c in enumerate(r.chunks)]
+    run_row = {**{k: meta.get(k) for k in RUNS.names}, "n_requests": len(records),
+               "n_errors": sum(r.error is not None for r in records),
+               "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}
+    paths = {}
+    for name, rows in (("requests", requests), ("chunks", chunks), ("run", [run_row])):
+        path = folder / f"{identity['run_id']}.{name}.parquet"
+        if path.exists():
+            raise FileExistsError(f"{path} exists: runs are immutable, use a new run id")
+        paths[name] = path
+        _write_atomic(_table(rows, identity, TABLES[name], meta), path)
+    return paths["run"]
+
+
+def read_table(raw_dir: Path, name: str) -> pl.DataFrame:
+    """All files of one table ('run', 'requests' or 'chunks') below raw_dir, as one frame."""
+    files = sorted(Path(raw_dir).glob(f"**/*.{name}.parquet"))
+    if not files:
+        return pl.DataFrame(schema=pl.from_arrow(TABLES[name].empty_table()).schema)
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def completed_cells(raw_dir: Path, hardware_id: str) -> set[str]:
+    """cell_keys already measured to completion on this hardware."""
+    runs = read_table(raw_dir, "run")
+    done = runs.filter((pl.col("hardware_id") == hardware_id) & (pl.col("status") == "complete"))
+    return set(done["cell_key"].to_list())
+
+
+def read_run(raw_dir: Path, run_id: str, name: str) -> pl.DataFrame:
+    """One table of one run."""
+    files = list(Path(raw_dir).glob(f"**/{run_id}.{name}.parquet"))
+    if not files:
+        raise FileNotFoundError(f"run {run_id} has no {name} table under {raw_dir}")
+    return pl.read_parquet(files[0])

@@ -1,0 +1,46 @@
+"""Every committed file in data/raw/ keeps the contract: the schema of its table, a full
+run identity on every row, and an identity that matches its path."""
+
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from gaplab import store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def committed() -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "data/raw"], cwd=ROOT, capture_output=True, text=True).stdout
+    return [ROOT / p for p in out.split() if p.endswith(".parquet")]
+
+
+FILES = committed()
+
+
+def test_each_run_has_its_three_tables():
+    runs = {}
+    for f in FILES:
+        run_id, table = f.name.split(".")[:2]
+        runs.setdefault((f.parent, run_id), set()).add(table)
+    assert all(tables == {"run", "requests", "chunks"} for tables in runs.values()), runs
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT / "data" / "raw")))
+def test_file_keeps_the_contract(path):
+    run_id, table = path.name.split(".")[:2]
+    t = pq.read_table(path)
+    assert t.schema.remove_metadata() == store.TABLES[table], f"{path.name}: schema differs from store.{table.upper()}"
+    assert b"gaplab" in t.schema.metadata
+    hw, runtime, model, quant, date = path.relative_to(ROOT / "data" / "raw").parts[:5]
+    for name in store.IDENTITY.names:
+        if name not in ("threads", "parallel"):
+            assert t.column(name).null_count == 0, f"{path.name}: {name} has nulls"
+    expect = {"run_id": run_id, "hardware_id": hw, "runtime": runtime, "model": model, "quant": quant}
+    for name, value in expect.items():
+        assert set(t.column(name).to_pylist()) <= {value}, f"{path.name}: {name} does not match the path"
+    assert date == f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]}"
+    if table == "run":
+        assert t.num_rows == 1 and t.column("status")[0].as_py() in {"complete", "interrupted", "failed"}

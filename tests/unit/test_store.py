@@ -1,0 +1,74 @@
+import json
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from gaplab import store
+from gaplab.client import RequestRecord
+
+
+def identity(run_id="20260101T000000Z-abc123", **kw):
+    base = {"run_id": run_id, "cell_id": "rt/m/Q8_0/w/c2", "cell_key": "k1", "scenario": "s",
+            "hardware_id": "hw", "runtime": "rt", "runtime_kind": "llamacpp", "runtime_version": "v",
+            "model": "m", "quant": "Q8_0", "workload": "w", "concurrency": 2, "threads": 1, "parallel": 8}
+    return {**base, **kw}
+
+
+def records():
+    ok = RequestRecord(index=0, user=0, warmup=False, scheduled_ns=10, sent_ns=20, first_token_ns=120,
+                       last_token_ns=220, end_ns=230, prompt_tokens=8, completion_tokens=3,
+                       finish_reason="length", http_status=200, output_chars=9,
+                       server_timings={"predicted_n": 3, "predicted_ms": 2.0, "prompt_n": 8, "prompt_ms": 1.5},
+                       chunks=[(50, "role", 0), (120, "content", 3), (170, "content", 3), (220, "content", 3)])
+    failed = RequestRecord(index=1, user=1, warmup=False, scheduled_ns=10, sent_ns=21, end_ns=40,
+                           error="ClientConnectorError: refused")
+    return [ok, failed]
+
+
+def test_roundtrip_identity_metadata_and_failed_rows(tmp_path):
+    path = store.write_run(tmp_path, identity(), {"status": "complete", "secret": "no"}, records())
+    folder = path.parent
+    assert folder == tmp_path / "hw" / "rt" / "m" / "Q8_0" / "2026-01-01"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        f"20260101T000000Z-abc123.{t}.parquet" for t in ("chunks", "requests", "run")]
+    req = store.read_table(tmp_path, "requests")
+    assert req.height == 2  # the failed request is a row
+    assert req.filter(pl.col("error").is_not_null())["request_index"].to_list() == [1]
+    assert set(req["hardware_id"]) == {"hw"} and set(req["concurrency"]) == {2}
+    assert req.filter(pl.col("request_index") == 0)["server_predicted_n"][0] == 3
+    chunks = store.read_table(tmp_path, "chunks")
+    assert chunks["kind"].to_list() == ["role", "content", "content", "content"]
+    assert set(chunks["cell_key"]) == {"k1"}
+    run = store.read_table(tmp_path, "run")
+    assert run["n_requests"][0] == 2 and run["n_errors"][0] == 1 and run["status"][0] == "complete"
+    meta = json.loads(pq.read_schema(folder / "20260101T000000Z-abc123.requests.parquet").metadata[b"gaplab"])
+    assert meta["schema_version"] == store.SCHEMA_VERSION
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_runs_are_immutable(tmp_path):
+    store.write_run(tmp_path, identity(), {"status": "complete"}, records())
+    with pytest.raises(FileExistsError):
+        store.write_run(tmp_path, identity(), {"status": "complete"}, records())
+
+
+def test_missing_identity_is_refused(tmp_path):
+    ident = identity()
+    del ident["hardware_id"]
+    with pytest.raises(ValueError, match="hardware_id"):
+        store.write_run(tmp_path, ident, {}, records())
+
+
+def test_completed_cells_counts_only_complete_runs_on_this_machine(tmp_path):
+    store.write_run(tmp_path, identity(), {"status": "complete"}, records())
+    store.write_run(tmp_path, identity("20260101T000001Z-000001", cell_key="k2"), {"status": "interrupted"}, [])
+    store.write_run(tmp_path, identity("20260101T000002Z-000002", cell_key="k3", hardware_id="other"),
+                    {"status": "complete"}, [])
+    assert store.completed_cells(tmp_path, "hw") == {"k1"}
+
+
+def test_empty_store_reads_as_empty_frames(tmp_path):
+    assert store.read_table(tmp_path, "requests").is_empty()
+    assert "ttft" not in store.read_table(tmp_path, "requests").columns
+    assert store.completed_cells(tmp_path, "hw") == set()
