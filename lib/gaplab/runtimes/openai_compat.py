@@ -1,0 +1,36 @@
+"""Attach to any OpenAI-compatible server someone else started, by base URL."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from gaplab.runtimes import Server
+
+
+def _get_json(url: str, api_key: str | None, timeout: float = 10) -> dict | None:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def attach_openai(runtime, model, api_key: str | None) -> Server:
+    base = runtime.base_url.rstrip("/")
+    listed = _get_json(base + "/models", api_key)
+    if listed is None:
+        raise RuntimeError(f"runtimes.{runtime.name}.base_url: no OpenAI-compatible server answers "
+                           f"at {base}/models; start it or fix the URL")
+    served = model.served_name or model.name
+    ids = [m.get("id") for m in listed.get("data", [])]
+    if ids and served not in ids:
+        raise RuntimeError(f"models.{model.name}: the server at {base} serves {ids}, not {served!r}; "
+                           "set served_name to one of those")
+    # vLLM answers /version at the server root; others may not say.
+    version = _get_json(base.removesuffix("/v1") + "/version", api_key) or {}
+    return Server(base_url=base, served_model=served, api_key=api_key,
+                  runtime_version=str(version.get("version", "unknown")),
+                  launch_command=f"attached to {base}")

@@ -1,0 +1,79 @@
+"""Against a real llama-server on SmolLM2-135M (built and provisioned by `make test`)."""
+
+import signal
+import subprocess
+import time
+
+import polars as pl
+import pytest
+import yaml
+
+from gaplab import analysis, store
+from gaplab.runtimes.llamacpp import llama_server, stop_process
+from gaplab.scenario import RuntimeSpec, load_scenario
+from gaplab.sweep import run_cell
+
+pytestmark = pytest.mark.slow
+
+OUTPUT_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def two_levels(llama_ready, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("llama")
+    path = tmp / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "it", "runtimes": [{"name": "batch4", "kind": "llamacpp", "parallel": 4, "threads": 1}],
+        "models": [{"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}],
+        "workloads": [{"name": "p16-o24", "prompt_tokens": 16, "output_tokens": OUTPUT_TOKENS}],
+        "load": {"concurrency": [1, 2], "requests": 6, "warmup": 1, "max_seconds": 60}}))
+    for cell in load_scenario(path).cells():
+        assert run_cell(path, cell.cell_id, raw_dir=tmp / "raw", progress=False)["errors"] == 0
+    return tmp / "raw"
+
+
+def test_token_counts_equal_the_servers(two_levels):
+    req = store.read_table(two_levels, "requests")
+    assert req.height == 2 * 7 and req["warmup"].sum() == 2
+    assert req["error"].null_count() == req.height
+    assert (req["completion_tokens"] == req["server_predicted_n"]).all()
+    assert (req["completion_tokens"] == OUTPUT_TOKENS).all()  # ignore_eos forced the length
+    assert (req["n_token_chunks"] == req["completion_tokens"]).all()
+    chunks = store.read_table(two_levels, "chunks")
+    assert chunks.filter(pl.col("chunk_index") == 0)["kind"].unique().to_list() == ["role"]
+
+
+def test_decode_rate_agrees_with_the_servers_own(two_levels):
+    summary = analysis.cell_summary(analysis.measured_requests(two_levels))
+    assert sorted(summary["concurrency"].to_list()) == [1, 2]
+    for row in summary.iter_rows(named=True):
+        ratio = row["per_user_tok_s"] / row["server_decode_tok_s"]
+        print(f"\nc{row['concurrency']}: client {row['per_user_tok_s']:.1f} tok/s, "
+              f"server {row['server_decode_tok_s']:.1f} tok/s ({ratio:.3f})")
+        assert 0.9 <= ratio <= 1.1
+
+
+def test_run_metadata_says_what_ran(two_levels):
+    run = store.read_table(two_levels, "run")
+    assert set(run["status"]) == {"complete"}
+    assert run["launch_command"].str.contains("-np 4 -c 4096 -t 1 --metrics").all()
+    assert run["model_sha256"].str.len_chars().eq(64).all()
+    assert run["runtime_version"].str.contains("llama-cpp-python 0.3.36").all()
+
+
+def test_server_is_stopped_on_error_even_when_it_ignores_sigterm(llama_ready):
+    spec = RuntimeSpec(name="x", kind="llamacpp")
+    with pytest.raises(ZeroDivisionError):
+        with llama_server(spec, "smollm2-135m", "Q4_1") as server:
+            pid = server.pid
+            1 / 0
+    with pytest.raises(ProcessLookupError):
+        import os
+        os.kill(pid, 0)
+    # a process that ignores SIGTERM is killed after the grace period
+    stubborn = subprocess.Popen(["python3", "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('up', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    stubborn.stdout.readline()
+    t0 = time.monotonic()
+    stop_process(stubborn, grace=0.5)
+    assert stubborn.returncode == -signal.SIGKILL and time.monotonic() - t0 < 5
