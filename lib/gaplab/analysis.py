@@ -1,0 +1,220 @@
+"""Summaries of the raw rows, in polars: what the charts and the prose read.
+
+Definitions (also in the methodology page):
+- TTFT: first chunk carrying output text minus the moment the request was sent.
+- queue: sent minus scheduled (time the request waited inside the client).
+- decode tok/s (per user): (completion tokens - 1) / (last token - first token).
+- aggregate tok/s: completion tokens of all measured requests of the cell / the
+  span from the first send to the last end of the measured phase.
+- ITL: (last token - first token) / (token chunks - 1), only where every chunk
+  carried exactly one token (token chunks == completion tokens).
+Percentiles interpolate linearly between ranks (numpy's default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from gaplab import store
+from gaplab.config import RAW_DIR
+
+NS_PER_MS = 1_000_000
+GROUP = ["hardware_id", "runtime", "runtime_kind", "model", "quant", "workload", "concurrency",
+         "threads", "parallel", "cell_key", "run_id"]
+
+
+def latest_complete_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    """The newest complete run of each cell on each machine (reruns replace older ones in the report)."""
+    return (runs.filter(pl.col("status") == "complete")
+            .sort("run_id").group_by(["hardware_id", "cell_key"]).last())
+
+
+def with_latencies(requests: pl.DataFrame) -> pl.DataFrame:
+    span = pl.col("last_token_ns") - pl.col("first_token_ns")
+    return requests.with_columns(
+        ttft_ms=(pl.col("first_token_ns") - pl.col("sent_ns")) / NS_PER_MS,
+        e2e_ms=(pl.col("end_ns") - pl.col("sent_ns")) / NS_PER_MS,
+        queue_ms=(pl.col("sent_ns") - pl.col("scheduled_ns")) / NS_PER_MS,
+        decode_tok_s=pl.when((pl.col("completion_tokens") > 1) & (span > 0))
+        .then((pl.col("completion_tokens") - 1) / (span / 1e9)).otherwise(None),
+        itl_ms=pl.when((pl.col("n_token_chunks") == pl.col("completion_tokens")) & (pl.col("n_token_chunks") > 1))
+        .then(span / (pl.col("n_token_chunks") - 1) / NS_PER_MS).otherwise(None),
+        ok=pl.col("error").is_null(),
+    )
+
+
+def measured_requests(raw_dir: Path = RAW_DIR, hardware_id: str | None = None) -> pl.DataFrame:
+    """Measured (non-warmup) request rows of the latest complete run of every cell."""
+    runs = latest_complete_runs(store.read_table(raw_dir, "run"))
+    req = store.read_table(raw_dir, "requests").join(runs.select("run_id"), on="run_id", how="semi")
+    if hardware_id:
+        req = req.filter(pl.col("hardware_id") == hardware_id)
+    return with_latencies(req.filter(~pl.col("warmup")))
+
+
+def cell_summary(requests: pl.DataFrame) -> pl.DataFrame:
+    """One row per run: throughput and latency percentiles of its measured requests."""
+    ok = pl.col("ok")
+    return (requests.group_by(GROUP).agg(
+        requests=pl.len(),
+        errors=(~ok).sum(),
+        output_tokens=pl.col("completion_tokens").filter(ok).sum(),
+        span_s=(pl.col("end_ns").max() - pl.col("sent_ns").min()) / 1e9,
+        ttft_p50_ms=pl.col("ttft_ms").filter(ok).quantile(0.5, interpolation="linear"),
+        ttft_p99_ms=pl.col("ttft_ms").filter(ok).quantile(0.99, interpolation="linear"),
+        e2e_p50_ms=pl.col("e2e_ms").filter(ok).quantile(0.5, interpolation="linear"),
+        per_user_tok_s=pl.col("decode_tok_s").filter(ok).median(),
+        itl_mean_ms=pl.col("itl_ms").filter(ok).mean(),
+        queue_p99_ms=pl.col("queue_ms").quantile(0.99, interpolation="linear"),
+        server_decode_tok_s=(pl.col("server_predicted_n").filter(ok).sum()
+                             / (pl.col("server_predicted_ms").filter(ok).sum() / 1e3)),
+    ).with_columns(
+        aggregate_tok_s=pl.col("output_tokens") / pl.col("span_s"),
+        config=pl.col("runtime") + " · " + pl.col("quant"),
+    ).sort(["model", "runtime", "quant", "concurrency"]))
+
+
+def ratio_at(summary: pl.DataFrame, metric: str, num: dict, den: dict, concurrency: int) -> float | None:
+    """metric of the row matching num over the row matching den, at one concurrency level."""
+    def pick(sel: dict) -> float | None:
+        rows = summary.filter(pl.col("concurrency") == concurrency)
+        for k, v in sel.items():
+            rows = rows.filter(pl.col(k) == v)
+        return rows[metric][0] if rows.height == 1 else None
+
+    a, b = pick(num), pick(den)
+    return a / b if a is not None and b else None
+
+
+def crossover(summary: pl.DataFrame, metric: str, a: dict, b: dict) -> int | None:
+    """Lowest concurrency where config a's metric exceeds config b's, after being below it."""
+    def series(sel: dict) -> dict:
+        rows = summary
+        for k, v in sel.items():
+            rows = rows.filter(pl.col(k) == v)
+        return dict(zip(rows["concurrency"].to_list(), rows[metric].to_list()))
+
+    sa, sb = series(a), series(b)
+    levels = sorted(set(sa) & set(sb))
+    below = False
+    for c in levels:
+        if sa[c] < sb[c]:
+            below = True
+        elif below and sa[c] > sb[c]:
+            return c
+    return None
+
+
+# ---------------------------------------------------------------- prose computed from the data
+
+
+def _rows(df: pl.DataFrame, **eq) -> pl.DataFrame:
+    for k, v in eq.items():
+        df = df.filter(pl.col(k) == v)
+    return df
+
+
+def _best(df: pl.DataFrame, metric: str, lowest: bool = False) -> dict | None:
+    df = df.drop_nulls(metric).sort(metric, descending=not lowest)
+    return df.row(0, named=True) if df.height else None
+
+
+def throughput_story(summary: pl.DataFrame) -> str:
+    """Per model and quant: who leads at the highest load, by how much, and how each runtime scales."""
+    if summary.is_empty():
+        return "No measured cells yet: run `make report` or `gaplab sweep`."
+    lo, hi = summary["concurrency"].min(), summary["concurrency"].max()
+    out = []
+    for model in summary["model"].unique(maintain_order=True):
+        for quant in _rows(summary, model=model)["quant"].unique(maintain_order=True):
+            cell = _rows(summary, model=model, quant=quant)
+            at_hi = cell.filter(pl.col("concurrency") == hi).sort("aggregate_tok_s", descending=True)
+            if at_hi.height >= 2:
+                a, b = at_hi.row(0, named=True), at_hi.row(-1, named=True)
+                text = (f"**{model} {quant}**: at {hi} users {a['runtime']} delivers "
+                        f"{a['aggregate_tok_s']:.1f} output tok/s, {a['aggregate_tok_s'] / b['aggregate_tok_s']:.2f}× "
+                        f"{b['runtime']} ({b['aggregate_tok_s']:.1f} tok/s).")
+            elif at_hi.height == 1:
+                a = at_hi.row(0, named=True)
+                text = f"**{model} {quant}**: at {hi} users {a['runtime']} delivers {a['aggregate_tok_s']:.1f} tok/s."
+            else:
+                continue
+            growth = []
+            for rt in cell["runtime"].unique(maintain_order=True):
+                r1, rn = _rows(cell, runtime=rt, concurrency=lo), _rows(cell, runtime=rt, concurrency=hi)
+                if r1.height and rn.height and lo != hi:
+                    growth.append(f"{rt} ×{rn['aggregate_tok_s'][0] / r1['aggregate_tok_s'][0]:.2f}")
+            if growth:
+                text += f" From {lo} to {hi} users total throughput grows " + ", ".join(growth) + "."
+            best_lo = _best(cell.filter(pl.col("concurrency") == lo), "aggregate_tok_s")
+            if best_lo and at_hi.height >= 2 and best_lo["runtime"] != at_hi["runtime"][0]:
+                text += (f" The ranking flips: with {lo} user {best_lo['runtime']} is ahead "
+                         f"({best_lo['aggregate_tok_s']:.1f} tok/s).")
+            out.append(text)
+    return "\n\n".join(out)
+
+
+def per_user_story(summary: pl.DataFrame) -> str:
+    """How much decode speed one user keeps as others join."""
+    lo, hi = summary["concurrency"].min(), summary["concurrency"].max()
+    out = []
+    for key, cell in summary.group_by(["model", "runtime", "quant"], maintain_order=True):
+        r1, rn = _rows(cell, concurrency=lo), _rows(cell, concurrency=hi)
+        if not (r1.height and rn.height) or r1["per_user_tok_s"][0] is None or rn["per_user_tok_s"][0] is None:
+            continue
+        a, b = r1["per_user_tok_s"][0], rn["per_user_tok_s"][0]
+        out.append(f"- {key[0]} {key[2]} on {key[1]}: {a:.1f} tok/s per user alone, {b:.1f} at {hi} users "
+                   f"({b / a:.0%} of it).")
+    return ("Decode speed seen by one user once its first token arrived:\n\n" + "\n".join(out)) if out else ""
+
+
+def ttft_story(summary: pl.DataFrame) -> str:
+    """Where waiting for the first token comes from: queueing behind other users."""
+    hi = summary["concurrency"].max()
+    at_hi = summary.filter(pl.col("concurrency") == hi).drop_nulls("ttft_p50_ms")
+    if at_hi.is_empty():
+        return ""
+    worst = at_hi.sort("ttft_p99_ms", descending=True).row(0, named=True)
+    best = at_hi.sort("ttft_p99_ms").row(0, named=True)
+    return (f"At {hi} users the slowest first token (p99) is {worst['ttft_p99_ms'] / 1000:.2f} s with "
+            f"{worst['runtime']} on {worst['model']} {worst['quant']}, against {best['ttft_p99_ms'] / 1000:.2f} s "
+            f"with {best['runtime']} on {best['model']} {best['quant']}. A server with fewer slots than users "
+            f"makes the others wait for whole responses; one with a slot per user makes all of them share "
+            f"each decode step, so each first token waits for the others' prompts to be processed.")
+
+
+def pick_hardware(raw_dir: Path, hardware_id: str = "") -> str:
+    """The machine a page reports on: the one asked for, else this one if it has data, else the newest."""
+    from gaplab.hardware import hardware
+
+    runs = store.read_table(raw_dir, "run")
+    known = runs["hardware_id"].unique().to_list()
+    if hardware_id:
+        if hardware_id not in known:
+            raise ValueError(f"hardware_id: {hardware_id!r} has no runs in {raw_dir}; known: {known}")
+        return hardware_id
+    here = hardware()["hardware_id"]
+    if here in known or not known:
+        return here
+    return runs.sort("run_id")["hardware_id"][-1]
+
+
+def setup_story(raw_dir: Path, hardware_id: str, summary: pl.DataFrame) -> str:
+    """Where and how the figures were measured, in a paragraph."""
+    runs = latest_complete_runs(store.read_table(raw_dir, "run")).filter(pl.col("hardware_id") == hardware_id)
+    if runs.is_empty():
+        return f"No complete runs for machine `{hardware_id}` yet: run `make report` or `gaplab sweep`."
+    r = runs.sort("run_id").row(-1, named=True)
+    versions = ", ".join(sorted(runs["runtime_version"].unique().to_list()))
+    derived = runs.filter(pl.col("model_note").str.starts_with("requantized"))["quant"].unique().sort().to_list()
+    text = (f"Measured on `{hardware_id}`: {r['cpu_model']}, {r['cpu_cores']} cores, {r['memory_gib']} GiB, "
+            f"between {runs['started_at'].min()} and {runs['finished_at'].max()}. "
+            f"{summary.height} cells, {int(summary['requests'].sum())} measured requests, "
+            f"{int(summary['errors'].sum())} errors. Runtime: {versions}.")
+    if derived:
+        text += (f" The {', '.join(derived)} files were made on this machine with llama-quantize from the "
+                 f"4-bit files that ship on PyPI, so they cannot be more faithful than those 4-bit files; "
+                 f"their speed is real, their quality is not the original model's.")
+    return text

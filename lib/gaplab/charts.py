@@ -1,0 +1,70 @@
+"""Altair chart builders used by the notebooks. They read small aggregates from
+analysis.py, never raw rows, and every mark carries a tooltip.
+
+`use_site_renderer()` makes charts draw with the Vega bundle that the site ships
+in every page's head (site.py), so pages work with no internet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import altair as alt
+import polars as pl
+
+_ids = itertools.count()
+
+
+def _site_html(spec: dict, **_) -> dict:
+    div = f"gaplab-chart-{next(_ids)}"
+    html = (f'<div id="{div}" class="gaplab-chart"></div>\n<script>(function () {{\n'
+            f'  var spec = {json.dumps(spec)};\n'
+            f'  if (window.vegaEmbed) {{ vegaEmbed("#{div}", spec, {{actions: false, renderer: "svg"}}); }}\n'
+            f'  else {{ document.getElementById("{div}").textContent = "This chart draws in the gaplab site '
+            f'(make report); in JupyterLab run alt.renderers.enable(\'default\')."; }}\n'
+            f'}})();</script>')
+    return {"text/html": html}
+
+
+def use_site_renderer() -> None:
+    alt.renderers.register("gaplab-site", _site_html)
+    alt.renderers.enable("gaplab-site")
+
+
+def _concurrency_axis(levels: list[int]) -> alt.X:
+    return alt.X("concurrency:Q", title="concurrent users",
+                 scale=alt.Scale(type="log", base=2, domain=[min(levels), max(levels)]),
+                 axis=alt.Axis(values=levels, format="d"))
+
+
+def _tooltip(extra: list) -> list:
+    return [alt.Tooltip("model:N"), alt.Tooltip("runtime:N"), alt.Tooltip("quant:N"),
+            alt.Tooltip("concurrency:Q", title="users"), *extra,
+            alt.Tooltip("requests:Q", title="measured requests"), alt.Tooltip("errors:Q"),
+            alt.Tooltip("run_id:N", title="run (raw rows in data/raw)")]
+
+
+def by_concurrency(summary: pl.DataFrame, metric: str, title: str, y_title: str,
+                   dash: str | None = None) -> alt.FacetChart:
+    """One line per runtime config x quant, one panel per model, against concurrency."""
+    df = summary.to_pandas()
+    levels = sorted(df["concurrency"].unique().tolist())
+    enc = dict(x=_concurrency_axis(levels), y=alt.Y(f"{metric}:Q", title=y_title),
+               color=alt.Color("config:N", title="runtime · quant"),
+               tooltip=_tooltip([alt.Tooltip(f"{metric}:Q", title=y_title, format=",.1f")]))
+    if dash:
+        enc["strokeDash"] = alt.StrokeDash(f"{dash}:N")
+        enc["tooltip"].insert(4, alt.Tooltip(f"{dash}:N"))
+    base = alt.Chart(df).encode(**enc)
+    layered = base.mark_line() + base.mark_point(filled=True, size=45)
+    return layered.properties(width=300, height=230).facet(
+        column=alt.Column("model:N", title=None)).properties(title=title).resolve_scale(y="independent")
+
+
+def ttft_long(summary: pl.DataFrame) -> pl.DataFrame:
+    """TTFT p50 and p99 as rows, for one chart with a dash per percentile."""
+    keep = [c for c in summary.columns if c not in ("ttft_p50_ms", "ttft_p99_ms")]
+    return summary.unpivot(index=keep, on=["ttft_p50_ms", "ttft_p99_ms"], variable_name="percentile",
+                           value_name="ttft_ms").with_columns(
+        pl.col("percentile").str.extract(r"(p\d+)"))

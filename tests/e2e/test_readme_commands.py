@@ -1,0 +1,96 @@
+"""The README's path on a small matrix: `gaplab sweep` (papermill per cell, real
+llama-server), a second sweep that skips measured cells, `gaplab report` (papermill
+and nbconvert, as on a machine without Quarto), then headless Chromium draws the charts
+from a loopback HTTP server."""
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def swept(llama_ready, tmp_path_factory, gaplab_cli):
+    tmp = tmp_path_factory.mktemp("e2e")
+    scenario = tmp / "small.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "small", "runtimes": [{"name": "batch4", "kind": "llamacpp", "parallel": 4},
+                                      {"name": "single", "kind": "llamacpp", "parallel": 1}],
+        "models": [{"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}],
+        "workloads": [{"name": "p16-o8", "prompt_tokens": 16, "output_tokens": 8}],
+        "load": {"concurrency": [1, 2], "requests": 3, "warmup": 1, "max_seconds": 30}}))
+    res = subprocess.run([*gaplab_cli, "sweep", str(scenario), "--data-dir", str(tmp / "raw")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0 already measured on this machine, 4 to run" in res.stdout
+    return tmp, scenario
+
+
+def run_files(tmp):
+    return sorted((tmp / "raw").rglob("*.run.parquet"))
+
+
+def test_second_sweep_skips_and_force_reruns(swept, gaplab_cli):
+    tmp, scenario = swept
+    assert len(run_files(tmp)) == 4
+    again = subprocess.run([*gaplab_cli, "sweep", str(scenario), "--data-dir", str(tmp / "raw")],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "4 already measured on this machine, 0 to run" in again.stdout
+    assert len(run_files(tmp)) == 4
+    listed = subprocess.run([*gaplab_cli, "sweep", str(scenario), "--list", "--data-dir", str(tmp / "raw")],
+                            capture_output=True, text=True).stdout
+    assert listed.count("measured") == 4 and "batch4/smollm2-135m/Q4_1/p16-o8/c2" in listed
+
+
+def _serve(folder):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def _chromium(args):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "chromium is not installed: make test installs Debian's chromium"
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=120)
+
+
+def test_report_builds_a_site_whose_charts_draw_offline(swept, gaplab_cli, output_dir):
+    tmp, _ = swept
+    site = tmp / "site"
+    res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(tmp / "raw"), "--out", str(site)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "site built with nbconvert" in res.stdout
+    assert re.search(r"cells: +4 measured", res.stdout) and re.search(r"errors: +0", res.stdout)
+    page = site / "notebooks" / "20-throughput-latency.html"
+    html = page.read_text()
+    assert "vega@" not in html and "vega-lite@" not in html  # altair's CDN loaders are not used
+    httpd = _serve(site)
+    try:
+        for rel, charts in (("notebooks/20-throughput-latency.html", 3), ("index.html", 2)):
+            url = f"http://127.0.0.1:{httpd.server_port}/{rel}"
+            dom = _chromium(["--virtual-time-budget=15000", "--dump-dom", url]).stdout
+            drawn = re.findall(r'<div id="gaplab-chart-\d+"[^>]*>\s*<svg', dom)
+            assert len(drawn) == charts, f"{rel}: {len(drawn)} charts drew an SVG, expected {charts}"
+            assert dom.count('role-mark') >= charts and "draws in the gaplab site" not in dom
+        shot = output_dir / "throughput-latency.png"
+        _chromium(["--virtual-time-budget=15000", "--window-size=1300,2400", f"--screenshot={shot}",
+                   f"http://127.0.0.1:{httpd.server_port}/notebooks/20-throughput-latency.html"])
+        assert shot.exists() and shot.stat().st_size > 20_000
+    finally:
+        httpd.shutdown()
