@@ -1,0 +1,42 @@
+# The README's commands. Python packages go into .venv; the llama.cpp build and the
+# models are cached in ~/.cache/gaplab (GAPLAB_CACHE), outside the clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SCENARIO ?= scenarios/local-cpu.yaml
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
+.PHONY: setup toolchain browser report test bench clean
+
+$(BIN)/gaplab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+setup: $(BIN)/gaplab
+
+# cmake and a C++ compiler build llama.cpp; installed from Debian when missing (needs root).
+toolchain:
+	@command -v cmake >/dev/null && command -v c++ >/dev/null || \
+	  { apt-get update -qq && $(APT) cmake g++; }
+
+# Debian's Chromium, for the test that loads the site in a real browser.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && $(APT) chromium; }
+
+# Measure the scenario (cells already measured on this machine are skipped; FORCE=1 reruns them)
+# and build the site into _site/.
+report: setup toolchain
+	$(BIN)/gaplab local setup
+	$(BIN)/gaplab sweep $(SCENARIO) $(if $(FORCE),--force)
+	$(BIN)/gaplab report
+
+test: setup toolchain browser
+	$(BIN)/gaplab local setup --model smollm2-135m --quant Q8_0
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/client_capacity.py
+
+clean:
+	rm -rf build _site .quarto

@@ -1,0 +1,121 @@
+"""The `gaplab` command. User mistakes end with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import typer
+
+from gaplab.config import BUILD_DIR, RAW_DIR, SITE_DIR
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+local_app = typer.Typer(no_args_is_help=True, help="The embedded default: llama.cpp and small models.")
+app.add_typer(local_app, name="local")
+
+LAST_SWEEP = BUILD_DIR / "last-sweep.json"
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"gaplab: error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run fn, turning user-facing errors into one line."""
+    from gaplab.local import SetupError
+    from gaplab.scenario import ScenarioError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ScenarioError, SetupError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@local_app.command("setup")
+def local_setup(model: list[str] = typer.Option(None, help="only these local models"),
+                quant: list[str] = typer.Option(None, help="only these derived quants (F16, Q8_0, Q4_0)")):
+    """Build llama.cpp from the llama-cpp-python sdist and provision the local models (cached)."""
+    from gaplab import local
+
+    _guard(local.setup, model or None, quant or None)
+    typer.echo(f"gaplab: llama.cpp tools in {local.tool_path('llama-server').parent}")
+
+
+@app.command()
+def sweep(scenario: Path, force: bool = typer.Option(False, help="rerun cells already measured here"),
+          list_cells: bool = typer.Option(False, "--list", help="print the cells and stop"),
+          data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files go")):
+    """Run every cell of SCENARIO not yet measured on this machine."""
+    from gaplab import store
+    from gaplab.hardware import hardware
+    from gaplab.scenario import load_scenario
+    from gaplab.sweep import sweep as run_sweep
+
+    cells = _guard(load_scenario, scenario).cells()
+    if list_cells:
+        done = store.completed_cells(data_dir, hardware()["hardware_id"])
+        for c in cells:
+            typer.echo(f"{c.cell_id}  {'measured' if c.cell_key in done else 'to run'}")
+        return
+    result = _guard(run_sweep, scenario, force=force, raw_dir=data_dir)
+    LAST_SWEEP.parent.mkdir(parents=True, exist_ok=True)
+    LAST_SWEEP.write_text(json.dumps(result.__dict__))
+    typer.echo(f"gaplab: sweep done in {result.seconds:.0f} s: {result.ran} cells run, "
+               f"{result.skipped} reused, {len(result.failed)} failed")
+    for line in result.failed:
+        typer.echo(f"  failed: {line}", err=True)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --list); default: the first"),
+        data_dir: Path = typer.Option(RAW_DIR)):
+    """Measure one cell in this process (no papermill), starting its server."""
+    from gaplab.sweep import run_cell
+
+    typer.echo(json.dumps(_guard(run_cell, scenario, cell, raw_dir=data_dir)))
+
+
+@app.command()
+def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files are"),
+           out: Path = typer.Option(SITE_DIR, help="site folder (the nbconvert build)")):
+    """Build the report site from the raw data, with Quarto if installed, else nbconvert."""
+    import polars as pl
+
+    from gaplab import analysis
+    from gaplab.site import build_site
+
+    builder = build_site(data_dir, out)
+    hw = analysis.pick_hardware(data_dir)
+    req = analysis.measured_requests(data_dir, hw)
+    cells = req["cell_key"].n_unique()
+    last = json.loads(LAST_SWEEP.read_text()) if LAST_SWEEP.exists() else None
+    ran = f" ({last['ran']} run by the last sweep, {last['skipped']} reused)" if last else ""
+    typer.echo(f"gaplab: site built with {builder}: open {(out / 'index.html').resolve()}")
+    typer.echo(f"  cells:    {cells} measured on {hw}{ran}")
+    typer.echo(f"  requests: {req.height} measured")
+    typer.echo(f"  errors:   {req.filter(pl.col('error').is_not_null()).height}")
+
+
+@app.command()
+def doctor():
+    """Say what is installed and what is missing."""
+    from gaplab import local
+    from gaplab.hardware import hardware
+
+    hw = hardware()
+    typer.echo(f"machine:   {hw['hardware_id']} ({hw['cpu_model']}, {hw['cpu_cores']} cores, {hw['memory_gib']} GiB)")
+    typer.echo(f"llama.cpp: {'built, ' + local.llama_version() if local.llama_built() else 'not built (gaplab local setup)'}")
+    for name, src in local.MODELS.items():
+        have = [q for q in [src.quant, *local.DERIVED_QUANTS] if local.model_path(name, q).exists()]
+        typer.echo(f"model:     {name}: {', '.join(have) or 'not provisioned (gaplab local setup)'}")
+    typer.echo(f"quarto:    {shutil.which('quarto') or 'not found: the report is built with nbconvert'}")
+    typer.echo(f"python:    {sys.executable}")
+
+
+if __name__ == "__main__":
+    app()
