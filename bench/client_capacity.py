@@ -34,19 +34,32 @@ from gaplab.client import RequestRecord, StreamClient  # noqa: E402
 from gaplab.runtimes.llamacpp import free_port, stop_process  # noqa: E402
 
 
-async def gaplab_reader(url: str, streams: int) -> int:
-    async with StreamClient(url, "chat") as client:
-        payload = client.body("hi", 1, "fake")
-        recs = [RequestRecord(index=i, user=i, warmup=False, scheduled_ns=0) for i in range(streams)]
-        await asyncio.gather(*(client.stream(payload, r) for r in recs))
+# Each reader: setup(url) -> (state, close), built outside the timing; run(state, streams) -> chunks read.
+
+
+async def gaplab_setup(url: str):
+    client = StreamClient(url, "chat")
+    return client, client.sdk.close
+
+
+async def gaplab_run(client: StreamClient, streams: int) -> int:
+    payload = client.body("hi", 1, "fake")
+    recs = [RequestRecord(index=i, user=i, warmup=False, scheduled_ns=0) for i in range(streams)]
+    await asyncio.gather(*(client.stream(payload, r) for r in recs))
     assert all(r.error is None for r in recs), recs[0].error
     return sum(len(r.chunks) for r in recs)
 
 
-async def line_iterator_reader(url: str, streams: int) -> int:
+async def line_iterator_setup(url: str):
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+    return (url, session), session.close
+
+
+async def line_iterator_run(state, streams: int) -> int:
+    url, session = state
     body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
-    async def one(session) -> int:
+    async def one() -> int:
         n, first = 0, None
         async with session.post(url + "/chat/completions", json=body) as resp:
             async for line in resp.content:
@@ -60,13 +73,15 @@ async def line_iterator_reader(url: str, streams: int) -> int:
                 n += 1
         return n
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
-        return sum(await asyncio.gather(*(one(session) for _ in range(streams))))
+    return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
-async def openai_reader(url: str, streams: int) -> int:
+async def openai_setup(url: str):
     client = openai.AsyncOpenAI(base_url=url, api_key="none")
+    return client, client.close
 
+
+async def openai_run(client, streams: int) -> int:
     async def one() -> int:
         n = 0
         stream = await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}],
@@ -75,13 +90,21 @@ async def openai_reader(url: str, streams: int) -> int:
             n += 1
         return n
 
+    return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+async def timed(setup, run, url: str, streams: int) -> float:
+    state, close = await setup(url)
     try:
-        return sum(await asyncio.gather(*(one() for _ in range(streams))))
+        t0 = time.perf_counter()
+        n = await run(state, streams)
+        return n / (time.perf_counter() - t0)
     finally:
-        await client.close()
+        await close()
 
 
-READERS = {"gaplab": gaplab_reader, "line-iterator": line_iterator_reader, "openai-sdk": openai_reader}
+READERS = {"gaplab": (gaplab_setup, gaplab_run), "line-iterator": (line_iterator_setup, line_iterator_run),
+           "openai-sdk": (openai_setup, openai_run)}
 
 
 def main() -> None:
@@ -102,13 +125,9 @@ def main() -> None:
     try:
         for streams in (1, 8, 64):
             rates = {}
-            for name, reader in READERS.items():
-                runs = []
-                for _ in range(args.rounds):
-                    t0 = time.perf_counter()
-                    n = asyncio.run(reader(url, streams))
-                    runs.append(n / (time.perf_counter() - t0))
-                rates[name] = statistics.median(runs)
+            for name, (setup, run) in READERS.items():
+                rates[name] = statistics.median(asyncio.run(timed(setup, run, url, streams))
+                                                for _ in range(args.rounds))
             for name, rate in rates.items():
                 print(f"{streams:>7} {name:>14} {rate:>10,.0f} {rate / rates['line-iterator']:>16.2f}x")
     finally:

@@ -157,17 +157,32 @@ def throughput_story(summary: pl.DataFrame) -> str:
 
 
 def per_user_story(summary: pl.DataFrame) -> str:
-    """How much decode speed one user keeps as others join."""
-    lo, hi = summary["concurrency"].min(), summary["concurrency"].max()
+    """How much decode speed one user keeps as others join, and what a batched step costs."""
+    lo = summary["concurrency"].min()
     out = []
     for key, cell in summary.group_by(["model", "runtime", "quant"], maintain_order=True):
-        r1, rn = _rows(cell, concurrency=lo), _rows(cell, concurrency=hi)
-        if not (r1.height and rn.height) or r1["per_user_tok_s"][0] is None or rn["per_user_tok_s"][0] is None:
+        r1 = _rows(cell, concurrency=lo)
+        if not r1.height or r1["per_user_tok_s"][0] is None:
             continue
-        a, b = r1["per_user_tok_s"][0], rn["per_user_tok_s"][0]
-        out.append(f"- {key[0]} {key[2]} on {key[1]}: {a:.1f} tok/s per user alone, {b:.1f} at {hi} users "
-                   f"({b / a:.0%} of it).")
-    return ("Decode speed seen by one user once its first token arrived:\n\n" + "\n".join(out)) if out else ""
+        alone, parallel = r1["per_user_tok_s"][0], r1["parallel"][0]
+        steps = []
+        for row in cell.filter(pl.col("concurrency") > lo).sort("concurrency").iter_rows(named=True):
+            if row["per_user_tok_s"] is None:
+                continue
+            text = f"{row['per_user_tok_s']:.1f} at {row['concurrency']} ({row['per_user_tok_s'] / alone:.0%})"
+            if parallel and row["concurrency"] <= parallel and lo == 1:
+                # every user decodes in the same steps: each of them now waits this much per token
+                cost = alone / row["per_user_tok_s"]
+                text += f", time per token {cost:.1f}× a lone user's"
+            steps.append(text)
+        out.append(f"- {key[0]} {key[2]} on {key[1]}: {alone:.1f} tok/s per user alone; " + "; ".join(steps) + ".")
+    if not out:
+        return ""
+    return ("Decode speed seen by one user once its first token arrived. Where the server has a slot "
+            "for every user, all of them advance in the same steps, so each user's time per token, "
+            "against a lone user's, is what one shared step costs (steps that also process a newcomer's "
+            "prompt included). Below n for n users, batching gains over serving them one after the "
+            "other; above n, it loses.\n\n" + "\n".join(out))
 
 
 def ttft_story(summary: pl.DataFrame) -> str:
@@ -218,3 +233,61 @@ def setup_story(raw_dir: Path, hardware_id: str, summary: pl.DataFrame) -> str:
                  f"4-bit files that ship on PyPI, so they cannot be more faithful than those 4-bit files; "
                  f"their speed is real, their quality is not the original model's.")
     return text
+
+
+# ---------------------------------------------------------------- published figures
+
+
+def read_reference(path: Path | None = None) -> pl.DataFrame:
+    from gaplab.config import REFERENCE_DIR
+
+    return pl.read_csv(path or REFERENCE_DIR / "published_results.csv")
+
+
+def scaling(summary: pl.DataFrame, reference: pl.DataFrame) -> pl.DataFrame:
+    """Total tok/s at the highest load over tok/s for one user, ours beside published ones.
+
+    Published single-user figures are aggregate_tok_s at 1 user, or decode_tok_s where a
+    source gave only that (for one user the two are the same quantity).
+    """
+    keys = ["source", "hardware", "model", "runtime", "quant"]
+    one = (reference.filter((pl.col("concurrency") == 1) & pl.col("metric").is_in(["aggregate_tok_s", "decode_tok_s"]))
+           .sort("metric").group_by(keys).first().select(*keys, tok_s_1=pl.col("value")))
+    many = (reference.filter((pl.col("metric") == "aggregate_tok_s") & (pl.col("concurrency") > 1))
+            .sort("concurrency").group_by(keys).last().select(*keys, users=pl.col("concurrency"),
+                                                              tok_s_n=pl.col("value")))
+    published = one.join(many, on=keys).with_columns(pl.lit("published").alias("who"))
+    hi = summary["concurrency"].max()
+    ours = (summary.filter(pl.col("concurrency") == 1).select("model", "runtime", "quant", tok_s_1="aggregate_tok_s")
+            .join(summary.filter(pl.col("concurrency") == hi)
+                  .select("model", "runtime", "quant", "hardware_id", users="concurrency", tok_s_n="aggregate_tok_s"),
+                  on=["model", "runtime", "quant"])
+            .with_columns(source=pl.lit("gaplab (this report)"), who=pl.lit("measured here"))
+            .rename({"hardware_id": "hardware"}))
+    cols = ["who", "source", "hardware", "model", "runtime", "quant", "users", "tok_s_1", "tok_s_n"]
+    return (pl.concat([ours.select(cols), published.select(cols)], how="vertical_relaxed")
+            .with_columns(scaling=pl.col("tok_s_n") / pl.col("tok_s_1"),
+                          label=pl.col("runtime") + " " + pl.col("quant") + " · " + pl.col("model")
+                          + " · " + pl.col("hardware"))
+            .sort("scaling", descending=True))
+
+
+def scaling_story(table: pl.DataFrame) -> str:
+    ours = table.filter(pl.col("who") == "measured here")
+    pub = table.filter(pl.col("who") == "published")
+    if ours.is_empty() or pub.is_empty():
+        return ""
+    best_pub, worst_pub = pub.row(0, named=True), pub.row(-1, named=True)
+    parts = []
+    for rt in ours["runtime"].unique(maintain_order=True):
+        r = ours.filter(pl.col("runtime") == rt)
+        parts.append(f"{rt} ×{r['scaling'].min():.2f} to ×{r['scaling'].max():.2f}")
+    return (f"Going from one user to many multiplies total throughput by "
+            f"×{best_pub['scaling']:.1f} for {best_pub['runtime']} {best_pub['quant']} on "
+            f"{best_pub['hardware']} ({best_pub['users']} users, {best_pub['source']}) but only "
+            f"×{worst_pub['scaling']:.2f} for {worst_pub['runtime']} {worst_pub['quant']} on {worst_pub['hardware']}. "
+            f"Here, from 1 to {ours['users'].max()} users: " + "; ".join(parts) + ". "
+            f"Adding users multiplies throughput only when one decode step serves many sequences for "
+            f"little more than the cost of one: true while the step is bound by reading the weights "
+            f"from memory, as on a GPU at small batch sizes; the cost of a batched step on this machine "
+            f"is in the per-user section above.")

@@ -46,20 +46,22 @@ def _tooltip(extra: list) -> list:
 
 
 def by_concurrency(summary: pl.DataFrame, metric: str, title: str, y_title: str,
-                   dash: str | None = None) -> alt.FacetChart:
-    """One line per runtime config x quant, one panel per model, against concurrency."""
+                   row: str | None = None) -> alt.FacetChart:
+    """One line per runtime config x quant (colour: runtime, dash: quant), one panel per model
+    (and per value of `row` when given), against concurrency."""
     df = summary.to_pandas()
     levels = sorted(df["concurrency"].unique().tolist())
-    enc = dict(x=_concurrency_axis(levels), y=alt.Y(f"{metric}:Q", title=y_title),
-               color=alt.Color("config:N", title="runtime · quant"),
-               tooltip=_tooltip([alt.Tooltip(f"{metric}:Q", title=y_title, format=",.1f")]))
-    if dash:
-        enc["strokeDash"] = alt.StrokeDash(f"{dash}:N")
-        enc["tooltip"].insert(4, alt.Tooltip(f"{dash}:N"))
-    base = alt.Chart(df).encode(**enc)
-    layered = base.mark_line() + base.mark_point(filled=True, size=45)
-    return layered.properties(width=300, height=230).facet(
-        column=alt.Column("model:N", title=None)).properties(title=title).resolve_scale(y="independent")
+    base = alt.Chart(df).encode(
+        x=_concurrency_axis(levels), y=alt.Y(f"{metric}:Q", title=y_title),
+        color=alt.Color("runtime:N", title="runtime"), strokeDash=alt.StrokeDash("quant:N", title="quant"),
+        shape=alt.Shape("quant:N", title="quant"),
+        tooltip=_tooltip([alt.Tooltip(f"{metric}:Q", title=y_title, format=",.1f")]))
+    layered = base.mark_line() + base.mark_point(filled=True, size=50)
+    facet = {"column": alt.Column("model:N", title=None)}
+    if row:
+        facet["row"] = alt.Row(f"{row}:N", title=None)
+    return layered.properties(width=300, height=220).facet(**facet).properties(title=title).resolve_scale(
+        y="independent")
 
 
 def ttft_long(summary: pl.DataFrame) -> pl.DataFrame:
@@ -68,3 +70,19 @@ def ttft_long(summary: pl.DataFrame) -> pl.DataFrame:
     return summary.unpivot(index=keep, on=["ttft_p50_ms", "ttft_p99_ms"], variable_name="percentile",
                            value_name="ttft_ms").with_columns(
         pl.col("percentile").str.extract(r"(p\d+)"))
+
+
+def scaling_bars(table: pl.DataFrame) -> alt.Chart:
+    """Throughput multiplier from one user to many: ours beside published figures."""
+    df = table.to_pandas()
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("scaling:Q", title="total tok/s at N users ÷ tok/s for one user"),
+        y=alt.Y("label:N", sort="-x", title=None, axis=alt.Axis(labelLimit=420)),
+        color=alt.Color("who:N", title=None, scale=alt.Scale(domain=["measured here", "published"],
+                                                             range=["#d95f02", "#7570b3"])),
+        tooltip=[alt.Tooltip("who:N"), alt.Tooltip("source:N"), alt.Tooltip("hardware:N"), alt.Tooltip("model:N"),
+                 alt.Tooltip("runtime:N"), alt.Tooltip("quant:N"), alt.Tooltip("users:Q", title="N users"),
+                 alt.Tooltip("tok_s_1:Q", title="tok/s, 1 user", format=",.1f"),
+                 alt.Tooltip("tok_s_n:Q", title="tok/s, N users", format=",.1f"),
+                 alt.Tooltip("scaling:Q", title="multiplier", format=".2f")],
+    ).properties(width=420, title="What adding users buys: published figures and this machine")

@@ -62,7 +62,7 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="rerun cells al
         return
     result = _guard(run_sweep, scenario, force=force, raw_dir=data_dir)
     LAST_SWEEP.parent.mkdir(parents=True, exist_ok=True)
-    LAST_SWEEP.write_text(json.dumps(result.__dict__))
+    LAST_SWEEP.write_text(json.dumps({**result.__dict__, "data_dir": str(data_dir.resolve())}))
     typer.echo(f"gaplab: sweep done in {result.seconds:.0f} s: {result.ran} cells run, "
                f"{result.skipped} reused, {len(result.failed)} failed")
     for line in result.failed:
@@ -94,6 +94,8 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
     req = analysis.measured_requests(data_dir, hw)
     cells = req["cell_key"].n_unique()
     last = json.loads(LAST_SWEEP.read_text()) if LAST_SWEEP.exists() else None
+    if last and last.get("data_dir") != str(data_dir.resolve()):
+        last = None  # that sweep wrote elsewhere
     ran = f" ({last['ran']} run by the last sweep, {last['skipped']} reused)" if last else ""
     typer.echo(f"gaplab: site built with {builder}: open {(out / 'index.html').resolve()}")
     typer.echo(f"  cells:    {cells} measured on {hw}{ran}")

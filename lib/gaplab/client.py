@@ -1,11 +1,12 @@
 """Streaming client: one record per request, one arrival time per streamed chunk.
 
 The openai package builds the endpoint URL and the auth header and serves the
-non-streamed calls. Streams are read with aiohttp and a lean SSE splitter: the hot
-path only stamps each network read with time.perf_counter_ns() and keeps the raw
-`data:` lines; JSON is parsed after the stream ends, so parsing never delays the
-timestamp of another stream's chunk. (The openai SDK's parsed-chunk iterator was
-measured 59 ms off on TTFT at 64 streams; see bench/client_capacity.py.)
+non-streamed calls. Streams are read by a plain asyncio protocol: its hot path is
+`data_received`, which only stamps each network read with time.perf_counter_ns() and
+keeps the bytes. HTTP framing, SSE lines and JSON are parsed after the stream ends, so
+parsing never delays the timestamp of another stream's read. (Stamping after an
+aiohttp read woke the reading task was 5 ms late at 64 streams here; the openai SDK's
+parsed-chunk iterator was measured 59 ms off. See bench/client_capacity.py.)
 
 TTFT is the first chunk that carries output text (content, reasoning or a tool
 call): a role-only or empty chunk is not a token.
@@ -17,7 +18,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
+import ssl
+from urllib.parse import urlsplit
+
 import openai
 import orjson
 
@@ -71,38 +74,137 @@ def classify(event: dict, api: str) -> tuple[str, int]:
 
 def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: str) -> None:
     """Parse the raw `data:` lines of one stream into the record (off the hot path)."""
+    loads, chunks, text_key = orjson.loads, rec.chunks, "text" if api == "completions" else "content"
     for arrival_ns, line in events:
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
+        if line.endswith(b"[DONE]"):
             continue
         try:
-            event = orjson.loads(payload)
+            event = loads(line[5:])  # orjson skips the space after "data:"
         except orjson.JSONDecodeError:
-            rec.error = rec.error or f"malformed stream event: {payload[:200]!r}"
+            rec.error = rec.error or f"malformed stream event: {line[:200]!r}"
             continue
-        if "error" in event and not event.get("choices"):
+        choices = event.get("choices")
+        if choices:
+            choice = choices[0]
+            part = choice.get("delta", choice) if api == "chat" else choice
+            text = part.get(text_key) if part else None
+            kind, n_chars = (CONTENT, len(text)) if text else classify(event, api)
+            if choice.get("finish_reason"):
+                rec.finish_reason = choice["finish_reason"]
+        elif "error" in event:
             rec.error = str(event["error"])[:500]
             continue
-        kind, n_chars = classify(event, api)
-        rec.chunks.append((arrival_ns, kind, n_chars))
+        else:
+            kind, n_chars = classify(event, api)
+        chunks.append((arrival_ns, kind, n_chars))
         if kind in TOKEN_KINDS:
             if rec.first_token_ns is None:
                 rec.first_token_ns = arrival_ns
             rec.last_token_ns = arrival_ns
             rec.output_chars += n_chars
-        for choice in event.get("choices") or []:
-            if choice.get("finish_reason"):
-                rec.finish_reason = choice["finish_reason"]
         usage = event.get("usage")
         if usage:
             rec.prompt_tokens = usage.get("prompt_tokens")
             rec.completion_tokens = usage.get("completion_tokens")
-        if event.get("timings"):  # llama.cpp's own per-request figures
+        if "timings" in event:  # llama.cpp's own per-request figures
             rec.server_timings = event["timings"]
 
 
+class _Reads(asyncio.Protocol):
+    """Collects (arrival_ns, bytes) per network read; nothing else happens on arrival."""
+
+    def __init__(self, done: asyncio.Future):
+        self.reads: list[tuple[int, bytes]] = []
+        self.done = done
+        self.parsed: tuple | None = None  # parse_response of a complete body, when seen
+
+    def data_received(self, data: bytes) -> None:
+        self.reads.append((time.perf_counter_ns(), data))
+        # A chunked body ends with a zero-size frame; most servers also close (we ask them to).
+        if data.endswith(b"0\r\n\r\n") and not self.done.done():
+            self.parsed = parse_response(self.reads)
+            if self.parsed[3]:
+                self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+def parse_response(reads: list[tuple[int, bytes]]) -> tuple[int | None, dict, list[tuple[int, bytes]], bool]:
+    """HTTP/1.1 response from timed reads: (status, headers, [(arrival_ns, body bytes)], complete).
+
+    Decodes chunked transfer encoding; each body piece keeps the arrival time of the read
+    that carried it.
+    """
+    raw = b""
+    for k, (ns, data) in enumerate(reads):
+        raw += data
+        if b"\r\n\r\n" in raw:
+            break
+    else:
+        return None, {}, [], False
+    head, rest = raw.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    pieces = [(ns, rest)] + reads[k + 1:]
+    if "chunked" not in headers.get("transfer-encoding", "").lower():
+        length = int(headers.get("content-length", -1))
+        return status, headers, pieces, length >= 0 and sum(len(d) for _, d in pieces) >= length
+    out, pending, remaining = [], b"", 0  # remaining: bytes left in the current frame, -1: its CRLF
+    for ns, data in pieces:
+        buf, pos, got = pending + data, 0, []
+        while True:
+            if remaining > 0:
+                take = buf[pos:pos + remaining]
+                got.append(take)
+                pos += len(take)
+                remaining -= len(take)
+                if remaining:
+                    break
+                remaining = -1
+            if remaining == -1:
+                if len(buf) - pos < 2:
+                    break
+                pos, remaining = pos + 2, 0
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            size = int(buf[pos:end].split(b";")[0], 16)
+            pos = end + 2
+            if size == 0:
+                out.append((ns, b"".join(got)))
+                return status, headers, out, True
+            remaining = size
+        pending = buf[pos:]
+        out.append((ns, b"".join(got)))
+    return status, headers, out, False
+
+
+def sse_data_lines(body: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The `data:` lines of an event stream, each with the arrival time of its last byte."""
+    events, tail = [], b""
+    for ns, data in body:
+        lines = (tail + data).split(b"\n")
+        tail = lines.pop()
+        events += [(ns, line.rstrip(b"\r")) for line in lines if line.startswith(b"data:")]
+    if tail.startswith(b"data:") and body:
+        events.append((body[-1][0], tail.rstrip(b"\r")))
+    return events
+
+
 class StreamClient:
-    """Async streaming client for one OpenAI-compatible endpoint (chat or text completions)."""
+    """Async streaming client for one OpenAI-compatible endpoint (chat or text completions).
+
+    Each request opens its own connection (llama-server closes a streamed connection;
+    reusing a pooled one failed every second request here) and asks the server to close
+    it after the response. There is no client-side cap on connections, so the client
+    never queues a request.
+    """
 
     def __init__(self, base_url: str, api: str = "chat", api_key: str | None = None,
                  timeout: float = 300.0):
@@ -112,23 +214,21 @@ class StreamClient:
         self.sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout)
         path = "chat/completions" if api == "chat" else "completions"
         self.url = str(self.sdk.base_url).rstrip("/") + "/" + path
-        self.headers = {**self.sdk.auth_headers, "Content-Type": "application/json",
-                        "Accept": "text/event-stream"}
+        url = urlsplit(self.url)
+        if url.scheme not in ("http", "https"):
+            raise ValueError(f"base_url: got {base_url!r}; it must start with http:// or https://")
+        self.host, self.path = url.hostname or "", url.path
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.ssl = ssl.create_default_context() if url.scheme == "https" else None
+        headers = {"Host": url.netloc, **self.sdk.auth_headers, "Content-Type": "application/json",
+                   "Accept": "text/event-stream", "Connection": "close"}
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "StreamClient":
-        # limit=0: no client-side cap, so the client never queues a request. force_close: one
-        # connection per request; llama-server closes a streamed connection, and reusing a
-        # pooled one failed every second request here ("Can not write request body").
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
-            timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=10))
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._session is not None:
-            await self._session.close()
         await self.sdk.close()
 
     def body(self, prompt: str, max_tokens: int, model: str, extra: dict | None = None) -> bytes:
@@ -143,37 +243,49 @@ class StreamClient:
 
     async def stream(self, payload: bytes, rec: RequestRecord) -> RequestRecord:
         """Send one streamed request and fill rec; failures are stored in rec.error, never raised."""
-        assert self._session is not None, "use 'async with StreamClient(...)'"
-        events: list[tuple[int, bytes]] = []
-        perf = time.perf_counter_ns
-        rec.sent_ns = perf()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        proto = _Reads(done)
+        transport = None
+        request = (f"POST {self.path} HTTP/1.1\r\n{self.head}Content-Length: {len(payload)}\r\n\r\n"
+                   ).encode() + payload
+        rec.sent_ns = time.perf_counter_ns()
         try:
-            async with self._session.post(self.url, data=payload, headers=self.headers) as resp:
-                rec.http_status = resp.status
-                if resp.status != 200:
-                    rec.error = f"HTTP {resp.status}: {(await resp.text())[:500]}"
-                    return rec
-                tail = b""
-                async for data in resp.content.iter_any():
-                    now = perf()
-                    lines = (tail + data).split(b"\n")
-                    tail = lines.pop()
-                    for line in lines:
-                        if line.startswith(b"data:"):
-                            events.append((now, line))
-                if tail.startswith(b"data:"):
-                    events.append((perf(), tail))
+            async with asyncio.timeout(self.timeout):
+                transport, _ = await loop.create_connection(lambda: proto, self.host, self.port, ssl=self.ssl)
+                rec.sent_ns = time.perf_counter_ns()  # the request goes out now, connection made
+                transport.write(request)
+                await done
         except asyncio.CancelledError:
             rec.error = "cancelled"
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            rec.error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        except TimeoutError:
+            rec.error = f"no complete response within {self.timeout:.0f} s"
+        except OSError as exc:
+            rec.error = f"{type(exc).__name__}: {exc}"[:500]
         finally:
-            rec.end_ns = perf()
-            fill_from_events(rec, events, self.api)
+            if transport is not None:
+                transport.close()
+            rec.end_ns = time.perf_counter_ns()
+            self._fill(rec, proto.parsed if proto.parsed and proto.parsed[3] else parse_response(proto.reads))
+        return rec
+
+    def _fill(self, rec: RequestRecord, parsed: tuple) -> None:
+        status, headers, body, complete = parsed
+        rec.http_status = status
+        if status is None:
+            rec.error = rec.error or "no HTTP response"
+            return
+        if status != 200:
+            text = b"".join(d for _, d in body).decode(errors="replace")
+            rec.error = rec.error or f"HTTP {status}: {text[:500]}"
+            return
+        fill_from_events(rec, sse_data_lines(body), self.api)
+        framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
+        if rec.error is None and framed and not complete:
+            rec.error = "the response ended before its body was complete"
         if rec.error is None and rec.first_token_ns is None:
             rec.error = "stream ended without an output token"
-        return rec
 
     async def served_models(self) -> list[str]:
         """Model ids the server lists (non-streamed call through the openai SDK)."""

@@ -35,6 +35,8 @@ class RuntimeSpec(_Strict):
     ctx_size: int = Field(4096, ge=256)
     kv_unified: bool = True
     extra_args: list[str] = []
+    # fields added to every request, e.g. {ignore_eos: true} on vLLM
+    extra_body: dict = {}
     # openai (attach)
     base_url: str | None = None
     api_key_env: str | None = None
@@ -50,9 +52,13 @@ class RuntimeSpec(_Strict):
     def launch_flags(self) -> dict:
         """The flags that make this runtime's identity (part of every cell key)."""
         if self.kind == "llamacpp":
-            return {"parallel": self.parallel, "threads": self.threads, "ctx_size": self.ctx_size,
-                    "kv_unified": self.kv_unified, "extra_args": list(self.extra_args)}
-        return {"base_url": self.base_url}
+            flags = {"parallel": self.parallel, "threads": self.threads, "ctx_size": self.ctx_size,
+                     "kv_unified": self.kv_unified, "extra_args": list(self.extra_args)}
+        else:
+            flags = {"base_url": self.base_url}
+        if self.extra_body:  # only when set, so adding the field kept older cell keys
+            flags["extra_body"] = self.extra_body
+        return flags
 
 
 class ModelSpec(_Strict):

@@ -31,7 +31,7 @@ from gaplab.runtimes import Server, open_server
 from gaplab.scenario import Cell, ScenarioError, load_scenario
 from gaplab.workload import make_prompts
 
-PACKAGES = ("openai", "aiohttp", "polars", "pyarrow", "altair", "papermill")
+PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
 
 
 def find_cell(cells: list[Cell], cell_id: str) -> Cell:

@@ -3,7 +3,8 @@ server cannot do on demand: a known time to first token and a known gap between 
 
 Each response sends a role-only chunk at once, the first token `ttft` seconds after the
 request arrived, then one token every `itl` seconds (deadlines from the arrival, so no
-drift), then a usage chunk and [DONE]. With ttft = itl = 0 it writes everything at once
+drift), then a usage chunk and [DONE]. With SSE_SERVER_LOG=1 it prints, per request, when
+the request arrived and when its first token was written (perf_counter_ns). With ttft = itl = 0 it writes everything at once
 (the client-capacity benchmark). Run: python sse_server.py PORT TTFT ITL TOKENS [CPU]
 """
 
@@ -12,6 +13,8 @@ import json
 import os
 import sys
 import time
+
+LOG_TRUTH = os.environ.get("SSE_SERVER_LOG") == "1"
 
 
 def frame(data: bytes) -> bytes:
@@ -26,10 +29,12 @@ def chunk(obj: dict) -> bytes:
 async def handle(reader, writer, ttft: float, itl: float, tokens: int) -> None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
+        arrived_ns = time.perf_counter_ns()  # CLOCK_MONOTONIC: the client's clock too
         arrived = time.monotonic()
         length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                        if line.lower().startswith(b"content-length:")), 0)
-        await reader.readexactly(length)
+        body = json.loads(await reader.readexactly(length))
+        first_sent_ns = None
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                      b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         base = {"id": "x", "object": "chat.completion.chunk", "model": "fake"}
@@ -47,10 +52,15 @@ async def handle(reader, writer, ttft: float, itl: float, tokens: int) -> None:
                 await writer.drain()
             else:
                 writer.write(token)
+            if first_sent_ns is None:
+                first_sent_ns = time.perf_counter_ns()
         writer.write(chunk({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}))
         writer.write(chunk({**base, "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": tokens}}))
         writer.write(frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
+        if LOG_TRUTH:  # what the server really did, for the timing test to compare against
+            print(json.dumps({"id": body["messages"][0]["content"], "arrived_ns": arrived_ns,
+                              "first_token_sent_ns": first_sent_ns}), flush=True)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:

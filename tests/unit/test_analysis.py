@@ -41,11 +41,11 @@ def test_hand_computed_cell(summary):
     assert summary["ttft_p50_ms"] == pytest.approx(250.0)  # of 100, 200, 300, 400
     assert summary["ttft_p99_ms"] == pytest.approx(397.0)  # 300 + 0.97 * 100
     assert summary["output_tokens"] == 33
-    assert summary["span_s"] == pytest.approx(1.7)
-    assert summary["aggregate_tok_s"] == pytest.approx(33 / 1.7)
+    assert summary["span_s"] == pytest.approx(2.41)  # first send 0 ms, last end 2410 ms
+    assert summary["aggregate_tok_s"] == pytest.approx(33 / 2.41)
     assert summary["per_user_tok_s"] == pytest.approx(10.0)
     assert summary["itl_mean_ms"] == pytest.approx(100.0)  # from the three one-token-per-chunk requests
-    assert summary["e2e_p50_ms"] == pytest.approx(1050.0)  # of 700, 900, 1110, 1300
+    assert summary["e2e_p50_ms"] == pytest.approx(1005.0)  # of 700, 900, 1110, 1300
 
 
 def test_latest_complete_run_replaces_older_ones():

@@ -26,6 +26,11 @@ def test_local_default_expands_to_the_issue_matrix():
     assert len([k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]) == 12
 
 
+def test_every_shipped_scenario_is_valid():
+    for path in (Path(__file__).resolve().parents[2] / "scenarios").glob("*.yaml"):
+        assert load_scenario(path).cells(), path
+
+
 def test_cell_key_changes_with_what_is_measured():
     a = parse_scenario(GOOD).cells()[0]
     changed = copy.deepcopy(GOOD)

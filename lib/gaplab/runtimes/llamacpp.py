@@ -94,7 +94,7 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=local.llama_version(),
-                         launch_command=shlex.join(cmd), extra_body={"ignore_eos": True},
+                         launch_command=shlex.join(cmd), extra_body={"ignore_eos": True, **runtime.extra_body},
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
                          pid=proc.pid, started_ns=started, healthy_ns=healthy)
         finally:
