@@ -27,12 +27,12 @@ browser:
 # Measure the scenario (cells already measured on this machine are skipped; FORCE=1 reruns them)
 # and build the site into _site/.
 report: setup toolchain
-	$(BIN)/gaplab local setup
+	$(BIN)/gaplab local setup --runtime llamacpp --runtime vllm
 	$(BIN)/gaplab sweep $(SCENARIO) $(if $(FORCE),--force)
 	$(BIN)/gaplab report
 
 test: setup toolchain browser
-	$(BIN)/gaplab local setup --model smollm2-135m --quant Q8_0
+	$(BIN)/gaplab local setup --model smollm2-135m --quant Q8_0 --runtime llamacpp --runtime vllm
 	$(BIN)/python -m pytest
 
 bench: setup

