@@ -185,16 +185,50 @@ def parse_response(reads: list[tuple[int, bytes]]) -> tuple[int | None, dict, li
     return status, headers, out, False
 
 
-def sse_data_lines(body: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """The `data:` lines of an event stream, each with the arrival time of its last byte."""
+def body_lines(body: list[tuple[int, bytes]], prefix: bytes = b"data:") -> list[tuple[int, bytes]]:
+    """The lines of a streamed body that start with prefix (SSE `data:` lines; b"" for NDJSON),
+    each with the arrival time of its last byte. Blank lines are dropped."""
     events, tail = [], b""
     for ns, data in body:
         lines = (tail + data).split(b"\n")
         tail = lines.pop()
-        events += [(ns, line.rstrip(b"\r")) for line in lines if line.startswith(b"data:")]
-    if tail.startswith(b"data:") and body:
+        events += [(ns, line.rstrip(b"\r")) for line in lines if line.startswith(prefix) and line.strip()]
+    if tail.startswith(prefix) and tail.strip() and body:
         events.append((body[-1][0], tail.rstrip(b"\r")))
     return events
+
+
+OLLAMA_TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+                  "eval_count", "eval_duration")
+
+
+def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: str) -> None:
+    """Ollama's native stream: one JSON object per line; the last (done: true) holds its own
+    counts and durations (nanoseconds), kept as the server's timings."""
+    for arrival_ns, line in lines:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            rec.error = rec.error or f"malformed stream line: {line[:200]!r}"
+            continue
+        if "error" in obj:
+            rec.error = str(obj["error"])[:500]
+            continue
+        text = obj.get("response", "") if api == "completions" else (obj.get("message") or {}).get("content", "")
+        if not text and (obj.get("message") or {}).get("thinking"):
+            kind, text = REASONING, obj["message"]["thinking"]
+        else:
+            kind = CONTENT if text else EMPTY
+        rec.chunks.append((arrival_ns, kind, len(text)))
+        if text:
+            if rec.first_token_ns is None:
+                rec.first_token_ns = arrival_ns
+            rec.last_token_ns = arrival_ns
+            rec.output_chars += len(text)
+        if obj.get("done"):
+            rec.finish_reason = obj.get("done_reason")
+            rec.prompt_tokens, rec.completion_tokens = obj.get("prompt_eval_count"), obj.get("eval_count")
+            rec.server_timings = {k: obj[k] for k in OLLAMA_TIMINGS if k in obj}
 
 
 class StreamClient:
@@ -207,12 +241,17 @@ class StreamClient:
     """
 
     def __init__(self, base_url: str, api: str = "chat", api_key: str | None = None,
-                 timeout: float = 300.0):
+                 timeout: float = 300.0, protocol: str = "openai"):
         if api not in ("chat", "completions"):
             raise ValueError(f"api: got {api!r}; allowed: 'chat', 'completions'")
-        self.api = api
+        if protocol not in ("openai", "ollama"):
+            raise ValueError(f"protocol: got {protocol!r}; allowed: 'openai', 'ollama'")
+        self.api, self.protocol = api, protocol
         self.sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout)
-        path = "chat/completions" if api == "chat" else "completions"
+        if protocol == "ollama":
+            path = "api/chat" if api == "chat" else "api/generate"
+        else:
+            path = "chat/completions" if api == "chat" else "completions"
         self.url = str(self.sdk.base_url).rstrip("/") + "/" + path
         url = urlsplit(self.url)
         if url.scheme not in ("http", "https"):
@@ -232,8 +271,12 @@ class StreamClient:
         await self.sdk.close()
 
     def body(self, prompt: str, max_tokens: int, model: str, extra: dict | None = None) -> bytes:
-        body: dict = {"model": model, "max_tokens": max_tokens, "stream": True,
-                      "stream_options": {"include_usage": True}, "temperature": 0}
+        if self.protocol == "ollama":
+            body: dict = {"model": model, "stream": True, "keep_alive": "10m",
+                          "options": {"num_predict": max_tokens, "temperature": 0}}
+        else:
+            body = {"model": model, "max_tokens": max_tokens, "stream": True,
+                    "stream_options": {"include_usage": True}, "temperature": 0}
         if self.api == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
@@ -280,7 +323,10 @@ class StreamClient:
             text = b"".join(d for _, d in body).decode(errors="replace")
             rec.error = rec.error or f"HTTP {status}: {text[:500]}"
             return
-        fill_from_events(rec, sse_data_lines(body), self.api)
+        if self.protocol == "ollama":
+            fill_from_ollama(rec, body_lines(body, b""), self.api)
+        else:
+            fill_from_events(rec, body_lines(body), self.api)
         framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
         if rec.error is None and framed and not complete:
             rec.error = "the response ended before its body was complete"

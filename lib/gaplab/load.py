@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Callable
 
@@ -49,3 +50,37 @@ async def closed_loop(client: StreamClient, payloads: list[bytes], concurrency: 
         await phase(range(0, warmup), True, None)
     await phase(range(warmup, len(payloads)), False, time.monotonic() + max_seconds)
     return records
+
+
+def run_sync(make_coro):
+    """Run a coroutine to completion, also inside Jupyter (whose kernel already runs a loop).
+
+    There it runs on a thread with its own loop; Ctrl-C (a kernel interrupt) cancels the
+    requests in flight, which end as rows with their error.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    loop = asyncio.new_event_loop()
+    task: list[asyncio.Task] = []
+
+    def target() -> None:
+        task.append(loop.create_task(make_coro()))
+        try:
+            loop.run_until_complete(task[0])
+        except asyncio.CancelledError:
+            pass
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=target, name="gaplab-load")
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(task[0].cancel)
+        thread.join()
+        raise
+    return task[0].result() if task and task[0].done() and not task[0].cancelled() else None

@@ -38,6 +38,7 @@ REQUESTS = pa.schema(list(IDENTITY) + [
     ("finish_reason", pa.string()), ("http_status", pa.int32()), ("error", pa.string()),
     ("server_prompt_n", pa.int32()), ("server_prompt_ms", pa.float64()),
     ("server_predicted_n", pa.int32()), ("server_predicted_ms", pa.float64()),
+    ("server_load_ms", pa.float64()), ("server_total_ms", pa.float64()),
 ])
 
 CHUNKS = pa.schema(list(IDENTITY) + [
@@ -54,7 +55,12 @@ RUNS = pa.schema(list(IDENTITY) + [
     ("launch_command", pa.string()), ("meta_json", pa.string()),
 ])
 
-TABLES = {"run": RUNS, "requests": REQUESTS, "chunks": CHUNKS}
+TELEMETRY = pa.schema(list(IDENTITY) + [
+    ("t_ns", pa.int64()), ("source", pa.string()), ("metric", pa.string()), ("labels", pa.string()),
+    ("value", pa.float64()),
+])
+
+TABLES = {"run": RUNS, "requests": REQUESTS, "chunks": CHUNKS, "telemetry": TELEMETRY}
 
 
 def new_run_id() -> str:
@@ -67,8 +73,20 @@ def run_dir(raw_dir: Path, identity: dict, run_id: str) -> Path:
                 identity["quant"], date)
 
 
+def server_figures(timings: dict | None) -> dict:
+    """The server's own per-request figures, whatever runtime reported them."""
+    t = timings or {}
+    if "eval_count" in t or "total_duration" in t:  # Ollama: counts, durations in ns
+        ms = lambda k: t[k] / 1e6 if k in t else None  # noqa: E731
+        return {"server_prompt_n": t.get("prompt_eval_count"), "server_prompt_ms": ms("prompt_eval_duration"),
+                "server_predicted_n": t.get("eval_count"), "server_predicted_ms": ms("eval_duration"),
+                "server_load_ms": ms("load_duration"), "server_total_ms": ms("total_duration")}
+    return {"server_prompt_n": t.get("prompt_n"), "server_prompt_ms": t.get("prompt_ms"),
+            "server_predicted_n": t.get("predicted_n"), "server_predicted_ms": t.get("predicted_ms"),
+            "server_load_ms": None, "server_total_ms": None}
+
+
 def _request_row(rec: RequestRecord) -> dict:
-    t = rec.server_timings or {}
     return {
         "request_index": rec.index, "user": rec.user, "warmup": rec.warmup,
         "scheduled_ns": rec.scheduled_ns, "sent_ns": rec.sent_ns, "first_token_ns": rec.first_token_ns,
@@ -76,9 +94,7 @@ def _request_row(rec: RequestRecord) -> dict:
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
         "n_chunks": len(rec.chunks), "n_token_chunks": sum(1 for c in rec.chunks if c[1] in TOKEN_KINDS),
         "output_chars": rec.output_chars, "finish_reason": rec.finish_reason,
-        "http_status": rec.http_status, "error": rec.error,
-        "server_prompt_n": t.get("prompt_n"), "server_prompt_ms": t.get("prompt_ms"),
-        "server_predicted_n": t.get("predicted_n"), "server_predicted_ms": t.get("predicted_ms"),
+        "http_status": rec.http_status, "error": rec.error, **server_figures(rec.server_timings),
     }
 
 
@@ -95,8 +111,10 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRecord]) -> Path:
-    """Write the run's three tables; returns the run table's path. Never overwrites a file."""
+def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRecord],
+              telemetry: list[dict] | None = None) -> Path:
+    """Write the run's tables (run, requests, chunks, and telemetry when sampled); returns the
+    run table's path. Never overwrites a file."""
     missing = [n for n in IDENTITY.names if n not in identity]
     if missing:
         raise ValueError(f"run identity lacks {missing}")
@@ -110,7 +128,8 @@ def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRe
                "n_errors": sum(r.error is not None for r in records),
                "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}
     paths = {}
-    for name, rows in (("requests", requests), ("chunks", chunks), ("run", [run_row])):
+    tables = [("requests", requests), ("chunks", chunks)] + ([("telemetry", telemetry)] if telemetry else [])
+    for name, rows in tables + [("run", [run_row])]:  # the run table last: it marks the run written
         path = folder / f"{identity['run_id']}.{name}.parquet"
         if path.exists():
             raise FileExistsError(f"{path} exists: runs are immutable, use a new run id")

@@ -12,7 +12,6 @@ import itertools
 import json
 import re
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,9 +25,10 @@ from gaplab import store
 from gaplab.client import StreamClient
 from gaplab.config import BUILD_DIR, NOTEBOOKS_DIR, RAW_DIR, ROOT
 from gaplab.hardware import hardware
-from gaplab.load import closed_loop
-from gaplab.runtimes import Server, open_server
+from gaplab.load import closed_loop, run_sync
+from gaplab.runtimes import Server, ollama, open_server
 from gaplab.scenario import Cell, ScenarioError, load_scenario
+from gaplab.telemetry import Sampler
 from gaplab.workload import make_prompts
 
 PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
@@ -60,8 +60,8 @@ def _identity(cell: Cell, server: Server | None, run_id: str) -> dict:
             "hardware_id": hardware()["hardware_id"], "runtime": rt.name, "runtime_kind": rt.kind,
             "runtime_version": server.runtime_version if server else "unknown", "model": cell.model.name,
             "quant": cell.quant, "workload": cell.workload.name, "concurrency": cell.concurrency,
-            "threads": rt.threads if rt.kind == "llamacpp" else None,
-            "parallel": rt.parallel if rt.kind == "llamacpp" else None}
+            "threads": rt.threads if rt.started_here else None,
+            "parallel": rt.parallel if rt.started_here else None}
 
 
 def _meta(cell: Cell, server: Server | None, started: str, status: str, error: str | None) -> dict:
@@ -80,46 +80,13 @@ def _meta(cell: Cell, server: Server | None, started: str, status: str, error: s
 async def _drive(cell: Cell, server: Server, progress: bool, records: list) -> list:
     total = cell.load.warmup + cell.load.requests
     prompts = make_prompts(cell.workload, total, cell.seed, salt=cell.cell_key)
-    async with StreamClient(server.base_url, cell.model.api, server.api_key, cell.load.request_timeout) as client:
+    async with StreamClient(server.base_url, cell.model.api, server.api_key, cell.load.request_timeout,
+                            protocol=server.protocol) as client:
         payloads = [client.body(p, cell.workload.output_tokens, server.served_model, server.extra_body)
                     for p in prompts]
         with tqdm(total=total, desc=cell.cell_id, unit="req", disable=not progress, file=sys.stdout) as bar:
             return await closed_loop(client, payloads, cell.concurrency, cell.load.warmup,
                                      cell.load.max_seconds, records, on_done=lambda r: bar.update())
-
-
-def _run_async(make_coro) -> None:
-    """Run a coroutine to completion, also inside Jupyter (whose kernel already runs a loop).
-
-    There it runs on a thread with its own loop; Ctrl-C (a kernel interrupt) cancels the
-    requests in flight, which end as rows with their error.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(make_coro())
-        return
-    loop = asyncio.new_event_loop()
-    task: list[asyncio.Task] = []
-
-    def target() -> None:
-        task.append(loop.create_task(make_coro()))
-        try:
-            loop.run_until_complete(task[0])
-        except asyncio.CancelledError:
-            pass
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=target, name="gaplab-load")
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.1)
-    except KeyboardInterrupt:
-        loop.call_soon_threadsafe(task[0].cancel)
-        thread.join()
-        raise
 
 
 def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None = None,
@@ -135,10 +102,18 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
     run_id = store.new_run_id()
     records: list = []
     srv: Server | None = None
+    sampler: Sampler | None = None
+    placement: dict = {}
     status, error = "complete", None
     try:
         with open_server(cell, attach=attach) as srv:
-            _run_async(lambda: _drive(cell, srv, progress, records))
+            if srv.protocol == "ollama":
+                placement["before"] = ollama.placement(srv.base_url, srv.served_model)
+            sampler = Sampler(srv.metrics_url, srv.slots_url, srv.pid, cell.load.telemetry_interval)
+            with sampler:
+                run_sync(lambda: _drive(cell, srv, progress, records))
+            if srv.protocol == "ollama":
+                placement["after"] = ollama.placement(srv.base_url, srv.served_model)
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user"
         raise
@@ -146,7 +121,11 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        store.write_run(raw_dir, _identity(cell, srv, run_id), _meta(cell, srv, started, status, error), records)
+        meta = _meta(cell, srv, started, status, error)
+        if placement:
+            meta["ollama_placement"] = placement
+        store.write_run(raw_dir, _identity(cell, srv, run_id), meta, records,
+                        telemetry=sampler.stop() if sampler else None)
     measured = [r for r in records if not r.warmup]
     return {"cell_id": cell.cell_id, "run_id": run_id, "status": status, "requests": len(measured),
             "errors": sum(r.error is not None for r in measured)}
