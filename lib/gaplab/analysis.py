@@ -291,3 +291,132 @@ def scaling_story(table: pl.DataFrame) -> str:
             f"little more than the cost of one: true while the step is bound by reading the weights "
             f"from memory, as on a GPU at small batch sizes; the cost of a batched step on this machine "
             f"is in the per-user section above.")
+
+
+# ---------------------------------------------------------------- where the model ran (Ollama)
+
+
+def placement_story(raw_dir: Path, hardware_id: str | None = None) -> str:
+    """Plain words for every cell whose model was not wholly in GPU memory (Ollama's /api/ps)."""
+    import json
+
+    from gaplab.runtimes.ollama import describe
+
+    runs = latest_complete_runs(store.read_table(raw_dir, "run"))
+    if hardware_id:
+        runs = runs.filter(pl.col("hardware_id") == hardware_id)
+    lines = []
+    for row in runs.sort("cell_id").iter_rows(named=True):
+        after = (json.loads(row["meta_json"]).get("ollama_placement") or {}).get("after")
+        if after and (after["split"] or after["cpu_only"]):
+            lines.append(f"- **{row['model']} {row['quant']} on {row['runtime']}** at {row['concurrency']} "
+                         f"users: the model was {describe(after)}. Its speed is not the GPU's.")
+    return ("Cells where Ollama did not hold the whole model in GPU memory:\n\n" + "\n".join(lines)) if lines else ""
+
+
+# ---------------------------------------------------------------- telemetry and cold starts
+
+# The same quantity under each runtime's own metric name.
+SERIES = {
+    "llamacpp:requests_processing": "running (server)", "vllm:num_requests_running": "running (server)",
+    "llamacpp:requests_deferred": "waiting (server)", "vllm:num_requests_waiting": "waiting (server)",
+    "vllm:kv_cache_usage_perc": "KV cache used (%)", "vllm:gpu_cache_usage_perc": "KV cache used (%)",
+    "cpu_pct": "server CPU (% of one core)", "gpu_util_pct": "GPU utilization (%)",
+}
+
+
+def in_flight(requests: pl.DataFrame, t_ns: list[int]) -> list[int]:
+    """How many requests the client had sent and not yet seen end, at each instant."""
+    sent, end = requests["sent_ns"].to_list(), requests["end_ns"].to_list()
+    return [sum(1 for s, e in zip(sent, end) if s <= t < e) for t in t_ns]
+
+
+def timeline(raw_dir: Path, run_id: str) -> pl.DataFrame:
+    """One run's telemetry as (t_s, series, value), with the client's own in-flight count."""
+    tele = store.read_run(raw_dir, run_id, "telemetry")
+    req = store.read_run(raw_dir, run_id, "requests")
+    t0 = req["sent_ns"].min()
+    rows = (tele.filter(pl.col("metric").is_in(list(SERIES)))
+            .with_columns(series=pl.col("metric").replace_strict(SERIES),
+                          value=pl.when(pl.col("metric").str.ends_with("_usage_perc"))
+                          .then(pl.col("value") * 100).otherwise(pl.col("value")))
+            .group_by("t_ns", "series").agg(pl.col("value").sum()))
+    times = sorted(rows["t_ns"].unique().to_list())
+    client = pl.DataFrame({"t_ns": times, "series": ["in flight (client)"] * len(times),
+                           "value": [float(v) for v in in_flight(req, times)]})
+    return (pl.concat([rows.select("t_ns", "series", "value"), client])
+            .with_columns(t_s=(pl.col("t_ns") - t0) / 1e9).sort("series", "t_s"))
+
+
+def pick_timeline_run(summary: pl.DataFrame, raw_dir: Path) -> str | None:
+    """The run to show over time: the highest load, preferring a server with slots for everyone."""
+    sampled = {p.name.split(".")[0] for p in Path(raw_dir).glob("**/*.telemetry.parquet")}
+    hi = summary.filter(pl.col("run_id").is_in(list(sampled)))
+    if hi.is_empty():
+        return None
+    hi = hi.filter(pl.col("concurrency") == hi["concurrency"].max())
+    return hi.sort(["parallel", "requests"], descending=True, nulls_last=True)["run_id"][0]
+
+
+def cold_starts(raw_dir: Path, hardware_id: str | None = None) -> pl.DataFrame:
+    """Per server gaplab started: seconds from process start to healthy, and to the first token
+    of a probe request sent as soon as it was healthy."""
+    import json
+
+    runs = store.read_table(raw_dir, "run")
+    if hardware_id:
+        runs = runs.filter(pl.col("hardware_id") == hardware_id)
+    servers = {}
+    for row in runs.iter_rows(named=True):
+        srv = json.loads(row["meta_json"]).get("server") or {}
+        if srv.get("started_ns") and srv.get("healthy_ns") and srv.get("first_token_ns"):
+            servers[(row["runtime"], srv["started_ns"])] = {
+                "runtime": row["runtime"], "runtime_kind": row["runtime_kind"], "model": row["model"],
+                "quant": row["quant"], "to_healthy_s": (srv["healthy_ns"] - srv["started_ns"]) / 1e9,
+                "to_first_token_s": (srv["first_token_ns"] - srv["started_ns"]) / 1e9}
+    return pl.DataFrame(list(servers.values())).sort("runtime", "model", "quant") if servers else pl.DataFrame()
+
+
+def cold_start_table(starts: pl.DataFrame, reference: pl.DataFrame) -> pl.DataFrame:
+    """Our cold starts (the slowest start of each runtime, model and quant) beside published ones."""
+    rows = []
+    if not starts.is_empty():
+        worst = starts.group_by("runtime", "model", "quant").agg(pl.col("to_healthy_s").max(),
+                                                                 pl.col("to_first_token_s").max())
+        for r in worst.iter_rows(named=True):
+            label = f"{r['runtime']} · {r['model']} {r['quant']} (here)"
+            rows += [{"who": "measured here", "label": label, "phase": "healthy", "seconds": r["to_healthy_s"],
+                      "source": "gaplab"},
+                     {"who": "measured here", "label": label, "phase": "first token",
+                      "seconds": r["to_first_token_s"], "source": "gaplab"}]
+    pub = reference.filter(pl.col("metric").is_in(["cold_start_s", "startup_compile_s"]))
+    for r in pub.iter_rows(named=True):
+        rows.append({"who": "published", "label": f"{r['runtime']} {r['quant']} · {r['model']} · {r['hardware']}",
+                     "phase": "published cold start" if r["metric"] == "cold_start_s" else "published compile",
+                     "seconds": r["value"], "source": r["source"]})
+    return pl.DataFrame(rows)
+
+
+def runtime_story(summary: pl.DataFrame) -> str:
+    """Where a runtime overtakes another on the same model (aggregate tok/s), per quant pair."""
+    out = []
+    for model in summary["model"].unique(maintain_order=True):
+        m = summary.filter(pl.col("model") == model)
+        kinds = m["runtime"].unique(maintain_order=True).to_list()
+        if len(kinds) < 2:
+            continue
+        best = (m.group_by("runtime", "quant").agg(pl.col("aggregate_tok_s").max())
+                .sort("aggregate_tok_s", descending=True).group_by("runtime", maintain_order=True).first())
+        configs = [dict(runtime=r["runtime"], quant=r["quant"]) for r in best.iter_rows(named=True)]
+        for a, b in ((a, b) for i, a in enumerate(configs) for b in configs[i + 1:]):
+            for x, y in ((a, b), (b, a)):
+                c = crossover(m, "aggregate_tok_s", x, y)
+                if c:
+                    out.append(f"- {model}: {x['runtime']} {x['quant']} overtakes {y['runtime']} {y['quant']} "
+                               f"at {c} users.")
+            lo = ratio_at(m, "aggregate_tok_s", a, b, int(m["concurrency"].min()))
+            hi = ratio_at(m, "aggregate_tok_s", a, b, int(m["concurrency"].max()))
+            if lo and hi:
+                out.append(f"- {model}: {a['runtime']} {a['quant']} vs {b['runtime']} {b['quant']}: "
+                           f"×{lo:.2f} at {m['concurrency'].min()} user, ×{hi:.2f} at {m['concurrency'].max()} users.")
+    return ("Each runtime at its fastest quant, total output tok/s:\n\n" + "\n".join(out)) if out else ""

@@ -86,3 +86,31 @@ def scaling_bars(table: pl.DataFrame) -> alt.Chart:
                  alt.Tooltip("tok_s_n:Q", title="tok/s, N users", format=",.1f"),
                  alt.Tooltip("scaling:Q", title="multiplier", format=".2f")],
     ).properties(width=420, title="What adding users buys: published figures and this machine")
+
+
+def timeline(frame: pl.DataFrame, title: str) -> alt.FacetChart:
+    """One run over time: one panel per series (requests in flight, queue, KV cache, CPU)."""
+    df = frame.to_pandas()
+    base = alt.Chart(df).encode(
+        x=alt.X("t_s:Q", title="seconds since the first request"),
+        y=alt.Y("value:Q", title=None),
+        color=alt.Color("series:N", legend=None),
+        tooltip=[alt.Tooltip("series:N"), alt.Tooltip("t_s:Q", title="t (s)", format=".2f"),
+                 alt.Tooltip("value:Q", format=",.1f")])
+    return (base.mark_line(interpolate="step-after") + base.mark_point(size=12, filled=True)).properties(
+        width=620, height=90).facet(row=alt.Row("series:N", title=None, header=alt.Header(labelAngle=0,
+                                                                                         labelAlign="left")),
+                                    title=title).resolve_scale(y="independent")
+
+
+def cold_start_bars(table: pl.DataFrame) -> alt.Chart:
+    """Seconds from process start to healthy and to the first token, ours beside published."""
+    df = table.to_pandas()
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("seconds:Q", title="seconds from process start"),
+        y=alt.Y("label:N", sort="-x", title=None, axis=alt.Axis(labelLimit=420)),
+        color=alt.Color("phase:N", title=None),
+        yOffset="phase:N",
+        tooltip=[alt.Tooltip("who:N"), alt.Tooltip("label:N", title="server"), alt.Tooltip("phase:N"),
+                 alt.Tooltip("seconds:Q", format=",.1f"), alt.Tooltip("source:N")],
+    ).properties(width=420, title="Cold start: until the server answers, and until its first token")

@@ -1,0 +1,75 @@
+"""Telemetry against a real llama-server: samples cover the whole cell, and the server's
+count of requests in flight matches the client's own within one sampling interval."""
+
+import polars as pl
+import pytest
+import yaml
+
+from gaplab import analysis, store
+from gaplab.sweep import run_cell
+from gaplab.telemetry import prometheus_rows
+
+pytestmark = pytest.mark.slow
+INTERVAL = 0.2
+
+
+@pytest.fixture(scope="module")
+def run(llama_ready, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tele")
+    path = tmp / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tele", "runtimes": [{"name": "batch2", "kind": "llamacpp", "parallel": 2, "threads": 1}],
+        "models": [{"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}],
+        "workloads": [{"name": "p16-o32", "prompt_tokens": 16, "output_tokens": 32}],
+        "load": {"concurrency": [4], "requests": 8, "warmup": 0, "max_seconds": 60,
+                 "telemetry_interval": INTERVAL}}))
+    res = run_cell(path, raw_dir=tmp / "raw", progress=False)
+    return tmp / "raw", res["run_id"]
+
+
+def test_samples_cover_the_whole_cell(run):
+    raw, run_id = run
+    tele = store.read_run(raw, run_id, "telemetry")
+    req = store.read_run(raw, run_id, "requests")
+    t = sorted(tele["t_ns"].unique().to_list())
+    assert t[0] <= req["sent_ns"].min() + INTERVAL * 1e9 and t[-1] >= req["end_ns"].max() - INTERVAL * 1e9
+    gaps = [(b - a) / 1e9 for a, b in zip(t, t[1:])]
+    assert max(gaps) < 3 * INTERVAL
+    metrics = set(tele["metric"])
+    assert {"llamacpp:requests_processing", "llamacpp:requests_deferred", "cpu_pct", "rss_bytes",
+            "slots_processing"} <= metrics
+    assert tele.filter(pl.col("metric") == "rss_bytes")["value"].min() > 50e6  # the model is in memory
+
+
+def test_server_in_flight_matches_the_clients_within_one_interval(run):
+    raw, run_id = run
+    tele = store.read_run(raw, run_id, "telemetry")
+    req = store.read_run(raw, run_id, "requests")
+    server = (tele.filter(pl.col("metric").is_in(["llamacpp:requests_processing", "llamacpp:requests_deferred"]))
+              .group_by("t_ns").agg(pl.col("value").sum()).sort("t_ns"))
+    iv = int(INTERVAL * 1e9)
+    edges = sorted(req["sent_ns"].to_list() + req["end_ns"].to_list())
+    misses = []
+    for t, value in server.iter_rows():
+        probes = [t - iv, t + iv] + [e for e in edges if t - iv <= e <= t + iv] + [e - 1 for e in edges if t - iv < e <= t + iv]
+        counts = analysis.in_flight(req, probes)
+        if not min(counts) <= value <= max(counts):
+            misses.append((t, value, min(counts), max(counts)))
+    assert server.height >= 5 and not misses, misses[:5]
+    assert server["value"].max() == 4  # four users: two in slots, two deferred
+
+
+def test_timeline_names_each_series(run):
+    raw, run_id = run
+    tl = analysis.timeline(raw, run_id)
+    assert {"running (server)", "waiting (server)", "server CPU (% of one core)", "in flight (client)"} <= set(tl["series"])
+    assert tl["t_s"].min() < 0.5
+
+
+def test_prometheus_text_is_parsed_by_the_library():
+    text = ('# HELP vllm:num_requests_running Number of requests.\n# TYPE vllm:num_requests_running gauge\n'
+            'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+            '# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{engine="0"} 0.25\n')
+    rows = prometheus_rows(text)
+    assert ("vllm:num_requests_running", '{"engine": "0", "model_name": "m"}', 3.0) in rows
+    assert ("vllm:kv_cache_usage_perc", '{"engine": "0"}', 0.25) in rows
