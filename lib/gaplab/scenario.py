@@ -39,6 +39,11 @@ class RuntimeSpec(_Strict):
     # llama.cpp serves GGUF files): empty means every model, with the model's quants.
     models: list[str] = []
     quants: list[str] = []
+    # attach: the name this server knows a model by, when it differs from models[].served_name
+    served_names: dict[str, str] = {}
+
+    def served_name(self, model: "ModelSpec") -> str:
+        return self.served_names.get(model.name) or model.served_name or model.name
     extra_args: list[str] = []
     # fields added to every request, e.g. {ignore_eos: true} on vLLM
     extra_body: dict = {}

@@ -22,8 +22,9 @@ def replay():
 def scenario(tmp_path, url, served="qwen3:8b"):
     path = tmp_path / "ollama.yaml"
     path.write_text(yaml.safe_dump({
-        "name": "gpu", "runtimes": [{"name": "ollama", "kind": "ollama", "base_url": url}],
-        "models": [{"name": "qwen3-8b", "served_name": served, "api": "chat", "quants": ["Q4_K_M"]}],
+        "name": "gpu", "runtimes": [{"name": "ollama", "kind": "ollama", "base_url": url,
+                                     "served_names": {"qwen3-8b": served}}],
+        "models": [{"name": "qwen3-8b", "served_name": "Qwen/Qwen3-8B", "api": "chat", "quants": ["Q4_K_M"]}],
         "workloads": [{"name": "p32-o8", "prompt_tokens": 32, "output_tokens": 8}],
         "load": {"concurrency": [1], "requests": 3, "warmup": 1, "max_seconds": 30}}))
     return path

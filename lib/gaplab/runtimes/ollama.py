@@ -27,7 +27,7 @@ def attach_ollama(runtime, model) -> Server:
     if version is None:
         raise RuntimeError(f"runtimes.{runtime.name}.base_url: no Ollama server answers at {base}/api/version; "
                            "start it with 'ollama serve' or fix the URL")
-    served = model.served_name or model.name
+    served = runtime.served_name(model)
     tags = _get_json(base + "/api/tags", None) or {}
     names = [m.get("name", "") for m in tags.get("models", [])]
     if names and not any(_names(served) & _names(n) for n in names):

@@ -24,7 +24,7 @@ def attach_openai(runtime, model, api_key: str | None) -> Server:
     if listed is None:
         raise RuntimeError(f"runtimes.{runtime.name}.base_url: no OpenAI-compatible server answers "
                            f"at {base}/models; start it or fix the URL")
-    served = model.served_name or model.name
+    served = runtime.served_name(model)
     ids = [m.get("id") for m in listed.get("data", [])]
     if ids and served not in ids:
         raise RuntimeError(f"models.{model.name}: the server at {base} serves {ids}, not {served!r}; "
