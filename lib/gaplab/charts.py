@@ -53,10 +53,10 @@ def by_concurrency(summary: pl.DataFrame, metric: str, title: str, y_title: str,
     levels = sorted(df["concurrency"].unique().tolist())
     base = alt.Chart(df).encode(
         x=_concurrency_axis(levels), y=alt.Y(f"{metric}:Q", title=y_title),
-        color=alt.Color("runtime:N", title="runtime"), strokeDash=alt.StrokeDash("quant:N", title="quant"),
-        shape=alt.Shape("quant:N", title="quant"),
+        color=alt.Color("runtime:N", title="runtime"),
         tooltip=_tooltip([alt.Tooltip(f"{metric}:Q", title=y_title, format=",.1f")]))
-    layered = base.mark_line() + base.mark_point(filled=True, size=50)
+    layered = (base.mark_line().encode(strokeDash=alt.StrokeDash("quant:N", title="quant"))
+               + base.mark_point(filled=True, size=50).encode(detail="quant:N"))
     facet = {"column": alt.Column("model:N", title=None)}
     if row:
         facet["row"] = alt.Row(f"{row}:N", title=None)
