@@ -31,3 +31,19 @@ def llama_ready():
 @pytest.fixture(scope="session")
 def gaplab_cli() -> list[str]:
     return [str(Path(sys.executable).parent / "gaplab")]
+
+
+SMOLLM2 = {"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}
+
+
+def write_scenario(folder: Path, runtime: dict, workload: tuple[int, int], load: dict, models=(SMOLLM2,)) -> Path:
+    """A one-runtime scenario file for a test (workload: prompt and output tokens)."""
+    import yaml
+
+    prompt, output = workload
+    path = folder / "scenario.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "test", "runtimes": [runtime], "models": list(models),
+        "workloads": [{"name": f"p{prompt}-o{output}", "prompt_tokens": prompt, "output_tokens": output}],
+        "load": load}))
+    return path

@@ -6,7 +6,7 @@ import time
 
 import polars as pl
 import pytest
-import yaml
+from conftest import write_scenario
 
 from gaplab import analysis, store
 from gaplab.runtimes.llamacpp import llama_server, stop_process
@@ -21,12 +21,8 @@ OUTPUT_TOKENS = 24
 @pytest.fixture(scope="module")
 def two_levels(llama_ready, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llama")
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "it", "runtimes": [{"name": "batch4", "kind": "llamacpp", "parallel": 4, "threads": 1}],
-        "models": [{"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}],
-        "workloads": [{"name": "p16-o24", "prompt_tokens": 16, "output_tokens": OUTPUT_TOKENS}],
-        "load": {"concurrency": [1, 2], "requests": 6, "warmup": 1, "max_seconds": 60}}))
+    path = write_scenario(tmp, {"name": "batch4", "kind": "llamacpp", "parallel": 4, "threads": 1}, (16, OUTPUT_TOKENS),
+                          {"concurrency": [1, 2], "requests": 6, "warmup": 1, "max_seconds": 60})
     for cell in load_scenario(path).cells():
         assert run_cell(path, cell.cell_id, raw_dir=tmp / "raw", progress=False)["errors"] == 0
     return tmp / "raw"

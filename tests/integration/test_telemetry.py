@@ -3,7 +3,7 @@ count of requests in flight matches the client's own within one sampling interva
 
 import polars as pl
 import pytest
-import yaml
+from conftest import write_scenario
 
 from gaplab import analysis, store
 from gaplab.sweep import run_cell
@@ -16,13 +16,9 @@ INTERVAL = 0.2
 @pytest.fixture(scope="module")
 def run(llama_ready, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tele")
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tele", "runtimes": [{"name": "batch2", "kind": "llamacpp", "parallel": 2, "threads": 1}],
-        "models": [{"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}],
-        "workloads": [{"name": "p16-o32", "prompt_tokens": 16, "output_tokens": 32}],
-        "load": {"concurrency": [4], "requests": 8, "warmup": 0, "max_seconds": 60,
-                 "telemetry_interval": INTERVAL}}))
+    path = write_scenario(tmp, {"name": "batch2", "kind": "llamacpp", "parallel": 2, "threads": 1}, (16, 32),
+                          {"concurrency": [4], "requests": 8, "warmup": 0, "max_seconds": 60,
+                           "telemetry_interval": INTERVAL})
     res = run_cell(path, raw_dir=tmp / "raw", progress=False)
     return tmp / "raw", res["run_id"]
 

@@ -5,7 +5,7 @@ import json
 
 import polars as pl
 import pytest
-import yaml
+from conftest import write_scenario
 
 from gaplab import analysis, store
 from gaplab.runtimes import vllm
@@ -19,13 +19,9 @@ def run(llama_ready, tmp_path_factory):
     if not vllm.installed():
         pytest.fail("vLLM is not installed: run 'make test' (or 'gaplab local setup --runtime vllm')")
     tmp = tmp_path_factory.mktemp("vllm")
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "v", "runtimes": [{"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1,
-                                   "enforce_eager": True, "quants": ["BF16"]}],
-        "models": [{"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}],
-        "workloads": [{"name": "p16-o16", "prompt_tokens": 16, "output_tokens": 16}],
-        "load": {"concurrency": [2], "requests": 4, "warmup": 1, "max_seconds": 120}}))
+    path = write_scenario(tmp, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1, "enforce_eager": True,
+                                "quants": ["BF16"]}, (16, 16),
+                          {"concurrency": [2], "requests": 4, "warmup": 1, "max_seconds": 120})
     res = run_cell(path, raw_dir=tmp / "raw", progress=False)
     assert res["status"] == "complete", res
     return tmp / "raw", res["run_id"]
