@@ -114,3 +114,41 @@ def cold_start_bars(table: pl.DataFrame) -> alt.Chart:
         tooltip=[alt.Tooltip("who:N"), alt.Tooltip("label:N", title="server"), alt.Tooltip("phase:N"),
                  alt.Tooltip("seconds:Q", format=",.1f"), alt.Tooltip("source:N")],
     ).properties(width=420, title="Cold start: until the server answers, and until its first token")
+
+
+# ---------------------------------------------------------------- quality (quality.py, notebooks/30-quality)
+
+
+def _quality_tooltip() -> list:
+    return [alt.Tooltip("model:N"), alt.Tooltip("quant:N"), alt.Tooltip("reference:N", title="compared with"),
+            alt.Tooltip("size_mb:Q", title="file (MB)", format=",.0f"),
+            alt.Tooltip("decode_tok_s:Q", title="decode tok/s, 1 user", format=",.1f"),
+            alt.Tooltip("runtime:N", title="speed and accuracy on"),
+            alt.Tooltip("top1_pct:Q", title="same top token (%)", format=".2f"),
+            alt.Tooltip("top1_pm:Q", title="± (same top token)", format=".2f"),
+            alt.Tooltip("kld:Q", title="mean KL divergence", format=".5f"),
+            alt.Tooltip("ppl:Q", title="perplexity", format=".3f"),
+            alt.Tooltip("ppl_ratio:Q", title="perplexity ÷ reference", format=".4f"),
+            alt.Tooltip("accuracy_pct:Q", title="task accuracy (%)", format=".1f"),
+            alt.Tooltip("acc_low:Q", title="95% interval from", format=".1f"),
+            alt.Tooltip("acc_high:Q", title="95% interval to", format=".1f"),
+            alt.Tooltip("tokens:Q", title="scored tokens"), alt.Tooltip("speed_run:N", title="speed run")]
+
+
+def quality_size_speed(points: pl.DataFrame) -> alt.LayerChart:
+    """Same-top-token agreement with the reference file against file size, a point per quant
+    (its area: decode tok/s at one user), a line per model; whiskers are the tool's ±."""
+    df = points.to_pandas()
+    base = alt.Chart(df).encode(
+        x=alt.X("size_mb:Q", title="file size (MB)", scale=alt.Scale(zero=False)),
+        color=alt.Color("model:N", title="model", legend=alt.Legend(orient="bottom")),
+        tooltip=_quality_tooltip())
+    y = alt.Y("top1_plot:Q", title="same top token as the reference file (%)", scale=alt.Scale(zero=False))
+    line = base.mark_line().encode(y=y, detail="model:N", order="size_mb:Q")
+    whiskers = base.mark_rule().encode(y=alt.Y("top1_lo:Q"), y2="top1_hi:Q")
+    dots = base.mark_point(filled=True, opacity=0.9).encode(
+        y=y, size=alt.Size("decode_tok_s:Q", title="decode tok/s, 1 user", scale=alt.Scale(range=[40, 400]),
+                           legend=alt.Legend(orient="bottom")))
+    labels = base.mark_text(align="left", dx=9, dy=-6, fontSize=11).encode(y=y, text="label:N")
+    return (line + whiskers + dots + labels).properties(
+        width=520, height=300, title="What each quant keeps, what it weighs, how fast it decodes")

@@ -131,5 +131,30 @@ def doctor():
     typer.echo(f"python:    {sys.executable}")
 
 
+@app.command()
+def quality(scenario: Path, force: bool = typer.Option(False, help="measure again what is already stored here"),
+            data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files go"),
+            chunks: int = typer.Option(4, min=1, help="512-token chunks of the evaluation text llama-perplexity scores"),
+            eval_set: Path = typer.Option(None, "--eval", help="your own JSONL question set (question, answer, "
+                                          "optional choices); default: data/eval/gaplab-basic-seed0.jsonl"),
+            runtime: list[str] = typer.Option(None, help="only these runtimes (default: every llama.cpp runtime "
+                                              "and every attached server of the scenario)"),
+            task_on_all: bool = typer.Option(False, help="ask the question set through every runtime, not only "
+                                             "the first that serves each model and quant")):
+    """Measure output quality for SCENARIO's models and quants, skipping what is stored for this machine:
+    perplexity, KL divergence and top-1 agreement of each quant against the highest-precision file
+    (llama-perplexity), task accuracy through the runtime's API, and agreement between runtimes."""
+    from gaplab import quality as q
+
+    res = _guard(q.measure, scenario, raw_dir=data_dir, force=force, chunks=chunks, eval_path=eval_set,
+                 runtimes=runtime or None, task_on_all=task_on_all)
+    typer.echo(f"gaplab: quality done in {res.seconds:.0f} s: {res.fidelity_runs} fidelity, {res.task_runs} task "
+               f"and {res.agreement_runs} agreement runs; {res.skipped} reused, {len(res.failed)} failed")
+    for line in res.failed:
+        typer.echo(f"  failed: {line}", err=True)
+    if res.failed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -159,3 +159,59 @@ def read_run(raw_dir: Path, run_id: str, name: str) -> pl.DataFrame:
     if not files:
         raise FileNotFoundError(f"run {run_id} has no {name} table under {raw_dir}")
     return pl.read_parquet(files[0])
+
+
+# ---------------------------------------------------------------- quality tables (quality.py)
+# A quality run writes <run_id>.quality.parquet (one row per figure, or one row saying why
+# the run failed) and, when it asked a server questions, <run_id>.answers.parquet (one row
+# per question). Same folders and identity keys as the speed runs, so the two join.
+
+QUALITY = pa.schema(list(IDENTITY) + [
+    ("metric", pa.string()), ("value", pa.float64()),
+    ("uncertainty", pa.float64()),  # the ± the tool printed (one standard error), where it printed one
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()),  # 95% interval (Wilson) for accuracies
+    ("n", pa.int64()), ("unit", pa.string()),
+    ("reference", pa.string()),  # the quant (fidelity) this figure compares with
+    ("eval_set", pa.string()), ("eval_sha256", pa.string()),
+    ("model_file", pa.string()), ("model_sha256", pa.string()), ("model_bytes", pa.int64()),
+    ("model_note", pa.string()), ("status", pa.string()), ("error", pa.string()), ("command", pa.string()),
+    ("measured_at", pa.string()), ("schema_version", pa.int32()), ("gaplab_version", pa.string()),
+])
+
+ANSWERS = pa.schema(list(IDENTITY) + [
+    ("item_id", pa.string()), ("kind", pa.string()), ("scoring", pa.string()), ("question", pa.string()),
+    ("expected", pa.string()), ("completion", pa.string()), ("extracted", pa.string()), ("correct", pa.bool_()),
+    ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
+    ("completion_token_ids", pa.list_(pa.int32())),  # the completion as the server's tokenizer splits it
+    ("finish_reason", pa.string()), ("latency_ms", pa.float64()), ("error", pa.string()),
+])
+
+TABLES["quality"] = QUALITY
+TABLES["answers"] = ANSWERS
+
+
+def write_quality(raw_dir: Path, identity: dict, rows: list[dict], meta: dict,
+                  answers: list[dict] | None = None) -> Path:
+    """Write one quality run (answers first, then its figures); returns the quality table's path."""
+    missing = [n for n in IDENTITY.names if n not in identity]
+    if missing:
+        raise ValueError(f"quality run identity lacks {missing}")
+    folder = run_dir(raw_dir, identity, identity["run_id"])
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "schema_version": SCHEMA_VERSION}
+    rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
+    tables = ([("answers", answers)] if answers is not None else []) + [("quality", rows)]
+    paths = {name: folder / f"{identity['run_id']}.{name}.parquet" for name, _ in tables}
+    for path in paths.values():
+        if path.exists():
+            raise FileExistsError(f"{path} exists: runs are immutable, use a new run id")
+    for name, table_rows in tables:
+        _write_atomic(_table(table_rows, identity, TABLES[name], meta), paths[name])
+    return paths["quality"]
+
+
+def completed_quality(raw_dir: Path, hardware_id: str) -> set[str]:
+    """cell_keys of quality runs completed on this hardware."""
+    q = read_table(raw_dir, "quality")
+    done = q.filter((pl.col("hardware_id") == hardware_id) & (pl.col("status") == "complete"))
+    return set(done["cell_key"].to_list())

@@ -25,8 +25,9 @@ def test_each_run_has_its_three_tables():
     for f in FILES:
         run_id, table = f.name.split(".")[:2]
         runs.setdefault((f.parent, run_id), set()).add(table)
-    assert all(tables in ({"run", "requests", "chunks"}, {"run", "requests", "chunks", "telemetry"})
-               for tables in runs.values()), runs
+    speed = ({"run", "requests", "chunks"}, {"run", "requests", "chunks", "telemetry"})
+    quality = ({"quality"}, {"quality", "answers"})
+    assert all(tables in speed + quality for tables in runs.values()), runs
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT / "data" / "raw")))

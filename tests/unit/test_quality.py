@@ -1,0 +1,408 @@
+"""quality.py without servers: the llama-perplexity parser on recorded output, scoring,
+intervals, the question set and its loader, the stored tables and the joins the page reads."""
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from gaplab import quality as q
+from gaplab import store
+from gaplab.cli import app
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llama-perplexity"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+# ---------------------------------------------------------------- llama-perplexity output
+
+
+def test_reference_run_gives_perplexity_with_its_uncertainty():
+    res = q.parse_base(fixture("smollm2-F16-base.txt"))
+    assert res["perplexity"] == (38.1795, 3.70877)
+    assert res["n_tokens"][0] == 4 * 255  # 4 chunks of 512, the second half of each scored
+
+
+def test_kld_run_gives_every_figure_with_its_uncertainty():
+    res = q.parse_kld(fixture("smollm2-Q8_0-kld.txt"))
+    assert res["perplexity"] == (38.385181, 3.725795)
+    assert res["perplexity_base"] == (38.179456, 3.708773)
+    assert res["ppl_ratio"] == (1.005388, 0.003249)
+    assert res["kld_mean"] == (0.004431, 0.000130)
+    assert res["kld_p99"] == (0.018370, None)
+    assert res["rms_dp_pct"] == (1.557, 0.094)
+    assert res["top1_agreement_pct"] == (96.569, 0.570)
+    assert res["n_tokens"][0] == 1020
+
+
+def test_a_file_against_itself_reads_as_zero_divergence_and_full_agreement():
+    res = q.parse_kld(fixture("smollm2-F16-kld-self.txt"))
+    assert abs(res["kld_mean"][0]) < 1e-5
+    assert res["top1_agreement_pct"][0] == 100.0
+    assert res["ppl_ratio"][0] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("label", ["Mean    KLD", "Same top p", "Mean PPL(Q)", "99.0%   KLD"])
+def test_a_missing_line_fails_loudly_and_names_it(label):
+    text = "\n".join(s for s in fixture("smollm2-Q8_0-kld.txt").splitlines() if not s.startswith(label))
+    with pytest.raises(q.ToolOutputError, match=label.replace("(", r"\(").replace(")", r"\)")):
+        q.parse_kld(text)
+
+
+def test_a_reworded_format_is_not_read_as_zero():
+    text = fixture("smollm2-Q8_0-kld.txt").replace("Mean    KLD:", "KLD (mean):")
+    with pytest.raises(q.ToolOutputError, match="output format changed"):
+        q.parse_kld(text)
+
+
+def test_nan_is_refused():
+    text = fixture("smollm2-Q8_0-kld.txt").replace("Mean    KLD:   0.004431", "Mean    KLD:   nan")
+    with pytest.raises(q.ToolOutputError, match="not a finite number"):
+        q.parse_kld(text)
+
+
+def test_a_reference_run_that_scored_nothing_fails_although_the_tool_exited_0():
+    with pytest.raises(q.ToolOutputError, match="too short"):
+        q.parse_base(fixture("smollm2-text-too-short.txt"))
+    with pytest.raises(q.ToolOutputError, match="Final estimate"):
+        q.parse_base(fixture("smollm2-F16-base.txt").replace("Final estimate", "Estimate"))
+
+
+def test_commands_keep_the_logits_file_in_both_steps(tmp_path):
+    base = q.perplexity_command(Path("m.gguf"), tmp_path / "x.logits", Path("t.txt"), chunks=3, ctx=256)
+    kld = q.perplexity_command(Path("m.gguf"), tmp_path / "x.logits", None)
+    assert base[base.index("--kl-divergence-base") + 1] == kld[kld.index("--kl-divergence-base") + 1]
+    assert base[base.index("--chunks") + 1] == "3" and base[base.index("-c") + 1] == "256"
+    assert "-f" in base and "--kl-divergence" not in base
+    assert "--kl-divergence" in kld and "-f" not in kld and kld[kld.index("-t") + 1] == str(q.TOOL_THREADS)
+
+
+# ---------------------------------------------------------------- the evaluation text
+
+
+def _fake_deb(path: Path, member: str, payload: bytes) -> None:
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:xz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    out = b"!<arch>\n"
+    for name, body in ((b"debian-binary", b"2.0\n"), (b"data.tar.xz", tar_bytes.getvalue())):
+        head = name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
+        out += head + str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
+    path.write_bytes(out)
+
+
+def test_a_member_comes_out_of_a_deb_without_dpkg(tmp_path):
+    deb = tmp_path / "x.deb"
+    _fake_deb(deb, "./usr/share/doc/x/t.txt.gz", gzip.compress(b"hello"))
+    assert gzip.decompress(q._deb_member(deb, "./usr/share/doc/x/t.txt.gz")) == b"hello"
+    (tmp_path / "bad.deb").write_bytes(b"not an archive")
+    with pytest.raises(q.SetupError, match="not a Debian package"):
+        q._deb_member(tmp_path / "bad.deb", "x")
+
+
+def test_the_excerpt_keeps_the_sections_and_skips_the_table_of_contents():
+    text = ("Title\n   Chapter 1. Intro\n   Part II. Rest\nChapter 1. Intro\n\n   Body one.\n"
+            "  Part\u00a0II.\u00a0Rest\n   Lexicon\nAppendix A. Folk\n   Body two.  \nBibliography\n   Books\n")
+    out = q._excerpt(text, (("Chapter 1. Intro", "Part II. Rest"), ("Appendix A. Folk", "Bibliography")))
+    assert out == "Chapter 1. Intro\n\n   Body one.\nAppendix A. Folk\n   Body two.\n"
+    with pytest.raises(q.SetupError, match="not found"):
+        q._excerpt(text, (("Chapter 9. None", "Bibliography"),))
+
+
+def test_the_text_source_is_pinned():
+    src = q.EVAL_TEXT
+    assert src.package == "jargon-text" and src.version == "4.4.7-4.1"
+    assert all(len(h) == 64 for h in (src.deb_sha256, src.text_sha256, src.sha256))
+    assert src.license.startswith("public domain")
+
+
+# ---------------------------------------------------------------- scoring and intervals
+
+
+def item(answer, choices=(), tolerance=None, question="q?"):
+    return q.Item(id="x", question=question, answer=answer, choices=tuple(choices), tolerance=tolerance)
+
+
+def test_exact_match_ignores_case_quotes_and_a_final_period_only():
+    it = item("L")
+    assert q.score(it, " l.\nmore text") == (True, "l.")
+    assert q.score(it, '"L"')[0]
+    assert not q.score(it, "LL")[0] and not q.score(it, "The letter L")[0] and not q.score(it, "")[0]
+
+
+def test_numeric_reads_the_stated_result_within_the_tolerance():
+    assert q.score(item("15"), "7 + 8 = 15")[0]
+    assert q.score(item("1500"), "1,500 meters")[0]
+    assert q.score(item("2.5", tolerance=0.01), "2.50")[0]
+    assert q.score(item("2.5", tolerance=0.01), "2.509")[0]
+    assert not q.score(item("2.5", tolerance=0.01), "2.52")[0]
+    assert not q.score(item("15"), "15.5")[0]  # no tolerance given: equal numbers only
+    assert q.score(item("15"), "sixteen") == (False, None)
+    assert not q.score(item("16"), "15\n16")[0]  # the first line is the answer
+
+
+def test_multiple_choice_takes_the_letter_or_the_text_of_a_choice():
+    it = item("B", choices=["12", "57", "33"])
+    assert q.score(it, " B") == (True, "B")
+    assert q.score(it, "B) 57")[0] and q.score(it, "(B)")[0] and q.score(it, "57")[0]
+    assert not q.score(it, "A")[0] and not q.score(it, "Banana")[0] and not q.score(it, "33")[0]
+
+
+def test_wilson_interval():
+    lo, hi = q.wilson(0, 10)
+    assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = q.wilson(10, 10)
+    assert hi == 1 and lo == pytest.approx(0.7225, abs=1e-4)
+    lo, hi = q.wilson(29, 200)
+    assert lo == pytest.approx(0.1030, abs=1e-3) and hi == pytest.approx(0.2006, abs=1e-3)
+
+
+def test_accuracy_counts_failed_requests_as_wrong_and_reports_them():
+    a = [q.Answer(item("3"), completion="3"), q.Answer(item("4"), completion="5"),
+         q.Answer(item("5"), error="HTTP 500")]
+    rows = {r["metric"]: r for r in q.accuracy_rows(a)}
+    assert rows["task_accuracy_pct"]["value"] == pytest.approx(100 / 3)
+    assert rows["task_accuracy_pct"]["n"] == 3
+    assert rows["task_accuracy_pct"]["ci_low"] < 100 / 3 < rows["task_accuracy_pct"]["ci_high"]
+    assert rows["task_errors"]["value"] == 1
+
+
+# ---------------------------------------------------------------- the question set
+
+
+def test_the_shipped_set_is_what_its_seed_makes():
+    shipped = [json.loads(s) for s in q.EVAL_SET.read_text().splitlines()]
+    assert shipped == q.make_eval_set(q.EVAL_SEED, q.EVAL_SIZE)
+    assert len(shipped) >= 200 and len({s["question"] + str(s.get("choices")) for s in shipped}) == len(shipped)
+    assert q.make_eval_set(1)[:5] != shipped[:5]
+
+
+def test_every_shipped_answer_scores_right_and_a_wrong_one_wrong():
+    for it in q.load_eval_set(q.EVAL_SET):
+        assert q.score(it, it.answer)[0], it
+        wrong = str(float(it.answer) + 1) if it.scoring == "numeric" else "B" if it.answer == "A" else "A"
+        assert not q.score(it, wrong)[0], it
+    kinds = {it.scoring for it in q.load_eval_set(q.EVAL_SET)}
+    assert kinds == {"exact", "numeric", "choice"}
+
+
+def test_prompts_show_the_examples_then_the_question():
+    it = item("C", choices=["1", "2", "3"], question="Which number is the largest?")
+    text = q.completion_prompt(it)
+    assert text.endswith("Question: Which number is the largest? A) 1 B) 2 C) 3\nAnswer:")
+    msgs = q.chat_messages(it)
+    assert [m["role"] for m in msgs] == ["user", "assistant"] * len(q.FEW_SHOT) + ["user"]
+    assert msgs[-1]["content"] == "Which number is the largest? A) 1 B) 2 C) 3"
+
+
+def test_a_users_set_loads_with_choices_given_as_text(tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_text('{"question": "Capital of France?", "answer": "Paris"}\n\n'
+                 '{"question": "2+2?", "answer": 4, "tolerance": 0}\n'
+                 '{"question": "Pick", "choices": ["red", "blue"], "answer": "blue", "id": "c1"}\n')
+    items = q.load_eval_set(f)
+    assert [i.scoring for i in items] == ["exact", "numeric", "choice"]
+    assert items[2].answer == "B" and items[2].id == "c1" and items[0].id == "mine-1"
+
+
+@pytest.mark.parametrize("line, why", [
+    ('{"question": "a?", "answer": "b"', "not valid JSON"),
+    ('["a", "b"]', "JSON object"),
+    ('{"answer": "b"}', "'question'"),
+    ('{"question": "a?"}', "'answer'"),
+    ('{"question": "a?", "answer": "C", "choices": ["x", "y"]}', "letters AB"),
+    ('{"question": "a?", "answer": "1", "tolerance": -1}', "'tolerance'"),
+])
+def test_a_malformed_line_names_the_file_and_line(tmp_path, line, why):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"question": "ok?", "answer": "yes"}\n' + line + "\n")
+    with pytest.raises(q.EvalSetError) as exc:
+        q.load_eval_set(f)
+    msg = str(exc.value)
+    assert msg.startswith(f"{f}:2: ") and why in msg and "\n" not in msg
+
+
+def test_the_cli_stops_on_a_malformed_line_with_one_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"question": "ok?", "answer": "yes"}\n{"question": "a?", "answer": }\n')
+    res = CliRunner().invoke(app, ["quality", str(ROOT / "scenarios" / "local-cpu.yaml"), "--eval", str(f),
+                                   "--data-dir", str(tmp_path / "raw")])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines() if hasattr(res, "stderr") else res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gaplab: error: {f}:2: not valid JSON"), lines
+    assert not (tmp_path / "raw").exists()  # nothing ran
+
+
+# ---------------------------------------------------------------- stored tables and the page's joins
+
+HW = "hw"
+
+
+def ident(run_id, runtime, model, quant, **kw):
+    base = {"run_id": run_id, "cell_id": f"quality/{runtime}/{model}/{quant}", "cell_key": f"k-{run_id}",
+            "scenario": "s", "hardware_id": HW, "runtime": runtime, "runtime_kind": "llamacpp",
+            "runtime_version": "v", "model": model, "quant": quant, "workload": "w", "concurrency": 1,
+            "threads": 1, "parallel": 1}
+    return {**base, **kw}
+
+
+def fid_rows(ref, ppl, kld=None, top1=None, size=100_000_000):
+    common = {"reference": ref, "model_bytes": size, "n": 1020, "status": "complete", "model_note": "x"}
+    rows = [{**common, "metric": "perplexity", "value": ppl, "uncertainty": 1.0}]
+    if kld is not None:
+        rows += [{**common, "metric": "kld_mean", "value": kld, "uncertainty": kld / 10},
+                 {**common, "metric": "top1_agreement_pct", "value": top1, "uncertainty": 0.5},
+                 {**common, "metric": "ppl_ratio", "value": ppl / 20, "uncertainty": 0.003}]
+    return rows
+
+
+def task_rows(acc):
+    lo, hi = q.wilson(int(acc * 2), 200)
+    return [{"metric": "task_accuracy_pct", "value": acc, "ci_low": 100 * lo, "ci_high": 100 * hi, "n": 200,
+             "unit": "%", "eval_set": "set", "status": "complete"}]
+
+
+@pytest.fixture
+def stored(tmp_path):
+    raw = tmp_path / "raw"
+    n = iter(range(100))
+
+    def rid():
+        return f"20260101T0000{next(n):02d}Z-00000{0}"
+
+    for quant, ppl, kld, top1, size in (("F16", 20.0, None, None, 3e8), ("Q8_0", 20.1, 0.004, 97.0, 1.6e8),
+                                         ("Q4_0", 23.0, 0.09, 85.0, 0.9e8)):
+        store.write_quality(raw, ident(rid(), "llama-perplexity", "m", quant),
+                            fid_rows("F16", ppl, kld, top1, int(size)), {})
+    for quant, acc in (("F16", 40.0), ("Q8_0", 39.0), ("Q4_0", 20.0)):
+        answers = [{"item_id": f"i{k}", "kind": "add", "correct": k < 2, "completion": str(k),
+                    "completion_token_ids": [k]} for k in range(4)]
+        store.write_quality(raw, ident(rid(), "batch", "m", quant), task_rows(acc), {}, answers=answers)
+    return raw
+
+
+def summary_frame():
+    return pl.DataFrame({"hardware_id": [HW] * 4, "runtime": ["batch"] * 4, "model": ["m"] * 4,
+                         "quant": ["F16", "Q8_0", "Q4_0", "Q4_0"], "concurrency": [1, 1, 1, 8],
+                         "per_user_tok_s": [10.0, 18.0, 30.0, 5.0], "run_id": ["a", "b", "c", "d"]})
+
+
+def test_quality_runs_are_stored_with_the_identity_and_never_rewritten(stored):
+    files = sorted(p.name.split(".", 1)[1] for p in stored.rglob("*.parquet"))
+    assert files.count("quality.parquet") == 6 and files.count("answers.parquet") == 3
+    qt = store.read_table(stored, "quality")
+    assert set(qt["hardware_id"]) == {HW} and qt["run_id"].null_count() == 0
+    assert store.completed_quality(stored, HW) == set(qt["cell_key"])
+    assert store.completed_quality(stored, "other") == set()
+    one = qt.row(0, named=True)
+    with pytest.raises(FileExistsError):
+        store.write_quality(stored, ident(one["run_id"], one["runtime"], one["model"], one["quant"]), [], {})
+    with pytest.raises(ValueError, match="hardware_id"):
+        store.write_quality(stored, {k: v for k, v in ident("r", "x", "m", "F16").items() if k != "hardware_id"}, [], {})
+
+
+def test_a_failed_run_is_a_row_and_does_not_count_as_measured(tmp_path):
+    store.write_quality(tmp_path, ident("20260101T000000Z-aaaaaa", "batch", "m", "F16"),
+                        [{"status": "failed", "error": "llama-server exited"}], {})
+    assert store.completed_quality(tmp_path, HW) == set()
+    assert store.read_table(tmp_path, "quality")["error"].to_list() == ["llama-server exited"]
+
+
+def test_quality_speed_and_size_join_in_one_frame(stored):
+    figures, answers = q.read_quality(stored, HW)
+    frame = q.quality_speed_size(figures, summary_frame())
+    assert frame.height == 3 and frame["quant"].to_list() == ["F16", "Q8_0", "Q4_0"]  # largest file first
+    row = frame.filter(pl.col("quant") == "Q4_0").row(0, named=True)
+    assert row["decode_tok_s"] == 30.0  # the 1-user cell, not the 8-user one
+    assert row["accuracy_pct"] == 20.0 and row["kld"] == 0.09 and row["size_mb"] == 90.0
+    ref = frame.filter(pl.col("quant") == "F16").row(0, named=True)
+    assert ref["ppl_ratio"] == 1.0 and ref["kld"] is None  # the reference is not compared with itself
+    pts = q.chart_points(frame)
+    assert pts.filter(pl.col("quant") == "F16")["top1_plot"][0] == 100.0
+    assert pts.filter(pl.col("quant") == "Q8_0")["top1_lo"][0] == pytest.approx(96.5)
+
+
+def test_an_attached_server_without_local_files_still_has_its_row(stored):
+    store.write_quality(stored, ident("20260101T000099Z-bbbbbb", "gpu-vllm", "m", "BF16", runtime_kind="openai"),
+                        task_rows(41.0), {})
+    summary = summary_frame().vstack(pl.DataFrame({
+        "hardware_id": [HW], "runtime": ["gpu-vllm"], "model": ["m"], "quant": ["BF16"], "concurrency": [1],
+        "per_user_tok_s": [99.0], "run_id": ["e"]}))
+    frame = q.quality_speed_size(q.read_quality(stored, HW)[0], summary)
+    row = frame.filter(pl.col("quant") == "BF16").row(0, named=True)
+    assert frame.height == 4 and row["accuracy_pct"] == 41.0 and row["decode_tok_s"] == 99.0
+    assert row["kld"] is None and row["size_mb"] is None
+
+
+def test_recovery_is_a_share_of_the_reference_files_score(stored):
+    frame = q.quality_speed_size(q.read_quality(stored, HW)[0], summary_frame())
+    rec = q.recovery(frame)
+    assert rec.filter(pl.col("quant") == "Q8_0")["recovery_pct"][0] == pytest.approx(97.5)
+    ref = pl.DataFrame({"source": ["s"], "hardware": ["gpu"], "model": ["big"], "runtime": ["vLLM"],
+                        "quant": ["NVFP4"], "concurrency": [1], "metric": ["mmlu_recovery_pct"], "value": [97.5],
+                        "unit": ["%"], "note": [None]})
+    both = q.recovery_beside_published(frame, ref)
+    assert both["who"].to_list().count("published") == 1 and both.height == 4
+    assert both.filter(pl.col("who") == "published")["benchmark"][0].startswith("mmlu")
+
+
+def test_the_pick_is_the_fastest_file_that_keeps_quality(stored):
+    frame = q.quality_speed_size(q.read_quality(stored, HW)[0], summary_frame())
+    text = q.pick_story(frame, max_ppl_increase_pct=2.0)
+    assert "pick **Q8_0**" in text and "Q4_0 is faster (30.0 tok/s)" in text and "+15.0%" in text
+    loose = q.pick_story(frame, max_ppl_increase_pct=20.0)  # perplexity passes now; accuracy still fails
+    assert "pick **Q8_0**" in loose and "task accuracy (20.0%, 95% interval up to 26.1%) is below F16's" in loose
+
+
+def test_agreement_counts_identical_completions_and_the_common_prefix():
+    rows = []
+    for rt, comps in (("a", [("x y", [1, 2]), ("p q", [5, 6]), ("m", [7])]),
+                      ("b", [("x y", [1, 2]), ("p r", [5, 9]), ("n", [8])])):
+        for k, (text, ids) in enumerate(comps):
+            rows.append({"hardware_id": HW, "model": "m", "quant": "Q8_0", "workload": "agree:t", "runtime": rt,
+                         "item_id": f"i{k}", "question": f"prompt {k}", "completion": text,
+                         "completion_token_ids": ids, "error": None})
+    t = q.agreement(pl.DataFrame(rows))
+    r = t.row(0, named=True)
+    assert (r["runtime_a"], r["runtime_b"], r["prompts"]) == ("a", "b", 3)
+    assert r["identical_pct"] == pytest.approx(100 / 3)
+    assert r["mean_prefix_tokens"] == pytest.approx((2 + 1 + 0) / 3)
+    assert (r["example_prompt"], r["example_a"], r["example_b"], r["example_diverges_at"]) == (
+        "prompt 1", "p q", "p r", 1)
+    assert "p q" in q.example_pair(t) and "33% of 3 prompts" in q.agreement_story(t)
+    assert q.common_prefix([1, 2, 3], [1, 2]) == 2 and q.common_prefix(None, [1]) is None
+
+
+def test_empty_store_gives_empty_frames_and_a_hint(tmp_path):
+    figures, answers = q.read_quality(tmp_path)
+    frame = q.quality_speed_size(figures, summary_frame())
+    assert frame.is_empty() and q.agreement(answers).is_empty()
+    assert "gaplab quality" in q.setup_story(figures)
+    assert "gaplab quality" in q.pick_story(frame)
+
+
+def test_committed_quality_runs_keep_their_contract():
+    """Each committed quality run has its figures table; answers never come without one."""
+    import subprocess
+
+    out = subprocess.run(["git", "ls-files", "data/raw"], cwd=ROOT, capture_output=True, text=True).stdout
+    runs: dict = {}
+    for p in out.split():
+        name = Path(p).name
+        if name.endswith((".quality.parquet", ".answers.parquet")):
+            runs.setdefault((str(Path(p).parent), name.split(".")[0]), set()).add(name.split(".")[1])
+    assert all("quality" in tables for tables in runs.values()), runs
+    for (folder, run_id), _ in runs.items():
+        t = pl.read_parquet(ROOT / folder / f"{run_id}.quality.parquet")
+        assert set(t["status"]) <= {"complete", "failed"} and t["run_id"].unique().to_list() == [run_id]
