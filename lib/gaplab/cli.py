@@ -23,6 +23,15 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _done(summary: str, failed: list[str]) -> None:
+    """The closing line of a long command; exit 1 when anything in it failed (it is stored)."""
+    typer.echo(summary)
+    for line in failed:
+        typer.echo(f"  failed: {line}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
 def _guard(fn, *args, **kwargs):
     """Run fn, turning user-facing errors into one line."""
     from gaplab.local import SetupError
@@ -75,12 +84,8 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="rerun cells al
     result = _guard(run_sweep, scenario, force=force, raw_dir=data_dir)
     LAST_SWEEP.parent.mkdir(parents=True, exist_ok=True)
     LAST_SWEEP.write_text(json.dumps({**result.__dict__, "data_dir": str(data_dir.resolve())}))
-    typer.echo(f"gaplab: sweep done in {result.seconds:.0f} s: {result.ran} cells run, "
-               f"{result.skipped} reused, {len(result.failed)} failed")
-    for line in result.failed:
-        typer.echo(f"  failed: {line}", err=True)
-    if result.failed:
-        raise typer.Exit(1)
+    _done(f"gaplab: sweep done in {result.seconds:.0f} s: {result.ran} cells run, "
+          f"{result.skipped} reused, {len(result.failed)} failed", result.failed)
 
 
 @app.command()
@@ -148,12 +153,8 @@ def quality(scenario: Path, force: bool = typer.Option(False, help="measure agai
 
     res = _guard(q.measure, scenario, raw_dir=data_dir, force=force, chunks=chunks, eval_path=eval_set,
                  runtimes=runtime or None, task_on_all=task_on_all)
-    typer.echo(f"gaplab: quality done in {res.seconds:.0f} s: {res.fidelity_runs} fidelity, {res.task_runs} task "
-               f"and {res.agreement_runs} agreement runs; {res.skipped} reused, {len(res.failed)} failed")
-    for line in res.failed:
-        typer.echo(f"  failed: {line}", err=True)
-    if res.failed:
-        raise typer.Exit(1)
+    _done(f"gaplab: quality done in {res.seconds:.0f} s: {res.fidelity_runs} fidelity, {res.task_runs} task "
+          f"and {res.agreement_runs} agreement runs; {res.skipped} reused, {len(res.failed)} failed", res.failed)
 
 
 if __name__ == "__main__":

@@ -111,15 +111,26 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRecord],
-              telemetry: list[dict] | None = None) -> Path:
-    """Write the run's tables (run, requests, chunks, and telemetry when sampled); returns the
-    run table's path. Never overwrites a file."""
+def _write_tables(raw_dir: Path, identity: dict, meta: dict, tables: list[tuple[str, list[dict]]]) -> dict:
+    """Write one run's tables in order, each atomically; refuses to overwrite any of them."""
     missing = [n for n in IDENTITY.names if n not in identity]
     if missing:
         raise ValueError(f"run identity lacks {missing}")
     folder = run_dir(raw_dir, identity, identity["run_id"])
     folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / f"{identity['run_id']}.{name}.parquet" for name, _ in tables}
+    for path in paths.values():
+        if path.exists():
+            raise FileExistsError(f"{path} exists: runs are immutable, use a new run id")
+    for name, rows in tables:
+        _write_atomic(_table(rows, identity, TABLES[name], meta), paths[name])
+    return paths
+
+
+def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRecord],
+              telemetry: list[dict] | None = None) -> Path:
+    """Write the run's tables (run, requests, chunks, and telemetry when sampled); returns the
+    run table's path. Never overwrites a file."""
     meta = {**meta, "schema_version": SCHEMA_VERSION}
     requests = [_request_row(r) for r in records]
     chunks = [{"request_index": r.index, "warmup": r.warmup, "chunk_index": k, "arrival_ns": c[0],
@@ -127,15 +138,9 @@ def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRe
     run_row = {**{k: meta.get(k) for k in RUNS.names}, "n_requests": len(records),
                "n_errors": sum(r.error is not None for r in records),
                "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}
-    paths = {}
     tables = [("requests", requests), ("chunks", chunks)] + ([("telemetry", telemetry)] if telemetry else [])
-    for name, rows in tables + [("run", [run_row])]:  # the run table last: it marks the run written
-        path = folder / f"{identity['run_id']}.{name}.parquet"
-        if path.exists():
-            raise FileExistsError(f"{path} exists: runs are immutable, use a new run id")
-        paths[name] = path
-        _write_atomic(_table(rows, identity, TABLES[name], meta), path)
-    return paths["run"]
+    # the run table last: it marks the run written
+    return _write_tables(raw_dir, identity, meta, tables + [("run", [run_row])])["run"]
 
 
 def read_table(raw_dir: Path, name: str) -> pl.DataFrame:
@@ -193,21 +198,10 @@ TABLES["answers"] = ANSWERS
 def write_quality(raw_dir: Path, identity: dict, rows: list[dict], meta: dict,
                   answers: list[dict] | None = None) -> Path:
     """Write one quality run (answers first, then its figures); returns the quality table's path."""
-    missing = [n for n in IDENTITY.names if n not in identity]
-    if missing:
-        raise ValueError(f"quality run identity lacks {missing}")
-    folder = run_dir(raw_dir, identity, identity["run_id"])
-    folder.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "schema_version": SCHEMA_VERSION}
     rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
     tables = ([("answers", answers)] if answers is not None else []) + [("quality", rows)]
-    paths = {name: folder / f"{identity['run_id']}.{name}.parquet" for name, _ in tables}
-    for path in paths.values():
-        if path.exists():
-            raise FileExistsError(f"{path} exists: runs are immutable, use a new run id")
-    for name, table_rows in tables:
-        _write_atomic(_table(table_rows, identity, TABLES[name], meta), paths[name])
-    return paths["quality"]
+    return _write_tables(raw_dir, identity, meta, tables)["quality"]
 
 
 def completed_quality(raw_dir: Path, hardware_id: str) -> set[str]:
