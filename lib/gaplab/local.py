@@ -68,7 +68,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pip_download(spec: str, dest: Path, sdist: bool = False) -> Path:
+def pip_download(spec: str, dest: Path, sdist: bool = False) -> Path:
     """Fetch one pinned distribution from PyPI into dest (kept as a cache)."""
     name, version = spec.split("==")
     stem = re.sub(r"[-_.]+", "_", name).lower() + "_" + version
@@ -124,7 +124,7 @@ def build_llama_cpp(force: bool = False) -> Path:
     base = llama_dir()
     src = base / "src"
     if not (src / "CMakeLists.txt").exists():
-        sdist = _pip_download(f"llama-cpp-python=={LLAMA_CPP_PYTHON}", CACHE_DIR / "downloads", sdist=True)
+        sdist = pip_download(f"llama-cpp-python=={LLAMA_CPP_PYTHON}", CACHE_DIR / "downloads", sdist=True)
         print(f"gaplab: unpacking llama.cpp from {sdist.name}", flush=True)
         tmp = base / "unpack"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -188,7 +188,7 @@ def fetch_model(name: str) -> Path:
     target = model_path(name, src.quant)
     if target.exists() and target.with_suffix(".json").exists():
         return target
-    wheels = [_pip_download(p, CACHE_DIR / "downloads") for p in src.packages]
+    wheels = [pip_download(p, CACHE_DIR / "downloads") for p in src.packages]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".part")
     with open(tmp, "wb") as out:

@@ -32,7 +32,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
@@ -90,7 +90,7 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
     with open(log, "wb") as logf:
         started = time.perf_counter_ns()
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=local.llama_version(),

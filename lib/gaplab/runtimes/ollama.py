@@ -10,7 +10,7 @@ For Ollama's OpenAI-compatible endpoint use `kind: openai` with base_url .../v1.
 from __future__ import annotations
 
 from gaplab.runtimes import Server
-from gaplab.runtimes.openai_compat import _get_json
+from gaplab.runtimes.openai_compat import get_json
 
 
 def _root(url: str) -> str:
@@ -23,12 +23,12 @@ def _names(name: str) -> set[str]:
 
 def attach_ollama(runtime, model) -> Server:
     base = _root(runtime.base_url)
-    version = _get_json(base + "/api/version", None)
+    version = get_json(base + "/api/version", None)
     if version is None:
         raise RuntimeError(f"runtimes.{runtime.name}.base_url: no Ollama server answers at {base}/api/version; "
                            "start it with 'ollama serve' or fix the URL")
     served = runtime.served_name(model)
-    tags = _get_json(base + "/api/tags", None) or {}
+    tags = get_json(base + "/api/tags", None) or {}
     names = [m.get("name", "") for m in tags.get("models", [])]
     if names and not any(_names(served) & _names(n) for n in names):
         raise RuntimeError(f"models.{model.name}: Ollama at {base} has {names}, not {served!r}; "
@@ -39,7 +39,7 @@ def attach_ollama(runtime, model) -> Server:
 
 def placement(base_url: str, served: str) -> dict | None:
     """Where the model sits now, from /api/ps: None when it is not loaded."""
-    ps = _get_json(_root(base_url) + "/api/ps", None) or {}
+    ps = get_json(_root(base_url) + "/api/ps", None) or {}
     for m in ps.get("models", []):
         if _names(served) & _names(m.get("name", "")) or _names(served) & _names(m.get("model", "")):
             size, vram = m.get("size") or 0, m.get("size_vram") or 0

