@@ -44,6 +44,7 @@ import polars as pl
 from gaplab import local
 from gaplab.config import CACHE_DIR, RAW_DIR, ROOT
 from gaplab.local import SetupError
+from gaplab.scenario import stable_key
 
 if TYPE_CHECKING:
     from gaplab.scenario import Cell
@@ -720,16 +721,8 @@ def common_prefix(a: list | None, b: list | None) -> int | None:
 # ---------------------------------------------------------------- measuring a scenario
 
 
-def _cell_key(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _started_here(rt) -> bool:
-    return getattr(rt, "started_here", rt.kind == "llamacpp")
 
 
 def _file_facts(model: str, quant: str) -> dict:
@@ -762,7 +755,7 @@ class QualityResult:
 
 
 def _fidelity_key(model: str, quant: str, reference: str, chunks: int, ctx: int) -> str:
-    return _cell_key({"kind": "fidelity", "model": model, "quant": quant, "reference": reference,
+    return stable_key({"kind": "fidelity", "model": model, "quant": quant, "reference": reference,
                       "reference_sha256": _file_facts(model, reference)["model_sha256"],
                       "model_sha256": _file_facts(model, quant)["model_sha256"], "text": EVAL_TEXT.sha256,
                       "chunks": chunks, "ctx": ctx, "llama_cpp": local.LLAMA_CPP_PYTHON})
@@ -777,11 +770,11 @@ def _session_identity(cell, kind: str, eval_name: str, eval_sha: str, concurrenc
             "concurrency": concurrency,
             "prompt": PROMPT_VERSION if kind == "task" else [AGREE_PROMPTS, AGREE_WORDS, AGREE_TOKENS],
             "max_tokens": MAX_TOKENS if kind == "task" else AGREE_TOKENS}
-    return {"cell_id": f"quality/{rt.name}/{cell.model.name}/{cell.quant}/{workload}", "cell_key": _cell_key(spec),
+    return {"cell_id": f"quality/{rt.name}/{cell.model.name}/{cell.quant}/{workload}", "cell_key": stable_key(spec),
             "scenario": cell.scenario, "runtime": rt.name, "runtime_kind": rt.kind, "model": cell.model.name,
             "quant": cell.quant, "workload": workload, "concurrency": concurrency,
-            "threads": rt.threads if _started_here(rt) else None,
-            "parallel": rt.parallel if _started_here(rt) else None}
+            "threads": rt.threads if rt.started_here else None,
+            "parallel": rt.parallel if rt.started_here else None}
 
 
 def _gaplab_version() -> str:
@@ -899,7 +892,7 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
 
 def _concurrency(rt) -> int:
     """Requests in flight: one per slot where gaplab starts the server, so a batching runtime batches."""
-    return min(rt.parallel, 8) if _started_here(rt) else 4
+    return min(rt.parallel, 8) if rt.started_here else 4
 
 
 def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, ref: str, chunks: int,

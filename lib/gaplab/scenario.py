@@ -16,6 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+def stable_key(spec: dict) -> str:
+    """A short hash of a spec, stable across runs and machines (cell keys)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class ScenarioError(ValueError):
     """A user mistake in a scenario file; its message is one line meant for the user."""
 
@@ -177,8 +182,7 @@ class Cell(_Strict):
 
     @property
     def cell_key(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return stable_key(self.identity())
 
 
 def _describe(err: dict) -> str:
