@@ -1,6 +1,6 @@
 """Summaries of the raw rows, in polars: what the charts and the prose read.
 
-Definitions (also in the methodology page):
+Definitions (the methodology page states them for readers):
 - TTFT: first chunk carrying output text minus the moment the request was sent.
 - queue: sent minus scheduled (time the request waited inside the client).
 - decode tok/s (per user): (completion tokens - 1) / (last token - first token).
@@ -21,14 +21,29 @@ from gaplab import store
 from gaplab.config import RAW_DIR
 
 NS_PER_MS = 1_000_000
-GROUP = ["hardware_id", "runtime", "runtime_kind", "model", "quant", "workload", "concurrency",
-         "threads", "parallel", "cell_key", "run_id"]
+CELL = ["machine_id", "hardware_id", "runtime", "runtime_kind", "model", "quant", "workload", "concurrency",
+        "threads", "parallel", "cell_key"]
+GROUP = CELL + ["series_id", "trial", "run_id"]
+# The headline metrics: each cell gets the mean over its trials, a 95% interval and the sd.
+METRICS = ["aggregate_tok_s", "per_user_tok_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "itl_mean_ms"]
+HIGHER_IS_BETTER = {"aggregate_tok_s": True, "per_user_tok_s": True, "ttft_p50_ms": False, "ttft_p99_ms": False,
+                    "e2e_p50_ms": False, "itl_mean_ms": False}
 
 
-def latest_complete_runs(runs: pl.DataFrame) -> pl.DataFrame:
-    """The newest complete run of each cell on each machine (reruns replace older ones in the report)."""
-    return (runs.filter(pl.col("status") == "complete")
-            .sort("run_id").group_by(["hardware_id", "cell_key"]).last())
+def with_run_keys(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows of schema-1 files name no machine, series or trial: each was one trial, on a machine
+    known only by its class."""
+    return frame.with_columns(machine_id=pl.coalesce("machine_id", "hardware_id"),
+                              series_id=pl.coalesce("series_id", "run_id"), trial=pl.coalesce("trial", pl.lit(1)))
+
+
+def selected_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs the report combines: per machine and cell, the complete trials of its newest
+    series (a forced rerun starts a new series; a resumed sweep continues the last one)."""
+    runs = with_run_keys(runs)
+    newest = (runs.group_by("machine_id", "cell_key").agg(pl.col("series_id").sort_by("run_id").last()))
+    return runs.join(newest, on=["machine_id", "cell_key", "series_id"], how="semi").filter(
+        pl.col("status") == "complete")
 
 
 def with_latencies(requests: pl.DataFrame) -> pl.DataFrame:
@@ -45,21 +60,35 @@ def with_latencies(requests: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def measured_requests(raw_dir: Path = RAW_DIR, hardware_id: str | None = None) -> pl.DataFrame:
-    """Measured (non-warmup) request rows of the latest complete run of every cell."""
-    runs = latest_complete_runs(store.read_table(raw_dir, "run"))
-    req = store.read_table(raw_dir, "requests").join(runs.select("run_id"), on="run_id", how="semi")
-    if hardware_id:
-        req = req.filter(pl.col("hardware_id") == hardware_id)
+def measured_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None) -> pl.DataFrame:
+    """Measured (non-warmup) request rows of the trials the report combines."""
+    runs = selected_runs(store.read_table(raw_dir, "run"))
+    req = with_run_keys(store.read_table(raw_dir, "requests")).join(runs.select("run_id"), on="run_id", how="semi")
+    if machine_id:
+        req = req.filter(pl.col("machine_id") == machine_id)
     return with_latencies(req.filter(~pl.col("warmup")))
 
 
-def cell_summary(requests: pl.DataFrame) -> pl.DataFrame:
-    """One row per run: throughput and latency percentiles of its measured requests."""
+def error_kind(message: str) -> str:
+    """A short name for an error message, for counting errors by kind."""
+    m = message.lower()
+    for key, kind in (("truncated", "truncated"), ("reset", "connection reset"), ("no complete response", "timeout"),
+                      ("malformed", "malformed stream"), ("cancelled", "cancelled"), ("refused", "refused")):
+        if key in m:
+            return kind
+    if m.startswith("http "):
+        return message[:8]
+    return "other"
+
+
+def trial_summary(requests: pl.DataFrame) -> pl.DataFrame:
+    """One row per trial (run): throughput and latency of its measured requests. Requests that
+    failed count in `errors` and in the span, never in the token or latency figures."""
     ok = pl.col("ok")
     return (requests.group_by(GROUP).agg(
         requests=pl.len(),
         errors=(~ok).sum(),
+        error_messages=pl.col("error").drop_nulls(),
         output_tokens=pl.col("completion_tokens").filter(ok).sum(),
         span_s=(pl.col("end_ns").max() - pl.col("sent_ns").min()) / 1e9,
         ttft_p50_ms=pl.col("ttft_ms").filter(ok).quantile(0.5, interpolation="linear"),
@@ -73,165 +102,101 @@ def cell_summary(requests: pl.DataFrame) -> pl.DataFrame:
     ).with_columns(
         aggregate_tok_s=pl.col("output_tokens") / pl.col("span_s"),
         config=pl.col("runtime") + " · " + pl.col("quant"),
-    ).sort(["model", "runtime", "quant", "concurrency"]))
+    ).sort(["model", "runtime", "quant", "concurrency", "trial"]))
 
 
-def ratio_at(summary: pl.DataFrame, metric: str, num: dict, den: dict, concurrency: int) -> float | None:
-    """metric of the row matching num over the row matching den, at one concurrency level."""
-    def pick(sel: dict) -> float | None:
-        rows = summary.filter(pl.col("concurrency") == concurrency)
-        for k, v in sel.items():
-            rows = rows.filter(pl.col(k) == v)
-        return rows[metric][0] if rows.height == 1 else None
+def estimates(trials: pl.DataFrame, precision: float | None = None) -> pl.DataFrame:
+    """One row per cell: each metric's mean over trials (m), its 95% interval (m_lo, m_hi) and
+    the sd across trials (m_sd), with trial, request and error counts (methodology page).
+    precision: the target half-width of aggregate tok/s; precision_met says whether it was reached."""
+    from gaplab import stats
 
-    a, b = pick(num), pick(den)
-    return a / b if a is not None and b else None
-
-
-def crossover(summary: pl.DataFrame, metric: str, a: dict, b: dict) -> int | None:
-    """Lowest concurrency where config a's metric exceeds config b's, after being below it."""
-    def series(sel: dict) -> dict:
-        rows = summary
-        for k, v in sel.items():
-            rows = rows.filter(pl.col(k) == v)
-        return dict(zip(rows["concurrency"].to_list(), rows[metric].to_list()))
-
-    sa, sb = series(a), series(b)
-    levels = sorted(set(sa) & set(sb))
-    below = False
-    for c in levels:
-        if sa[c] < sb[c]:
-            below = True
-        elif below and sa[c] > sb[c]:
-            return c
-    return None
-
-
-# ---------------------------------------------------------------- prose computed from the data
+    rows = []
+    for key, g in trials.group_by(CELL, maintain_order=True):
+        row = dict(zip(CELL, key))
+        row.update(trials=g.height, requests=int(g["requests"].sum()), errors=int(g["errors"].sum()),
+                   run_ids=",".join(sorted(g["run_id"].to_list())), config=f"{row['runtime']} · {row['quant']}",
+                   server_decode_tok_s=g["server_decode_tok_s"].mean())
+        kinds: dict[str, int] = {}
+        for msgs in g["error_messages"].to_list():
+            for msg in msgs:
+                kinds[error_kind(msg)] = kinds.get(error_kind(msg), 0) + 1
+        row["error_kinds"] = ", ".join(f"{k}×{n}" for k, n in sorted(kinds.items()))
+        for m in METRICS:
+            iv = stats.mean_interval(g[m].to_list())
+            row.update({m: iv.estimate if iv else None, f"{m}_lo": iv.lo if iv else None,
+                        f"{m}_hi": iv.hi if iv else None, f"{m}_sd": iv.sd if iv else None})
+        agg = stats.mean_interval(g["aggregate_tok_s"].to_list())
+        row["halfwidth_pct"] = agg.halfwidth * 100 if agg and agg.halfwidth is not None else None
+        row["precision_met"] = (precision is not None and row["halfwidth_pct"] is not None
+                                and row["halfwidth_pct"] <= precision * 100)
+        rows.append(row)
+    if not rows:
+        return pl.DataFrame()
+    return pl.DataFrame(rows, infer_schema_length=None).sort(["model", "runtime", "quant", "concurrency"])
 
 
-def _rows(df: pl.DataFrame, **eq) -> pl.DataFrame:
-    for k, v in eq.items():
-        df = df.filter(pl.col(k) == v)
-    return df
+def cell_summary(requests: pl.DataFrame, precision: float | None = None) -> pl.DataFrame:
+    """Requests -> per-cell estimates over their trials (trial_summary, then estimates)."""
+    return estimates(trial_summary(requests), precision)
 
 
-def _best(df: pl.DataFrame, metric: str, lowest: bool = False) -> dict | None:
-    df = df.drop_nulls(metric).sort(metric, descending=not lowest)
-    return df.row(0, named=True) if df.height else None
+def precision_target(raw_dir: Path, machine_id: str) -> float | None:
+    """The precision the machine's newest runs aimed for (load.precision), if they recorded one."""
+    runs = selected_runs(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == machine_id)
+    targets = runs.sort("run_id")["precision_target"].drop_nulls()
+    return float(targets[-1]) if targets.len() else None
 
 
-def throughput_story(summary: pl.DataFrame) -> str:
-    """Per model and quant: who leads at the highest load, by how much, and how each runtime scales."""
-    if summary.is_empty():
-        return "No measured cells yet: run `make report` or `gaplab sweep`."
-    lo, hi = summary["concurrency"].min(), summary["concurrency"].max()
-    out = []
-    for model in summary["model"].unique(maintain_order=True):
-        for quant in _rows(summary, model=model)["quant"].unique(maintain_order=True):
-            cell = _rows(summary, model=model, quant=quant)
-            at_hi = cell.filter(pl.col("concurrency") == hi).sort("aggregate_tok_s", descending=True)
-            if at_hi.height >= 2:
-                a, b = at_hi.row(0, named=True), at_hi.row(-1, named=True)
-                text = (f"**{model} {quant}**: at {hi} users {a['runtime']} delivers "
-                        f"{a['aggregate_tok_s']:.1f} output tok/s, {a['aggregate_tok_s'] / b['aggregate_tok_s']:.2f}× "
-                        f"{b['runtime']} ({b['aggregate_tok_s']:.1f} tok/s).")
-            elif at_hi.height == 1:
-                a = at_hi.row(0, named=True)
-                text = f"**{model} {quant}**: at {hi} users {a['runtime']} delivers {a['aggregate_tok_s']:.1f} tok/s."
-            else:
-                continue
-            growth = []
-            for rt in cell["runtime"].unique(maintain_order=True):
-                r1, rn = _rows(cell, runtime=rt, concurrency=lo), _rows(cell, runtime=rt, concurrency=hi)
-                if r1.height and rn.height and lo != hi:
-                    growth.append(f"{rt} ×{rn['aggregate_tok_s'][0] / r1['aggregate_tok_s'][0]:.2f}")
-            if growth:
-                text += f" From {lo} to {hi} users total throughput grows " + ", ".join(growth) + "."
-            best_lo = _best(cell.filter(pl.col("concurrency") == lo), "aggregate_tok_s")
-            if best_lo and at_hi.height >= 2 and best_lo["runtime"] != at_hi["runtime"][0]:
-                text += (f" The ranking flips: with {lo} user {best_lo['runtime']} is ahead "
-                         f"({best_lo['aggregate_tok_s']:.1f} tok/s).")
-            out.append(text)
-    return "\n\n".join(out)
+def pick_machine(raw_dir: Path, machine_id: str = "") -> str:
+    """The machine a page reports on: the one asked for, else this one if it has runs, else the
+    one with the newest run (then the page says these are reference runs from elsewhere)."""
+    from gaplab.hardware import machine_id as this_machine
 
-
-def per_user_story(summary: pl.DataFrame) -> str:
-    """How much decode speed one user keeps as others join, and what a batched step costs."""
-    lo = summary["concurrency"].min()
-    out = []
-    for key, cell in summary.group_by(["model", "runtime", "quant"], maintain_order=True):
-        r1 = _rows(cell, concurrency=lo)
-        if not r1.height or r1["per_user_tok_s"][0] is None:
-            continue
-        alone, parallel = r1["per_user_tok_s"][0], r1["parallel"][0]
-        steps = []
-        for row in cell.filter(pl.col("concurrency") > lo).sort("concurrency").iter_rows(named=True):
-            if row["per_user_tok_s"] is None:
-                continue
-            text = f"{row['per_user_tok_s']:.1f} at {row['concurrency']} ({row['per_user_tok_s'] / alone:.0%})"
-            if parallel and row["concurrency"] <= parallel and lo == 1:
-                # every user decodes in the same steps: each of them now waits this much per token
-                cost = alone / row["per_user_tok_s"]
-                text += f", time per token {cost:.1f}× a lone user's"
-            steps.append(text)
-        out.append(f"- {key[0]} {key[2]} on {key[1]}: {alone:.1f} tok/s per user alone; " + "; ".join(steps) + ".")
-    if not out:
-        return ""
-    return ("Decode speed seen by one user once its first token arrived. Where the server has a slot "
-            "for every user, all of them advance in the same steps, so each user's time per token, "
-            "against a lone user's, is what one shared step costs (steps that also process a newcomer's "
-            "prompt included). Below n for n users, batching gains over serving them one after the "
-            "other; above n, it loses.\n\n" + "\n".join(out))
-
-
-def ttft_story(summary: pl.DataFrame) -> str:
-    """Where waiting for the first token comes from: queueing behind other users."""
-    hi = summary["concurrency"].max()
-    at_hi = summary.filter(pl.col("concurrency") == hi).drop_nulls("ttft_p50_ms")
-    if at_hi.is_empty():
-        return ""
-    worst = at_hi.sort("ttft_p99_ms", descending=True).row(0, named=True)
-    best = at_hi.sort("ttft_p99_ms").row(0, named=True)
-    return (f"At {hi} users the slowest first token (p99) is {worst['ttft_p99_ms'] / 1000:.2f} s with "
-            f"{worst['runtime']} on {worst['model']} {worst['quant']}, against {best['ttft_p99_ms'] / 1000:.2f} s "
-            f"with {best['runtime']} on {best['model']} {best['quant']}. A server with fewer slots than users "
-            f"makes the others wait for whole responses; one with a slot per user makes all of them share "
-            f"each decode step, so each first token waits for the others' prompts to be processed.")
-
-
-def pick_hardware(raw_dir: Path, hardware_id: str = "") -> str:
-    """The machine a page reports on: the one asked for, else this one if it has data, else the newest."""
-    from gaplab.hardware import hardware
-
-    runs = store.read_table(raw_dir, "run")
-    known = runs["hardware_id"].unique().to_list()
-    if hardware_id:
-        if hardware_id not in known:
-            raise ValueError(f"hardware_id: {hardware_id!r} has no runs in {raw_dir}; known: {known}")
-        return hardware_id
-    here = hardware()["hardware_id"]
+    runs = with_run_keys(store.read_table(raw_dir, "run"))
+    known = runs["machine_id"].unique().to_list()
+    if machine_id:
+        if machine_id not in known:
+            raise ValueError(f"machine_id: {machine_id!r} has no runs in {raw_dir}; known: {sorted(known)}")
+        return machine_id
+    here = this_machine()
     if here in known or not known:
         return here
-    return runs.sort("run_id")["hardware_id"][-1]
+    return runs.sort("run_id")["machine_id"][-1]
 
 
-def setup_story(raw_dir: Path, hardware_id: str, summary: pl.DataFrame) -> str:
-    """Where and how the figures were measured, in a paragraph."""
-    runs = latest_complete_runs(store.read_table(raw_dir, "run")).filter(pl.col("hardware_id") == hardware_id)
+def setup_story(raw_dir: Path, machine_id: str, summary: pl.DataFrame) -> str:
+    """Where, when and how the figures were measured, and which other machines the store holds."""
+    from gaplab.hardware import machine_id as this_machine
+
+    all_runs = selected_runs(store.read_table(raw_dir, "run"))
+    runs = all_runs.filter(pl.col("machine_id") == machine_id)
     if runs.is_empty():
-        return f"No complete runs for machine `{hardware_id}` yet: run `make report` or `gaplab sweep`."
+        return f"No complete runs for machine `{machine_id}` yet: run `make report` or `gaplab sweep`."
     r = runs.sort("run_id").row(-1, named=True)
     versions = ", ".join(sorted(runs["runtime_version"].unique().to_list()))
     derived = runs.filter(pl.col("model_note").str.starts_with("requantized"))["quant"].unique().sort().to_list()
-    text = (f"Measured on `{hardware_id}`: {r['cpu_model']}, {r['cpu_cores']} cores, {r['memory_gib']} GiB, "
-            f"between {runs['started_at'].min()} and {runs['finished_at'].max()}. "
-            f"{summary.height} cells, {int(summary['requests'].sum())} measured requests, "
-            f"{int(summary['errors'].sum())} errors. Runtime: {versions}.")
+    whose = ("this machine" if machine_id == this_machine() else
+             "another machine (reference runs: not measured where this report was built)")
+    trials = summary["trials"] if "trials" in summary.columns else pl.Series([1])
+    text = (f"Measured on {whose}, `{machine_id}` of class `{r['hardware_id']}`: {r['cpu_model']}, "
+            f"{r['cpu_cores']} cores, {r['memory_gib']} GiB, between {runs['started_at'].min()} and "
+            f"{runs['finished_at'].max()}. {summary.height} cells, {int(trials.sum())} trials "
+            f"({int(trials.min())} to {int(trials.max())} per cell), {int(summary['requests'].sum())} measured "
+            f"requests, {int(summary['errors'].sum())} errors. Runtime: {versions}.")
+    if int(trials.max()) == 1:
+        text += " Each cell was measured once: 1 trial, no interval."
     if derived:
         text += (f" The {', '.join(derived)} files were made on this machine with llama-quantize from the "
                  f"4-bit files that ship on PyPI, so they cannot be more faithful than those 4-bit files; "
                  f"their speed is real, their quality is not the original model's.")
+    others = (all_runs.filter(pl.col("machine_id") != machine_id).group_by("machine_id", "hardware_id")
+              .agg(pl.col("cell_key").n_unique().alias("cells"), pl.col("started_at").min().alias("start"),
+                   pl.col("finished_at").max().alias("end")).sort("machine_id"))
+    for o in others.iter_rows(named=True):
+        text += (f"\n\nThe store also holds reference runs of machine `{o['machine_id']}` (class "
+                 f"`{o['hardware_id']}`): {o['cells']} cells measured between {o['start']} and {o['end']}; "
+                 f"set the page's `machine_id` parameter to show them.")
     return text
 
 
@@ -296,15 +261,15 @@ def scaling_story(table: pl.DataFrame) -> str:
 # ---------------------------------------------------------------- where the model ran (Ollama)
 
 
-def placement_story(raw_dir: Path, hardware_id: str | None = None) -> str:
+def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
     """Plain words for every cell whose model was not wholly in GPU memory (Ollama's /api/ps)."""
     import json
 
     from gaplab.runtimes.ollama import describe
 
-    runs = latest_complete_runs(store.read_table(raw_dir, "run"))
-    if hardware_id:
-        runs = runs.filter(pl.col("hardware_id") == hardware_id)
+    runs = selected_runs(store.read_table(raw_dir, "run"))
+    if machine_id:
+        runs = runs.filter(pl.col("machine_id") == machine_id)
     lines = []
     for row in runs.sort("cell_id").iter_rows(named=True):
         after = (json.loads(row["meta_json"]).get("ollama_placement") or {}).get("after")
@@ -349,23 +314,25 @@ def timeline(raw_dir: Path, run_id: str) -> pl.DataFrame:
 
 
 def pick_timeline_run(summary: pl.DataFrame, raw_dir: Path) -> str | None:
-    """The run to show over time: the highest load, preferring a server with slots for everyone."""
+    """The run to show over time: the newest trial at the highest load, preferring a server with
+    slots for everyone."""
     sampled = {p.name.split(".")[0] for p in Path(raw_dir).glob("**/*.telemetry.parquet")}
-    hi = summary.filter(pl.col("run_id").is_in(list(sampled)))
-    if hi.is_empty():
+    rows = summary.with_columns(run_id=pl.col("run_ids").str.split(",").list.last())
+    rows = rows.filter(pl.col("run_id").is_in(list(sampled)))
+    if rows.is_empty():
         return None
-    hi = hi.filter(pl.col("concurrency") == hi["concurrency"].max())
-    return hi.sort(["parallel", "requests"], descending=True, nulls_last=True)["run_id"][0]
+    rows = rows.filter(pl.col("concurrency") == rows["concurrency"].max())
+    return rows.sort(["parallel", "requests"], descending=True, nulls_last=True)["run_id"][0]
 
 
-def cold_starts(raw_dir: Path, hardware_id: str | None = None) -> pl.DataFrame:
+def cold_starts(raw_dir: Path, machine_id: str | None = None) -> pl.DataFrame:
     """Per server gaplab started: seconds from process start to healthy, and to the first token
     of a probe request sent as soon as it was healthy."""
     import json
 
-    runs = store.read_table(raw_dir, "run")
-    if hardware_id:
-        runs = runs.filter(pl.col("hardware_id") == hardware_id)
+    runs = with_run_keys(store.read_table(raw_dir, "run"))
+    if machine_id:
+        runs = runs.filter(pl.col("machine_id") == machine_id)
     servers = {}
     for row in runs.iter_rows(named=True):
         srv = json.loads(row["meta_json"]).get("server") or {}
@@ -395,28 +362,3 @@ def cold_start_table(starts: pl.DataFrame, reference: pl.DataFrame) -> pl.DataFr
                      "phase": "published cold start" if r["metric"] == "cold_start_s" else "published compile",
                      "seconds": r["value"], "source": r["source"]})
     return pl.DataFrame(rows)
-
-
-def runtime_story(summary: pl.DataFrame) -> str:
-    """Where a runtime overtakes another on the same model (aggregate tok/s), per quant pair."""
-    out = []
-    for model in summary["model"].unique(maintain_order=True):
-        m = summary.filter(pl.col("model") == model)
-        kinds = m["runtime"].unique(maintain_order=True).to_list()
-        if len(kinds) < 2:
-            continue
-        best = (m.group_by("runtime", "quant").agg(pl.col("aggregate_tok_s").max())
-                .sort("aggregate_tok_s", descending=True).group_by("runtime", maintain_order=True).first())
-        configs = [dict(runtime=r["runtime"], quant=r["quant"]) for r in best.iter_rows(named=True)]
-        for a, b in ((a, b) for i, a in enumerate(configs) for b in configs[i + 1:]):
-            for x, y in ((a, b), (b, a)):
-                c = crossover(m, "aggregate_tok_s", x, y)
-                if c:
-                    out.append(f"- {model}: {x['runtime']} {x['quant']} overtakes {y['runtime']} {y['quant']} "
-                               f"at {c} users.")
-            lo = ratio_at(m, "aggregate_tok_s", a, b, int(m["concurrency"].min()))
-            hi = ratio_at(m, "aggregate_tok_s", a, b, int(m["concurrency"].max()))
-            if lo and hi:
-                out.append(f"- {model}: {a['runtime']} {a['quant']} vs {b['runtime']} {b['quant']}: "
-                           f"×{lo:.2f} at {m['concurrency'].min()} user, ×{hi:.2f} at {m['concurrency'].max()} users.")
-    return ("Each runtime at its fastest quant, total output tok/s:\n\n" + "\n".join(out)) if out else ""

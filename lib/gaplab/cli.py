@@ -66,35 +66,49 @@ def local_setup(model: list[str] = typer.Option(None, help="only these local mod
 
 
 @app.command()
-def sweep(scenario: Path, force: bool = typer.Option(False, help="rerun cells already measured here"),
+def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every cell again, in a new series"),
           list_cells: bool = typer.Option(False, "--list", help="print the cells and stop"),
           data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files go")):
-    """Run every cell of SCENARIO not yet measured on this machine."""
-    from gaplab import store
-    from gaplab.hardware import hardware
+    """Measure every cell of SCENARIO that still needs trials on this machine."""
     from gaplab.scenario import load_scenario
+    from gaplab.sweep import Interrupted, cell_trials
     from gaplab.sweep import sweep as run_sweep
 
-    cells = _guard(load_scenario, scenario).cells()
+    sc = _guard(load_scenario, scenario)
     if list_cells:
-        done = store.completed_cells(data_dir, hardware()["hardware_id"])
-        for c in cells:
-            typer.echo(f"{c.cell_id}  {'measured' if c.cell_key in done else 'to run'}")
+        for ct in cell_trials(sc.cells(), data_dir).values():
+            half = ct.halfwidth_pct()
+            typer.echo(f"{ct.cell.cell_id}  {ct.state(sc.load)}: {len(ct.values)} trials"
+                       + (f", ±{half:.1f}%" if half is not None else ""))
         return
-    result = _guard(run_sweep, scenario, force=force, raw_dir=data_dir)
+    try:
+        result = _guard(run_sweep, scenario, force=force, raw_dir=data_dir)
+    except Interrupted as exc:
+        typer.echo(f"gaplab: {exc}", err=True)
+        raise typer.Exit(130)
     LAST_SWEEP.parent.mkdir(parents=True, exist_ok=True)
     LAST_SWEEP.write_text(json.dumps({**result.__dict__, "data_dir": str(data_dir.resolve())}))
-    _done(f"gaplab: sweep done in {result.seconds:.0f} s: {result.ran} cells run, "
-          f"{result.skipped} reused, {len(result.failed)} failed", result.failed)
+    halves = sorted(result.halfwidths_pct)
+    if halves:
+        q = lambda p: halves[min(len(halves) - 1, int(p * len(halves)))]  # noqa: E731
+        typer.echo(f"gaplab: 95% interval half-width of aggregate tok/s over {len(halves)} cells: median "
+                   f"{q(0.5):.1f}%, p90 {q(0.9):.1f}%, max {halves[-1]:.1f}%; {len(result.capped)} capped "
+                   f"before reaching {sc.load.precision:.0%}")
+    _done(f"gaplab: sweep done in {result.seconds:.0f} s: {result.trials} trials in {result.rounds} rounds, "
+          f"{result.skipped} cells reused, {len(result.failed)} failed", result.failed)
 
 
 @app.command()
 def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --list); default: the first"),
         data_dir: Path = typer.Option(RAW_DIR)):
-    """Measure one cell in this process (no papermill), starting its server."""
-    from gaplab.sweep import run_cell
+    """Measure one trial of one cell in this process (no papermill), starting its server."""
+    from gaplab.measure import run_cell
 
-    typer.echo(json.dumps(_guard(run_cell, scenario, cell, raw_dir=data_dir)))
+    try:
+        typer.echo(json.dumps(_guard(run_cell, scenario, cell, raw_dir=data_dir)))
+    except KeyboardInterrupt:
+        typer.echo("gaplab: interrupted: the requests that finished are stored, marked interrupted", err=True)
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -107,15 +121,16 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
     from gaplab.site import build_site
 
     builder = build_site(data_dir, out)
-    hw = analysis.pick_hardware(data_dir)
-    req = analysis.measured_requests(data_dir, hw)
+    machine = analysis.pick_machine(data_dir)
+    req = analysis.measured_requests(data_dir, machine)
     cells = req["cell_key"].n_unique()
+    trials = req["run_id"].n_unique()
     last = json.loads(LAST_SWEEP.read_text()) if LAST_SWEEP.exists() else None
     if last and last.get("data_dir") != str(data_dir.resolve()):
         last = None  # that sweep wrote elsewhere
-    ran = f" ({last['ran']} run by the last sweep, {last['skipped']} reused)" if last else ""
+    ran = f" ({last.get('trials', 0)} trials run by the last sweep, {last.get('skipped', 0)} cells reused)" if last else ""
     typer.echo(f"gaplab: site built with {builder}: open {(out / 'index.html').resolve()}")
-    typer.echo(f"  cells:    {cells} measured on {hw}{ran}")
+    typer.echo(f"  cells:    {cells} measured on {machine} in {trials} trials{ran}")
     typer.echo(f"  requests: {req.height} measured")
     typer.echo(f"  errors:   {req.filter(pl.col('error').is_not_null()).height}")
 
@@ -124,10 +139,11 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
 def doctor():
     """Say what is installed and what is missing."""
     from gaplab import local
-    from gaplab.hardware import hardware
+    from gaplab.hardware import hardware, machine_id
 
     hw = hardware()
-    typer.echo(f"machine:   {hw['hardware_id']} ({hw['cpu_model']}, {hw['cpu_cores']} cores, {hw['memory_gib']} GiB)")
+    typer.echo(f"machine:   {machine_id()}, class {hw['hardware_id']} ({hw['cpu_model']}, {hw['cpu_cores']} cores, "
+               f"{hw['memory_gib']} GiB)")
     typer.echo(f"llama.cpp: {'built, ' + local.llama_version() if local.llama_built() else 'not built (gaplab local setup)'}")
     for name, src in local.MODELS.items():
         have = [q for q in [src.quant, *local.DERIVED_QUANTS] if local.model_path(name, q).exists()]

@@ -1,4 +1,12 @@
-"""What machine a run measured on: facts stored with every run, and a short stable id."""
+"""What a run was measured on, at two grains.
+
+- hardware_id names the hardware class (CPU model, cores, memory, GPUs): what comparisons
+  group by, and the top folder of the store. Two machines of one kind share it.
+- machine_id names the one machine that measured a run: what "already measured here"
+  means. It is a random id made once and kept in the gaplab cache (GAPLAB_MACHINE_ID
+  overrides it), so a fresh clone on the same machine knows its runs, and another machine
+  of the same class measures for itself.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,13 @@ import hashlib
 import os
 import platform
 import re
+import secrets
 import shutil
 import subprocess
 
 import psutil
+
+from gaplab.config import CACHE_DIR
 
 
 def _cpu_model() -> str:
@@ -51,3 +62,20 @@ def hardware() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
     }
+
+
+@functools.cache
+def machine_id() -> str:
+    """This machine's id (see the module docstring); made on first use."""
+    if os.environ.get("GAPLAB_MACHINE_ID"):
+        return os.environ["GAPLAB_MACHINE_ID"]
+    path = CACHE_DIR / "machine-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made = "m-" + secrets.token_hex(4)
+        tmp = path.with_name(f".machine-id.{os.getpid()}")
+        tmp.write_text(made + "\n")
+        os.replace(tmp, path)
+        return path.read_text().strip()

@@ -800,13 +800,13 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
     from tqdm import tqdm
 
     from gaplab import store
-    from gaplab.hardware import hardware
+    from gaplab.hardware import hardware, machine_id
     from gaplab.scenario import load_scenario
 
     t_start = time.monotonic()
     sc = load_scenario(scenario)
     items = load_eval_set(eval_path or EVAL_SET)  # a bad file stops here, before anything runs
-    hw = hardware()
+    hw = {**hardware(), "machine_id": machine_id()}
     cells = sc.cells()
     if runtimes:
         known = {c.runtime.name for c in cells}
@@ -819,7 +819,7 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
     sessions: dict[str, object] = {}
     for c in cells:
         sessions.setdefault(c.server_key, c)
-    done = set() if force else store.completed_quality(raw_dir, hw["hardware_id"])
+    done = set() if force else store.completed_quality(raw_dir, hw["machine_id"])
     eval_file = Path(eval_path or EVAL_SET)
     eval_name, eval_sha = eval_file.stem, local._sha256(eval_file)
     text = eval_text()
@@ -899,7 +899,8 @@ def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, re
                     res: FidelityResult | None, meta: dict, error: str | None) -> None:
     from gaplab import store
 
-    ident = {"run_id": store.new_run_id(), "cell_id": f"quality/llama-perplexity/{model}/{quant}/text:{EVAL_TEXT.name}",
+    run_id = store.new_run_id()
+    ident = {"run_id": run_id, "machine_id": hw["machine_id"], "series_id": run_id, "trial": 1, "cell_id": f"quality/llama-perplexity/{model}/{quant}/text:{EVAL_TEXT.name}",
              "cell_key": _fidelity_key(model, quant, ref, chunks, CTX), "scenario": scenario,
              "hardware_id": hw["hardware_id"], "runtime": "llama-perplexity", "runtime_kind": "llamacpp",
              "runtime_version": local.llama_version(), "model": model, "quant": quant,
@@ -949,7 +950,9 @@ def _run_jobs(jobs: list[Job], raw_dir, hw, items, eval_name, eval_sha, agree_it
             error = f"{type(exc).__name__}: {exc}"[:500]
         for kind, name, sha, its in parts:
             ident = _session_identity(c, kind, name, sha, conc)
-            ident.update(run_id=store.new_run_id(), hardware_id=hw["hardware_id"],
+            run_id = store.new_run_id()
+            ident.update(run_id=run_id, hardware_id=hw["hardware_id"], machine_id=hw["machine_id"],
+                         series_id=run_id, trial=1,
                          runtime_version=srv.runtime_version if srv else "unknown")
             facts = _file_facts(c.model.name, c.quant) if rt.kind == "llamacpp" else {}
             if srv is not None:
@@ -994,19 +997,21 @@ K4 = ["hardware_id", "runtime", "model", "quant"]
 
 def latest_quality(quality: pl.DataFrame) -> pl.DataFrame:
     """Rows of the newest complete run of each quality cell on each machine (reruns replace older ones)."""
-    runs = (quality.filter(pl.col("status") == "complete").select("hardware_id", "cell_key", "run_id").unique()
-            .sort("run_id").group_by(["hardware_id", "cell_key"]).last())
+    quality = quality.with_columns(machine_id=pl.coalesce("machine_id", "hardware_id"))  # schema 1: class only
+    runs = (quality.filter(pl.col("status") == "complete").select("machine_id", "cell_key", "run_id").unique()
+            .sort("run_id").group_by(["machine_id", "cell_key"]).last())
     return quality.join(runs.select("run_id"), on="run_id", how="semi")
 
 
-def read_quality(raw_dir: Path = RAW_DIR, hardware_id: str = "") -> tuple[pl.DataFrame, pl.DataFrame]:
+def read_quality(raw_dir: Path = RAW_DIR, machine_id: str = "") -> tuple[pl.DataFrame, pl.DataFrame]:
     """(figures, answers) of the newest complete quality runs, of one machine when given."""
     from gaplab import store
 
     q = latest_quality(store.read_table(raw_dir, "quality"))
-    a = store.read_table(raw_dir, "answers").join(q.select("run_id").unique(), on="run_id", how="semi")
-    if hardware_id:
-        q, a = q.filter(pl.col("hardware_id") == hardware_id), a.filter(pl.col("hardware_id") == hardware_id)
+    a = store.read_table(raw_dir, "answers").join(q.select("run_id", "machine_id").unique(), on="run_id", how="semi")
+    a = a.with_columns(machine_id=pl.coalesce("machine_id", "hardware_id"))
+    if machine_id:
+        q, a = q.filter(pl.col("machine_id") == machine_id), a.filter(pl.col("machine_id") == machine_id)
     return q, a
 
 
@@ -1042,7 +1047,7 @@ def quality_speed_size(quality: pl.DataFrame, summary: pl.DataFrame) -> pl.DataF
     return (fidelity_frame(quality)
             .join(task_frame(quality), on=K3, how="full", coalesce=True)  # attached servers have no fidelity
             .join(summary.filter(pl.col("concurrency") == 1).group_by(K4).agg(
-                decode_tok_s=pl.col("per_user_tok_s").mean(), speed_run=pl.col("run_id").first()), on=K4, how="left")
+                decode_tok_s=pl.col("per_user_tok_s").mean(), speed_run=pl.col("run_ids").first()), on=K4, how="left")
             .with_columns(size_mb=pl.col("model_bytes") / 1e6)
             .sort(["model", "size_mb"], descending=[False, True]))
 

@@ -100,10 +100,27 @@ class WorkloadSpec(_Strict):
 
 
 class LoadSpec(_Strict):
+    """How each cell is measured: closed-loop users, and how long, how often and how precisely.
+
+    A cell is measured in trials (each its own stored run). Trials of different cells are
+    interleaved in rounds; a cell gets at least `trials` of them, and more, up to
+    `max_trials`, until the 95% interval of its aggregate tok/s is within `precision` of the
+    estimate or its measured time reaches `max_cell_seconds`.
+    """
+
     concurrency: list[int] = Field(min_length=1)
-    requests: int = Field(16, ge=1, description="measured requests per cell")
-    warmup: int = Field(2, ge=0, description="warmup requests per cell, stored and flagged")
-    max_seconds: float = Field(120.0, gt=0, description="wall-clock limit on the measured phase")
+    requests: int = Field(8, ge=1, description="at least this many measured requests per trial")
+    min_seconds: float = Field(4.0, ge=0, description="a trial keeps sending until at least this long")
+    max_seconds: float = Field(120.0, gt=0, description="a trial stops sending after this long")
+    warmup: int = Field(2, ge=0, description="warmup requests before each trial, stored and flagged")
+    trials: int = Field(3, ge=1, le=100, description="trials per cell, at least")
+    max_trials: int = Field(6, ge=1, le=100, description="trials per cell, at most")
+    precision: float = Field(0.05, ge=0, lt=1, description="target 95%-interval half-width of aggregate "
+                             "tok/s, as a fraction of the estimate (0: exactly `trials` trials)")
+    max_cell_seconds: float = Field(90.0, gt=0, description="cap on a cell's measured time over its trials")
+    keep_servers: bool = Field(False, description="keep every server up through all rounds (fine on a CPU box; "
+                               "on a GPU, servers that each take most of its memory cannot)")
+    flush_seconds: float = Field(2.0, gt=0, le=60, description="completed requests are written this often")
     request_timeout: float = Field(300.0, gt=0)
     telemetry_interval: float = Field(0.5, gt=0, description="seconds between telemetry samples")
 
@@ -112,7 +129,18 @@ class LoadSpec(_Strict):
     def _positive(cls, v: list[int]) -> list[int]:
         if any(c < 1 for c in v):
             raise ValueError("every concurrency level must be 1 or more")
+        if len(set(v)) != len(v):
+            raise ValueError("concurrency levels must be distinct")
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LoadSpec":
+        if self.max_trials < self.trials:
+            raise ValueError(f"max_trials: got {self.max_trials}; it must be at least trials ({self.trials})")
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(f"max_seconds: got {self.max_seconds}; it must be at least min_seconds "
+                             f"({self.min_seconds})")
+        return self
 
 
 class Scenario(_Strict):
@@ -174,11 +202,11 @@ class Cell(_Strict):
         return f"{self.runtime.name}/{self.model.name}/{self.quant}"
 
     def identity(self) -> dict:
-        """Everything that changes what is measured; hashed into cell_key."""
+        """Everything that changes what one request measures; hashed into cell_key. How long and how
+        often a cell is measured (trials, precision) is not part of it: more trials refine one cell."""
         return {"runtime": self.runtime.name, "kind": self.runtime.kind, "flags": self.runtime.launch_flags(),
                 "model": self.model.name, "api": self.model.api, "quant": self.quant,
-                "workload": self.workload.model_dump(), "concurrency": self.concurrency,
-                "requests": self.load.requests, "warmup": self.load.warmup, "seed": self.seed}
+                "workload": self.workload.model_dump(), "concurrency": self.concurrency, "seed": self.seed}
 
     @property
     def cell_key(self) -> str:

@@ -4,6 +4,16 @@ Layout: raw/<hardware_id>/<runtime>/<model>/<quant>/<date>/<run_id>.{run,request
 Every row carries the run identity; run metadata also sits in each file's key-value
 metadata under b"gaplab". Files are written to a temporary name and renamed, so a
 crash never leaves half a file; a rerun adds files and never rewrites old ones.
+
+While a run is measured, its completed requests are written every few seconds as part
+files (<run_id>.requests.part-NNNN.parquet, ...), each complete and readable. The run's
+final tables replace them when it ends; if the process is killed first, `recover` turns
+the part files into a normal run marked "interrupted", so at most one flush interval of
+finished requests is lost.
+
+Schema 2 added machine_id (the machine that measured, beside hardware_id, its class),
+series_id (the trials combined into one estimate) and trial. Files of schema 1 read
+with those columns null: one trial, from an unknown machine of their class.
 """
 
 from __future__ import annotations
@@ -23,7 +33,8 @@ from gaplab.config import SCHEMA_VERSION
 
 IDENTITY = pa.schema([
     ("run_id", pa.string()), ("cell_id", pa.string()), ("cell_key", pa.string()),
-    ("scenario", pa.string()), ("hardware_id", pa.string()), ("runtime", pa.string()),
+    ("scenario", pa.string()), ("hardware_id", pa.string()), ("machine_id", pa.string()),
+    ("series_id", pa.string()), ("trial", pa.int32()), ("runtime", pa.string()),
     ("runtime_kind", pa.string()), ("runtime_version", pa.string()), ("model", pa.string()),
     ("quant", pa.string()), ("workload", pa.string()), ("concurrency", pa.int32()),
     ("threads", pa.int32()), ("parallel", pa.int32()),
@@ -52,7 +63,9 @@ RUNS = pa.schema(list(IDENTITY) + [
     ("schema_version", pa.int32()), ("gaplab_version", pa.string()),
     ("cpu_model", pa.string()), ("cpu_cores", pa.int32()), ("memory_gib", pa.int32()),
     ("model_file", pa.string()), ("model_sha256", pa.string()), ("model_note", pa.string()),
-    ("launch_command", pa.string()), ("meta_json", pa.string()),
+    ("launch_command", pa.string()), ("measured_s", pa.float64()),
+    ("precision_target", pa.float64()),  # the scenario's load.precision when the run was measured
+    ("meta_json", pa.string()),
 ])
 
 TELEMETRY = pa.schema(list(IDENTITY) + [
@@ -61,6 +74,17 @@ TELEMETRY = pa.schema(list(IDENTITY) + [
 ])
 
 TABLES = {"run": RUNS, "requests": REQUESTS, "chunks": CHUNKS, "telemetry": TELEMETRY}
+
+
+# Columns each schema version added, so a file is checked against the schema it was written with.
+ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target"}}
+
+
+def schema_for(name: str, version: int) -> pa.Schema:
+    """The schema of table `name` as files of schema `version` hold it."""
+    later = set().union(*(cols for v, cols in ADDED.items() if v > version))
+    schema = TABLES[name]
+    return pa.schema([f for f in schema if f.name not in later])
 
 
 def new_run_id() -> str:
@@ -127,35 +151,99 @@ def _write_tables(raw_dir: Path, identity: dict, meta: dict, tables: list[tuple[
     return paths
 
 
-def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRecord],
-              telemetry: list[dict] | None = None) -> Path:
-    """Write the run's tables (run, requests, chunks, and telemetry when sampled); returns the
-    run table's path. Never overwrites a file."""
-    meta = {**meta, "schema_version": SCHEMA_VERSION}
+def _rows(records: list[RequestRecord]) -> tuple[list[dict], list[dict]]:
+    """Request rows and chunk rows of some records."""
     requests = [_request_row(r) for r in records]
     chunks = [{"request_index": r.index, "warmup": r.warmup, "chunk_index": k, "arrival_ns": c[0],
                "kind": c[1], "n_chars": c[2]} for r in records for k, c in enumerate(r.chunks)]
-    run_row = {**{k: meta.get(k) for k in RUNS.names}, "n_requests": len(records),
-               "n_errors": sum(r.error is not None for r in records),
-               "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}
+    return requests, chunks
+
+
+def _run_row(meta: dict, requests: list[dict]) -> dict:
+    measured = [r for r in requests if not r["warmup"] and r["sent_ns"]]
+    span = (max(r["end_ns"] for r in measured) - min(r["sent_ns"] for r in measured)) / 1e9 if measured else 0.0
+    return {**{k: meta.get(k) for k in RUNS.names}, "n_requests": len(requests),
+            "precision_target": (meta.get("load") or {}).get("precision"),
+            "n_errors": sum(r["error"] is not None for r in requests), "measured_s": span,
+            "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}
+
+
+def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRecord],
+              telemetry: list[dict] | None = None) -> Path:
+    """Write the run's tables (run, requests, chunks, and telemetry when sampled); returns the
+    run table's path. Never overwrites a file; removes the run's part files once written."""
+    meta = {**meta, "schema_version": SCHEMA_VERSION}
+    requests, chunks = _rows(records)
     tables = [("requests", requests), ("chunks", chunks)] + ([("telemetry", telemetry)] if telemetry else [])
     # the run table last: it marks the run written
-    return _write_tables(raw_dir, identity, meta, tables + [("run", [run_row])])["run"]
+    path = _write_tables(raw_dir, identity, meta, tables + [("run", [_run_row(meta, requests)])])["run"]
+    _remove_parts(path.parent, identity["run_id"])
+    return path
+
+
+class RunWriter:
+    """The part files of a run being measured: `flush` writes the records completed since the
+    last call (requests and their chunks), each part atomically; `write_run` ends the run."""
+
+    def __init__(self, raw_dir: Path, identity: dict, meta: dict):
+        self.folder = run_dir(raw_dir, identity, identity["run_id"])
+        self.identity, self.meta = identity, {**meta, "schema_version": SCHEMA_VERSION}
+        self.done = 0  # records already in part files
+        self.parts = 0
+
+    def flush(self, records: list[RequestRecord]) -> None:
+        new = records[self.done:len(records)]  # the caller only appends finished records
+        if not new:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.parts += 1
+        requests, chunks = _rows(new)
+        for name, rows in (("chunks", chunks), ("requests", requests)):
+            part = self.folder / f"{self.identity['run_id']}.{name}.part-{self.parts:04d}.parquet"
+            _write_atomic(_table(rows, self.identity, TABLES[name], self.meta), part)
+        self.done += len(new)
+
+
+def _remove_parts(folder: Path, run_id: str) -> None:
+    for part in folder.glob(f"{run_id}.*.part-*.parquet"):
+        part.unlink(missing_ok=True)
+
+
+def recover(raw_dir: Path) -> list[str]:
+    """Turn the part files of runs whose process died into runs marked "interrupted"; returns
+    their run ids. Part files of runs that were written after all are removed."""
+    found: dict[tuple[Path, str], list[Path]] = {}
+    for part in Path(raw_dir).glob("**/*.part-*.parquet"):
+        found.setdefault((part.parent, part.name.split(".")[0]), []).append(part)
+    recovered = []
+    for (folder, run_id), parts in sorted(found.items()):
+        if not (folder / f"{run_id}.run.parquet").exists():
+            tables = {name: pa.concat_tables([pq.read_table(p) for p in sorted(parts) if f".{name}.part-" in p.name]
+                                             or [TABLES[name].empty_table()])
+                      for name in ("requests", "chunks")}
+            first = pq.read_table(sorted(parts)[0])
+            meta = json.loads(first.schema.metadata[b"gaplab"])
+            identity = {k: first.column(k)[0].as_py() for k in IDENTITY.names}
+            requests = tables["requests"].to_pylist()
+            n = sum(not r["warmup"] for r in requests)
+            meta.update(status="interrupted", error=f"the process was killed; {n} measured requests kept")
+            _write_tables(raw_dir, identity, meta, [("requests", requests),
+                                                    ("chunks", tables["chunks"].to_pylist()),
+                                                    ("run", [_run_row(meta, requests)])])
+            recovered.append(run_id)
+        _remove_parts(folder, run_id)
+    return recovered
 
 
 def read_table(raw_dir: Path, name: str) -> pl.DataFrame:
     """All files of one table ('run', 'requests' or 'chunks') below raw_dir, as one frame."""
     files = sorted(Path(raw_dir).glob(f"**/*.{name}.parquet"))
+    schema = pl.from_arrow(TABLES[name].empty_table()).schema
     if not files:
-        return pl.DataFrame(schema=pl.from_arrow(TABLES[name].empty_table()).schema)
-    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-
-
-def completed_cells(raw_dir: Path, hardware_id: str) -> set[str]:
-    """cell_keys already measured to completion on this hardware."""
-    runs = read_table(raw_dir, "run")
-    done = runs.filter((pl.col("hardware_id") == hardware_id) & (pl.col("status") == "complete"))
-    return set(done["cell_key"].to_list())
+        return pl.DataFrame(schema=schema)
+    frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    # files of an older schema lack the newer columns: they read as null
+    return frame.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in schema.items() if c not in frame.columns)
 
 
 def read_run(raw_dir: Path, run_id: str, name: str) -> pl.DataFrame:
@@ -204,8 +292,8 @@ def write_quality(raw_dir: Path, identity: dict, rows: list[dict], meta: dict,
     return _write_tables(raw_dir, identity, meta, tables)["quality"]
 
 
-def completed_quality(raw_dir: Path, hardware_id: str) -> set[str]:
-    """cell_keys of quality runs completed on this hardware."""
+def completed_quality(raw_dir: Path, machine_id: str) -> set[str]:
+    """cell_keys of quality runs completed on this machine."""
     q = read_table(raw_dir, "quality")
-    done = q.filter((pl.col("hardware_id") == hardware_id) & (pl.col("status") == "complete"))
+    done = q.filter((pl.col("machine_id") == machine_id) & (pl.col("status") == "complete"))
     return set(done["cell_key"].to_list())

@@ -1,189 +1,279 @@
-"""From a scenario to stored rows: run one cell, or sweep the whole matrix.
+"""The matrix: every cell of a scenario measured in trials, interleaved in rounds.
 
-`sweep` starts each server once for the cells that share it and runs
-notebooks/10-measure.ipynb once per cell with papermill; the notebook calls
-`run_cell`, which drives the load and writes the run's Parquet files.
+Each round runs one trial of every cell that still needs one: servers in a seeded random
+order, and within a server the cells (concurrency levels) in a seeded random order, so a
+slow drift of the machine spreads over all cells instead of masquerading as a difference
+between them. A cell needs trials until it has `load.trials` and the 95% interval of its
+aggregate tok/s is within `load.precision`, or it reaches `load.max_trials` or
+`load.max_cell_seconds` (then it is flagged as capped). Each trial is one papermill run of
+notebooks/10-measure.ipynb, stored as its own run.
+
+What counts as already measured is read from the store: the trials of this machine's
+newest series of each cell, so a killed sweep resumes where it stopped; `force` starts a
+new series for every cell. Ctrl-C ends the trial in flight (its finished requests are
+kept, marked "interrupted") and the sweep, with one line and exit code 130.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
+import contextlib
 import json
+import random
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import polars as pl
+import psutil
 from tqdm import tqdm
 
-import gaplab
-from gaplab import store
-from gaplab.client import StreamClient
+from gaplab import analysis, stats, store
 from gaplab.config import BUILD_DIR, NOTEBOOKS_DIR, RAW_DIR, ROOT
-from gaplab.hardware import hardware
-from gaplab.load import closed_loop, run_sync
-from gaplab.runtimes import Server, ollama, open_server
-from gaplab.scenario import Cell, ScenarioError, load_scenario
-from gaplab.telemetry import Sampler
-from gaplab.workload import make_prompts
-
-PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
+from gaplab.hardware import machine_id
+from gaplab.measure import write_failed
+from gaplab.runtimes import Server, open_server
+from gaplab.scenario import Cell, LoadSpec, load_scenario
 
 
-def find_cell(cells: list[Cell], cell_id: str) -> Cell:
-    if not cell_id:
-        return cells[0]
-    for cell in cells:
-        if cell.cell_id == cell_id:
-            return cell
-    raise ScenarioError(f"cell_id: {cell_id!r} is not in the scenario; "
-                        f"'gaplab sweep FILE --list' shows the cells (e.g. {cells[0].cell_id})")
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; the message says what was kept."""
 
 
-def _versions() -> dict:
-    out = {"python": sys.version.split()[0], "gaplab": gaplab.__version__}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
+@dataclass
+class CellTrials:
+    """What a cell has in its current series, and whether it needs another trial."""
+
+    cell: Cell
+    series_id: str
+    values: list[float] = field(default_factory=list)  # aggregate tok/s of its complete trials
+    measured_s: float = 0.0
+    next_trial: int = 1
+    failed: bool = False
+
+    def state(self, load: LoadSpec) -> str:
+        """'needs trials', 'precise' (interval within the target), 'done' (precision 0) or 'capped'."""
+        n = len(self.values)
+        if self.failed:
+            return "failed"
+        if n < load.trials:
+            return "needs trials"
+        half = stats.mean_interval(self.values).halfwidth if n > 1 else None
+        if load.precision == 0:
+            return "done"
+        if half is not None and half <= load.precision:
+            return "precise"
+        if n >= load.max_trials or self.measured_s >= load.max_cell_seconds:
+            return "capped"
+        return "needs trials"
+
+    def halfwidth_pct(self) -> float | None:
+        iv = stats.mean_interval(self.values)
+        return iv.halfwidth * 100 if iv and iv.halfwidth is not None else None
+
+
+def trial_values(raw_dir: Path, run_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """run_id -> (aggregate tok/s, measured seconds) of those runs' measured requests."""
+    if not run_ids:
+        return {}
+    req = analysis.with_run_keys(store.read_table(raw_dir, "requests")).filter(
+        pl.col("run_id").is_in(run_ids) & ~pl.col("warmup"))
+    if req.is_empty():
+        return {}
+    t = analysis.trial_summary(analysis.with_latencies(req))
+    return {r["run_id"]: (r["aggregate_tok_s"], r["span_s"]) for r in t.iter_rows(named=True)}
+
+
+def cell_trials(cells: list[Cell], raw_dir: Path, force: bool = False) -> dict[str, CellTrials]:
+    """cell_key -> its trials so far on this machine (a new, empty series for each with force)."""
+    here = machine_id()
+    runs = analysis.with_run_keys(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == here)
+    out = {c.cell_key: CellTrials(c, series_id=store.new_run_id()) for c in cells}
+    if force or runs.is_empty():
+        return out
+    runs = runs.filter(pl.col("cell_key").is_in(list(out)))
+    newest = runs.sort("run_id").group_by("cell_key").agg(pl.col("series_id").last())
+    series = runs.join(newest, on=["cell_key", "series_id"], how="semi")
+    complete = series.filter(pl.col("status") == "complete")
+    values = trial_values(raw_dir, complete["run_id"].to_list())
+    for key, g in series.group_by("cell_key"):
+        ct = out[key[0]]
+        ct.series_id = g["series_id"][0]
+        ct.next_trial = int(g["trial"].max()) + 1
+        for run_id in g.filter(pl.col("status") == "complete")["run_id"].to_list():
+            if run_id in values:
+                ct.values.append(values[run_id][0])
+                ct.measured_s += values[run_id][1]
     return out
-
-
-def _identity(cell: Cell, server: Server | None, run_id: str) -> dict:
-    rt = cell.runtime
-    return {"run_id": run_id, "cell_id": cell.cell_id, "cell_key": cell.cell_key, "scenario": cell.scenario,
-            "hardware_id": hardware()["hardware_id"], "runtime": rt.name, "runtime_kind": rt.kind,
-            "runtime_version": server.runtime_version if server else "unknown", "model": cell.model.name,
-            "quant": cell.quant, "workload": cell.workload.name, "concurrency": cell.concurrency,
-            "threads": rt.threads if rt.started_here else None,
-            "parallel": rt.parallel if rt.started_here else None}
-
-
-def _meta(cell: Cell, server: Server | None, started: str, status: str, error: str | None) -> dict:
-    hw = hardware()
-    return {"status": status, "error": error, "started_at": started,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "gaplab_version": gaplab.__version__, "cpu_model": hw["cpu_model"], "cpu_cores": hw["cpu_cores"],
-            "memory_gib": hw["memory_gib"], "hardware": hw, "versions": _versions(),
-            "cell": cell.identity(), "server": server.to_dict() if server else None,
-            "model_file": server.model_file if server else None,
-            "model_sha256": server.model_sha256 if server else None,
-            "model_note": server.model_note if server else None,
-            "launch_command": server.launch_command if server else None}
-
-
-async def _drive(cell: Cell, server: Server, progress: bool, records: list) -> list:
-    total = cell.load.warmup + cell.load.requests
-    prompts = make_prompts(cell.workload, total, cell.seed, salt=cell.cell_key)
-    async with StreamClient(server.base_url, cell.model.api, server.api_key, cell.load.request_timeout,
-                            protocol=server.protocol) as client:
-        payloads = [client.body(p, cell.workload.output_tokens, server.served_model, server.extra_body)
-                    for p in prompts]
-        with tqdm(total=total, desc=cell.cell_id, unit="req", disable=not progress, file=sys.stdout) as bar:
-            return await closed_loop(client, payloads, cell.concurrency, cell.load.warmup,
-                                     cell.load.max_seconds, records, on_done=lambda r: bar.update())
-
-
-def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None = None,
-             raw_dir: Path = RAW_DIR, progress: bool = True) -> dict:
-    """Measure one cell and store it; returns a short summary.
-
-    server: a running server (JSON or dict, as `sweep` passes it); None starts one.
-    Interrupted or failed runs are stored too, with their status.
-    """
-    cell = find_cell(load_scenario(scenario).cells(), cell_id)
-    attach = json.loads(server) if isinstance(server, str) and server else server or None
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    run_id = store.new_run_id()
-    records: list = []
-    srv: Server | None = None
-    sampler: Sampler | None = None
-    placement: dict = {}
-    status, error = "complete", None
-    try:
-        with open_server(cell, attach=attach) as srv:
-            if srv.protocol == "ollama":
-                placement["before"] = ollama.placement(srv.base_url, srv.served_model)
-            sampler = Sampler(srv.metrics_url, srv.slots_url, srv.pid, cell.load.telemetry_interval)
-            with sampler:
-                run_sync(lambda: _drive(cell, srv, progress, records))
-            if srv.protocol == "ollama":
-                placement["after"] = ollama.placement(srv.base_url, srv.served_model)
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user"
-        raise
-    except Exception as exc:  # a server that will not start is a failed run, stored as such
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        meta = _meta(cell, srv, started, status, error)
-        if placement:
-            meta["ollama_placement"] = placement
-        store.write_run(raw_dir, _identity(cell, srv, run_id), meta, records,
-                        telemetry=sampler.stop() if sampler else None)
-    measured = [r for r in records if not r.warmup]
-    return {"cell_id": cell.cell_id, "run_id": run_id, "status": status, "requests": len(measured),
-            "errors": sum(r.error is not None for r in measured)}
 
 
 @dataclass
 class SweepResult:
     cells: int = 0
-    skipped: int = 0
-    ran: int = 0
+    skipped: int = 0  # cells that needed nothing
+    trials: int = 0  # trials run by this sweep
+    rounds: int = 0
     failed: list[str] = field(default_factory=list)
+    halfwidths_pct: list[float] = field(default_factory=list)  # per cell with an interval, at the end
+    capped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def _notebook_name(cell: Cell) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + ".ipynb"
+class _Servers:
+    """Servers of the sweep: opened when first needed; closed after each use unless kept up
+    through all rounds (load.keep_servers)."""
+
+    def __init__(self, keep: bool):
+        self.keep = keep
+        self.open: dict[str, tuple[contextlib.ExitStack, Server]] = {}
+
+    def get(self, cell: Cell) -> Server:
+        if cell.server_key not in self.open:
+            stack = contextlib.ExitStack()
+            server = stack.enter_context(open_server(cell))
+            self.open[cell.server_key] = (stack, server)
+        return self.open[cell.server_key][1]
+
+    def release(self, key: str) -> None:
+        if not self.keep and key in self.open:
+            self.open.pop(key)[0].close()
+
+    def close(self) -> None:
+        while self.open:
+            self.open.popitem()[1][0].close()
+
+
+class _CtrlC:
+    """While a trial runs in its kernel (its own session, so the terminal's Ctrl-C misses it),
+    pass Ctrl-C on to the kernel, let it store what it measured, then stop the sweep. A second
+    Ctrl-C, or one while no kernel runs, stops at once."""
+
+    def __init__(self):
+        self.pressed = 0
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        self.pressed += 1
+        kernels = [p for p in psutil.Process().children(recursive=True)
+                   if "ipykernel_launcher" in " ".join(p.cmdline())]
+        if self.pressed > 1 or not kernels:
+            raise KeyboardInterrupt
+        for k in kernels:
+            k.send_signal(signal.SIGINT)
+
+
+def _notebook_name(cell: Cell, trial: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb"
+
+
+def _run_trial(pm, ct: CellTrials, scenario: Path, server: Server, raw_dir: Path, out_dir: Path) -> str:
+    """One papermill run of the measure notebook; returns its run id."""
+    run_id = store.new_run_id()
+    params = {"scenario": str(scenario), "cell_id": ct.cell.cell_id, "server": json.dumps(server.to_dict()),
+              "data_dir": str(raw_dir), "trial": ct.next_trial, "series_id": ct.series_id, "run_id": run_id}
+    pm.execute_notebook(str(NOTEBOOKS_DIR / "10-measure.ipynb"), str(out_dir / _notebook_name(ct.cell, ct.next_trial)),
+                        parameters=params, cwd=str(ROOT), progress_bar=False, log_output=False,
+                        # the kernel's notice that it talks to papermill over loopback TCP is not for users
+                        extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+    return run_id
 
 
 def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
-          out_dir: Path = BUILD_DIR / "runs") -> SweepResult:
-    """Run every cell not yet measured on this machine (all of them with force)."""
+          out_dir: Path = BUILD_DIR / "runs", progress: bool = True) -> SweepResult:
+    """Measure every cell of the scenario that still needs trials on this machine."""
     import papermill as pm
 
     t0 = time.monotonic()
     scenario = Path(scenario)
-    cells = load_scenario(scenario).cells()
-    done = set() if force else store.completed_cells(raw_dir, hardware()["hardware_id"])
-    todo = [c for c in cells if c.cell_key not in done]
-    result = SweepResult(cells=len(cells), skipped=len(cells) - len(todo))
-    print(f"gaplab: {len(cells)} cells in {scenario}; {result.skipped} already measured on this machine, "
-          f"{len(todo)} to run", flush=True)
+    sc = load_scenario(scenario)
+    load = sc.load
+    recovered = store.recover(raw_dir)
+    cells = sc.cells()
+    progress_by_key = cell_trials(cells, raw_dir, force)
+    result = SweepResult(cells=len(cells))
+    todo = [ct for ct in progress_by_key.values() if ct.state(load) == "needs trials"]
+    result.skipped = len(cells) - len(todo)
+    need = sum(max(load.trials - len(ct.values), 1) for ct in todo)
+    print(f"gaplab: {len(cells)} cells in {scenario}; {result.skipped} already measured on this machine "
+          f"({machine_id()}), {len(todo)} to run: at least {need} trials in rounds"
+          + (f"; {len(recovered)} killed run(s) kept as interrupted" if recovered else ""), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(todo), desc="sweep", unit="cell", file=sys.stdout)
-    for _, group in itertools.groupby(todo, key=lambda c: c.server_key):
-        group = list(group)
-        try:
-            with open_server(group[0]) as srv:
-                for cell in group:
-                    bar.set_postfix_str(cell.cell_id)
-                    params = {"scenario": str(scenario), "cell_id": cell.cell_id,
-                              "server": json.dumps(srv.to_dict()), "data_dir": str(raw_dir)}
+    bar = tqdm(total=need, desc="sweep", unit="trial", file=sys.stdout, disable=not progress)
+    servers = _Servers(load.keep_servers)
+    current: CellTrials | None = None
+    try:
+        with _CtrlC() as ctrl_c:
+            while True:
+                todo = [ct for ct in progress_by_key.values() if ct.state(load) == "needs trials"]
+                if not todo:
+                    break
+                result.rounds += 1
+                bar.total = bar.n + sum(max(load.trials - len(ct.values), 1) for ct in todo)
+                bar.refresh()
+                rng = random.Random(f"{sc.seed}:round:{result.rounds}")
+                groups: dict[str, list[CellTrials]] = {}
+                for ct in todo:
+                    groups.setdefault(ct.cell.server_key, []).append(ct)
+                order = sorted(groups)
+                rng.shuffle(order)
+                for key in order:
+                    group = groups[key]
+                    rng.shuffle(group)
                     try:
-                        pm.execute_notebook(str(NOTEBOOKS_DIR / "10-measure.ipynb"),
-                                            str(out_dir / _notebook_name(cell)), parameters=params,
-                                            cwd=str(ROOT), progress_bar=False, log_output=False)
-                        result.ran += 1
-                    except pm.PapermillExecutionError as exc:
-                        result.failed.append(f"{cell.cell_id}: {exc.ename}: {exc.evalue}"[:300])
-                    bar.update()
-        except RuntimeError as exc:  # the server would not start: every cell of the group fails
-            for cell in group:
-                if not any(f.startswith(cell.cell_id + ":") for f in result.failed):
-                    result.failed.append(f"{cell.cell_id}: {exc}"[:300])
-                    run_id = store.new_run_id()
-                    store.write_run(raw_dir, _identity(cell, None, run_id),
-                                    _meta(cell, None, datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                          "failed", str(exc)), [])
-            bar.update(len(group))
+                        server = servers.get(group[0].cell)
+                    except RuntimeError as exc:  # the server would not start: its cells fail
+                        for ct in group:
+                            write_failed(raw_dir, ct.cell, str(exc), ct.next_trial, ct.series_id)
+                            ct.failed = True
+                            result.failed.append(f"{ct.cell.cell_id}: {exc}"[:300])
+                            bar.update()
+                        continue
+                    for ct in group:
+                        current = ct
+                        bar.set_postfix_str(f"round {result.rounds} · {ct.cell.cell_id}")
+                        try:
+                            run_id = _run_trial(pm, ct, scenario, server, raw_dir, out_dir)
+                        except pm.PapermillExecutionError as exc:
+                            if ctrl_c.pressed:
+                                raise KeyboardInterrupt from None
+                            ct.failed = True
+                            result.failed.append(f"{ct.cell.cell_id}: {exc.ename}: {exc.evalue}"[:300])
+                        else:
+                            got = trial_values(raw_dir, [run_id]).get(run_id)
+                            if got:
+                                ct.values.append(got[0])
+                                ct.measured_s += got[1]
+                            else:
+                                ct.failed = True
+                                result.failed.append(f"{ct.cell.cell_id}: trial {ct.next_trial} measured nothing")
+                            result.trials += 1
+                        ct.next_trial += 1
+                        current = None
+                        bar.update()
+                        if ctrl_c.pressed:
+                            raise KeyboardInterrupt
+                    servers.release(key)
+    except KeyboardInterrupt:
+        bar.close()
+        where = f"; trial {current.next_trial} of {current.cell.cell_id} kept as interrupted" if current else ""
+        raise Interrupted(f"interrupted after {result.trials} trials in {time.monotonic() - t0:.0f} s{where}; "
+                          f"every finished trial is stored: run the same command again to resume") from None
+    finally:
+        servers.close()
     bar.close()
+    for ct in progress_by_key.values():
+        half = ct.halfwidth_pct()
+        if half is not None:
+            result.halfwidths_pct.append(half)
+        if ct.state(load) == "capped":
+            result.capped.append(ct.cell.cell_id)
     result.seconds = time.monotonic() - t0
     return result

@@ -19,11 +19,11 @@ under never day same another know while last might us great old year off come si
 came right used take three""".split()
 
 
-def make_prompts(spec: WorkloadSpec, n: int, seed: int, salt: str = "") -> list[str]:
-    """n distinct prompts of about spec.prompt_tokens tokens; the server's count is stored.
+def make_prompt(spec: WorkloadSpec, seed: int, salt: str, index: int) -> str:
+    """Prompt `index` of a run, about spec.prompt_tokens tokens; the server's count is stored.
 
-    salt (the cell key) makes each cell's prompts its own: a server kept up across cells
-    would otherwise find the previous cell's prompts in its cache.
+    salt (the cell key and trial) makes each trial's prompts its own: a server kept up across
+    cells and trials would otherwise find earlier prompts in its cache.
     """
-    rng = random.Random(f"{seed}:{spec.name}:{salt}")
-    return [" ".join(rng.choices(WORDS, k=spec.prompt_tokens)) for _ in range(n)]
+    rng = random.Random(f"{seed}:{spec.name}:{salt}:{index}")
+    return " ".join(rng.choices(WORDS, k=spec.prompt_tokens))

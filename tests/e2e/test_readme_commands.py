@@ -1,7 +1,7 @@
-"""The README's path on a small matrix: `gaplab sweep` (papermill per cell, real
-llama-server), a second sweep that skips measured cells, `gaplab report` (papermill
-and nbconvert, as on a machine without Quarto), then headless Chromium draws the charts
-from a loopback HTTP server."""
+"""The README's path on a small matrix: `gaplab sweep` (papermill per trial, real
+llama-server, two trials per cell in two rounds), a second sweep that skips measured
+cells, `gaplab report` (papermill and nbconvert, as on a machine without Quarto), then
+headless Chromium draws the charts from a loopback HTTP server."""
 
 import functools
 import http.server
@@ -30,11 +30,14 @@ def swept(llama_ready, tmp_path_factory, gaplab_cli):
                                       {"name": "single", "kind": "llamacpp", "parallel": 1}],
         "models": [{"name": "smollm2-135m", "api": "chat", "quants": ["Q4_1"]}],
         "workloads": [{"name": "p16-o8", "prompt_tokens": 16, "output_tokens": 8}],
-        "load": {"concurrency": [1, 2], "requests": 3, "warmup": 1, "max_seconds": 30}}))
+        "load": {"concurrency": [1, 2], "requests": 3, "min_seconds": 0, "warmup": 1, "max_seconds": 30,
+                 "trials": 2, "max_trials": 2, "precision": 0, "keep_servers": True}}))
     res = subprocess.run([*gaplab_cli, "sweep", str(scenario), "--data-dir", str(tmp / "raw")],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "0 already measured on this machine, 4 to run" in res.stdout
+    assert re.search(r"0 already measured on this machine \(m-\w+\), 4 to run", res.stdout)
+    assert "8 trials in 2 rounds" in res.stdout
+    assert "WARNING" not in res.stdout + res.stderr and "Traceback" not in res.stdout + res.stderr
     return tmp, scenario
 
 
@@ -44,14 +47,15 @@ def run_files(tmp):
 
 def test_second_sweep_skips_and_force_reruns(swept, gaplab_cli):
     tmp, scenario = swept
-    assert len(run_files(tmp)) == 4
+    assert len(run_files(tmp)) == 8
     again = subprocess.run([*gaplab_cli, "sweep", str(scenario), "--data-dir", str(tmp / "raw")],
                            capture_output=True, text=True)
-    assert again.returncode == 0 and "4 already measured on this machine, 0 to run" in again.stdout
-    assert len(run_files(tmp)) == 4
+    assert again.returncode == 0 and re.search(r"4 already measured on this machine \(m-\w+\), 0 to run",
+                                               again.stdout)
+    assert len(run_files(tmp)) == 8
     listed = subprocess.run([*gaplab_cli, "sweep", str(scenario), "--list", "--data-dir", str(tmp / "raw")],
                             capture_output=True, text=True).stdout
-    assert listed.count("measured") == 4 and "batch4/smollm2-135m/Q4_1/p16-o8/c2" in listed
+    assert listed.count("done: 2 trials") == 4 and "batch4/smollm2-135m/Q4_1/p16-o8/c2" in listed
 
 
 def _serve(folder):
@@ -76,7 +80,7 @@ def test_report_builds_a_site_whose_charts_draw_offline(swept, gaplab_cli, outpu
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "site built with nbconvert" in res.stdout
-    assert re.search(r"cells: +4 measured", res.stdout) and re.search(r"errors: +0", res.stdout)
+    assert re.search(r"cells: +4 measured on m-\w+ in 8 trials", res.stdout) and re.search(r"errors: +0", res.stdout)
     page = site / "notebooks" / "20-throughput-latency.html"
     html = page.read_text()
     assert "vega@" not in html and "vega-lite@" not in html  # altair's CDN loaders are not used

@@ -11,7 +11,7 @@ from conftest import write_scenario
 from gaplab import analysis, store
 from gaplab.runtimes.llamacpp import llama_server, stop_process
 from gaplab.scenario import RuntimeSpec, load_scenario
-from gaplab.sweep import run_cell
+from gaplab.measure import run_cell
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ OUTPUT_TOKENS = 24
 def two_levels(llama_ready, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llama")
     path = write_scenario(tmp, {"name": "batch4", "kind": "llamacpp", "parallel": 4, "threads": 1}, (16, OUTPUT_TOKENS),
-                          {"concurrency": [1, 2], "requests": 6, "warmup": 1, "max_seconds": 60})
+                          {"concurrency": [1, 2], "requests": 6, "min_seconds": 0, "warmup": 1, "max_seconds": 60})
     for cell in load_scenario(path).cells():
         assert run_cell(path, cell.cell_id, raw_dir=tmp / "raw", progress=False)["errors"] == 0
     return tmp / "raw"

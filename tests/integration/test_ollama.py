@@ -9,7 +9,7 @@ import yaml
 
 from gaplab import analysis, store
 from gaplab.runtimes import ollama
-from gaplab.sweep import run_cell
+from gaplab.measure import run_cell
 from ollama_replay import FIXTURES, OllamaReplay
 
 
@@ -26,7 +26,7 @@ def scenario(tmp_path, url, served="qwen3:8b"):
                                      "served_names": {"qwen3-8b": served}}],
         "models": [{"name": "qwen3-8b", "served_name": "Qwen/Qwen3-8B", "api": "chat", "quants": ["Q4_K_M"]}],
         "workloads": [{"name": "p32-o8", "prompt_tokens": 32, "output_tokens": 8}],
-        "load": {"concurrency": [1], "requests": 3, "warmup": 1, "max_seconds": 30}}))
+        "load": {"concurrency": [1], "requests": 3, "min_seconds": 0, "warmup": 1, "max_seconds": 30}}))
     return path
 
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import write_scenario
 
 from gaplab import analysis, store
-from gaplab.sweep import run_cell
+from gaplab.measure import run_cell
 from gaplab.telemetry import prometheus_rows
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ INTERVAL = 0.2
 def run(llama_ready, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tele")
     path = write_scenario(tmp, {"name": "batch2", "kind": "llamacpp", "parallel": 2, "threads": 1}, (16, 32),
-                          {"concurrency": [4], "requests": 8, "warmup": 0, "max_seconds": 60,
+                          {"concurrency": [4], "requests": 8, "min_seconds": 0, "warmup": 0, "max_seconds": 60,
                            "telemetry_interval": INTERVAL})
     res = run_cell(path, raw_dir=tmp / "raw", progress=False)
     return tmp / "raw", res["run_id"]

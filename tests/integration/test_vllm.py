@@ -9,7 +9,7 @@ from conftest import write_scenario
 
 from gaplab import analysis, store
 from gaplab.runtimes import vllm
-from gaplab.sweep import run_cell
+from gaplab.measure import run_cell
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def run(llama_ready, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm")
     path = write_scenario(tmp, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1, "enforce_eager": True,
                                 "quants": ["BF16"]}, (16, 16),
-                          {"concurrency": [2], "requests": 4, "warmup": 1, "max_seconds": 120})
+                          {"concurrency": [2], "requests": 4, "min_seconds": 0, "warmup": 1, "max_seconds": 120})
     res = run_cell(path, raw_dir=tmp / "raw", progress=False)
     assert res["status"] == "complete", res
     return tmp / "raw", res["run_id"]

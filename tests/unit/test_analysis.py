@@ -27,20 +27,25 @@ HAND = [
 ]
 
 
+def ident(run_id="20260101T000000Z-aaaaaa", **kw):
+    base = {"run_id": run_id, "cell_id": "c", "cell_key": "k", "scenario": "s", "hardware_id": "hw",
+            "machine_id": "m-1", "series_id": "s1", "trial": 1, "runtime": "rt", "runtime_kind": "llamacpp",
+            "runtime_version": "v", "model": "m", "quant": "Q8_0", "workload": "w", "concurrency": 2,
+            "threads": 1, "parallel": 8}
+    return {**base, **kw}
+
+
 @pytest.fixture()
 def summary(tmp_path):
-    ident = {"run_id": "20260101T000000Z-aaaaaa", "cell_id": "c", "cell_key": "k", "scenario": "s",
-             "hardware_id": "hw", "runtime": "rt", "runtime_kind": "llamacpp", "runtime_version": "v",
-             "model": "m", "quant": "Q8_0", "workload": "w", "concurrency": 2, "threads": 1, "parallel": 8}
-    store.write_run(tmp_path, ident, {"status": "complete"}, HAND)
-    return analysis.cell_summary(analysis.measured_requests(tmp_path, "hw")).row(0, named=True)
+    store.write_run(tmp_path, ident(), {"status": "complete"}, HAND)
+    return analysis.trial_summary(analysis.measured_requests(tmp_path, "m-1")).row(0, named=True)
 
 
-def test_hand_computed_cell(summary):
+def test_hand_computed_trial(summary):
     assert summary["requests"] == 5 and summary["errors"] == 1
     assert summary["ttft_p50_ms"] == pytest.approx(250.0)  # of 100, 200, 300, 400
     assert summary["ttft_p99_ms"] == pytest.approx(397.0)  # 300 + 0.97 * 100
-    assert summary["output_tokens"] == 33
+    assert summary["output_tokens"] == 33  # the failed request's tokens never count
     assert summary["span_s"] == pytest.approx(2.41)  # first send 0 ms, last end 2410 ms
     assert summary["aggregate_tok_s"] == pytest.approx(33 / 2.41)
     assert summary["per_user_tok_s"] == pytest.approx(10.0)
@@ -48,29 +53,49 @@ def test_hand_computed_cell(summary):
     assert summary["e2e_p50_ms"] == pytest.approx(1005.0)  # of 700, 900, 1110, 1300
 
 
-def test_latest_complete_run_replaces_older_ones():
-    runs = pl.DataFrame({"run_id": ["a", "b", "c"], "hardware_id": ["h"] * 3, "cell_key": ["k"] * 3,
-                         "status": ["complete", "complete", "interrupted"]})
-    assert analysis.latest_complete_runs(runs)["run_id"].to_list() == ["b"]
+def _trial(tmp_path, trial, tokens_per_s, series="s1", status="complete", run_id=None):
+    """A trial of 2 requests over 1 s whose aggregate tok/s is tokens_per_s."""
+    n = int(tokens_per_s)
+    recs = [rec(0, 0, 100, 900, 1000, n // 2, n // 2), rec(1, 0, 100, 900, 1000, n - n // 2, n - n // 2)]
+    run_id = run_id or f"20260101T00000{trial}Z-{series}{trial}"
+    store.write_run(tmp_path, ident(run_id, series_id=series, trial=trial), {"status": status}, recs)
 
 
-def _sum(rows):
-    return pl.DataFrame(rows, schema=["runtime", "quant", "model", "concurrency", "aggregate_tok_s"], orient="row")
+def test_estimate_is_the_mean_over_trials_with_a_t_interval(tmp_path):
+    for t, v in ((1, 10), (2, 12), (3, 14)):
+        _trial(tmp_path, t, v)
+    est = analysis.cell_summary(analysis.measured_requests(tmp_path), precision=0.05).row(0, named=True)
+    half = 4.302653 * 2 / 3 ** 0.5  # t(0.975, 2 df) x sd 2 / sqrt(3 trials)
+    assert est["trials"] == 3 and est["aggregate_tok_s"] == pytest.approx(12)
+    assert est["aggregate_tok_s_lo"] == pytest.approx(12 - half, rel=1e-4)
+    assert est["aggregate_tok_s_hi"] == pytest.approx(12 + half, rel=1e-4)
+    assert est["aggregate_tok_s_sd"] == pytest.approx(2)
+    assert est["halfwidth_pct"] == pytest.approx(half / 12 * 100, rel=1e-4) and not est["precision_met"]
 
 
-def test_crossover_and_ratio():
-    s = _sum([("batch", "Q4", "m", 1, 40.0), ("batch", "Q4", "m", 2, 55.0), ("batch", "Q4", "m", 8, 120.0),
-              ("single", "Q4", "m", 1, 50.0), ("single", "Q4", "m", 2, 50.0), ("single", "Q4", "m", 8, 50.0)])
-    assert analysis.crossover(s, "aggregate_tok_s", {"runtime": "batch"}, {"runtime": "single"}) == 2
-    assert analysis.crossover(s, "aggregate_tok_s", {"runtime": "single"}, {"runtime": "batch"}) is None
-    assert analysis.ratio_at(s, "aggregate_tok_s", {"runtime": "batch"}, {"runtime": "single"}, 8) == pytest.approx(2.4)
-    assert analysis.ratio_at(s, "aggregate_tok_s", {"runtime": "batch"}, {"runtime": "nope"}, 8) is None
+def test_only_the_newest_series_and_its_complete_trials_count(tmp_path):
+    _trial(tmp_path, 1, 10, series="a")
+    _trial(tmp_path, 1, 20, series="b")
+    _trial(tmp_path, 2, 22, series="b")
+    _trial(tmp_path, 3, 99, series="b", status="interrupted")
+    est = analysis.cell_summary(analysis.measured_requests(tmp_path)).row(0, named=True)
+    assert est["trials"] == 2 and est["aggregate_tok_s"] == pytest.approx(21)
 
 
-def test_throughput_story_states_ratio_and_flip():
-    s = _sum([("batch", "Q4", "m", 1, 40.0), ("batch", "Q4", "m", 8, 120.0),
-              ("single", "Q4", "m", 1, 50.0), ("single", "Q4", "m", 8, 50.0)])
-    text = analysis.throughput_story(s)
-    assert "batch delivers 120.0 output tok/s, 2.40× single" in text
-    assert "batch ×3.00, single ×1.00" in text
-    assert "ranking flips: with 1 user single is ahead" in text
+def test_runs_of_schema_1_are_one_trial_without_an_interval(tmp_path):
+    _trial(tmp_path, 1, 10)
+    old = analysis.with_run_keys(pl.DataFrame({"run_id": ["r"], "hardware_id": ["hw"], "machine_id": [None],
+                                               "series_id": [None], "trial": [None]},
+                                              schema_overrides={"machine_id": pl.String, "series_id": pl.String,
+                                                                "trial": pl.Int32}))
+    assert old.row(0, named=True) == {"run_id": "r", "hardware_id": "hw", "machine_id": "hw", "series_id": "r",
+                                      "trial": 1}
+    est = analysis.cell_summary(analysis.measured_requests(tmp_path)).row(0, named=True)
+    assert est["trials"] == 1 and est["aggregate_tok_s_lo"] is None and est["halfwidth_pct"] is None
+
+
+def test_error_kinds_are_counted():
+    assert analysis.error_kind("truncated after 3 tokens") == "truncated"
+    assert analysis.error_kind("connection reset after 3 tokens") == "connection reset"
+    assert analysis.error_kind("HTTP 503: busy") == "HTTP 503"
+    assert analysis.error_kind("no complete response within 1 s") == "timeout"

@@ -251,7 +251,7 @@ HW = "hw"
 
 def ident(run_id, runtime, model, quant, **kw):
     base = {"run_id": run_id, "cell_id": f"quality/{runtime}/{model}/{quant}", "cell_key": f"k-{run_id}",
-            "scenario": "s", "hardware_id": HW, "runtime": runtime, "runtime_kind": "llamacpp",
+            "scenario": "s", "hardware_id": HW, "machine_id": HW, "series_id": run_id, "trial": 1, "runtime": runtime, "runtime_kind": "llamacpp",
             "runtime_version": "v", "model": model, "quant": quant, "workload": "w", "concurrency": 1,
             "threads": 1, "parallel": 1}
     return {**base, **kw}
@@ -295,7 +295,7 @@ def stored(tmp_path):
 def summary_frame():
     return pl.DataFrame({"hardware_id": [HW] * 4, "runtime": ["batch"] * 4, "model": ["m"] * 4,
                          "quant": ["F16", "Q8_0", "Q4_0", "Q4_0"], "concurrency": [1, 1, 1, 8],
-                         "per_user_tok_s": [10.0, 18.0, 30.0, 5.0], "run_id": ["a", "b", "c", "d"]})
+                         "per_user_tok_s": [10.0, 18.0, 30.0, 5.0], "run_ids": ["a", "b", "c", "d"]})
 
 
 def test_quality_runs_are_stored_with_the_identity_and_never_rewritten(stored):
@@ -338,7 +338,7 @@ def test_an_attached_server_without_local_files_still_has_its_row(stored):
                         task_rows(41.0), {})
     summary = summary_frame().vstack(pl.DataFrame({
         "hardware_id": [HW], "runtime": ["gpu-vllm"], "model": ["m"], "quant": ["BF16"], "concurrency": [1],
-        "per_user_tok_s": [99.0], "run_id": ["e"]}))
+        "per_user_tok_s": [99.0], "run_ids": ["e"]}))
     frame = q.quality_speed_size(q.read_quality(stored, HW)[0], summary)
     row = frame.filter(pl.col("quant") == "BF16").row(0, named=True)
     assert frame.height == 4 and row["accuracy_pct"] == 41.0 and row["decode_tok_s"] == 99.0

@@ -16,17 +16,24 @@ GOOD = {
 }
 
 
-def test_local_default_expands_to_the_issue_matrix():
-    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "local-cpu.yaml")
-    cells = sc.cells()
-    # llama.cpp: 2 configs x 2 models x 3 quants x 4 levels; vLLM: SmolLM2 only, 2 dtypes x 4 levels
-    assert len(cells) == 2 * 2 * 3 * 4 + 2 * 4
-    assert {c.quant for c in cells if c.runtime.kind == "vllm"} == {"BF16", "F32"}
-    assert {c.model.name for c in cells if c.runtime.kind == "vllm"} == {"smollm2-135m"}
+def test_matrix_expands_runtime_restrictions_and_groups_servers():
+    data = copy.deepcopy(GOOD)
+    data["models"].append({"name": "m2", "api": "completions", "quants": ["Q4"]})
+    data["runtimes"].append({"name": "v", "kind": "vllm", "models": ["m"], "quants": ["BF16"]})
+    cells = parse_scenario(data).cells()
+    # a and b serve both models with the models' quants; v serves m only, with its own quant
+    assert len(cells) == 2 * (2 + 1) * 2 + 1 * 2
+    assert {c.quant for c in cells if c.runtime.name == "v"} == {"BF16"}
     assert len({c.cell_key for c in cells}) == len(cells)
-    # cells of one server are adjacent, so a sweep starts each server once
-    keys = [c.server_key for c in cells]
-    assert len([k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]) == 12 + 2
+    keys = [c.server_key for c in cells]  # cells of one server are adjacent
+    assert len([k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]) == len(set(keys)) == 7
+
+
+def test_trials_and_precision_are_not_part_of_a_cells_identity():
+    a = parse_scenario(GOOD).cells()[0]
+    more = copy.deepcopy(GOOD)
+    more["load"].update(trials=5, max_trials=9, precision=0.02, requests=100)
+    assert parse_scenario(more).cells()[0].cell_key == a.cell_key
 
 
 def test_every_shipped_scenario_is_valid():
@@ -58,6 +65,13 @@ def _error(mutate) -> str:
     (lambda d: d["runtimes"][0].update(parallel=0), "runtimes.0.parallel: got 0; input should be greater than or equal to 1"),
     (lambda d: d["load"].update(concurrency=["eight"]), "load.concurrency.0: got 'eight'"),
     (lambda d: d["load"].update(concurrency=[0]), "every concurrency level must be 1 or more"),
+    (lambda d: d["load"].update(trials=0), "load.trials: got 0; input should be greater than or equal to 1"),
+    (lambda d: d["load"].update(trials=4, max_trials=3), "load: max_trials: got 3; it must be at least trials (4)"),
+    (lambda d: d["load"].update(precision=1.5), "load.precision: got 1.5; input should be less than 1"),
+    (lambda d: d["load"].update(precision=-0.1), "load.precision: got -0.1"),
+    (lambda d: d["load"].update(max_cell_seconds=0), "load.max_cell_seconds: got 0"),
+    (lambda d: d["load"].update(min_seconds=10, max_seconds=5), "max_seconds: got 5.0; it must be at least min_seconds"),
+    (lambda d: d["load"].update(keep_servers="sometimes"), "load.keep_servers: got 'sometimes'"),
     (lambda d: d["models"][0].update(api="chatty"), "models.0.api: got 'chatty'; input should be 'chat' or 'completions'"),
     (lambda d: d["models"][0].update(quants=[]), "models.0.quants"),
     (lambda d: d["workloads"][0].pop("output_tokens"), "workloads.0.output_tokens: field required"),

@@ -10,7 +10,7 @@ from gaplab.client import RequestRecord
 
 def identity(run_id="20260101T000000Z-abc123", **kw):
     base = {"run_id": run_id, "cell_id": "rt/m/Q8_0/w/c2", "cell_key": "k1", "scenario": "s",
-            "hardware_id": "hw", "runtime": "rt", "runtime_kind": "llamacpp", "runtime_version": "v",
+            "hardware_id": "hw", "machine_id": "m-1", "series_id": run_id, "trial": 1, "runtime": "rt", "runtime_kind": "llamacpp", "runtime_version": "v",
             "model": "m", "quant": "Q8_0", "workload": "w", "concurrency": 2, "threads": 1, "parallel": 8}
     return {**base, **kw}
 
@@ -60,15 +60,50 @@ def test_missing_identity_is_refused(tmp_path):
         store.write_run(tmp_path, ident, {}, records())
 
 
-def test_completed_cells_counts_only_complete_runs_on_this_machine(tmp_path):
+def test_part_files_of_a_killed_run_become_an_interrupted_run(tmp_path):
+    recs = records()
+    writer = store.RunWriter(tmp_path, identity(), {"status": "interrupted", "started_at": "t0"})
+    writer.flush(recs[:1])
+    writer.flush(recs[:1])  # nothing new: no new part
+    parts = sorted(p.name for p in tmp_path.rglob("*.part-*.parquet"))
+    assert parts == ["20260101T000000Z-abc123.chunks.part-0001.parquet",
+                     "20260101T000000Z-abc123.requests.part-0001.parquet"]
+    assert store.read_table(tmp_path, "requests").is_empty()  # readers see finished runs only
+    writer.flush(recs)
+    assert store.recover(tmp_path) == ["20260101T000000Z-abc123"]
+    assert not list(tmp_path.rglob("*.part-*"))
+    run = store.read_table(tmp_path, "run")
+    assert run["status"].to_list() == ["interrupted"] and run["n_requests"][0] == 2
+    assert "2 measured requests kept" in run["error"][0]
+    req = store.read_table(tmp_path, "requests")
+    assert req["request_index"].to_list() == [0, 1] and set(req["machine_id"]) == {"m-1"}
+    assert store.read_table(tmp_path, "chunks").height == 4
+    assert store.recover(tmp_path) == []
+
+
+def test_a_finished_run_removes_its_part_files(tmp_path):
+    writer = store.RunWriter(tmp_path, identity(), {})
+    writer.flush(records())
     store.write_run(tmp_path, identity(), {"status": "complete"}, records())
-    store.write_run(tmp_path, identity("20260101T000001Z-000001", cell_key="k2"), {"status": "interrupted"}, [])
-    store.write_run(tmp_path, identity("20260101T000002Z-000002", cell_key="k3", hardware_id="other"),
-                    {"status": "complete"}, [])
-    assert store.completed_cells(tmp_path, "hw") == {"k1"}
+    assert not list(tmp_path.rglob("*.part-*")) and store.recover(tmp_path) == []
+
+
+def test_files_of_schema_1_read_with_the_new_columns_null(tmp_path):
+    old = identity()
+    for key in ("machine_id", "series_id", "trial"):
+        del old[key]
+    folder = tmp_path / "hw"
+    folder.mkdir()
+    import pyarrow as pa
+    table = pa.Table.from_pylist([{**old, "status": "complete"}],
+                                 schema=store.schema_for("run", 1).remove_metadata())
+    pq.write_table(table, folder / "x.run.parquet")
+    run = store.read_table(tmp_path, "run")
+    assert run["machine_id"].to_list() == [None] and run["trial"].to_list() == [None]
+    assert "measured_s" in run.columns
 
 
 def test_empty_store_reads_as_empty_frames(tmp_path):
     assert store.read_table(tmp_path, "requests").is_empty()
     assert "ttft" not in store.read_table(tmp_path, "requests").columns
-    assert store.completed_cells(tmp_path, "hw") == set()
+    assert store.recover(tmp_path) == []

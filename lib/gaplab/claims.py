@@ -1,0 +1,159 @@
+"""Claims as data: every comparative sentence the site prints is first a row of this table,
+computed from the trials, and the prose is rendered from the rows.
+
+One row per claim (columns in order):
+- claim_id     stable key: kind|model|workload|metric|a|b|users (the same comparison in two
+               data folders has the same id, so runs can be checked against each other)
+- kind         faster: a vs b at one load level; scales: one config at the most users vs at
+               the fewest (b); flips: the leader at the fewest users differs from the leader
+               at the most; overtakes: the lowest level where a leads after b led below it
+- model, workload, metric (an analysis.METRICS name), users (load level of a), users_b (of b)
+- a, b         the subjects, "runtime · quant"; across_kinds: a and b are different kinds of
+               server (vLLM against llama.cpp, say), not two configurations of one
+- value_a, value_b   the estimates (mean over trials)
+- ratio, ratio_lo, ratio_hi   a / b and its 95% interval (stats.ratio_interval)
+- trials_a, trials_b
+- verdict      "A better" | "B better" | "no measurable difference" (the interval holds 1) |
+               "no interval" (a side has one trial); better means higher tok/s, lower latency
+- statement    what the row asserts, in a canonical form two runs can compare: the verdict
+               for faster and scales, "<a> leads at N, <b> at M" for flips, "<a> overtakes
+               <b> at N users" for overtakes
+- text         the sentence the site prints
+flips and overtakes rows exist only where every level they rely on has a directional verdict.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import polars as pl
+
+from gaplab import stats
+from gaplab.analysis import HIGHER_IS_BETTER
+
+COLUMNS = ["claim_id", "kind", "model", "workload", "metric", "users", "users_b", "a", "b", "across_kinds", "value_a", "value_b",
+           "ratio", "ratio_lo", "ratio_hi", "trials_a", "trials_b", "verdict", "statement", "text"]
+STATED = ("A better", "B better")
+UNITS = {"aggregate_tok_s": "output tok/s (all users)", "per_user_tok_s": "decode tok/s per user",
+         "ttft_p50_ms": "median TTFT", "ttft_p99_ms": "p99 TTFT", "e2e_p50_ms": "median E2E latency",
+         "itl_mean_ms": "inter-token latency"}
+# The comparisons the pages print: throughput and the first token's wait.
+COMPARED = ("aggregate_tok_s", "ttft_p50_ms")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.1f}"
+
+
+def _ratio_text(r: dict) -> str:
+    if r["ratio_lo"] is None:
+        return f"×{r['ratio']:.2f} (1 trial, no interval)"
+    return f"×{r['ratio']:.2f} [{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}]"
+
+
+def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
+         va: list, vb: list, across: bool = False) -> dict:
+    ia, ib, ratio = stats.mean_interval(va), stats.mean_interval(vb), stats.ratio_interval(va, vb)
+    verdict = stats.verdict(ratio, HIGHER_IS_BETTER[metric])
+    row = {"claim_id": f"{kind}|{model}|{workload}|{metric}|{a}|{b}|{users}", "kind": kind, "model": model,
+           "workload": workload, "metric": metric, "users": users, "users_b": users_b, "a": a, "b": b, "across_kinds": across,
+           "value_a": ia.estimate, "value_b": ib.estimate, "ratio": ratio.estimate, "ratio_lo": ratio.lo,
+           "ratio_hi": ratio.hi, "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict, "statement": verdict}
+    what = UNITS[metric]
+    if kind == "faster":
+        lead = {"A better": f"**{a}** is ahead", "B better": f"**{b}** is ahead"}.get(
+            verdict, "no measurable difference" if verdict != "no interval" else "one trial each, no verdict")
+        row["text"] = (f"At {users} users, {what}: {a} {_fmt(ia.estimate)} vs {b} {_fmt(ib.estimate)}, "
+                       f"{_ratio_text(row)}: {lead}.")
+    else:  # scales
+        change = {"A better": "better", "B better": "worse"}.get(verdict, "not measurably different")
+        row["text"] = (f"{a}: {what} {_fmt(ib.estimate)} at {users_b} users, {_fmt(ia.estimate)} at {users} "
+                       f"({_ratio_text(row)}): {change} with more users.")
+    return row
+
+
+def claims_table(trials: pl.DataFrame) -> pl.DataFrame:
+    """All claims for the trials of one machine (analysis.trial_summary rows)."""
+    if trials.is_empty():
+        return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
+    values: dict[tuple, dict[str, list]] = {}
+    for r in trials.iter_rows(named=True):
+        key = (r["model"], r["workload"], f"{r['runtime']} · {r['quant']}", r["concurrency"])
+        for m in COMPARED:
+            values.setdefault(key, {}).setdefault(m, []).append(r[m])
+    kinds = dict(zip(trials["runtime"], trials["runtime_kind"]))
+    rows = []
+    for (model, workload), group in itertools.groupby(sorted(values), key=lambda k: k[:2]):
+        group = list(group)
+        configs = sorted({k[2] for k in group})
+        levels = sorted({k[3] for k in group})
+        for metric in COMPARED:
+            for a, b in itertools.combinations(configs, 2):
+                ra, rb = a.split(" · ")[0], b.split(" · ")[0]
+                same_quant = a.split(" · ")[1] == b.split(" · ")[1]
+                if not (same_quant or kinds.get(ra) != kinds.get(rb)):
+                    continue  # quant against quant on one runtime is the quality page's question
+                pair = []
+                for users in levels:
+                    ka, kb = (model, workload, a, users), (model, workload, b, users)
+                    if ka in values and kb in values:
+                        pair.append(_row("faster", model, workload, metric, a, b, users, users,
+                                         values[ka][metric], values[kb][metric], kinds.get(ra) != kinds.get(rb)))
+                rows += pair + _derived(pair)
+            for c in configs:
+                have = [u for u in levels if (model, workload, c, u) in values]
+                if len(have) >= 2:
+                    lo, hi = have[0], have[-1]
+                    rows.append(_row("scales", model, workload, metric, c, c, hi, lo,
+                                     values[(model, workload, c, hi)][metric], values[(model, workload, c, lo)][metric]))
+    return pl.DataFrame(rows, schema_overrides={"ratio_lo": pl.Float64, "ratio_hi": pl.Float64},
+                        infer_schema_length=None).select(COLUMNS)
+
+
+def _derived(pair: list[dict]) -> list[dict]:
+    """flips and overtakes rows from one pair's faster rows (ordered by load)."""
+    if len(pair) < 2:
+        return []
+    out = []
+    first, last = pair[0], pair[-1]
+    lead = {"A better": "a", "B better": "b"}
+    if first["verdict"] in STATED and last["verdict"] in STATED and first["verdict"] != last["verdict"]:
+        at_lo, at_hi = first[lead[first["verdict"]]], last[lead[last["verdict"]]]
+        out.append({**last, "kind": "flips", "claim_id": last["claim_id"].replace("faster|", "flips|", 1),
+                    "users_b": first["users"], "statement": f"{at_lo} leads at {first['users']}, {at_hi} at {last['users']}",
+                    "text": (f"The ranking flips: at {first['users']} user(s) **{at_lo}** is ahead "
+                             f"({_ratio_text(first)} {first['a']} ÷ {first['b']}), at {last['users']} users "
+                             f"**{at_hi}** ({_ratio_text(last)}).")})
+    for who, other in (("A better", "B better"), ("B better", "A better")):
+        behind = [r for r in pair if r["verdict"] == other]
+        if not behind:
+            continue
+        ahead = [r for r in pair if r["verdict"] == who and r["users"] > behind[0]["users"]]
+        if ahead:
+            r = ahead[0]
+            below = [x for x in behind if x["users"] < r["users"]][-1]
+            winner, loser = (r["a"], r["b"]) if who == "A better" else (r["b"], r["a"])
+            out.append({**r, "kind": "overtakes", "claim_id": r["claim_id"].replace("faster|", "overtakes|", 1)
+                        .rsplit("|", 1)[0] + f"|{winner}", "users_b": below["users"],
+                        "statement": f"{winner} overtakes {loser} at {r['users']} users",
+                        "text": (f"**{winner}** overtakes {loser} at {r['users']} users ({_ratio_text(r)} "
+                                 f"{r['a']} ÷ {r['b']}); at {below['users']} users {loser} was ahead "
+                                 f"({_ratio_text(below)}).")})
+    return out
+
+
+def stated(claims: pl.DataFrame) -> pl.DataFrame:
+    """The claims whose interval supports a direction."""
+    return claims.filter(pl.col("verdict").is_in(STATED))
+
+
+def render(claims: pl.DataFrame, kind: str, metric: str | None = None, model: str | None = None,
+           users: int | None = None, only_stated: bool = False) -> str:
+    """Markdown bullets, one per claim row that matches."""
+    rows = claims.filter(pl.col("kind") == kind)
+    for col, val in (("metric", metric), ("model", model), ("users", users)):
+        if val is not None:
+            rows = rows.filter(pl.col(col) == val)
+    if only_stated:
+        rows = stated(rows)
+    return "\n".join(f"- {t}" for t in rows["text"].to_list())

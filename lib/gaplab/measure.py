@@ -1,0 +1,142 @@
+"""Measure one trial of one cell and store it: what notebooks/10-measure.ipynb runs
+(papermill, once per trial, from `gaplab sweep`) and what `gaplab run` runs directly.
+
+The run is written while it is measured: finished requests go to part files every
+`load.flush_seconds`, and the run's tables replace them at the end, with its status
+("complete", "interrupted" by Ctrl-C, or "failed").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from tqdm import tqdm
+
+import gaplab
+from gaplab import store
+from gaplab.client import StreamClient
+from gaplab.config import RAW_DIR
+from gaplab.hardware import hardware, machine_id
+from gaplab.load import closed_loop, run_sync
+from gaplab.runtimes import Server, ollama, open_server
+from gaplab.scenario import Cell, ScenarioError, load_scenario
+from gaplab.telemetry import Sampler
+from gaplab.workload import make_prompt
+
+PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
+
+
+def find_cell(cells: list[Cell], cell_id: str) -> Cell:
+    if not cell_id:
+        return cells[0]
+    for cell in cells:
+        if cell.cell_id == cell_id:
+            return cell
+    raise ScenarioError(f"cell_id: {cell_id!r} is not in the scenario; "
+                        f"'gaplab sweep FILE --list' shows the cells (e.g. {cells[0].cell_id})")
+
+
+def _versions() -> dict:
+    out = {"python": sys.version.split()[0], "gaplab": gaplab.__version__}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_identity(cell: Cell, server: Server | None, run_id: str, trial: int = 1, series_id: str = "") -> dict:
+    """The identity every row of a run carries (store.IDENTITY)."""
+    rt = cell.runtime
+    return {"run_id": run_id, "cell_id": cell.cell_id, "cell_key": cell.cell_key, "scenario": cell.scenario,
+            "hardware_id": hardware()["hardware_id"], "machine_id": machine_id(),
+            "series_id": series_id or run_id, "trial": trial, "runtime": rt.name, "runtime_kind": rt.kind,
+            "runtime_version": server.runtime_version if server else "unknown", "model": cell.model.name,
+            "quant": cell.quant, "workload": cell.workload.name, "concurrency": cell.concurrency,
+            "threads": rt.threads if rt.started_here else None,
+            "parallel": rt.parallel if rt.started_here else None}
+
+
+def run_meta(cell: Cell, server: Server | None, started: str, status: str, error: str | None) -> dict:
+    hw = hardware()
+    return {"status": status, "error": error, "started_at": started,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gaplab_version": gaplab.__version__, "cpu_model": hw["cpu_model"], "cpu_cores": hw["cpu_cores"],
+            "memory_gib": hw["memory_gib"], "hardware": hw, "versions": _versions(),
+            "cell": cell.identity(), "load": cell.load.model_dump(), "server": server.to_dict() if server else None,
+            "model_file": server.model_file if server else None,
+            "model_sha256": server.model_sha256 if server else None,
+            "model_note": server.model_note if server else None,
+            "launch_command": server.launch_command if server else None}
+
+
+def write_failed(raw_dir: Path, cell: Cell, error: str, trial: int = 1, series_id: str = "") -> None:
+    """A run whose server never started: stored, with no requests."""
+    run_id = store.new_run_id()
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    store.write_run(raw_dir, run_identity(cell, None, run_id, trial, series_id),
+                    run_meta(cell, None, now, "failed", error), [])
+
+
+async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records: list) -> list:
+    load = cell.load
+    async with StreamClient(server.base_url, cell.model.api, server.api_key, load.request_timeout,
+                            protocol=server.protocol) as client:
+        def payload(i: int) -> bytes:
+            prompt = make_prompt(cell.workload, cell.seed, salt, i)
+            return client.body(prompt, cell.workload.output_tokens, server.served_model, server.extra_body)
+
+        with tqdm(desc=cell.cell_id, unit="req", disable=not progress, file=sys.stdout) as bar:
+            return await closed_loop(client, payload, cell.concurrency, load.warmup, load.requests,
+                                     load.min_seconds, load.max_seconds, records, on_done=lambda r: bar.update())
+
+
+def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None = None,
+             raw_dir: Path = RAW_DIR, progress: bool = True, trial: int = 1, series_id: str = "",
+             run_id: str = "") -> dict:
+    """Measure one trial of one cell and store it as a run; returns a short summary.
+
+    server: a running server (JSON or dict, as `sweep` passes it); None starts one.
+    Interrupted or failed runs are stored too, with their status.
+    """
+    cell = find_cell(load_scenario(scenario).cells(), cell_id)
+    attach = json.loads(server) if isinstance(server, str) and server else server or None
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run_id = run_id or store.new_run_id()
+    records: list = []
+    srv: Server | None = None
+    sampler: Sampler | None = None
+    placement: dict = {}
+    status, error = "complete", None
+    try:
+        with open_server(cell, attach=attach) as srv:
+            writer = store.RunWriter(raw_dir, run_identity(cell, srv, run_id, trial, series_id),
+                                     run_meta(cell, srv, started, "interrupted", "the process was killed"))
+            if srv.protocol == "ollama":
+                placement["before"] = ollama.placement(srv.base_url, srv.served_model)
+            sampler = Sampler(srv.metrics_url, srv.slots_url, srv.pid, cell.load.telemetry_interval)
+            with sampler:
+                run_sync(lambda: _drive(cell, srv, f"{cell.cell_key}:{trial}", progress, records),
+                         tick=lambda: writer.flush(records), tick_seconds=cell.load.flush_seconds)
+            if srv.protocol == "ollama":
+                placement["after"] = ollama.placement(srv.base_url, srv.served_model)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    except Exception as exc:  # a server that will not start is a failed run, stored as such
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        meta = run_meta(cell, srv, started, status, error)
+        if placement:
+            meta["ollama_placement"] = placement
+        store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta, records,
+                        telemetry=sampler.stop() if sampler else None)
+    measured = [r for r in records if not r.warmup]
+    return {"cell_id": cell.cell_id, "run_id": run_id, "trial": trial, "status": status,
+            "requests": len(measured), "errors": sum(r.error is not None for r in measured)}

@@ -1,0 +1,60 @@
+import polars as pl
+
+from gaplab import claims
+
+
+def trials(values: dict) -> pl.DataFrame:
+    """values: (runtime, quant, users) -> list of aggregate tok/s per trial (TTFT mirrors it)."""
+    rows = []
+    for (runtime, quant, users), vals in values.items():
+        for t, v in enumerate(vals, 1):
+            rows.append({"model": "m", "workload": "w", "runtime": runtime, "runtime_kind": runtime.split("-")[0],
+                         "quant": quant, "concurrency": users, "trial": t, "aggregate_tok_s": v,
+                         "ttft_p50_ms": 1000 / v})
+    return pl.DataFrame(rows)
+
+
+BATCH_OVERTAKES = {
+    ("llamacpp-batch", "Q4", 1): [40, 41, 42], ("llamacpp-single", "Q4", 1): [50, 51, 52],
+    ("llamacpp-batch", "Q4", 2): [50, 58, 45], ("llamacpp-single", "Q4", 2): [50, 51, 52],
+    ("llamacpp-batch", "Q4", 8): [120, 118, 122], ("llamacpp-single", "Q4", 8): [50, 51, 49],
+}
+
+
+def test_faster_rows_carry_ratio_interval_and_verdict():
+    c = claims.claims_table(trials(BATCH_OVERTAKES))
+    assert c.columns == claims.COLUMNS
+    at8 = c.filter((pl.col("kind") == "faster") & (pl.col("users") == 8) & (pl.col("metric") == "aggregate_tok_s"))
+    row = at8.row(0, named=True)
+    assert (row["a"], row["b"], row["verdict"]) == ("llamacpp-batch · Q4", "llamacpp-single · Q4", "A better")
+    assert row["ratio_lo"] < row["ratio"] < row["ratio_hi"] and row["ratio_lo"] > 1
+    at2 = c.filter((pl.col("kind") == "faster") & (pl.col("users") == 2) & (pl.col("metric") == "aggregate_tok_s"))
+    assert at2["verdict"].to_list() == ["no measurable difference"]
+    assert "no measurable difference" in at2["text"][0]
+
+
+def test_flip_and_overtake_are_stated_only_where_every_level_supports_them():
+    c = claims.claims_table(trials(BATCH_OVERTAKES)).filter(pl.col("metric") == "aggregate_tok_s")
+    flips = c.filter(pl.col("kind") == "flips")
+    assert flips["statement"].to_list() == ["llamacpp-single · Q4 leads at 1, llamacpp-batch · Q4 at 8"]
+    over = c.filter(pl.col("kind") == "overtakes")
+    assert over["statement"].to_list() == ["llamacpp-batch · Q4 overtakes llamacpp-single · Q4 at 8 users"]
+    noisy = dict(BATCH_OVERTAKES)
+    noisy[("llamacpp-batch", "Q4", 1)] = [30, 60, 52]  # 1 user: within noise now
+    c = claims.claims_table(trials(noisy)).filter(pl.col("metric") == "aggregate_tok_s")
+    assert c.filter(pl.col("kind").is_in(["flips", "overtakes"])).is_empty()
+
+
+def test_latency_claims_prefer_lower():
+    c = claims.claims_table(trials(BATCH_OVERTAKES))
+    row = c.filter((pl.col("kind") == "faster") & (pl.col("users") == 8) & (pl.col("metric") == "ttft_p50_ms")).row(
+        0, named=True)
+    assert row["ratio"] < 1 and row["verdict"] == "A better"
+
+
+def test_scales_compares_most_users_with_fewest():
+    c = claims.claims_table(trials(BATCH_OVERTAKES))
+    row = c.filter((pl.col("kind") == "scales") & (pl.col("a") == "llamacpp-batch · Q4")
+                   & (pl.col("metric") == "aggregate_tok_s")).row(0, named=True)
+    assert (row["users"], row["users_b"], row["verdict"]) == (8, 1, "A better")
+    assert abs(row["ratio"] - 120 / 41) < 0.05

@@ -1,0 +1,39 @@
+import math
+
+import pytest
+from scipy import stats as st
+
+from gaplab import stats
+
+
+def test_mean_interval_is_students_t_over_trials():
+    iv = stats.mean_interval([9.0, 10.0, 11.0, 14.0])
+    sd = st.tstd([9.0, 10.0, 11.0, 14.0])
+    half = st.t.ppf(0.975, 3) * sd / 2
+    assert (iv.estimate, iv.n) == (11.0, 4)
+    assert iv.lo == pytest.approx(11 - half) and iv.hi == pytest.approx(11 + half) and iv.sd == pytest.approx(sd)
+    assert iv.halfwidth == pytest.approx(half / 11)
+
+
+def test_one_trial_has_no_interval_and_nothing_is_none():
+    assert stats.mean_interval([None, 5.0]) == stats.Interval(5.0, None, None, None, 1)
+    assert stats.mean_interval([]) is None
+
+
+def test_ratio_interval_is_welch_on_logs():
+    a, b = [20.0, 21.0, 22.0], [10.0, 10.5, 11.0, 12.0]
+    iv = stats.ratio_interval(a, b)
+    la, lb = [math.log(x) for x in a], [math.log(x) for x in b]
+    welch = st.ttest_ind(la, lb, equal_var=False).confidence_interval(0.95)
+    assert iv.estimate == pytest.approx(math.exp(sum(la) / 3 - sum(lb) / 4))
+    assert iv.lo == pytest.approx(math.exp(welch.low)) and iv.hi == pytest.approx(math.exp(welch.high))
+
+
+@pytest.mark.parametrize("a, b, higher, verdict", [
+    ([20, 21, 22], [10, 11, 12], True, "A better"),
+    ([20, 21, 22], [10, 11, 12], False, "B better"),  # e.g. latency: A's is higher, so B is better
+    ([10, 12, 14], [11, 12, 13], True, "no measurable difference"),
+    ([10], [11, 12, 13], True, "no interval"),
+])
+def test_verdict_needs_the_interval_to_exclude_parity(a, b, higher, verdict):
+    assert stats.verdict(stats.ratio_interval(a, b), higher) == verdict

@@ -1,0 +1,26 @@
+import pytest
+
+from gaplab.scenario import LoadSpec, parse_scenario
+from gaplab.sweep import CellTrials
+
+SCENARIO = {"name": "t", "runtimes": [{"name": "a", "kind": "llamacpp"}],
+            "models": [{"name": "m", "quants": ["Q4"]}],
+            "workloads": [{"name": "w", "prompt_tokens": 8, "output_tokens": 8}], "load": {"concurrency": [1]}}
+
+
+def state(values, measured_s=10.0, **load) -> str:
+    cell = parse_scenario(SCENARIO).cells()[0]
+    spec = LoadSpec(concurrency=[1], **{"trials": 3, "max_trials": 5, "precision": 0.05, **load})
+    return CellTrials(cell, "s", list(values), measured_s).state(spec)
+
+
+@pytest.mark.parametrize("values, load, expected", [
+    ([100, 101], {}, "needs trials"),  # fewer than the minimum, however precise
+    ([100, 101, 100], {}, "precise"),  # +-1.4%: within 5%
+    ([100, 120, 90], {}, "needs trials"),  # +-38%: another trial
+    ([100, 120, 90, 110, 95], {}, "capped"),  # at max_trials, still wide
+    ([100, 120, 90], {"max_cell_seconds": 5.0}, "capped"),  # out of time
+    ([100, 120, 90], {"precision": 0}, "done"),  # precision 0: exactly `trials`
+])
+def test_a_cell_needs_trials_until_precise_or_capped(values, load, expected):
+    assert state(values, **load) == expected
