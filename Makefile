@@ -38,6 +38,7 @@ test: setup toolchain browser
 
 bench: setup
 	$(BIN)/python bench/client_capacity.py
+	$(BIN)/python bench/client_accuracy.py
 
 clean:
 	rm -rf build _site .quarto

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,8 +28,9 @@ import openai
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
+import sse_server  # noqa: E402
 from gaplab.client import RequestRecord, StreamClient  # noqa: E402
-from gaplab.runtimes.llamacpp import free_port, stop_process  # noqa: E402
+from gaplab.runtimes.llamacpp import stop_process  # noqa: E402
 
 
 # Each reader: setup(url) -> (state, close), built outside the timing; run(state, streams) -> chunks read.
@@ -112,24 +111,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2000, help="chunks per stream")
     ap.add_argument("--rounds", type=int, default=3, help="repeats per level (the median is shown)")
     args = ap.parse_args()
-    pinned = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1
-    port = free_port()
-    cmd = [sys.executable, str(ROOT / "tests" / "support" / "sse_server.py"), str(port), "0", "0", str(args.tokens)]
-    server = subprocess.Popen(cmd + (["1"] if pinned else []), stdout=subprocess.PIPE, text=True)
-    assert server.stdout.readline().strip() == "ready"
-    if pinned:
-        os.sched_setaffinity(0, {0})
-    url = f"http://127.0.0.1:{port}/v1"
-    print(f"server pinned to core 1, client to core 0: {pinned}; {args.tokens} chunks per stream")
-    print(f"{'streams':>7} {'reader':>14} {'chunks/s':>10} {'vs line-iterator':>17}")
+    server, url = sse_server.start(0, 0, args.tokens, cpu=1, log=False)
     try:
-        for streams in (1, 8, 64):
-            rates = {}
-            for name, (setup, run) in READERS.items():
-                rates[name] = statistics.median(asyncio.run(timed(setup, run, url, streams))
-                                                for _ in range(args.rounds))
-            for name, rate in rates.items():
-                print(f"{streams:>7} {name:>14} {rate:>10,.0f} {rate / rates['line-iterator']:>16.2f}x")
+        with sse_server.pinned(0) as pinned:
+            print(f"server pinned to core 1, client to core 0: {pinned}; {args.tokens} chunks per stream")
+            print(f"{'streams':>7} {'reader':>14} {'chunks/s':>10} {'vs line-iterator':>17}")
+            for streams in (1, 8, 64):
+                rates = {}
+                for name, (setup, run) in READERS.items():
+                    rates[name] = statistics.median(asyncio.run(timed(setup, run, url, streams))
+                                                    for _ in range(args.rounds))
+                for name, rate in rates.items():
+                    print(f"{streams:>7} {name:>14} {rate:>10,.0f} {rate / rates['line-iterator']:>16.2f}x")
     finally:
         stop_process(server)
 

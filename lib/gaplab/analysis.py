@@ -73,7 +73,8 @@ def error_kind(message: str) -> str:
     """A short name for an error message, for counting errors by kind."""
     m = message.lower()
     for key, kind in (("truncated", "truncated"), ("reset", "connection reset"), ("no complete response", "timeout"),
-                      ("malformed", "malformed stream"), ("cancelled", "cancelled"), ("refused", "refused")):
+                      ("malformed", "malformed stream"), ("cancelled", "cancelled"), ("refused", "refused"),
+                      ("before its body was complete", "incomplete body")):
         if key in m:
             return kind
     if m.startswith("http "):

@@ -10,6 +10,11 @@ parsed-chunk iterator was measured 59 ms off. See bench/client_capacity.py.)
 
 TTFT is the first chunk that carries output text (content, reasoning or a tool
 call): a role-only or empty chunk is not a token.
+
+A stream succeeded only when its protocol's end marker arrived (`data: [DONE]` for SSE, a
+`"done": true` line for Ollama): without it the request is "truncated after N tokens" or,
+when the connection was reset, "connection reset after N tokens", whatever the HTTP
+framing said. The chunks that did arrive are kept.
 """
 
 from __future__ import annotations
@@ -72,11 +77,16 @@ def classify(event: dict, api: str) -> tuple[str, int]:
     return EMPTY, 0
 
 
-def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: str) -> None:
-    """Parse the raw `data:` lines of one stream into the record (off the hot path)."""
+def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: str) -> bool:
+    """Parse the raw `data:` lines of one stream into the record (off the hot path).
+
+    Returns whether the stream finished: `data: [DONE]` or an error event was seen. A stream
+    that stops without either was cut off, however cleanly its connection closed."""
     loads, chunks, text_key = orjson.loads, rec.chunks, "text" if api == "completions" else "content"
+    finished = False
     for arrival_ns, line in events:
         if line.endswith(b"[DONE]"):
+            finished = True
             continue
         try:
             event = loads(line[5:])  # orjson skips the space after "data:"
@@ -92,7 +102,7 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
             if choice.get("finish_reason"):
                 rec.finish_reason = choice["finish_reason"]
         elif "error" in event:
-            rec.error = str(event["error"])[:500]
+            rec.error, finished = str(event["error"])[:500], True
             continue
         else:
             kind, n_chars = classify(event, api)
@@ -108,6 +118,7 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
             rec.completion_tokens = usage.get("completion_tokens")
         if "timings" in event:  # llama.cpp's own per-request figures
             rec.server_timings = event["timings"]
+    return finished
 
 
 class _Reads(asyncio.Protocol):
@@ -117,6 +128,7 @@ class _Reads(asyncio.Protocol):
         self.reads: list[tuple[int, bytes]] = []
         self.done = done
         self.parsed: tuple | None = None  # parse_response of a complete body, when seen
+        self.lost: Exception | None = None  # why the connection dropped before the response ended
 
     def data_received(self, data: bytes) -> None:
         self.reads.append((time.perf_counter_ns(), data))
@@ -128,33 +140,46 @@ class _Reads(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
-            self.done.set_result(exc)
+            self.lost = exc  # e.g. ConnectionResetError; None for a clean close
+            self.done.set_result(None)
+
+
+def _status(line: str) -> int | None:
+    """The status code of an HTTP/1.x status line; None when it is not one."""
+    parts = line.split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 def parse_response(reads: list[tuple[int, bytes]]) -> tuple[int | None, dict, list[tuple[int, bytes]], bool]:
     """HTTP/1.1 response from timed reads: (status, headers, [(arrival_ns, body bytes)], complete).
 
     Decodes chunked transfer encoding; each body piece keeps the arrival time of the read
-    that carried it.
+    that carried it. `complete` says the framing is complete: the zero-size chunk arrived,
+    or content-length bytes did; a body without framing (ended by closing) is never
+    complete. Never raises: a garbled response gives status None or complete False.
     """
     raw = b""
     for k, (ns, data) in enumerate(reads):
         raw += data
         if b"\r\n\r\n" in raw:
             break
-    else:
-        return None, {}, [], False
+    else:  # the head never ended; a status line alone still says what the server answered
+        return (_status(raw.split(b"\r\n")[0].decode("latin-1")) if b"\r\n" in raw else None), {}, [], False
     head, rest = raw.split(b"\r\n\r\n", 1)
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
+    status = _status(lines[0])
+    if status is None:
+        return None, {}, [], False
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     pieces = [(ns, rest)] + reads[k + 1:]
     if "chunked" not in headers.get("transfer-encoding", "").lower():
-        length = int(headers.get("content-length", -1))
-        return status, headers, pieces, length >= 0 and sum(len(d) for _, d in pieces) >= length
+        length = headers.get("content-length", "")
+        return status, headers, pieces, length.isdigit() and sum(len(d) for _, d in pieces) >= int(length)
     out, pending, remaining = [], b"", 0  # remaining: bytes left in the current frame, -1: its CRLF
     for ns, data in pieces:
         buf, pos, got = pending + data, 0, []
@@ -174,9 +199,13 @@ def parse_response(reads: list[tuple[int, bytes]]) -> tuple[int | None, dict, li
             end = buf.find(b"\r\n", pos)
             if end < 0:
                 break
-            size = int(buf[pos:end].split(b";")[0], 16)
+            try:  # a size, then optional ";extensions"
+                size = int(buf[pos:end].split(b";")[0], 16)
+            except ValueError:  # not chunked encoding after all: keep what was decoded
+                out.append((ns, b"".join(got)))
+                return status, headers, out, False
             pos = end + 2
-            if size == 0:
+            if size == 0:  # the last chunk; trailers may follow and carry no body
                 out.append((ns, b"".join(got)))
                 return status, headers, out, True
             remaining = size
@@ -187,14 +216,17 @@ def parse_response(reads: list[tuple[int, bytes]]) -> tuple[int | None, dict, li
 
 def body_lines(body: list[tuple[int, bytes]], prefix: bytes = b"data:") -> list[tuple[int, bytes]]:
     """The lines of a streamed body that start with prefix (SSE `data:` lines; b"" for NDJSON),
-    each with the arrival time of its last byte. Blank lines are dropped."""
-    events, tail = [], b""
+    each with the arrival time of its last byte. Blank lines are dropped; a last line without
+    its newline is kept (a parser downstream decides whether it is whole)."""
+    events, tail, tail_ns = [], b"", 0
     for ns, data in body:
+        if not data:  # an empty piece (e.g. the read with the final 0-size chunk) carries no byte
+            continue
         lines = (tail + data).split(b"\n")
-        tail = lines.pop()
+        tail, tail_ns = lines.pop(), ns
         events += [(ns, line.rstrip(b"\r")) for line in lines if line.startswith(prefix) and line.strip()]
-    if tail.startswith(prefix) and tail.strip() and body:
-        events.append((body[-1][0], tail.rstrip(b"\r")))
+    if tail.startswith(prefix) and tail.strip():
+        events.append((tail_ns, tail.rstrip(b"\r")))
     return events
 
 
@@ -202,9 +234,11 @@ OLLAMA_TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "promp
                   "eval_count", "eval_duration")
 
 
-def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: str) -> None:
+def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: str) -> bool:
     """Ollama's native stream: one JSON object per line; the last (done: true) holds its own
-    counts and durations (nanoseconds), kept as the server's timings."""
+    counts and durations (nanoseconds), kept as the server's timings. Returns whether the
+    stream finished: a `done: true` line or an error line was seen."""
+    finished = False
     for arrival_ns, line in lines:
         try:
             obj = orjson.loads(line)
@@ -212,7 +246,7 @@ def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: st
             rec.error = rec.error or f"malformed stream line: {line[:200]!r}"
             continue
         if "error" in obj:
-            rec.error = str(obj["error"])[:500]
+            rec.error, finished = str(obj["error"])[:500], True
             continue
         text = obj.get("response", "") if api == "completions" else (obj.get("message") or {}).get("content", "")
         if not text and (obj.get("message") or {}).get("thinking"):
@@ -229,6 +263,8 @@ def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: st
             rec.finish_reason = obj.get("done_reason")
             rec.prompt_tokens, rec.completion_tokens = obj.get("prompt_eval_count"), obj.get("eval_count")
             rec.server_timings = {k: obj[k] for k in OLLAMA_TIMINGS if k in obj}
+            finished = True
+    return finished
 
 
 class StreamClient:
@@ -303,34 +339,49 @@ class StreamClient:
             rec.error = "cancelled"
             raise
         except TimeoutError:
-            rec.error = f"no complete response within {self.timeout:.0f} s"
+            rec.error = f"no complete response within {self.timeout:g} s"
         except OSError as exc:
             rec.error = f"{type(exc).__name__}: {exc}"[:500]
         finally:
             if transport is not None:
                 transport.close()
             rec.end_ns = time.perf_counter_ns()
-            self._fill(rec, proto.parsed if proto.parsed and proto.parsed[3] else parse_response(proto.reads))
+            self._fill(rec, proto.parsed if proto.parsed and proto.parsed[3] else parse_response(proto.reads),
+                       proto.lost)
         return rec
 
-    def _fill(self, rec: RequestRecord, parsed: tuple) -> None:
+    def _fill(self, rec: RequestRecord, parsed: tuple, lost: Exception | None) -> None:
+        """Fill rec from the response. One error per request, the most telling first: what the
+        client saw before parsing (timeout, refused, cancelled), the HTTP status, an error event,
+        a stream cut off before its end marker (reset or clean close), a malformed event, an
+        incomplete HTTP body, no output token."""
         status, headers, body, complete = parsed
         rec.http_status = status
+        if isinstance(lost, ConnectionResetError):
+            cut = "connection reset"
+        else:
+            cut = f"connection lost ({type(lost).__name__}: {lost})"[:300] if lost else "truncated"
         if status is None:
-            rec.error = rec.error or "no HTTP response"
+            rec.error = rec.error or ("no HTTP response" + (f" ({cut})" if lost else ""))
             return
         if status != 200:
             text = b"".join(d for _, d in body).decode(errors="replace")
             rec.error = rec.error or f"HTTP {status}: {text[:500]}"
             return
+        before = rec.error
         if self.protocol == "ollama":
-            fill_from_ollama(rec, body_lines(body, b""), self.api)
+            finished = fill_from_ollama(rec, body_lines(body, b""), self.api)
         else:
-            fill_from_events(rec, body_lines(body), self.api)
+            finished = fill_from_events(rec, body_lines(body), self.api)
+        if before is not None:
+            return
+        tokens = sum(1 for c in rec.chunks if c[1] in TOKEN_KINDS)
         framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
-        if rec.error is None and framed and not complete:
-            rec.error = "the response ended before its body was complete"
-        if rec.error is None and rec.first_token_ns is None:
+        if not finished:  # beats "malformed": a connection cut mid-line leaves half an event
+            rec.error = f"{cut} after {tokens} tokens"
+        elif rec.error is None and framed and not complete:
+            rec.error = f"the response ended before its body was complete (after {tokens} tokens)"
+        elif rec.error is None and rec.first_token_ns is None:
             rec.error = "stream ended without an output token"
 
     async def served_models(self) -> list[str]:

@@ -3,105 +3,57 @@ after the request arrives (a role-only chunk goes out at once, before it), then 
 token every 20 ms, 50 tokens. Server and client run on different cores.
 
 The truth for each request is what the server really did: the time from the request's
-arrival to the write of its first token, which the server prints (same clock). At 64
-streams the server itself runs a few ms late; that is the harness, not the client."""
-
-import json
+arrival to the write of its first token, which the server prints (same clock). Each
+request's error is the client's TTFT minus that truth, so a server running late (at 64
+streams, or on a busy machine) moves both and does not count against the client."""
 
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from gaplab.client import RequestRecord, StreamClient
-from gaplab.runtimes.llamacpp import free_port, stop_process
+import sse_server
+from sse_server import measure, p99, pinned, ttft_errors
+from gaplab.runtimes.llamacpp import stop_process
 
-SERVER = Path(__file__).resolve().parents[1] / "support" / "sse_server.py"
 TTFT_MS, ITL_MS, TOKENS = 200, 20, 50
-
-
-def start_sse_server(ttft_s: float, itl_s: float, tokens: int, cpu: int | None = 1):
-    port = free_port()
-    args = [sys.executable, str(SERVER), str(port), str(ttft_s), str(itl_s), str(tokens)]
-    if cpu is not None and (os.cpu_count() or 1) > 1:
-        args.append(str(cpu))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "SSE_SERVER_LOG": "1"})
-    assert proc.stdout.readline().strip() == "ready"
-    return proc, f"http://127.0.0.1:{port}/v1"
+# Bounds, in ms. The defects they must catch are systematic: counting the role-only chunk
+# as the first token makes every error about -200 ms (and the mean gap 24 ms: the 1,180 ms
+# from role chunk to last token over 49 gaps); the openai SDK's parsed iterator was 59 ms
+# late. Load only adds scattered delay: with another process spinning on either core (or
+# unpinned), the worst run here had a median error of 6.1 ms and a p99 of 15 ms, at 64
+# streams (quiet: 3 and 4 ms; at 1 stream 0.3 and 2 ms). So: median within 25 ms (under
+# half the smallest defect, 4x the worst busy run), p99 of the size of the error within
+# 100 ms (room for a preempted stream, still half the role-chunk defect), and the mean
+# gap within 2 ms of 20 (a late first token of d ms moves it by only d/49; busy runs
+# stayed within 0.18 ms).
+MEDIAN_MS, P99_MS, GAP_MS = 25, 100, 2
 
 
 @pytest.fixture(scope="module")
 def delayed_server():
-    proc, url = start_sse_server(TTFT_MS / 1000, ITL_MS / 1000, TOKENS)
+    proc, url = sse_server.start(TTFT_MS / 1000, ITL_MS / 1000, TOKENS)
     yield proc, url
     stop_process(proc)
-
-
-async def measure(url: str, streams: int, rounds: int) -> dict[str, RequestRecord]:
-    out = {}
-    async with StreamClient(url, "chat") as client:
-        for k in range(rounds):
-            recs = {f"r{k}-{i}": RequestRecord(index=i, user=i, warmup=False, scheduled_ns=time.perf_counter_ns())
-                    for i in range(streams)}
-            await asyncio.gather(*(client.stream(client.body(key, TOKENS, "fake"), r) for key, r in recs.items()))
-            out.update(recs)
-    return out
-
-
-def p99(xs):
-    return statistics.quantiles(xs, n=100, method="inclusive")[98]
-
-
-def one_attempt(proc, url: str, streams: int, rounds: int) -> dict:
-    pin = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1
-    if pin:
-        before = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {0})
-    try:
-        recs = asyncio.run(measure(url, streams, rounds))
-    finally:
-        if pin:
-            os.sched_setaffinity(0, before)
-    truth = {}
-    for _ in recs:
-        line = json.loads(proc.stdout.readline())
-        truth[line["id"]] = (line["first_token_sent_ns"] - line["arrived_ns"]) / 1e6
-    recs_list = list(recs.values())
-    assert all(r.error is None for r in recs_list), recs_list[0].error
-    assert all(r.completion_tokens == TOKENS and len(r.chunks) == TOKENS + 3 for r in recs_list)
-    measured = [(r.first_token_ns - r.sent_ns) / 1e6 for r in recs.values()]
-    true = [truth[key] for key in recs]
-    gaps = [(r.last_token_ns - r.first_token_ns) / 1e6 / (TOKENS - 1) for r in recs_list]
-    return {"median": statistics.median(measured), "true_median": statistics.median(true),
-            "p99": p99(measured), "true_p99": p99(true), "gap": statistics.mean(gaps)}
-
-
-def within_bounds(m: dict) -> bool:
-    # the role-only chunk arrived ~200 ms earlier and must not count as the first token
-    return (abs(m["median"] - m["true_median"]) <= 5 and abs(m["p99"] - m["true_p99"]) <= 20
-            and abs(m["gap"] - ITL_MS) <= 1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("streams, rounds", [(1, 40), (64, 3)])
 def test_ttft_and_inter_chunk_time_match_the_injected_delays(delayed_server, streams, rounds):
-    """Other load on this shared 2-core machine only adds delay, never removes it: a client
-    that is accurate meets the bounds in a quiet attempt, so up to three attempts are made.
-    A client with a systematic lag (the openai SDK's iterator was 59 ms late) fails all three."""
+    """One attempt: the bounds (above, with their reasons) are wide enough for a busy machine
+    and narrow enough for a systematic lag."""
     proc, url = delayed_server
-    for attempt in range(3):
-        m = one_attempt(proc, url, streams, rounds)
-        print(f"\n{streams} streams, attempt {attempt + 1}: TTFT median {m['median']:.2f} ms (truth "
-              f"{m['true_median']:.2f}), p99 {m['p99']:.2f} ms (truth {m['true_p99']:.2f}), "
-              f"mean inter-chunk {m['gap']:.3f} ms")
-        assert abs(m["true_median"] - TTFT_MS) <= 10 or attempt < 2, "the harness server itself ran late"
-        if within_bounds(m):
-            break
-    assert abs(m["median"] - m["true_median"]) <= 5
-    assert abs(m["p99"] - m["true_p99"]) <= 20
-    assert abs(m["gap"] - ITL_MS) <= 1
+    with pinned(0):
+        recs, truth, _ = asyncio.run(measure(proc, url, streams, rounds, TOKENS))
+    assert all(r.error is None for r in recs.values()), next(r.error for r in recs.values() if r.error)
+    assert all(r.completion_tokens == TOKENS and len(r.chunks) == TOKENS + 3 for r in recs.values())
+    errors = ttft_errors(recs, truth)
+    true_ms = statistics.median(sent - arrived for arrived, sent in truth.values()) / 1e6
+    median, worst = statistics.median(errors), p99([abs(e) for e in errors])
+    gap = statistics.mean((r.last_token_ns - r.first_token_ns) / 1e6 / (TOKENS - 1) for r in recs.values())
+    print(f"\n{streams} streams: TTFT error median {median:.2f} ms, p99 |error| {worst:.2f} ms "
+          f"(server truth median {true_ms:.1f} ms), mean inter-chunk {gap:.3f} ms")
+    assert abs(true_ms - TTFT_MS) <= 50, "the harness server itself ran late"
+    assert abs(median) <= MEDIAN_MS
+    assert worst <= P99_MS
+    assert abs(gap - ITL_MS) <= GAP_MS

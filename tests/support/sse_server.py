@@ -4,13 +4,21 @@ server cannot do on demand: a known time to first token and a known gap between 
 Each response sends a role-only chunk at once, the first token `ttft` seconds after the
 request arrived, then one token every `itl` seconds (deadlines from the arrival, so no
 drift), then a usage chunk and [DONE]. With SSE_SERVER_LOG=1 it prints, per request, when
-the request arrived and when its first token was written (perf_counter_ns). With ttft = itl = 0 it writes everything at once
-(the client-capacity benchmark). Run: python sse_server.py PORT TTFT ITL TOKENS [CPU]
+the request arrived and when its first token was written (perf_counter_ns). With
+ttft = itl = 0 it writes everything at once (the client-capacity benchmark).
+Run: python sse_server.py PORT TTFT ITL TOKENS [CPU]
+
+The helpers at the end (start, pinned, measure, ttft_errors, legs) start it from a test
+or a benchmark, drive it with gaplab's StreamClient and compare what the client saw with
+the server's log.
 """
 
 import asyncio
+import contextlib
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
@@ -73,6 +81,76 @@ async def main(port: int, ttft: float, itl: float, tokens: int) -> None:
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
+
+
+def start(ttft_s: float, itl_s: float, tokens: int, cpu: int | None = 1, log: bool = True):
+    """This server in a process of its own, pinned to core `cpu` when there are several
+    (the client then takes another one, see pinned). Returns (process, base URL)."""
+    from gaplab.runtimes.llamacpp import free_port
+
+    port = free_port()
+    args = [sys.executable, __file__, str(port), str(ttft_s), str(itl_s), str(tokens)]
+    if cpu is not None and (os.cpu_count() or 1) > 1:
+        args.append(str(cpu))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "SSE_SERVER_LOG": "1" if log else "0"})
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def pinned(cpu: int = 0):
+    """Run this process on core `cpu` while inside (no-op on one core or without affinity)."""
+    pin = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1
+    before = os.sched_getaffinity(0) if pin else None
+    if pin:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        yield pin
+    finally:
+        if pin:
+            os.sched_setaffinity(0, before)
+
+
+async def measure(proc, url: str, streams: int, rounds: int, tokens: int):
+    """`rounds` rounds of `streams` concurrent requests through StreamClient. Returns
+    ({id: RequestRecord}, {id: (arrived_ns, first_token_sent_ns)} from the server's log,
+    client CPU seconds spent in the rounds). The log is read after each round, so the
+    server's pipe never fills."""
+    from gaplab.client import RequestRecord, StreamClient
+
+    recs, truth, cpu = {}, {}, 0.0
+    async with StreamClient(url, "chat") as client:
+        for k in range(rounds):
+            batch = {f"r{k}-{i}": RequestRecord(index=i, user=i, warmup=False, scheduled_ns=time.perf_counter_ns())
+                     for i in range(streams)}
+            payloads = {key: client.body(key, tokens, "fake") for key in batch}
+            t0 = time.process_time()
+            await asyncio.gather(*(client.stream(payloads[key], r) for key, r in batch.items()))
+            cpu += time.process_time() - t0
+            recs.update(batch)
+            for _ in batch:
+                line = json.loads(proc.stdout.readline())
+                truth[line["id"]] = (line["arrived_ns"], line["first_token_sent_ns"])
+    return recs, truth, cpu
+
+
+def ttft_errors(recs: dict, truth: dict) -> list[float]:
+    """Per request: the client's TTFT minus what the server really did (from the request's
+    arrival to the write of its first token), in ms."""
+    return [((r.first_token_ns - r.sent_ns) - (truth[key][1] - truth[key][0])) / 1e6 for key, r in recs.items()]
+
+
+def legs(recs: dict, truth: dict) -> tuple[list[float], list[float]]:
+    """The two parts of each TTFT error, in ms (one clock for both processes): the request's
+    way from the client's send to the server's arrival stamp, and the first token's way from
+    the server's write to the client's stamp."""
+    return ([(truth[key][0] - r.sent_ns) / 1e6 for key, r in recs.items()],
+            [(r.first_token_ns - truth[key][1]) / 1e6 for key, r in recs.items()])
+
+
+def p99(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[98]
 
 
 if __name__ == "__main__":

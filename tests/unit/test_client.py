@@ -1,6 +1,7 @@
 import orjson
 
-from gaplab.client import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord, classify, fill_from_events
+from gaplab.client import (CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord, classify, fill_from_events,
+                           fill_from_ollama)
 
 
 def test_role_only_and_empty_chunks_are_not_tokens():
@@ -24,7 +25,7 @@ def _line(obj) -> bytes:
 
 def test_first_token_skips_the_role_chunk_and_usage_fills_counts():
     rec = RequestRecord(index=0, user=0, warmup=False, scheduled_ns=0)
-    fill_from_events(rec, [
+    assert fill_from_events(rec, [
         (10, _line({"choices": [{"delta": {"role": "assistant"}}]})),
         (30, _line({"choices": [{"delta": {"content": "a"}}]})),
         (50, _line({"choices": [{"delta": {"content": "bc"}}]})),
@@ -32,7 +33,7 @@ def test_first_token_skips_the_role_chunk_and_usage_fills_counts():
         (61, _line({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2},
                     "timings": {"predicted_n": 2}})),
         (62, b"data: [DONE]"),
-    ], "chat")
+    ], "chat") is True  # [DONE] ends it
     assert (rec.first_token_ns, rec.last_token_ns) == (30, 50)
     assert (rec.prompt_tokens, rec.completion_tokens, rec.output_chars) == (4, 2, 3)
     assert rec.finish_reason == "length" and rec.server_timings == {"predicted_n": 2}
@@ -44,3 +45,25 @@ def test_malformed_event_is_an_error_not_a_crash():
     rec = RequestRecord(index=0, user=0, warmup=False, scheduled_ns=0)
     fill_from_events(rec, [(5, b"data: {not json"), (9, _line({"choices": [{"delta": {"content": "x"}}]}))], "chat")
     assert rec.error.startswith("malformed stream event") and rec.first_token_ns == 9
+
+
+def _rec() -> RequestRecord:
+    return RequestRecord(index=0, user=0, warmup=False, scheduled_ns=0)
+
+
+def test_a_stream_finishes_only_with_done_or_an_error_event():
+    token = (1, _line({"choices": [{"delta": {"content": "x"}}]}))
+    usage = (2, _line({"choices": [], "usage": {"completion_tokens": 1}}))
+    assert fill_from_events(_rec(), [token, usage], "chat") is False  # no [DONE]: cut off
+    rec = _rec()
+    assert fill_from_events(rec, [token, (3, _line({"error": {"message": "oom"}}))], "chat") is True
+    assert rec.error == "{'message': 'oom'}" and len(rec.chunks) == 1
+
+
+def test_an_ollama_stream_finishes_only_with_done_true():
+    line = (1, orjson.dumps({"message": {"content": "x"}, "done": False}))
+    done = (2, orjson.dumps({"message": {"content": ""}, "done": True, "eval_count": 1}))
+    assert fill_from_ollama(_rec(), [line, line], "chat") is False
+    rec = _rec()
+    assert fill_from_ollama(rec, [line, done], "chat") is True and rec.completion_tokens == 1
+    assert fill_from_ollama(_rec(), [line, (3, b'{"error": "boom"}')], "chat") is True

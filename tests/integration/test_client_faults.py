@@ -1,0 +1,96 @@
+"""Every way a stream goes wrong is recorded as what it is: 40 requests from 4 concurrent
+users through StreamClient against tests/support/fault_server.py, cycling through its
+faults (each fault twice). A stream cut before its end marker must never pass as a
+success, and it keeps the chunks that did arrive."""
+
+import asyncio
+import itertools
+import time
+
+import pytest
+
+import fault_server
+from fault_server import CUT_AFTER, FAULTS, SLOW_HEADERS_S, TOKENS
+from gaplab.analysis import error_kind
+from gaplab.client import CONTENT, ROLE, TOKEN_KINDS, RequestRecord, StreamClient
+
+REQUESTS, USERS, TIMEOUT_S = 40, 4, 1.0
+
+
+async def drive() -> list[tuple[str, RequestRecord]]:
+    server = await fault_server.start()
+    root = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    names, counter, done = list(FAULTS), itertools.count(), []
+    async with (StreamClient(root + "/v1", "chat", timeout=TIMEOUT_S) as openai_client,
+                StreamClient(root, "chat", timeout=TIMEOUT_S, protocol="ollama") as ollama_client):
+
+        async def user(u: int) -> None:
+            while (i := next(counter)) < REQUESTS:
+                fault = names[i % len(names)]
+                client = ollama_client if fault.startswith("ollama") else openai_client
+                rec = RequestRecord(index=i, user=u, warmup=False, scheduled_ns=time.perf_counter_ns())
+                done.append((fault, await client.stream(client.body(fault, TOKENS, "fake"), rec)))
+
+        await asyncio.gather(*(user(u) for u in range(USERS)))
+    server.close()
+    await server.wait_closed()
+    return done
+
+
+@pytest.fixture(scope="module")
+def records():
+    return asyncio.run(drive())
+
+
+def test_every_fault_was_requested_twice(records):
+    assert sorted(f for f, _ in records) == sorted(list(FAULTS) * 2)
+
+
+@pytest.mark.parametrize("fault", [f for f, e in FAULTS.items() if e is None])
+def test_good_streams_have_no_error_and_all_their_tokens(records, fault):
+    for _, rec in (r for r in records if r[0] == fault):
+        assert rec.error is None and rec.http_status == 200
+        assert rec.completion_tokens == TOKENS and rec.finish_reason == "length"
+        assert sum(c[1] == CONTENT for c in rec.chunks) == TOKENS
+        if fault == "slow-headers":
+            assert rec.first_token_ns - rec.sent_ns >= SLOW_HEADERS_S * 1e9
+
+
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f.startswith(("reset", "truncated", "ollama-trunc"))])
+def test_cut_streams_are_errors_and_keep_their_chunks(records, fault):
+    for _, rec in (r for r in records if r[0] == fault):
+        assert rec.error == FAULTS[fault]
+        assert error_kind(rec.error) == ("connection reset" if fault.startswith("reset") else "truncated")
+        kinds = [c[1] for c in rec.chunks]
+        assert kinds == ([] if fault.startswith("ollama") else [ROLE]) + [CONTENT] * CUT_AFTER
+        assert rec.first_token_ns is not None and rec.completion_tokens is None
+
+
+@pytest.mark.parametrize("fault", ["http-429", "http-500", "http-503"])
+def test_http_errors_keep_status_and_body(records, fault):
+    for _, rec in (r for r in records if r[0] == fault):
+        assert rec.http_status == int(fault[5:])
+        assert rec.error.startswith(FAULTS[fault]) and f"fault {fault}" in rec.error
+        assert error_kind(rec.error) == f"HTTP {fault[5:]}"
+        assert rec.chunks == []
+
+
+def test_a_hung_server_times_out(records):
+    for _, rec in (r for r in records if r[0] == "hang"):
+        assert rec.error == f"no complete response within {TIMEOUT_S:g} s" and error_kind(rec.error) == "timeout"
+        assert TIMEOUT_S <= (rec.end_ns - rec.sent_ns) / 1e9 < TIMEOUT_S + 0.5
+        assert rec.http_status is None
+
+
+def test_malformed_event_error_events_and_missing_final_chunk(records):
+    for fault, rec in records:
+        if fault == "malformed":
+            assert rec.error.startswith(FAULTS[fault]) and error_kind(rec.error) == "malformed stream"
+            assert sum(c[1] in TOKEN_KINDS for c in rec.chunks) == TOKENS  # the good events still count
+        elif fault == "error-event":  # the server's own words win over "truncated"
+            assert rec.error == FAULTS[fault]
+            assert [c[1] for c in rec.chunks] == [ROLE, CONTENT]
+        elif fault == "ollama-error":
+            assert rec.error == FAULTS[fault] and [c[1] for c in rec.chunks] == [CONTENT]
+        elif fault == "no-final-chunk":  # all of the stream, but the HTTP body never ended
+            assert rec.error == FAULTS[fault] and rec.completion_tokens == TOKENS

@@ -1,0 +1,143 @@
+"""A local server that answers each request with one fault, named by the request's prompt
+(the user message, or `prompt` for text completions), so that a test can check how the
+client records every way a stream goes wrong. OpenAI-style SSE on any path; Ollama's
+NDJSON on /api/chat and /api/generate.
+
+A normal stream is a role-only chunk, TOKENS tokens, a finish_reason chunk, a usage chunk
+and `data: [DONE]`; a cut stream stops after CUT_AFTER tokens. Faults ending in
+`-length` frame the body with content-length, `-close` with nothing (the close ends it),
+the others with chunked encoding.
+
+In a test: `server = await start()`, then `server.sockets[0].getsockname()[1]` is the port.
+By hand: python fault_server.py PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import sys
+
+TOKENS, CUT_AFTER, SLOW_HEADERS_S = 5, 3, 0.3
+
+# fault -> the error the client must record (None: no error); "{n}" is a token count.
+FAULTS = {
+    "ok": None, "ok-length": None, "ok-close": None,
+    "http-429": "HTTP 429: ", "http-500": "HTTP 500: ", "http-503": "HTTP 503: ",
+    "hang": "no complete response within",
+    "malformed": "malformed stream event: ",
+    "error-event": "{'message': 'the model crashed', 'type': 'server_error', 'code': 500}",
+    "slow-headers": None,
+    "reset": "connection reset after 3 tokens", "reset-length": "connection reset after 3 tokens",
+    "reset-close": "connection reset after 3 tokens",
+    "truncated": "truncated after 3 tokens", "truncated-length": "truncated after 3 tokens",
+    "truncated-close": "truncated after 3 tokens",
+    "no-final-chunk": "the response ended before its body was complete (after 5 tokens)",
+    "ollama-ok": None, "ollama-truncated": "truncated after 3 tokens", "ollama-error": "model runner crashed",
+}
+
+
+def sse(obj) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def openai_events(fault: str) -> list[bytes]:
+    base = {"id": "f", "object": "chat.completion.chunk", "model": "fake"}
+    token = sse({**base, "choices": [{"index": 0, "delta": {"content": " tok"}}]})
+    events = [sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})]
+    events += [token] * TOKENS
+    events += [sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}),
+               sse({**base, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": TOKENS}}),
+               b"data: [DONE]\n\n"]
+    if fault == "malformed":
+        events.insert(2, b'data: {"choices": [{"delta": {"content": "x"\n\n')
+    if fault == "error-event":  # vLLM and llama.cpp send an error as a data event, mid-stream
+        error = {"message": "the model crashed", "type": "server_error", "code": 500}
+        events = events[:2] + [sse({"error": error})]
+    return events
+
+
+def ollama_lines(fault: str) -> list[bytes]:
+    line = {"model": "fake", "message": {"role": "assistant", "content": " tok"}, "done": False}
+    done = {"model": "fake", "message": {"role": "assistant", "content": ""}, "done": True,
+            "done_reason": "length", "prompt_eval_count": 4, "eval_count": TOKENS, "eval_duration": 1000}
+    if fault == "ollama-error":  # Ollama ends a failed stream with an error line, no done line
+        return [json.dumps(line).encode() + b"\n", b'{"error":"model runner crashed"}\n']
+    return [json.dumps(line).encode() + b"\n"] * TOKENS + [json.dumps(done).encode() + b"\n"]
+
+
+def frame(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def respond(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, fault: str, path: str) -> None:
+    if fault.startswith("http-"):
+        status = int(fault[5:])
+        body = json.dumps({"error": {"message": f"fault {fault}", "code": status}}).encode()
+        writer.write(b"HTTP/1.1 %d Fault\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body))
+        return
+    if fault == "hang":  # never answer; return when the client gives up and closes
+        await reader.read()
+        return
+    if fault == "slow-headers":
+        await asyncio.sleep(SLOW_HEADERS_S)
+    ollama = path.startswith("/api/")
+    pieces = ollama_lines(fault) if ollama else openai_events(fault)
+    cut = fault.removeprefix("ollama-").startswith(("reset", "truncated"))
+    sent = pieces[:CUT_AFTER + (0 if ollama else 1)] if cut else pieces  # + the role chunk
+    framing = fault.rsplit("-", 1)[1] if fault.endswith(("-length", "-close")) else "chunked"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n" % (
+        b"application/x-ndjson" if ollama else b"text/event-stream")
+    if framing == "chunked":
+        head += b"Transfer-Encoding: chunked\r\n"
+    elif framing == "length":  # the length of the whole stream, as if it were not cut
+        head += b"Content-Length: %d\r\n" % sum(map(len, pieces))
+    writer.write(head + b"\r\n")
+    for piece in sent:
+        writer.write(frame(piece) if framing == "chunked" else piece)
+        await writer.drain()
+        await asyncio.sleep(0.002)  # separate reads, like a real stream
+    if fault.startswith("reset"):
+        await asyncio.sleep(0.05)  # let the tokens reach the client before the reset
+        sock = writer.get_extra_info("socket")  # linger 0: close() sends RST, the client sees ECONNRESET
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    elif framing == "chunked" and fault != "no-final-chunk":
+        writer.write(b"0\r\n\r\n")
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ", 2)[1].decode()
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        body = json.loads(await reader.readexactly(length))
+        fault = body["messages"][0]["content"] if "messages" in body else body["prompt"]
+        if fault not in FAULTS:
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        else:
+            await respond(writer, reader, fault, path)
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def start(port: int = 0) -> asyncio.Server:
+    return await asyncio.start_server(handle, "127.0.0.1", port, backlog=256)
+
+
+async def main(port: int) -> None:
+    server = await start(port)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
