@@ -38,25 +38,38 @@ def _concurrency_axis(levels: list[int]) -> alt.X:
                  axis=alt.Axis(values=levels, format="d"))
 
 
-def _tooltip(extra: list) -> list:
+def _tooltip(metric: str, y_title: str) -> list:
     return [alt.Tooltip("model:N"), alt.Tooltip("runtime:N"), alt.Tooltip("quant:N"),
-            alt.Tooltip("concurrency:Q", title="users"), *extra,
-            alt.Tooltip("requests:Q", title="measured requests"), alt.Tooltip("errors:Q"),
-            alt.Tooltip("run_id:N", title="run (raw rows in data/raw)")]
+            alt.Tooltip("concurrency:Q", title="users"),
+            alt.Tooltip(f"{metric}:Q", title=f"{y_title} (mean of trials)", format=",.1f"),
+            alt.Tooltip("interval:N", title="95% interval"),
+            alt.Tooltip(f"{metric}_sd:Q", title="± (sd across trials)", format=",.2f"),
+            alt.Tooltip("trials:Q"), alt.Tooltip("requests:Q", title="measured requests"), alt.Tooltip("errors:Q"),
+            alt.Tooltip("error_kinds:N", title="errors by kind"),
+            alt.Tooltip("run_ids:N", title="runs (raw rows in data/raw)")]
+
+
+def _interval_text(frame: pl.DataFrame, metric: str) -> pl.Expr:
+    lo, hi = pl.col(f"{metric}_lo"), pl.col(f"{metric}_hi")
+    return (pl.when(lo.is_null()).then(pl.lit("1 trial, no interval"))
+            .otherwise(lo.round(1).cast(pl.String) + " – " + hi.round(1).cast(pl.String)))
 
 
 def by_concurrency(summary: pl.DataFrame, metric: str, title: str, y_title: str,
                    row: str | None = None) -> alt.FacetChart:
     """One line per runtime config x quant (colour: runtime, dash: quant), one panel per model
-    (and per value of `row` when given), against concurrency."""
-    df = summary.to_pandas()
+    (and per value of `row` when given), against concurrency; each point's 95% interval as
+    a bar (none for a cell with one trial)."""
+    df = summary.with_columns(interval=_interval_text(summary, metric)).to_pandas()
     levels = sorted(df["concurrency"].unique().tolist())
     base = alt.Chart(df).encode(
-        x=_concurrency_axis(levels), y=alt.Y(f"{metric}:Q", title=y_title),
-        color=alt.Color("runtime:N", title="runtime"),
-        tooltip=_tooltip([alt.Tooltip(f"{metric}:Q", title=y_title, format=",.1f")]))
-    layered = (base.mark_line().encode(strokeDash=alt.StrokeDash("quant:N", title="quant"))
-               + base.mark_point(filled=True, size=50).encode(detail="quant:N"))
+        x=_concurrency_axis(levels), color=alt.Color("runtime:N", title="runtime"),
+        tooltip=_tooltip(metric, y_title))
+    y = alt.Y(f"{metric}:Q", title=y_title)
+    layered = (base.mark_line().encode(y=y, strokeDash=alt.StrokeDash("quant:N", title="quant"))
+               + base.mark_rule(strokeWidth=2, opacity=0.6).encode(y=alt.Y(f"{metric}_lo:Q", title=y_title),
+                                                                   y2=f"{metric}_hi:Q", detail="quant:N")
+               + base.mark_point(filled=True, size=50).encode(y=y, detail="quant:N"))
     facet = {"column": alt.Column("model:N", title=None)}
     if row:
         facet["row"] = alt.Row(f"{row}:N", title=None)
@@ -65,11 +78,32 @@ def by_concurrency(summary: pl.DataFrame, metric: str, title: str, y_title: str,
 
 
 def ttft_long(summary: pl.DataFrame) -> pl.DataFrame:
-    """TTFT p50 and p99 as rows, for one chart with a dash per percentile."""
-    keep = [c for c in summary.columns if c not in ("ttft_p50_ms", "ttft_p99_ms")]
-    return summary.unpivot(index=keep, on=["ttft_p50_ms", "ttft_p99_ms"], variable_name="percentile",
-                           value_name="ttft_ms").with_columns(
-        pl.col("percentile").str.extract(r"(p\d+)"))
+    """TTFT p50 and p99 as rows (ttft_ms with its _lo, _hi, _sd), for one chart with a panel
+    row per percentile."""
+    parts = []
+    for p in ("p50", "p99"):
+        m = f"ttft_{p}_ms"
+        parts.append(summary.rename({m: "ttft_ms", f"{m}_lo": "ttft_ms_lo", f"{m}_hi": "ttft_ms_hi",
+                                     f"{m}_sd": "ttft_ms_sd"})
+                     .select(pl.exclude(r"^ttft_p\d+_ms.*$")).with_columns(percentile=pl.lit(p)))
+    return pl.concat(parts)
+
+
+def with_intervals(frame: pl.DataFrame, metrics: list[str], digits: int = 1) -> pl.DataFrame:
+    """Each metric as one text column, "12.3 [11.8–12.9]" (or "12.3 (1 trial)"), for tables."""
+    def text(m: str) -> pl.Expr:
+        r = lambda c: pl.col(c).round(digits).cast(pl.String)  # noqa: E731
+        return (pl.when(pl.col(f"{m}_lo").is_null()).then(r(m) + " (1 trial)")
+                .otherwise(r(m) + " [" + r(f"{m}_lo") + "–" + r(f"{m}_hi") + "]")).alias(m)
+    return frame.with_columns(text(m) for m in metrics)
+
+
+def table(frame: pl.DataFrame, digits: int = 1):
+    """A frame as an HTML table for a page: numbers rounded, no pandas index column."""
+    from IPython.display import HTML
+
+    df = frame.with_columns(pl.col(pl.Float64, pl.Float32).round(digits)).to_pandas()
+    return HTML(df.to_html(index=False, na_rep="", border=0, classes="gaplab-table"))
 
 
 def scaling_bars(table: pl.DataFrame) -> alt.Chart:
@@ -104,16 +138,19 @@ def timeline(frame: pl.DataFrame, title: str) -> alt.FacetChart:
 
 
 def cold_start_bars(table: pl.DataFrame) -> alt.Chart:
-    """Seconds from process start to healthy and to the first token, ours beside published."""
+    """Seconds from process start to healthy and to the first token, ours beside published; a
+    log axis, since llama.cpp's seconds and vLLM's minutes must both be readable."""
     df = table.to_pandas()
+    bars = df["label"].nunique() * max(1, df["phase"].nunique())
     return alt.Chart(df).mark_bar().encode(
-        x=alt.X("seconds:Q", title="seconds from process start"),
+        x=alt.X("seconds:Q", title="seconds from process start (log scale)", scale=alt.Scale(type="log")),
         y=alt.Y("label:N", sort="-x", title=None, axis=alt.Axis(labelLimit=420)),
-        color=alt.Color("phase:N", title=None),
+        color=alt.Color("phase:N", title=None, legend=alt.Legend(orient="bottom")),
         yOffset="phase:N",
         tooltip=[alt.Tooltip("who:N"), alt.Tooltip("label:N", title="server"), alt.Tooltip("phase:N"),
                  alt.Tooltip("seconds:Q", format=",.1f"), alt.Tooltip("source:N")],
-    ).properties(width=420, title="Cold start: until the server answers, and until its first token")
+    ).properties(width=420, height=min(14 * bars, 600),
+                 title="Cold start: until the server answers, and until its first token")
 
 
 # ---------------------------------------------------------------- quality (quality.py, notebooks/30-quality)
