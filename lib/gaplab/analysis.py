@@ -106,12 +106,27 @@ def trial_summary(requests: pl.DataFrame) -> pl.DataFrame:
     ).sort(["model", "runtime", "quant", "concurrency", "trial"]))
 
 
+def trial_pools(trials: pl.DataFrame, metrics: list[str] = METRICS) -> dict:
+    """(machine_id, runtime, metric) -> the trial-to-trial spread pooled over that runtime's cells
+    on that machine (stats.pool), for the intervals."""
+    from gaplab import stats
+
+    out = {}
+    for (machine, runtime), g in trials.group_by("machine_id", "runtime"):
+        cells = g.group_by("cell_key")
+        for m in metrics:
+            if m in g.columns:
+                out[(machine, runtime, m)] = stats.pool([c[m].to_list() for _, c in cells])
+    return out
+
+
 def estimates(trials: pl.DataFrame, precision: float | None = None) -> pl.DataFrame:
     """One row per cell: each metric's mean over trials (m), its 95% interval (m_lo, m_hi) and
     the sd across trials (m_sd), with trial, request and error counts (methodology page).
     precision: the target half-width of aggregate tok/s; precision_met says whether it was reached."""
     from gaplab import stats
 
+    pools = trial_pools(trials)
     rows = []
     for key, g in trials.group_by(CELL, maintain_order=True):
         row = dict(zip(CELL, key))
@@ -124,10 +139,11 @@ def estimates(trials: pl.DataFrame, precision: float | None = None) -> pl.DataFr
                 kinds[error_kind(msg)] = kinds.get(error_kind(msg), 0) + 1
         row["error_kinds"] = ", ".join(f"{k}×{n}" for k, n in sorted(kinds.items()))
         for m in METRICS:
-            iv = stats.mean_interval(g[m].to_list())
+            iv = stats.mean_interval(g[m].to_list(), pools.get((row["machine_id"], row["runtime"], m)))
             row.update({m: iv.estimate if iv else None, f"{m}_lo": iv.lo if iv else None,
                         f"{m}_hi": iv.hi if iv else None, f"{m}_sd": iv.sd if iv else None})
-        agg = stats.mean_interval(g["aggregate_tok_s"].to_list())
+        agg = stats.mean_interval(g["aggregate_tok_s"].to_list(),
+                                  pools.get((row["machine_id"], row["runtime"], "aggregate_tok_s")))
         row["halfwidth_pct"] = agg.halfwidth * 100 if agg and agg.halfwidth is not None else None
         row["precision_met"] = (precision is not None and row["halfwidth_pct"] is not None
                                 and row["halfwidth_pct"] <= precision * 100)

@@ -11,7 +11,8 @@ One row per claim (columns in order):
 - a, b         the subjects, "runtime · quant"; across_kinds: a and b are different kinds of
                server (vLLM against llama.cpp, say), not two configurations of one
 - value_a, value_b   the estimates (mean over trials)
-- ratio, ratio_lo, ratio_hi   a / b and its 95% interval (stats.ratio_interval)
+- ratio, ratio_lo, ratio_hi   a / b and its 95% interval (stats.ratio_interval, with each
+               runtime's pooled trial-to-trial spread)
 - trials_a, trials_b
 - verdict      "A better" | "B better" | "no measurable difference" (the interval holds 1) |
                "no interval" (a side has one trial); better means higher tok/s, lower latency
@@ -52,8 +53,9 @@ def _ratio_text(r: dict) -> str:
 
 
 def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
-         va: list, vb: list, across: bool = False) -> dict:
-    ia, ib, ratio = stats.mean_interval(va), stats.mean_interval(vb), stats.ratio_interval(va, vb)
+         va: list, vb: list, across: bool = False, pools: dict | None = None) -> dict:
+    pa, pb = ((pools or {}).get((x.split(" · ")[0], metric)) for x in (a, b))
+    ia, ib, ratio = stats.mean_interval(va, pa), stats.mean_interval(vb, pb), stats.ratio_interval(va, vb, pa, pb)
     verdict = stats.verdict(ratio, HIGHER_IS_BETTER[metric])
     row = {"claim_id": f"{kind}|{model}|{workload}|{metric}|{a}|{b}|{users}", "kind": kind, "model": model,
            "workload": workload, "metric": metric, "users": users, "users_b": users_b, "a": a, "b": b, "across_kinds": across,
@@ -82,6 +84,9 @@ def claims_table(trials: pl.DataFrame) -> pl.DataFrame:
         for m in COMPARED:
             values.setdefault(key, {}).setdefault(m, []).append(r[m])
     kinds = dict(zip(trials["runtime"], trials["runtime_kind"]))
+    per_cell = trials.with_columns(cell=pl.concat_str("model", "workload", "runtime", "quant", "concurrency"))
+    pools = {(rt, m): stats.pool([c[m].to_list() for _, c in g.group_by("cell")])
+             for (rt,), g in per_cell.group_by("runtime") for m in COMPARED}
     rows = []
     for (model, workload), group in itertools.groupby(sorted(values), key=lambda k: k[:2]):
         group = list(group)
@@ -98,14 +103,16 @@ def claims_table(trials: pl.DataFrame) -> pl.DataFrame:
                     ka, kb = (model, workload, a, users), (model, workload, b, users)
                     if ka in values and kb in values:
                         pair.append(_row("faster", model, workload, metric, a, b, users, users,
-                                         values[ka][metric], values[kb][metric], kinds.get(ra) != kinds.get(rb)))
+                                         values[ka][metric], values[kb][metric], kinds.get(ra) != kinds.get(rb),
+                                         pools))
                 rows += pair + _derived(pair)
             for c in configs:
                 have = [u for u in levels if (model, workload, c, u) in values]
                 if len(have) >= 2:
                     lo, hi = have[0], have[-1]
                     rows.append(_row("scales", model, workload, metric, c, c, hi, lo,
-                                     values[(model, workload, c, hi)][metric], values[(model, workload, c, lo)][metric]))
+                                     values[(model, workload, c, hi)][metric], values[(model, workload, c, lo)][metric],
+                                     pools=pools))
     return pl.DataFrame(rows, schema_overrides={"ratio_lo": pl.Float64, "ratio_hi": pl.Float64},
                         infer_schema_length=None).select(COLUMNS)
 

@@ -71,14 +71,17 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
           data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files go")):
     """Measure every cell of SCENARIO that still needs trials on this machine."""
     from gaplab.scenario import load_scenario
-    from gaplab.sweep import Interrupted, cell_trials
+    from gaplab.sweep import Interrupted, cell_trials, pools
     from gaplab.sweep import sweep as run_sweep
 
     sc = _guard(load_scenario, scenario)
     if list_cells:
-        for ct in cell_trials(sc.cells(), data_dir).values():
-            half = ct.halfwidth_pct()
-            typer.echo(f"{ct.cell.cell_id}  {ct.state(sc.load)}: {len(ct.values)} trials"
+        cells = cell_trials(sc.cells(), data_dir)
+        pooled = pools(cells)
+        for ct in cells.values():
+            p = pooled[ct.cell.runtime.name]
+            half = ct.halfwidth_pct(p)
+            typer.echo(f"{ct.cell.cell_id}  {ct.state(sc.load, p)}: {len(ct.values)} trials"
                        + (f", ±{half:.1f}%" if half is not None else ""))
         return
     try:

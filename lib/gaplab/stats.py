@@ -4,10 +4,16 @@ A trial (one stored run of a cell) is the unit that repeats: machine drift and t
 server's state change between trials, not between the requests of one trial, so every
 interval is taken over trial-level values.
 - estimate: the mean of the trials' values; stability: their standard deviation (±);
-- 95% interval of the estimate: Student's t over the trials (scipy.stats.t), which is
-  wide for few trials, as it should be;
+- spread: trial-to-trial variation is mostly the machine's, shared by every cell one
+  server measures, so it is estimated twice: from the cell's own trials, and pooled over
+  all cells of the same runtime on the same machine (the pooled standard deviation of
+  log values, with the summed degrees of freedom). An interval uses the larger of the
+  two spreads, with the pooled degrees of freedom: a cell looking calmer than its
+  runtime gets no narrower interval than the runtime's, and a noisier one keeps its own;
+- 95% interval of the estimate: Student's t (scipy.stats.t) with that spread; with no
+  pool it is the cell's own t interval, wide for few trials, as it should be;
 - ratio of two cells: the ratio of their geometric means, with a Welch t interval on
-  the difference of the log values (unequal variances and trial counts), exponentiated.
+  the difference of the log values, each side's spread chosen as above, exponentiated.
 With one trial there is no interval: the figure is shown as "1 trial, no interval".
 """
 
@@ -43,8 +49,39 @@ def _clean(values) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def mean_interval(values) -> Interval | None:
-    """Mean of trial values with its 95% t interval and the standard deviation across trials."""
+@dataclass(frozen=True)
+class Pool:
+    """Trial-to-trial spread pooled over cells: sd of log values and its degrees of freedom."""
+
+    log_sd: float
+    df: int
+
+
+def _logs(values) -> np.ndarray:
+    x = _clean(values)
+    return np.log(x[x > 0])
+
+
+def pool(groups) -> Pool | None:
+    """The pooled sd of log values over groups (each a cell's trial values) with 2+ trials."""
+    logs = [g for g in (_logs(v) for v in groups) if g.size >= 2]
+    df = sum(g.size - 1 for g in logs)
+    if not df:
+        return None
+    return Pool(math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in logs) / df), df)
+
+
+def _spread(logs: np.ndarray, pooled: Pool | None) -> tuple[float, float]:
+    """(sd of log values, degrees of freedom) for one cell: its own, or the pool's when larger."""
+    own = float(logs.std(ddof=1))
+    if pooled is None:
+        return own, logs.size - 1
+    return max(own, pooled.log_sd), pooled.df
+
+
+def mean_interval(values, pooled: Pool | None = None) -> Interval | None:
+    """Mean of trial values with its 95% t interval and the standard deviation across trials
+    (the spread and degrees of freedom of the interval as the module docstring says)."""
     x = _clean(values)
     if x.size == 0:
         return None
@@ -52,23 +89,29 @@ def mean_interval(values) -> Interval | None:
     if x.size < 2:
         return Interval(m, None, None, None, 1)
     sd = float(x.std(ddof=1))
-    half = float(st.t.ppf(0.5 + LEVEL / 2, x.size - 1)) * sd / math.sqrt(x.size)
+    logs = _logs(x)
+    if pooled is None or logs.size < x.size:
+        rel, df = sd / abs(m) if m else 0.0, x.size - 1
+    else:
+        rel, df = _spread(logs, pooled)
+    half = float(st.t.ppf(0.5 + LEVEL / 2, df)) * rel * abs(m) / math.sqrt(x.size)
     return Interval(m, m - half, m + half, sd, int(x.size))
 
 
-def ratio_interval(a, b) -> Interval | None:
+def ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None) -> Interval | None:
     """Ratio of a's values to b's (geometric means), with a Welch 95% interval on the log scale."""
-    la, lb = np.log(_clean(a)[_clean(a) > 0]), np.log(_clean(b)[_clean(b) > 0])
+    la, lb = _logs(a), _logs(b)
     if la.size == 0 or lb.size == 0:
         return None
     diff = float(la.mean() - lb.mean())
     if la.size < 2 or lb.size < 2:
         return Interval(math.exp(diff), None, None, None, min(la.size, lb.size))
-    va, vb = la.var(ddof=1) / la.size, lb.var(ddof=1) / lb.size
+    (sa, dfa), (sb, dfb) = _spread(la, pool_a), _spread(lb, pool_b)
+    va, vb = sa ** 2 / la.size, sb ** 2 / lb.size
     se = math.sqrt(va + vb)
     if se == 0:
         return Interval(math.exp(diff), math.exp(diff), math.exp(diff), 0.0, min(la.size, lb.size))
-    df = (va + vb) ** 2 / (va ** 2 / (la.size - 1) + vb ** 2 / (lb.size - 1))
+    df = (va + vb) ** 2 / (va ** 2 / dfa + vb ** 2 / dfb)
     half = float(st.t.ppf(0.5 + LEVEL / 2, df)) * se
     return Interval(math.exp(diff), math.exp(diff - half), math.exp(diff + half), se, min(la.size, lb.size))
 

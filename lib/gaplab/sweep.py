@@ -4,8 +4,8 @@ Each round runs one trial of every cell that still needs one: servers in a seede
 order, and within a server the cells (concurrency levels) in a seeded random order, so a
 slow drift of the machine spreads over all cells instead of masquerading as a difference
 between them. A cell needs trials until it has `load.trials` and the 95% interval of its
-aggregate tok/s is within `load.precision`, or it reaches `load.max_trials` or
-`load.max_cell_seconds` (then it is flagged as capped). Each trial is one papermill run of
+aggregate tok/s (as the report computes it, stats.py) is within `load.precision`, or it
+reaches `load.max_trials` or `load.max_cell_seconds` (then it is flagged as capped). Each trial is one papermill run of
 notebooks/10-measure.ipynb, stored as its own run.
 
 What counts as already measured is read from the store: the trials of this machine's
@@ -55,14 +55,15 @@ class CellTrials:
     next_trial: int = 1
     failed: bool = False
 
-    def state(self, load: LoadSpec) -> str:
-        """'needs trials', 'precise' (interval within the target), 'done' (precision 0) or 'capped'."""
+    def state(self, load: LoadSpec, pooled: stats.Pool | None = None) -> str:
+        """'needs trials', 'precise' (interval within the target), 'done' (precision 0) or 'capped'.
+        pooled: the spread pooled over the runtime's cells, as the report computes intervals."""
         n = len(self.values)
         if self.failed:
             return "failed"
         if n < load.trials:
             return "needs trials"
-        half = stats.mean_interval(self.values).halfwidth if n > 1 else None
+        half = stats.mean_interval(self.values, pooled).halfwidth if n > 1 else None
         if load.precision == 0:
             return "done"
         if half is not None and half <= load.precision:
@@ -71,9 +72,23 @@ class CellTrials:
             return "capped"
         return "needs trials"
 
-    def halfwidth_pct(self) -> float | None:
-        iv = stats.mean_interval(self.values)
+    def halfwidth_pct(self, pooled: stats.Pool | None = None) -> float | None:
+        iv = stats.mean_interval(self.values, pooled)
         return iv.halfwidth * 100 if iv and iv.halfwidth is not None else None
+
+
+def pools(cells: dict[str, CellTrials]) -> dict[str, stats.Pool | None]:
+    """runtime name -> the spread of aggregate tok/s pooled over its cells' trials."""
+    by_runtime: dict[str, list[list[float]]] = {}
+    for ct in cells.values():
+        by_runtime.setdefault(ct.cell.runtime.name, []).append(ct.values)
+    return {rt: stats.pool(groups) for rt, groups in by_runtime.items()}
+
+
+def pending(cells: dict[str, CellTrials], load: LoadSpec) -> list[CellTrials]:
+    """The cells that need another trial."""
+    p = pools(cells)
+    return [ct for ct in cells.values() if ct.state(load, p[ct.cell.runtime.name]) == "needs trials"]
 
 
 def trial_values(raw_dir: Path, run_ids: list[str]) -> dict[str, tuple[float, float]]:
@@ -232,7 +247,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
     cells = sc.cells()
     progress_by_key = cell_trials(cells, raw_dir, force)
     result = SweepResult(cells=len(cells))
-    todo = [ct for ct in progress_by_key.values() if ct.state(load) == "needs trials"]
+    todo = pending(progress_by_key, load)
     result.skipped = len(cells) - len(todo)
     need = sum(max(load.trials - len(ct.values), 1) for ct in todo)
     print(f"gaplab: {len(cells)} cells in {scenario}; {result.skipped} already measured on this machine "
@@ -246,7 +261,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
     try:
         with _CtrlC() as ctrl_c:
             while True:
-                todo = [ct for ct in progress_by_key.values() if ct.state(load) == "needs trials"]
+                todo = pending(progress_by_key, load)
                 if not todo:
                     break
                 result.rounds += 1
@@ -309,11 +324,12 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
         kernel.close()
         servers.close()
     bar.close()
+    final = pools(progress_by_key)
     for ct in progress_by_key.values():
-        half = ct.halfwidth_pct()
+        half = ct.halfwidth_pct(final[ct.cell.runtime.name])
         if half is not None:
             result.halfwidths_pct.append(half)
-        if ct.state(load) == "capped":
+        if ct.state(load, final[ct.cell.runtime.name]) == "capped":
             result.capped.append(ct.cell.cell_id)
     result.seconds = time.monotonic() - t0
     return result

@@ -37,3 +37,24 @@ def test_ratio_interval_is_welch_on_logs():
 ])
 def test_verdict_needs_the_interval_to_exclude_parity(a, b, higher, verdict):
     assert stats.verdict(stats.ratio_interval(a, b), higher) == verdict
+
+
+def test_pool_is_the_pooled_sd_of_log_values_with_summed_degrees_of_freedom():
+    groups = [[10.0, 11.0, 12.0], [20.0, 22.0], [5.0]]  # a one-trial cell adds nothing
+    p = stats.pool(groups)
+    ss = sum(sum((math.log(v) - sum(map(math.log, g)) / len(g)) ** 2 for v in g) for g in groups[:2])
+    assert p.df == 3 and p.log_sd == pytest.approx(math.sqrt(ss / 3))
+    assert stats.pool([[1.0], [2.0]]) is None
+
+
+def test_a_calm_cell_takes_its_runtimes_spread_and_a_noisy_one_keeps_its_own():
+    pooled = stats.Pool(log_sd=0.05, df=40)
+    calm = stats.mean_interval([100.0, 100.5, 99.5], pooled)
+    half = st.t.ppf(0.975, 40) * 0.05 * 100 / math.sqrt(3)
+    assert calm.hi - calm.estimate == pytest.approx(half)
+    noisy_values = [80.0, 100.0, 120.0]
+    noisy = stats.mean_interval(noisy_values, pooled)
+    own_log_sd = st.tstd([math.log(v) for v in noisy_values])
+    assert noisy.hi - noisy.estimate == pytest.approx(st.t.ppf(0.975, 40) * own_log_sd * 100 / math.sqrt(3))
+    # the pool's degrees of freedom make the interval narrower than three trials alone would
+    assert noisy.hi - noisy.lo < stats.mean_interval(noisy_values).hi - stats.mean_interval(noisy_values).lo

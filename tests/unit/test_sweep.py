@@ -8,10 +8,10 @@ SCENARIO = {"name": "t", "runtimes": [{"name": "a", "kind": "llamacpp"}],
             "workloads": [{"name": "w", "prompt_tokens": 8, "output_tokens": 8}], "load": {"concurrency": [1]}}
 
 
-def state(values, measured_s=10.0, **load) -> str:
+def state(values, measured_s=10.0, pooled=None, **load) -> str:
     cell = parse_scenario(SCENARIO).cells()[0]
     spec = LoadSpec(concurrency=[1], **{"trials": 3, "max_trials": 5, "precision": 0.05, **load})
-    return CellTrials(cell, "s", list(values), measured_s).state(spec)
+    return CellTrials(cell, "s", list(values), measured_s).state(spec, pooled)
 
 
 @pytest.mark.parametrize("values, load, expected", [
@@ -24,3 +24,11 @@ def state(values, measured_s=10.0, **load) -> str:
 ])
 def test_a_cell_needs_trials_until_precise_or_capped(values, load, expected):
     assert state(values, **load) == expected
+
+
+def test_a_pooled_spread_lets_a_calm_cell_settle_and_holds_a_noisy_one():
+    from gaplab.stats import Pool
+
+    assert state([100, 103, 97], pooled=None) == "needs trials"  # +-7.5% from 3 trials alone
+    assert state([100, 103, 97], pooled=Pool(0.02, 60)) == "precise"
+    assert state([100, 103, 97], pooled=Pool(0.08, 60)) == "needs trials"
