@@ -61,7 +61,8 @@ def _execute(notebook: Path, data_dir: Path, work: Path) -> Path:
     target = work / notebook
     target.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(ROOT / notebook), str(target), parameters={"data_dir": str(data_dir)},
-                        cwd=str(ROOT), progress_bar=False)
+                        cwd=str(ROOT), progress_bar=False,
+                        extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # no loopback-TCP notice
     return target
 
 
