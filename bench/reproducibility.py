@@ -8,6 +8,9 @@ Prints, for the cells both hold (same cell key):
 - the share of the claims that A states (an interval that excludes parity) which B states
   the same way; a claim that B finds "no measurable difference", or that B lacks, counts
   as a disagreement; the same from B's side; and the disagreements themselves;
+- the median ratio B / A per metric, and the overlap once B is divided by it: a machine that
+  ran uniformly slower during one sweep (shared hosts do) moves every cell the same way,
+  which no interval from one sweep can foresee, while the comparisons within a sweep hold;
 - each folder's distribution of interval half-widths on aggregate tok/s.
 """
 
@@ -50,6 +53,15 @@ def agreement(a: pl.DataFrame, b: pl.DataFrame) -> tuple[int, int, list[str]]:
     return same, said.height, lines
 
 
+def overlap_share(rows: pl.DataFrame, m: str, scale: float) -> str:
+    """How many cells' A interval overlaps B's interval divided by scale."""
+    if rows.is_empty():
+        return "no intervals"
+    hit = rows.filter((pl.col(f"{m}_lo") <= pl.col(f"{m}_hi_b") / scale)
+                      & (pl.col(f"{m}_lo_b") / scale <= pl.col(f"{m}_hi"))).height
+    return f"{hit}/{rows.height} = {hit / rows.height:.1%}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("a", type=Path)
@@ -59,16 +71,16 @@ def main() -> None:
     (ea, ca), (eb, cb) = load(args.a, args.machine), load(args.b, args.machine)
     both = ea.join(eb, on="cell_key", suffix="_b")
     print(f"cells: {ea.height} in A, {eb.height} in B, {both.height} in both")
-    print("metric              |B-A|/A: median    p90    max    intervals overlap")
+    print("metric              |B-A|/A: median    p90    max    intervals overlap   B/A median   overlap / that")
     for m in analysis.METRICS:
         rows = both.drop_nulls([m, f"{m}_b"])
         if rows.is_empty():
             continue
         diff = [abs(x - y) / x * 100 for x, y in zip(rows[m], rows[f"{m}_b"]) if x]
         has = rows.drop_nulls([f"{m}_lo", f"{m}_lo_b"])
-        overlap = has.filter((pl.col(f"{m}_lo") <= pl.col(f"{m}_hi_b")) & (pl.col(f"{m}_lo_b") <= pl.col(f"{m}_hi")))
-        share = f"{overlap.height}/{has.height} = {overlap.height / has.height:.1%}" if has.height else "no intervals"
-        print(f"{m:20s} {pct(diff, 0.5):12.1f}% {pct(diff, 0.9):6.1f}% {max(diff):6.1f}%    {share}")
+        shift = pct([y / x for x, y in zip(rows[m], rows[f"{m}_b"]) if x], 0.5)
+        print(f"{m:20s} {pct(diff, 0.5):12.1f}% {pct(diff, 0.9):6.1f}% {max(diff):6.1f}%    "
+              f"{overlap_share(has, m, 1.0):18s} {shift:9.3f}   {overlap_share(has, m, shift)}")
     for name, x, y in (("A", ca, cb), ("B", cb, ca)):
         same, n, lines = agreement(x, y)
         other = "B" if name == "A" else "A"
