@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import sse_server  # noqa: E402
-from gaplab.runtimes.llamacpp import stop_process  # noqa: E402
 
 LEVELS = (1, 16, 64, 256)
 
@@ -82,7 +81,7 @@ def main() -> None:
                           f"{statistics.median(token_leg):>14.2f} ms {sse_server.p99(token_leg):>5.2f} ms "
                           f"{cpu / chunks * 1e6:>13.1f} us", flush=True)
     finally:
-        stop_process(proc)
+        proc.stop()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import sse_server  # noqa: E402
 from gaplab.client import RequestRecord, StreamClient  # noqa: E402
-from gaplab.runtimes.llamacpp import stop_process  # noqa: E402
 
 
 # Each reader: setup(url) -> (state, close), built outside the timing; run(state, streams) -> chunks read.
@@ -124,7 +123,7 @@ def main() -> None:
                 for name, rate in rates.items():
                     print(f"{streams:>7} {name:>14} {rate:>10,.0f} {rate / rates['line-iterator']:>16.2f}x")
     finally:
-        stop_process(server)
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import pytest
 
 import sse_server
 from sse_server import measure, p99, pinned, ttft_errors
-from gaplab.runtimes.llamacpp import stop_process
 
 TTFT_MS, ITL_MS, TOKENS = 200, 20, 50
 # Bounds, in ms. The defects they must catch are systematic: counting the role-only chunk
@@ -34,7 +33,7 @@ MEDIAN_MS, P99_MS, GAP_MS = 25, 100, 2
 def delayed_server():
     proc, url = sse_server.start(TTFT_MS / 1000, ITL_MS / 1000, TOKENS)
     yield proc, url
-    stop_process(proc)
+    proc.stop()
 
 
 @pytest.mark.slow

@@ -85,17 +85,17 @@ async def main(port: int, ttft: float, itl: float, tokens: int) -> None:
 
 def start(ttft_s: float, itl_s: float, tokens: int, cpu: int | None = 1, log: bool = True):
     """This server in a process of its own, pinned to core `cpu` when there are several
-    (the client then takes another one, see pinned). Returns (process, base URL)."""
-    from gaplab.runtimes.llamacpp import free_port
+    (the client then takes another one, see pinned). Returns (ServerProcess, base URL)."""
+    from gaplab.runtimes.process import free_port, start
 
     port = free_port()
     args = [sys.executable, __file__, str(port), str(ttft_s), str(itl_s), str(tokens)]
     if cpu is not None and (os.cpu_count() or 1) > 1:
         args.append(str(cpu))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "SSE_SERVER_LOG": "1" if log else "0"})
-    assert proc.stdout.readline().strip() == "ready"
-    return proc, f"http://127.0.0.1:{port}/v1"
+    server = start(args, stdout=subprocess.PIPE, text=True,
+                   env={**os.environ, "SSE_SERVER_LOG": "1" if log else "0"})
+    assert server.proc.stdout.readline().strip() == "ready"
+    return server, f"http://127.0.0.1:{port}/v1"
 
 
 @contextlib.contextmanager
@@ -112,7 +112,7 @@ def pinned(cpu: int = 0):
             os.sched_setaffinity(0, before)
 
 
-async def measure(proc, url: str, streams: int, rounds: int, tokens: int):
+async def measure(server, url: str, streams: int, rounds: int, tokens: int):
     """`rounds` rounds of `streams` concurrent requests through StreamClient. Returns
     ({id: RequestRecord}, {id: (arrived_ns, first_token_sent_ns)} from the server's log,
     client CPU seconds spent in the rounds). The log is read after each round, so the
@@ -130,7 +130,7 @@ async def measure(proc, url: str, streams: int, rounds: int, tokens: int):
             cpu += time.process_time() - t0
             recs.update(batch)
             for _ in batch:
-                line = json.loads(proc.stdout.readline())
+                line = json.loads(server.proc.stdout.readline())
                 truth[line["id"]] = (line["arrived_ns"], line["first_token_sent_ns"])
     return recs, truth, cpu
 

@@ -1,42 +1,22 @@
 """llama.cpp's llama-server, started by gaplab on a free loopback port.
 
-The server is always stopped: on return, on errors, on Ctrl-C, and (through
-PR_SET_PDEATHSIG) when the process that started it dies. A llama-server busy
-generating was seen to ignore SIGTERM for 15 s, so SIGKILL follows a short grace.
+The server is always stopped: on return, on errors, on Ctrl-C, and when the process that
+started it dies (see process.py).
 """
 
 from __future__ import annotations
 
-import ctypes
 import shlex
-import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from gaplab import local
 from gaplab.config import BUILD_DIR
-from gaplab.runtimes import Server
-
-STOP_GRACE_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+from gaplab.runtimes import Server, process
+from gaplab.runtimes.process import free_port, wait_healthy
 
 
 def server_command(runtime, model_file: Path, port: int) -> list[str]:
@@ -46,34 +26,6 @@ def server_command(runtime, model_file: Path, port: int) -> list[str]:
     if runtime.kv_unified:
         cmd.append("-kvu")  # slots share the whole context instead of ctx_size / parallel each
     return cmd + list(runtime.extra_args)
-
-
-def stop_process(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def wait_healthy(base: str, proc: subprocess.Popen, timeout: float, log: Path) -> int:
-    """Poll /health until it answers 200; returns perf_counter_ns at that moment."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"{Path(proc.args[0]).name} exited with code {proc.returncode}: {' | '.join(tail)}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return time.perf_counter_ns()
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{Path(proc.args[0]).name} did not become healthy within {timeout:.0f} s; see {log}")
 
 
 @contextmanager
@@ -89,8 +41,7 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
     base = f"http://127.0.0.1:{port}"
     with open(log, "wb") as logf:
         started = time.perf_counter_ns()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=die_with_parent)
+        proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT)
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=local.llama_version(),
@@ -99,4 +50,4 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
                          pid=proc.pid, started_ns=started, healthy_ns=healthy, metrics_url=base + "/metrics",
                          slots_url=base + "/slots")
         finally:
-            stop_process(proc)
+            proc.stop()

