@@ -11,7 +11,8 @@ Prints, for the cells both hold (same cell key):
 - the median ratio B / A per metric, and the overlap once B is divided by it: a machine that
   ran uniformly slower during one sweep (shared hosts do) moves every cell the same way,
   which no interval from one sweep can foresee, while the comparisons within a sweep hold;
-- each folder's distribution of interval half-widths on aggregate tok/s.
+- each folder's distribution of interval half-widths on aggregate tok/s, and the other work
+  that ran beside its trials (schema 3 runs).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import analysis, claims  # noqa: E402
+from gaplab import analysis, claims, store  # noqa: E402
 
 
 def load(folder: Path, machine: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -33,6 +34,17 @@ def load(folder: Path, machine: str | None) -> tuple[pl.DataFrame, pl.DataFrame]
         sys.exit(f"reproducibility: {folder} holds no measured requests")
     trials = analysis.trial_summary(req)
     return analysis.estimates(trials), claims.claims_table(trials)
+
+
+def background(folder: Path, machine: str | None) -> str:
+    runs = store.read_table(folder, "run")
+    if machine:
+        runs = runs.filter(pl.col("machine_id") == machine)
+    other = sorted(runs["other_cores"].drop_nulls().to_list())
+    if not other:
+        return "other work beside the trials not recorded (runs before schema 3)"
+    return (f"other work beside the trials: median {other[len(other) // 2]:.2f} cores, max {other[-1]:.2f}; "
+            f"steal median {runs['steal_cores'].drop_nulls().median():.2f} cores")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -94,6 +106,8 @@ def main() -> None:
             print(f"{name}: half-width of the 95% interval on aggregate tok/s over {len(h)} cells: median "
                   f"{pct(h, 0.5):.1f}%, p90 {pct(h, 0.9):.1f}%, max {max(h):.1f}%; "
                   f"{sum(x <= 5 for x in h)} cells within 5%; trials per cell {e['trials'].min()} to {e['trials'].max()}")
+    for name, folder in (("A", args.a), ("B", args.b)):
+        print(f"{name}: {background(folder, args.machine)}")
 
 
 if __name__ == "__main__":

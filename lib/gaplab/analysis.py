@@ -203,6 +203,11 @@ def setup_story(raw_dir: Path, machine_id: str, summary: pl.DataFrame) -> str:
             f"requests, {int(summary['errors'].sum())} errors. Runtime: {versions}.")
     if int(trials.max()) == 1:
         text += " Each cell was measured once: 1 trial, no interval."
+    background = runs["other_cores"].drop_nulls().to_list()  # speed trials only: quality runs have none
+    if background:
+        from gaplab.prose import background_story
+
+        text += " " + background_story(background)
     if derived:
         text += (f" The {', '.join(derived)} files were made on this machine with llama-quantize from the "
                  f"4-bit files that ship on PyPI, so they cannot be more faithful than those 4-bit files; "

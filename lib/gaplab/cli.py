@@ -97,6 +97,10 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
         typer.echo(f"gaplab: 95% interval half-width of aggregate tok/s over {len(halves)} cells: median "
                    f"{q(0.5):.1f}%, p90 {q(0.9):.1f}%, max {halves[-1]:.1f}%; {len(result.capped)} capped "
                    f"before reaching {sc.load.precision:.0%}")
+    if result.other_cores:
+        from gaplab.prose import background_story
+
+        typer.echo(f"gaplab: {background_story(result.other_cores)}")
     _done(f"gaplab: sweep done in {result.seconds:.0f} s: {result.trials} trials in {result.rounds} rounds, "
           f"{result.skipped} cells reused, {len(result.failed)} failed", result.failed)
 

@@ -19,4 +19,4 @@ SITE_DIR = ROOT / "_site"
 # Build and model caches live outside the clone so a fresh clone reuses them.
 CACHE_DIR = Path(os.environ.get("GAPLAB_CACHE", Path.home() / ".cache" / "gaplab"))
 
-SCHEMA_VERSION = 2  # 2: machine_id, series_id, trial on every row; measured_s per run
+SCHEMA_VERSION = 3  # 2: machine_id, series_id, trial on every row; measured_s per run. 3: other_cores, steal_cores

@@ -24,7 +24,7 @@ from gaplab.hardware import hardware, machine_id
 from gaplab.load import closed_loop, run_sync
 from gaplab.runtimes import Server, ollama, open_server
 from gaplab.scenario import Cell, ScenarioError, load_scenario
-from gaplab.telemetry import Sampler
+from gaplab.telemetry import Sampler, background
 from gaplab.workload import make_prompt
 
 PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
@@ -135,8 +135,10 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
         meta = run_meta(cell, srv, started, status, error)
         if placement:
             meta["ollama_placement"] = placement
+        rows = sampler.stop() if sampler else None
+        meta.update(background(rows or []))
         store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta, records,
-                        telemetry=sampler.stop() if sampler else None)
+                        telemetry=rows)
     measured = [r for r in records if not r.warmup]
     return {"cell_id": cell.cell_id, "run_id": run_id, "trial": trial, "status": status,
             "requests": len(measured), "errors": sum(r.error is not None for r in measured)}

@@ -108,3 +108,20 @@ def precision_story(estimates: pl.DataFrame, precision: float | None) -> str:
     else:
         text += " No request failed."
     return text
+
+
+def background_story(other_cores: list[float]) -> str:
+    """One sentence on the other work that ran beside the trials (telemetry.background)."""
+    from gaplab.telemetry import CONTENDED_CORES
+
+    v = sorted(other_cores)
+    if not v:
+        return ""
+    text = (f"Other processes kept a median {v[len(v) // 2]:.2f} cores busy beside the {len(v)} trials "
+            f"(max {v[-1]:.2f})")
+    busy = sum(x > CONTENDED_CORES for x in v)
+    if not busy:
+        return text + ": the machine was otherwise quiet."
+    return (text + f"; {busy} trial(s) shared the machine with more than {CONTENDED_CORES} cores of other work, "
+            f"so their cells may read slower than this machine runs them: measure again on a quiet machine "
+            f"(`make report FORCE=1`).")

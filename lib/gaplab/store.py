@@ -65,6 +65,8 @@ RUNS = pa.schema(list(IDENTITY) + [
     ("model_file", pa.string()), ("model_sha256", pa.string()), ("model_note", pa.string()),
     ("launch_command", pa.string()), ("measured_s", pa.float64()),
     ("precision_target", pa.float64()),  # the scenario's load.precision when the run was measured
+    ("other_cores", pa.float64()),  # mean cores other processes kept busy during the trial
+    ("steal_cores", pa.float64()),  # mean cores the hypervisor took from this machine
     ("meta_json", pa.string()),
 ])
 
@@ -77,7 +79,8 @@ TABLES = {"run": RUNS, "requests": REQUESTS, "chunks": CHUNKS, "telemetry": TELE
 
 
 # Columns each schema version added, so a file is checked against the schema it was written with.
-ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target"}}
+ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target"},
+         3: {"other_cores", "steal_cores"}}
 
 
 def schema_for(name: str, version: int) -> pa.Schema:

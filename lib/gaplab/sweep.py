@@ -136,6 +136,8 @@ class SweepResult:
     halfwidths_pct: list[float] = field(default_factory=list)  # per cell with an interval, at the end
     capped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    run_ids: list[str] = field(default_factory=list)  # the trials this sweep ran
+    other_cores: list[float] = field(default_factory=list)  # per trial: cores other work kept busy
 
 
 class _Servers:
@@ -290,6 +292,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
                         bar.set_postfix_str(f"round {result.rounds} · {ct.cell.cell_id}")
                         try:
                             run_id = _run_trial(kernel, ct, scenario, server, raw_dir, out_dir)
+                            result.run_ids.append(run_id)
                         except pm.PapermillExecutionError as exc:
                             if ctrl_c.pressed:
                                 raise KeyboardInterrupt from None
@@ -331,5 +334,8 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
             result.halfwidths_pct.append(half)
         if ct.state(load, final[ct.cell.runtime.name]) == "capped":
             result.capped.append(ct.cell.cell_id)
+    if result.run_ids:
+        runs = store.read_table(raw_dir, "run").filter(pl.col("run_id").is_in(result.run_ids))
+        result.other_cores = runs["other_cores"].drop_nulls().to_list()
     result.seconds = time.monotonic() - t0
     return result

@@ -6,6 +6,8 @@ Every `interval` seconds a background thread records, as long-format rows
   llamacpp:* with --metrics), parsed with prometheus_client;
 - llama.cpp's /slots: how many slots are processing;
 - the server process's CPU (% of one core) and resident memory, with its children (psutil);
+- the whole machine's busy and stolen cores and the client process's CPU, so `background`
+  can tell how much other work ran beside the trial;
 - GPU utilization and memory through NVML, when a GPU and pynvml are there.
 Nothing fails when a source is missing: it simply has no rows.
 """
@@ -13,6 +15,8 @@ Nothing fails when a source is missing: it simply has no rows.
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import threading
 import time
 import urllib.error
@@ -22,6 +26,9 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 DEFAULT_INTERVAL = 0.5
+# A trial beside other work using more than this many cores (mean) is flagged as contended:
+# on a 2-core box a quarter core is well above the idle background (about 0.02 here).
+CONTENDED_CORES = 0.25
 
 
 def _get(url: str, timeout: float = 2) -> bytes | None:
@@ -81,6 +88,8 @@ class Sampler:
                 self.proc = psutil.Process(pid)
             except psutil.NoSuchProcess:
                 self.proc = None
+        self.client = psutil.Process(os.getpid())
+        self._host = psutil.cpu_times()
         self._rows: list[dict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gaplab-telemetry", daemon=True)
@@ -115,7 +124,8 @@ class Sampler:
             return []
 
     def _cpu_prime(self) -> None:
-        for p in self._procs():
+        self._host = psutil.cpu_times()
+        for p in [self.client, *self._procs()]:
             try:
                 p.cpu_percent(None)
             except psutil.NoSuchProcess:
@@ -145,7 +155,21 @@ class Sampler:
                 pass
         if procs:
             self._add(t_ns, "process", [("cpu_pct", "", cpu), ("rss_bytes", "", rss)])
+        self._add(t_ns, "host", self._host_rows())
         self._add(t_ns, "gpu", self._gpu.rows())
+
+    def _host_rows(self) -> list[tuple[str, str, float]]:
+        """Busy and stolen cores of the whole machine since the last sample, and the client's CPU."""
+        now, before = psutil.cpu_times(), self._host
+        delta = {f: getattr(now, f) - getattr(before, f) for f in now._fields}
+        wall = sum(delta[f] for f in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+                   if f in delta) / psutil.cpu_count()
+        if wall < 0.1:  # the kernel counts in 10 ms ticks: too short a window says nothing
+            return []
+        self._host = now
+        busy = sum(delta.get(f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))
+        return [("busy_cores", "", busy / wall), ("steal_cores", "", delta.get("steal", 0.0) / wall),
+                ("client_cpu_pct", "", self.client.cpu_percent(None))]
 
     def _run(self) -> None:
         next_t = time.monotonic()
@@ -154,3 +178,19 @@ class Sampler:
             next_t += self.interval
             self._stop.wait(max(0.0, next_t - time.monotonic()))
         self.sample()  # one last sample at the end of the cell
+
+
+def background(rows: list[dict]) -> dict:
+    """Mean cores that other processes kept busy during the samples (the machine's busy cores
+    minus the server's and the client's), and mean stolen cores; None where not sampled.
+    Other work beside a trial slows it: the report shows this so a contended trial is visible."""
+    by_t: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if r["source"] in ("host", "process") and r["metric"] in ("busy_cores", "steal_cores", "client_cpu_pct",
+                                                                     "cpu_pct"):
+            by_t.setdefault(r["t_ns"], {})[r["metric"]] = r["value"]
+    full = [v for v in by_t.values() if {"busy_cores", "cpu_pct", "client_cpu_pct"} <= v.keys()]
+    steal = [v["steal_cores"] for v in by_t.values() if "steal_cores" in v]
+    other = [max(0.0, v["busy_cores"] - (v["cpu_pct"] + v["client_cpu_pct"]) / 100) for v in full]
+    return {"other_cores": statistics.fmean(other) if other else None,
+            "steal_cores": statistics.fmean(steal) if steal else None}

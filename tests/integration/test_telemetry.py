@@ -1,5 +1,10 @@
 """Telemetry against a real llama-server: samples cover the whole cell, and the server's
-count of requests in flight matches the client's own within one sampling interval."""
+count of requests in flight matches the client's own within one sampling interval. Other
+work beside a trial is told apart from the server's own."""
+
+import subprocess
+import sys
+import time
 
 import polars as pl
 import pytest
@@ -7,7 +12,7 @@ from conftest import write_scenario
 
 from gaplab import analysis, store
 from gaplab.measure import run_cell
-from gaplab.telemetry import prometheus_rows
+from gaplab.telemetry import Sampler, background, prometheus_rows
 
 pytestmark = pytest.mark.slow
 INTERVAL = 0.2
@@ -35,6 +40,32 @@ def test_samples_cover_the_whole_cell(run):
     assert {"llamacpp:requests_processing", "llamacpp:requests_deferred", "cpu_pct", "rss_bytes",
             "slots_processing"} <= metrics
     assert tele.filter(pl.col("metric") == "rss_bytes")["value"].min() > 50e6  # the model is in memory
+
+
+def test_trials_store_the_other_work_beside_them(run):
+    raw, run_id = run
+    row = store.read_run(raw, run_id, "run").row(0, named=True)
+    assert row["other_cores"] is not None and row["other_cores"] >= 0
+    assert row["steal_cores"] is not None and row["steal_cores"] >= 0
+
+
+def _other_cores(server_pid: int) -> float:
+    sampler = Sampler(pid=server_pid, interval=0.25)
+    with sampler:
+        time.sleep(2)
+    return background(sampler.rows())["other_cores"]
+
+
+def test_a_busy_process_counts_as_other_work_unless_it_is_the_server():
+    """The same busy loop, first sampled as the server, then beside a sleeping 'server'.
+    Compared within the test, so other load on a shared machine cancels out."""
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen(["sleep", "30"])
+    try:
+        as_server, beside = _other_cores(loop.pid), _other_cores(idle.pid)
+    finally:
+        loop.kill(), idle.kill()
+    assert beside - as_server > 0.4, (as_server, beside)
 
 
 def test_server_in_flight_matches_the_clients_within_one_interval(run):

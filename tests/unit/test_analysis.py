@@ -123,3 +123,13 @@ def test_the_committed_runs_of_schema_1_still_render_as_one_trial_each():
     text = prose.throughput_story(rows, est) + prose.precision_story(est, 0.05)
     assert "1 trial" in text and "no verdict" in text
     assert "1 trial, no interval" in analysis.setup_story(raw, old, est)
+
+
+def test_background_story_flags_trials_beside_other_work():
+    from gaplab.prose import background_story
+
+    quiet = background_story([0.01, 0.02, 0.03])
+    assert "otherwise quiet" in quiet and "median 0.02" in quiet
+    busy = background_story([0.01, 0.02, 0.9])
+    assert "1 trial(s)" in busy and "FORCE=1" in busy and "quiet." not in busy
+    assert background_story([]) == ""
