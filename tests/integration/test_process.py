@@ -47,12 +47,18 @@ def test_the_group_dies_when_its_starter_is_killed():
          f"s = process.start({FORKING!r}, stdout=sys.stdout)\n"
          "print(s.pid, flush=True)\ntime.sleep(300)"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    lines = sorted(starter.stdout.readline().strip() for _ in range(2))  # the pid and the server's "up"
-    pgid = int(lines[0])
-    assert lines[1] == "up" and _group_alive(pgid)
-    starter.send_signal(signal.SIGKILL)
-    starter.wait()
-    assert _gone_within(pgid, 5), "the server's children outlived a SIGKILLed gaplab"
+    pgid = None
+    try:
+        lines = sorted(starter.stdout.readline().strip() for _ in range(2))  # the pid and the server's "up"
+        pgid = int(lines[0])
+        assert lines[1] == "up" and _group_alive(pgid)
+        starter.send_signal(signal.SIGKILL)
+        starter.wait()
+        assert _gone_within(pgid, 5), "the server's children outlived a SIGKILLed gaplab"
+    finally:
+        starter.kill()
+        if pgid and _group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 def test_ctrl_c_in_the_terminal_reaches_neither_server_nor_guard():
