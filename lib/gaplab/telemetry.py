@@ -88,6 +88,7 @@ class Sampler:
                 self.proc = psutil.Process(pid)
             except psutil.NoSuchProcess:
                 self.proc = None
+        self._known: dict[int, psutil.Process] = {}
         self.client = psutil.Process(os.getpid())
         self._host = psutil.cpu_times()
         self._rows: list[dict] = []
@@ -116,12 +117,15 @@ class Sampler:
         return self._rows
 
     def _procs(self) -> list:
+        """The server and its children, as the same Process objects from sample to sample:
+        cpu_percent counts from the previous call on that object, so a new object reads 0."""
         if self.proc is None:
             return []
         try:
-            return [self.proc, *self.proc.children(recursive=True)]
+            found = [self.proc, *self.proc.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+        return [self._known.setdefault(p.pid, p) for p in found]
 
     def _cpu_prime(self) -> None:
         self._host = psutil.cpu_times()

@@ -7,6 +7,7 @@ import sys
 import time
 
 import polars as pl
+import psutil
 import pytest
 from conftest import write_scenario
 
@@ -57,13 +58,16 @@ def _other_cores(server_pid: int) -> float:
 
 
 def test_a_busy_process_counts_as_other_work_unless_it_is_the_server():
-    """The same busy loop, first sampled as the server, then beside a sleeping 'server'.
-    Compared within the test, so other load on a shared machine cancels out."""
-    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """The same busy loop, first sampled as the server's child (vLLM computes in child
+    processes), then beside a sleeping 'server'. Compared within the test, so other load on
+    a shared machine cancels out."""
+    loop = subprocess.Popen(["sh", "-c", f"'{sys.executable}' -c 'while True: pass' & wait"])
     idle = subprocess.Popen(["sleep", "30"])
     try:
         as_server, beside = _other_cores(loop.pid), _other_cores(idle.pid)
     finally:
+        for p in psutil.Process(loop.pid).children():
+            p.kill()
         loop.kill(), idle.kill()
     assert beside - as_server > 0.4, (as_server, beside)
 
