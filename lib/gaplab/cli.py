@@ -92,11 +92,14 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
     LAST_SWEEP.parent.mkdir(parents=True, exist_ok=True)
     LAST_SWEEP.write_text(json.dumps({**result.__dict__, "data_dir": str(data_dir.resolve())}))
     halves = sorted(result.halfwidths_pct)
+    capped = (f"{len(result.capped)} capped before reaching {sc.load.precision:.0%}"
+              + (f" ({result.out_of_time} by load.max_sweep_seconds)" if result.out_of_time else ""))
     if halves:
         q = lambda p: halves[min(len(halves) - 1, int(p * len(halves)))]  # noqa: E731
         typer.echo(f"gaplab: 95% interval half-width of aggregate tok/s over {len(halves)} cells: median "
-                   f"{q(0.5):.1f}%, p90 {q(0.9):.1f}%, max {halves[-1]:.1f}%; {len(result.capped)} capped "
-                   f"before reaching {sc.load.precision:.0%}")
+                   f"{q(0.5):.1f}%, p90 {q(0.9):.1f}%, max {halves[-1]:.1f}%; {capped}")
+    elif result.capped:
+        typer.echo(f"gaplab: no cell has two trials yet, so no interval; {capped}")
     if result.other_cores:
         from gaplab.prose import background_story
 

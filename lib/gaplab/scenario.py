@@ -105,7 +105,8 @@ class LoadSpec(_Strict):
     A cell is measured in trials (each its own stored run). Trials of different cells are
     interleaved in rounds; a cell gets at least `trials` of them, and more, up to
     `max_trials`, until the 95% interval of its aggregate tok/s is within `precision` of the
-    estimate or its measured time reaches `max_cell_seconds`.
+    estimate or its measured time reaches `max_cell_seconds`, and only while the sweep has
+    run less than `max_sweep_seconds`.
     """
 
     concurrency: list[int] = Field(min_length=1)
@@ -118,6 +119,8 @@ class LoadSpec(_Strict):
     precision: float = Field(0.05, ge=0, lt=1, description="target 95%-interval half-width of aggregate "
                              "tok/s, as a fraction of the estimate (0: exactly `trials` trials)")
     max_cell_seconds: float = Field(90.0, gt=0, description="cap on a cell's measured time over its trials")
+    max_sweep_seconds: float | None = Field(None, gt=0, description="trials beyond `trials` start only while "
+                                            "the sweep has run less than this long (none: no limit)")
     keep_servers: bool = Field(False, description="keep every server up through all rounds (fine on a CPU box; "
                                "on a GPU, servers that each take most of its memory cannot)")
     flush_seconds: float = Field(2.0, gt=0, le=60, description="completed requests are written this often")

@@ -54,6 +54,7 @@ class CellTrials:
     measured_s: float = 0.0
     next_trial: int = 1
     failed: bool = False
+    out_of_time: bool = False  # the sweep's time budget ran out before its interval was narrow enough
 
     def state(self, load: LoadSpec, pooled: stats.Pool | None = None) -> str:
         """'needs trials', 'precise' (interval within the target), 'done' (precision 0) or 'capped'.
@@ -68,7 +69,7 @@ class CellTrials:
             return "done"
         if half is not None and half <= load.precision:
             return "precise"
-        if n >= load.max_trials or self.measured_s >= load.max_cell_seconds:
+        if n >= load.max_trials or self.measured_s >= load.max_cell_seconds or self.out_of_time:
             return "capped"
         return "needs trials"
 
@@ -138,6 +139,7 @@ class SweepResult:
     seconds: float = 0.0
     run_ids: list[str] = field(default_factory=list)  # the trials this sweep ran
     other_cores: list[float] = field(default_factory=list)  # per trial: cores other work kept busy
+    out_of_time: int = 0  # capped cells stopped by load.max_sweep_seconds
 
 
 class _Servers:
@@ -259,11 +261,21 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
     bar = tqdm(total=need, desc="sweep", unit="trial", file=sys.stdout, disable=not progress)
     servers = _Servers(load.keep_servers)
     kernel = _Kernel()
+
+    def out_of_time(ct: CellTrials) -> bool:
+        """Past load.max_sweep_seconds a cell with its minimum trials gets no more."""
+        if (load.max_sweep_seconds is None or time.monotonic() - t0 <= load.max_sweep_seconds
+                or len(ct.values) < load.trials):
+            return False
+        ct.out_of_time = True
+        bar.total -= 1
+        return True
+
     current: CellTrials | None = None
     try:
         with _CtrlC() as ctrl_c:
             while True:
-                todo = pending(progress_by_key, load)
+                todo = [ct for ct in pending(progress_by_key, load) if not out_of_time(ct)]
                 if not todo:
                     break
                 result.rounds += 1
@@ -278,6 +290,9 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
                 for key in order:
                     group = groups[key]
                     rng.shuffle(group)
+                    group = [ct for ct in group if not out_of_time(ct)]  # before its server starts
+                    if not group:
+                        continue
                     try:
                         server = servers.get(group[0].cell)
                     except RuntimeError as exc:  # the server would not start: its cells fail
@@ -334,6 +349,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
             result.halfwidths_pct.append(half)
         if ct.state(load, final[ct.cell.runtime.name]) == "capped":
             result.capped.append(ct.cell.cell_id)
+            result.out_of_time += ct.out_of_time
     if result.run_ids:
         runs = store.read_table(raw_dir, "run").filter(pl.col("run_id").is_in(result.run_ids))
         result.other_cores = runs["other_cores"].drop_nulls().to_list()

@@ -58,6 +58,20 @@ def test_second_sweep_skips_and_force_reruns(swept, gaplab_cli):
     assert listed.count("done: 2 trials") == 4 and "batch4/smollm2-135m/Q4_1/p16-o8/c2" in listed
 
 
+def test_past_its_time_budget_a_sweep_stops_at_the_minimum_trials(swept, gaplab_cli):
+    tmp, scenario = swept
+    doc = yaml.safe_load(scenario.read_text())
+    doc["load"].update(trials=1, max_trials=4, precision=0.001, max_sweep_seconds=0.001)
+    budget = tmp / "budget.yaml"
+    budget.write_text(yaml.safe_dump(doc))
+    res = subprocess.run([*gaplab_cli, "sweep", str(budget), "--data-dir", str(tmp / "budget-raw")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 trials in 1 rounds" in res.stdout, res.stdout
+    assert "4 capped before reaching 0% (4 by load.max_sweep_seconds)" in res.stdout, res.stdout
+    assert re.search(r"Other processes kept a median \d\.\d\d cores busy beside the 4 trials", res.stdout)
+
+
 def _serve(folder):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -70,6 +70,7 @@ def _error(mutate) -> str:
     (lambda d: d["load"].update(precision=1.5), "load.precision: got 1.5; input should be less than 1"),
     (lambda d: d["load"].update(precision=-0.1), "load.precision: got -0.1"),
     (lambda d: d["load"].update(max_cell_seconds=0), "load.max_cell_seconds: got 0"),
+    (lambda d: d["load"].update(max_sweep_seconds=-5), "load.max_sweep_seconds: got -5"),
     (lambda d: d["load"].update(min_seconds=10, max_seconds=5), "max_seconds: got 5.0; it must be at least min_seconds"),
     (lambda d: d["load"].update(keep_servers="sometimes"), "load.keep_servers: got 'sometimes'"),
     (lambda d: d["models"][0].update(api="chatty"), "models.0.api: got 'chatty'; input should be 'chat' or 'completions'"),
