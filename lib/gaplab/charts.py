@@ -153,7 +153,7 @@ def cold_start_bars(table: pl.DataFrame) -> alt.Chart:
                  title="Cold start: until the server answers, and until its first token")
 
 
-# ---------------------------------------------------------------- quality (quality.py, notebooks/30-quality)
+# ---------------------------------------------------------------- quality (gaplab.quality, notebooks/30-quality)
 
 
 def _quality_tooltip() -> list:

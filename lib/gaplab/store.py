@@ -257,7 +257,7 @@ def read_run(raw_dir: Path, run_id: str, name: str) -> pl.DataFrame:
     return pl.read_parquet(files[0])
 
 
-# ---------------------------------------------------------------- quality tables (quality.py)
+# ---------------------------------------------------------------- quality tables (gaplab.quality)
 # A quality run writes <run_id>.quality.parquet (one row per figure, or one row saying why
 # the run failed) and, when it asked a server questions, <run_id>.answers.parquet (one row
 # per question). Same folders and identity keys as the speed runs, so the two join.

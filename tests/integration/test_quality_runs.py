@@ -1,4 +1,4 @@
-"""quality.py against the real llama.cpp build and the SmolLM2 files (`make test` provisions
+"""gaplab.quality against the real llama.cpp build and the SmolLM2 files (`make test` provisions
 them; F16 and Q4_0 are made here with llama-quantize when missing, a few seconds each)."""
 
 import asyncio

@@ -1,4 +1,4 @@
-"""quality.py without servers: the llama-perplexity parser on recorded output, scoring,
+"""gaplab.quality without servers: the llama-perplexity parser on recorded output, scoring,
 intervals, the question set and its loader, the stored tables and the joins the page reads."""
 
 import gzip
@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gaplab import quality as q
+from gaplab.quality import evaltext
 from gaplab import store
 from gaplab.cli import app
 
@@ -105,19 +106,19 @@ def _fake_deb(path: Path, member: str, payload: bytes) -> None:
 def test_a_member_comes_out_of_a_deb_without_dpkg(tmp_path):
     deb = tmp_path / "x.deb"
     _fake_deb(deb, "./usr/share/doc/x/t.txt.gz", gzip.compress(b"hello"))
-    assert gzip.decompress(q._deb_member(deb, "./usr/share/doc/x/t.txt.gz")) == b"hello"
+    assert gzip.decompress(evaltext._deb_member(deb, "./usr/share/doc/x/t.txt.gz")) == b"hello"
     (tmp_path / "bad.deb").write_bytes(b"not an archive")
     with pytest.raises(q.SetupError, match="not a Debian package"):
-        q._deb_member(tmp_path / "bad.deb", "x")
+        evaltext._deb_member(tmp_path / "bad.deb", "x")
 
 
 def test_the_excerpt_keeps_the_sections_and_skips_the_table_of_contents():
     text = ("Title\n   Chapter 1. Intro\n   Part II. Rest\nChapter 1. Intro\n\n   Body one.\n"
             "  Part\u00a0II.\u00a0Rest\n   Lexicon\nAppendix A. Folk\n   Body two.  \nBibliography\n   Books\n")
-    out = q._excerpt(text, (("Chapter 1. Intro", "Part II. Rest"), ("Appendix A. Folk", "Bibliography")))
+    out = evaltext._excerpt(text, (("Chapter 1. Intro", "Part II. Rest"), ("Appendix A. Folk", "Bibliography")))
     assert out == "Chapter 1. Intro\n\n   Body one.\nAppendix A. Folk\n   Body two.\n"
     with pytest.raises(q.SetupError, match="not found"):
-        q._excerpt(text, (("Chapter 9. None", "Bibliography"),))
+        evaltext._excerpt(text, (("Chapter 9. None", "Bibliography"),))
 
 
 def test_the_text_source_is_pinned():
