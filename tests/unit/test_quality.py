@@ -394,16 +394,15 @@ def test_empty_store_gives_empty_frames_and_a_hint(tmp_path):
 
 
 def test_committed_quality_runs_keep_their_contract():
-    """Each committed quality run has its figures table; answers never come without one."""
-    import subprocess
+    """Each committed quality run has its figures table; answers never come without one.
 
-    out = subprocess.run(["git", "ls-files", "data/raw"], cwd=ROOT, capture_output=True, text=True).stdout
+    Walks the tree, not git's index, so a copy of the project outside a checkout is checked too."""
     runs: dict = {}
-    for p in out.split():
-        name = Path(p).name
-        if name.endswith((".quality.parquet", ".answers.parquet")):
-            runs.setdefault((str(Path(p).parent), name.split(".")[0]), set()).add(name.split(".")[1])
+    for p in (ROOT / "data" / "raw").rglob("*.parquet"):
+        if p.name.endswith((".quality.parquet", ".answers.parquet")):
+            runs.setdefault((p.parent, p.name.split(".")[0]), set()).add(p.name.split(".")[1])
+    assert runs, "no committed quality runs under data/raw: the published quality page would be empty"
     assert all("quality" in tables for tables in runs.values()), runs
     for (folder, run_id), _ in runs.items():
-        t = pl.read_parquet(ROOT / folder / f"{run_id}.quality.parquet")
+        t = pl.read_parquet(folder / f"{run_id}.quality.parquet")
         assert set(t["status"]) <= {"complete", "failed"} and t["run_id"].unique().to_list() == [run_id]
