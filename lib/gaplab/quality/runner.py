@@ -126,7 +126,7 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
         sessions.setdefault(c.server_key, c)
     done = set() if force else store.completed_quality(raw_dir, hw["machine_id"])
     eval_file = Path(eval_path or EVAL_SET)
-    eval_name, eval_sha = eval_file.stem, local._sha256(eval_file)
+    eval_name, eval_sha = eval_file.stem, local.sha256(eval_file)
     text = eval_text()
     agree_items = continuation_items(text)
     result = QualityResult()
