@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import yaml
 
-from gaplab import analysis, store
+from gaplab import analysis, quality, store
 from gaplab.runtimes import ollama
 from gaplab.measure import run_cell
 from ollama_replay import FIXTURES, OllamaReplay
@@ -69,3 +69,22 @@ def test_placement_words():
     assert ollama.describe(full) == "entirely in GPU memory"
     assert ollama.describe({**full, "cpu_only": True, "gpu_fraction": 0.0}) == "entirely on the CPU"
     assert ollama.describe(None) == "not loaded"
+
+
+def test_task_accuracy_reaches_ollama_through_its_openai_endpoint(tmp_path, replay):
+    """Quality asks through the openai SDK: to Ollama's /v1 root, not its native one."""
+    eval_set = tmp_path / "mine.jsonl"
+    eval_set.write_text("".join(json.dumps(i) + "\n" for i in quality.make_eval_set(3, 6)))
+    res = quality.measure(scenario(tmp_path, replay.url), raw_dir=tmp_path / "raw", eval_path=eval_set,
+                          progress=False)
+    assert res.failed == [] and res.task_runs == 1
+    task = quality.task_frame(quality.read_quality(tmp_path / "raw")[0])
+    assert task["runtime"].to_list() == ["ollama"] and task["questions"].to_list() == [6]
+    # every item was asked, by its served name, greedily, each answer ending at its line
+    asked = [b for b in replay.openai_bodies if b["max_tokens"] == quality.MAX_TOKENS]  # not the continuations
+    assert len(asked) == 6 and {b["model"] for b in asked} == {"qwen3:8b"}
+    assert {b["temperature"] for b in asked} == {0} and all(b["stop"] == ["\n"] for b in asked)
+    # the fixture answers "12": right exactly where the question's answer is 12
+    answers = quality.read_quality(tmp_path / "raw")[1].filter(pl.col("workload") == "task:mine")
+    assert answers["completion"].to_list() == ["12"] * 6
+    assert answers["correct"].to_list() == [a == "12" for a in answers["expected"].to_list()]

@@ -1,14 +1,17 @@
 """Replays Ollama's documented responses (tests/fixtures/ollama) over real HTTP.
 
 Ollama cannot be installed here; this server answers /api/version, /api/tags, /api/ps
-and a streamed POST /api/chat the way the documentation says Ollama does. The first chat
-request "loads" the model: it is answered from chat_first.ndjson, and /api/ps shows the
-model (split between GPU and CPU) only from then on. Lines are sent `line_delay` apart.
+a streamed POST /api/chat the way the documentation says Ollama does, and a non-streamed
+POST /v1/chat/completions (its OpenAI-compatible endpoint; bodies kept in `openai_bodies`).
+The first chat request "loads" the model: it is answered from chat_first.ndjson, and
+/api/ps shows the model (split between GPU and CPU) only from then on. Lines are sent
+`line_delay` apart.
 """
 
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import time
 from pathlib import Path
@@ -40,7 +43,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send_json(routes[self.path])
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/v1/chat/completions":
+            with self.server.lock:
+                self.server.openai_bodies.append(json.loads(body))
+            self._send_json("openai_chat.json")
+            return
         if self.path != "/api/chat":
             self.send_error(404)
             return
@@ -65,6 +73,7 @@ class OllamaReplay(http.server.ThreadingHTTPServer):
     def __init__(self, line_delay: float = 0.005):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.loaded, self.line_delay, self.lock = False, line_delay, threading.Lock()
+        self.openai_bodies: list[dict] = []
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property

@@ -249,7 +249,7 @@ def _run_jobs(jobs: list[Job], raw_dir, hw, items, eval_name, eval_sha, agree_it
                 for kind, _, _, its in parts:
                     fn = ask_all if kind == "task" else continue_all
                     extra = {"token_ids": task_on_all} if kind == "task" else {}
-                    answers[kind] = asyncio.run(fn(srv.base_url, srv.served_model, c.model.api, its, conc,
+                    answers[kind] = asyncio.run(fn(srv.openai_url, srv.served_model, c.model.api, its, conc,
                                                    srv.api_key, on_done=lambda a: bar.update(), **extra))
         except Exception as exc:  # a server that will not start fails this session, not the others
             error = f"{type(exc).__name__}: {exc}"[:500]

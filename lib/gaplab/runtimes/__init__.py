@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 @dataclass
 class Server:
-    base_url: str  # OpenAI-compatible root, ending in /v1
+    base_url: str  # where streams go: the OpenAI-compatible /v1 root, or Ollama's native root (protocol)
     served_model: str  # the model name to put in requests
     runtime_version: str
     api_key: str | None = None
@@ -29,6 +29,11 @@ class Server:
     metrics_url: str | None = None  # Prometheus text endpoint, sampled by telemetry
     slots_url: str | None = None  # llama.cpp's /slots, sampled by telemetry
     protocol: str = "openai"  # how streams are read: "openai" (SSE) or "ollama" (native NDJSON)
+
+    @property
+    def openai_url(self) -> str:
+        """The OpenAI-compatible /v1 root, for calls the openai SDK makes (Ollama serves one beside its own API)."""
+        return self.base_url.rstrip("/") + "/v1" if self.protocol == "ollama" else self.base_url
 
     def to_dict(self) -> dict:
         d = asdict(self)
