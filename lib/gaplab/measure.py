@@ -50,16 +50,24 @@ def _versions() -> dict:
     return out
 
 
-def run_identity(cell: Cell, server: Server | None, run_id: str, trial: int = 1, series_id: str = "") -> dict:
-    """The identity every row of a run carries (store.IDENTITY)."""
+def run_identity(cell: Cell, server: Server | None, run_id: str, trial: int = 1, series_id: str = "",
+                 **instead) -> dict:
+    """The identity every row of a run carries (store.IDENTITY).
+
+    instead: fields a run of another kind on the same server sets itself (quality's task and
+    agreement runs name their own cell_id, cell_key, workload and concurrency)."""
     rt = cell.runtime
-    return {"run_id": run_id, "cell_id": cell.cell_id, "cell_key": cell.cell_key, "scenario": cell.scenario,
+    ident = {"run_id": run_id, "cell_id": cell.cell_id, "cell_key": cell.cell_key, "scenario": cell.scenario,
             "hardware_id": hardware()["hardware_id"], "machine_id": machine_id(),
             "series_id": series_id or run_id, "trial": trial, "runtime": rt.name, "runtime_kind": rt.kind,
             "runtime_version": server.runtime_version if server else "unknown", "model": cell.model.name,
             "quant": cell.quant, "workload": cell.workload.name, "concurrency": cell.concurrency,
             "threads": rt.threads if rt.started_here else None,
             "parallel": rt.parallel if rt.started_here else None}
+    unknown = sorted(set(instead) - set(ident))
+    if unknown:
+        raise TypeError(f"run_identity: {unknown} are not identity fields (store.IDENTITY)")
+    return {**ident, **instead}
 
 
 def run_meta(cell: Cell, server: Server | None, started: str, status: str, error: str | None) -> dict:

@@ -41,11 +41,19 @@ def _file_facts(model: str, quant: str) -> dict:
 
 
 @dataclass
+class Part:
+    """One run of a server session: what is asked, under which name and digest."""
+    kind: str  # "task" (the question set) or "agree" (the continuation prompts)
+    eval_name: str
+    eval_sha: str
+    items: list
+
+
+@dataclass
 class Job:
     """One server session: a runtime cell of one model and quant, and what to ask it."""
     cell: Cell  # its runtime, model and quant (workload and concurrency do not matter here)
-    task: bool  # the question set
-    agree: bool  # the continuation prompts
+    parts: list[Part]
     cost: float = 0.0  # rough seconds, to start the longest jobs first
 
 
@@ -66,8 +74,8 @@ def _fidelity_key(model: str, quant: str, reference: str, chunks: int, ctx: int)
                       "chunks": chunks, "ctx": ctx, "llama_cpp": local.LLAMA_CPP_PYTHON})
 
 
-def _session_identity(cell, kind: str, eval_name: str, eval_sha: str, concurrency: int) -> dict:
-    """The identity of a task or agreement run, less run_id, hardware_id and runtime_version."""
+def _session_cell(cell, kind: str, eval_name: str, eval_sha: str, concurrency: int) -> dict:
+    """What a task or agreement run names itself; the rest of its identity is its server cell's."""
     rt = cell.runtime
     workload = f"{kind}:{eval_name}"
     spec = {"kind": kind, "runtime": rt.name, "runtime_kind": rt.kind, "flags": rt.launch_flags(),
@@ -76,10 +84,7 @@ def _session_identity(cell, kind: str, eval_name: str, eval_sha: str, concurrenc
             "prompt": PROMPT_VERSION if kind == "task" else [AGREE_PROMPTS, AGREE_WORDS, AGREE_TOKENS],
             "max_tokens": MAX_TOKENS if kind == "task" else AGREE_TOKENS}
     return {"cell_id": f"quality/{rt.name}/{cell.model.name}/{cell.quant}/{workload}", "cell_key": stable_key(spec),
-            "scenario": cell.scenario, "runtime": rt.name, "runtime_kind": rt.kind, "model": cell.model.name,
-            "quant": cell.quant, "workload": workload, "concurrency": concurrency,
-            "threads": rt.threads if rt.started_here else None,
-            "parallel": rt.parallel if rt.started_here else None}
+            "workload": workload, "concurrency": concurrency}
 
 
 def _gaplab_version() -> str:
@@ -180,17 +185,19 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
     for c in sessions.values():
         conc = _concurrency(c.runtime)
         wants_task = task_on_all or first_runtime[(c.model.name, c.quant)] == c.runtime.name
-        task = wants_task and _session_identity(c, "task", eval_name, eval_sha, conc)["cell_key"] not in done
-        agree = _session_identity(c, "agree", EVAL_TEXT.name, EVAL_TEXT.sha256, conc)["cell_key"] not in done
+        task = wants_task and _session_cell(c, "task", eval_name, eval_sha, conc)["cell_key"] not in done
+        agree = _session_cell(c, "agree", EVAL_TEXT.name, EVAL_TEXT.sha256, conc)["cell_key"] not in done
         result.skipped += (wants_task and not task) + (not agree)
         if task or agree:
-            jobs.append(Job(c, task, agree, cost=(len(items) * task + AGREE_PROMPTS * 4 * agree)
+            parts = ([Part("task", eval_name, eval_sha, items)] if task else []) + \
+                    ([Part("agree", EVAL_TEXT.name, EVAL_TEXT.sha256, agree_items)] if agree else [])
+            jobs.append(Job(c, parts, cost=(len(items) * task + AGREE_PROMPTS * 4 * agree)
                             * (1 + scale[c.model.name] / 2e8)))
     jobs.sort(key=lambda j: -j.cost)
-    total = sum(len(items) * j.task + len(agree_items) * j.agree for j in jobs)
+    total = sum(len(p.items) for j in jobs for p in j.parts)
     with tqdm(total=total, desc="quality: questions", unit="req", disable=not progress or not total,
               file=sys.stdout, mininterval=1.0) as bar:
-        _run_jobs(jobs, raw_dir, hw, items, eval_name, eval_sha, agree_items, bar, result, task_on_all)
+        _run_jobs(jobs, raw_dir, bar, result, task_on_all)
     result.seconds = time.monotonic() - t_start
     return result
 
@@ -205,7 +212,9 @@ def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, re
     from gaplab import store
 
     run_id = store.new_run_id()
-    ident = {"run_id": run_id, "machine_id": hw["machine_id"], "series_id": run_id, "trial": 1, "cell_id": f"quality/llama-perplexity/{model}/{quant}/text:{EVAL_TEXT.name}",
+    # a tool run on a file, not a server cell: no run_identity(cell, ...) to start from
+    ident = {"run_id": run_id, "machine_id": hw["machine_id"], "series_id": run_id, "trial": 1,
+             "cell_id": f"quality/llama-perplexity/{model}/{quant}/text:{EVAL_TEXT.name}",
              "cell_key": _fidelity_key(model, quant, ref, chunks, CTX), "scenario": scenario,
              "hardware_id": hw["hardware_id"], "runtime": "llama-perplexity", "runtime_kind": "llamacpp",
              "runtime_version": local.llama_version(), "model": model, "quant": quant,
@@ -223,8 +232,7 @@ def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, re
     store.write_quality(raw_dir, ident, rows, {**meta, "status": rows[0]["status"]})
 
 
-def _run_jobs(jobs: list[Job], raw_dir, hw, items, eval_name, eval_sha, agree_items, bar, result,
-              task_on_all: bool) -> None:
+def _run_jobs(jobs: list[Job], raw_dir: Path, bar, result: QualityResult, task_on_all: bool) -> None:
     """Two server sessions at a time: with -t 1 servers, that keeps both cores busy."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -234,31 +242,27 @@ def _run_jobs(jobs: list[Job], raw_dir, hw, items, eval_name, eval_sha, agree_it
 
     def run(job: Job) -> None:
         from gaplab import store
+        from gaplab.measure import run_identity
         from gaplab.runtimes import open_server
 
         c, rt = job.cell, job.cell.runtime
         conc = _concurrency(rt)
-        parts = ([("task", eval_name, eval_sha, items)] if job.task else []) + \
-                ([("agree", EVAL_TEXT.name, EVAL_TEXT.sha256, agree_items)] if job.agree else [])
         srv, error = None, None
         answers: dict[str, list[Answer]] = {}
         try:
             with contextlib.ExitStack() as stack:
                 with start_lock:
                     srv = stack.enter_context(open_server(c))
-                for kind, _, _, its in parts:
-                    fn = ask_all if kind == "task" else continue_all
-                    extra = {"token_ids": task_on_all} if kind == "task" else {}
-                    answers[kind] = asyncio.run(fn(srv.openai_url, srv.served_model, c.model.api, its, conc,
-                                                   srv.api_key, on_done=lambda a: bar.update(), **extra))
+                for part in job.parts:
+                    fn = ask_all if part.kind == "task" else continue_all
+                    extra = {"token_ids": task_on_all} if part.kind == "task" else {}
+                    answers[part.kind] = asyncio.run(fn(srv.openai_url, srv.served_model, c.model.api, part.items, conc,
+                                                        srv.api_key, on_done=lambda a: bar.update(), **extra))
         except Exception as exc:  # a server that will not start fails this session, not the others
             error = f"{type(exc).__name__}: {exc}"[:500]
-        for kind, name, sha, its in parts:
-            ident = _session_identity(c, kind, name, sha, conc)
-            run_id = store.new_run_id()
-            ident.update(run_id=run_id, hardware_id=hw["hardware_id"], machine_id=hw["machine_id"],
-                         series_id=run_id, trial=1,
-                         runtime_version=srv.runtime_version if srv else "unknown")
+        for part in job.parts:
+            kind, name, sha = part.kind, part.eval_name, part.eval_sha
+            ident = run_identity(c, srv, store.new_run_id(), **_session_cell(c, kind, name, sha, conc))
             facts = _file_facts(c.model.name, c.quant) if rt.kind == "llamacpp" else {}
             if srv is not None:
                 facts = {**facts, "model_file": srv.model_file or facts.get("model_file"),
