@@ -19,24 +19,16 @@ import os
 import statistics
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
+
+from gaplab.httpget import get_bytes
 
 DEFAULT_INTERVAL = 0.5
 # A trial beside other work using more than this many cores (mean) is flagged as contended:
 # on a 2-core box a quarter core is well above the idle background (about 0.02 here).
 CONTENDED_CORES = 0.25
-
-
-def _get(url: str, timeout: float = 2) -> bytes | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.read()
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def prometheus_rows(text: str) -> list[tuple[str, str, float]]:
@@ -140,9 +132,9 @@ class Sampler:
 
     def sample(self) -> None:
         t_ns = time.perf_counter_ns()
-        if self.metrics_url and (body := _get(self.metrics_url)) is not None:
+        if self.metrics_url and (body := get_bytes(self.metrics_url)) is not None:
             self._add(t_ns, "metrics", prometheus_rows(body.decode(errors="replace")))
-        if self.slots_url and (body := _get(self.slots_url)) is not None:
+        if self.slots_url and (body := get_bytes(self.slots_url)) is not None:
             try:
                 slots = json.loads(body)
                 busy = sum(bool(s.get("is_processing")) for s in slots)

@@ -10,7 +10,7 @@ For Ollama's OpenAI-compatible endpoint use `kind: openai` with base_url .../v1.
 from __future__ import annotations
 
 from gaplab.runtimes import Server
-from gaplab.runtimes.openai_compat import get_json
+from gaplab.httpget import get_json
 
 
 def _root(url: str) -> str:

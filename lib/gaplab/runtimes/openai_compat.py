@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
+from gaplab.httpget import get_json
 from gaplab.runtimes import Server
-
-
-def get_json(url: str, api_key: str | None, timeout: float = 10) -> dict | None:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
 
 
 def attach_openai(runtime, model, api_key: str | None) -> Server:

@@ -18,10 +18,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from gaplab.httpget import get_bytes
 
 STOP_GRACE_S = 3.0
 
@@ -95,11 +95,7 @@ def wait_healthy(base: str, server: ServerProcess, timeout: float, log: Path) ->
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             raise RuntimeError(f"{Path(proc.args[0]).name} exited with code {proc.returncode}: {' | '.join(tail)}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return time.perf_counter_ns()
-        except (urllib.error.URLError, OSError):
-            pass
+        if get_bytes(base + "/health", timeout=2) is not None:  # 2xx: loaded and serving
+            return time.perf_counter_ns()
         time.sleep(0.05)
     raise RuntimeError(f"{Path(proc.args[0]).name} did not become healthy within {timeout:.0f} s; see {log}")
