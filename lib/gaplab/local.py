@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import re
 import shutil
 import subprocess
@@ -25,6 +26,15 @@ from gaplab.config import CACHE_DIR
 LLAMA_CPP_PYTHON = "0.3.36"
 CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+# The build is native (-march=native), which compiles ggml's Intel AMX kernels wherever the CPU
+# reports AMX. On virtual machines whose hypervisor reports AMX but does not run it (seen on a
+# Sapphire Rapids guest of this kind: llama-server died with a general protection fault in its
+# warmup, for every quant that goes to the AMX buffer) nothing quantized could be measured.
+# AMX only speeds up some quants' matrix products; a build that runs everywhere matters more.
+# An explicit -mno-* wins over -march=native whatever the order (GCC and Clang).
+if platform.machine().lower() in ("x86_64", "amd64"):
+    NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_FLAGS += [f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"]
 TOOLS = ["llama-server", "llama-quantize", "llama-perplexity", "llama-bench"]
 DERIVED_QUANTS = ["F16", "Q8_0", "Q4_0"]
 
