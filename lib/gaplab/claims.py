@@ -42,6 +42,10 @@ UNITS = {"aggregate_tok_s": "output tok/s (all users)", "per_user_tok_s": "decod
 COMPARED = ("aggregate_tok_s", "ttft_p50_ms")
 
 
+def users_text(n: int) -> str:
+    return f"{n} user" if n == 1 else f"{n} users"
+
+
 def _fmt(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.1f}"
 
@@ -65,11 +69,11 @@ def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, user
     if kind == "faster":
         lead = {"A better": f"**{a}** is ahead", "B better": f"**{b}** is ahead"}.get(
             verdict, "no measurable difference" if verdict != "no interval" else "one trial each, no verdict")
-        row["text"] = (f"At {users} users, {what}: {a} {_fmt(ia.estimate)} vs {b} {_fmt(ib.estimate)}, "
+        row["text"] = (f"At {users_text(users)}, {what}: {a} {_fmt(ia.estimate)} vs {b} {_fmt(ib.estimate)}, "
                        f"{_ratio_text(row)}: {lead}.")
     else:  # scales
         change = {"A better": "better", "B better": "worse"}.get(verdict, "not measurably different")
-        row["text"] = (f"{a}: {what} {_fmt(ib.estimate)} at {users_b} users, {_fmt(ia.estimate)} at {users} "
+        row["text"] = (f"{a}: {what} {_fmt(ib.estimate)} at {users_text(users_b)}, {_fmt(ia.estimate)} at {users_text(users)} "
                        f"({_ratio_text(row)}): {change} with more users.")
     return row
 
@@ -128,8 +132,8 @@ def _derived(pair: list[dict]) -> list[dict]:
         at_lo, at_hi = first[lead[first["verdict"]]], last[lead[last["verdict"]]]
         out.append({**last, "kind": "flips", "claim_id": last["claim_id"].replace("faster|", "flips|", 1),
                     "users_b": first["users"], "statement": f"{at_lo} leads at {first['users']}, {at_hi} at {last['users']}",
-                    "text": (f"The ranking flips: at {first['users']} user(s) **{at_lo}** is ahead "
-                             f"({_ratio_text(first)} {first['a']} ÷ {first['b']}), at {last['users']} users "
+                    "text": (f"The ranking flips: at {users_text(first['users'])} **{at_lo}** is ahead "
+                             f"({_ratio_text(first)} {first['a']} ÷ {first['b']}), at {users_text(last['users'])} "
                              f"**{at_hi}** ({_ratio_text(last)}).")})
     for who, other in (("A better", "B better"), ("B better", "A better")):
         behind = [r for r in pair if r["verdict"] == other]
@@ -143,8 +147,8 @@ def _derived(pair: list[dict]) -> list[dict]:
             out.append({**r, "kind": "overtakes", "claim_id": r["claim_id"].replace("faster|", "overtakes|", 1)
                         .rsplit("|", 1)[0] + f"|{winner}", "users_b": below["users"],
                         "statement": f"{winner} overtakes {loser} at {r['users']} users",
-                        "text": (f"**{winner}** overtakes {loser} at {r['users']} users ({_ratio_text(r)} "
-                                 f"{r['a']} ÷ {r['b']}); at {below['users']} users {loser} was ahead "
+                        "text": (f"**{winner}** overtakes {loser} at {users_text(r['users'])} ({_ratio_text(r)} "
+                                 f"{r['a']} ÷ {r['b']}); at {users_text(below['users'])} {loser} was ahead "
                                  f"({_ratio_text(below)}).")})
     return out
 

@@ -98,12 +98,12 @@ def precision_story(estimates: pl.DataFrame, precision: float | None) -> str:
         wide = estimates.filter(pl.col("halfwidth_pct") > precision * 100)
         if wide.height:
             text += (f"\n\nCells that stopped at the trial or time cap before reaching ±{precision:.0%}: "
-                     + ", ".join(f"{r['runtime']} · {r['model']} {r['quant']} at {r['concurrency']} users "
+                     + ", ".join(f"{r['runtime']} · {r['model']} {r['quant']} at {cl.users_text(r['concurrency'])} "
                                  f"(±{r['halfwidth_pct']:.1f}%)" for r in wide.iter_rows(named=True)) + ".")
     errs = estimates.filter(pl.col("errors") > 0)
     if errs.height:
         text += ("\n\nCells with failed requests (never counted in throughput or latency): "
-                 + "; ".join(f"{r['runtime']} · {r['model']} {r['quant']} at {r['concurrency']} users: "
+                 + "; ".join(f"{r['runtime']} · {r['model']} {r['quant']} at {cl.users_text(r['concurrency'])}: "
                              f"{r['errors']} ({r['error_kinds']})" for r in errs.iter_rows(named=True)) + ".")
     else:
         text += " No request failed."

@@ -37,6 +37,7 @@ def test_flip_and_overtake_are_stated_only_where_every_level_supports_them():
     c = claims.claims_table(trials(BATCH_OVERTAKES)).filter(pl.col("metric") == "aggregate_tok_s")
     flips = c.filter(pl.col("kind") == "flips")
     assert flips["statement"].to_list() == ["llamacpp-single · Q4 leads at 1, llamacpp-batch · Q4 at 8"]
+    assert "at 1 user **llamacpp-single · Q4** is ahead" in flips["text"][0] and "at 8 users" in flips["text"][0]
     over = c.filter(pl.col("kind") == "overtakes")
     assert over["statement"].to_list() == ["llamacpp-batch · Q4 overtakes llamacpp-single · Q4 at 8 users"]
     noisy = dict(BATCH_OVERTAKES)
