@@ -22,7 +22,7 @@ from gaplab.client import StreamClient
 from gaplab.config import RAW_DIR
 from gaplab.hardware import hardware, machine_id
 from gaplab.load import closed_loop, run_sync
-from gaplab.runtimes import Server, ollama, open_server
+from gaplab.runtimes import Server, kinds, open_server
 from gaplab.scenario import Cell, ScenarioError, load_scenario
 from gaplab.telemetry import Sampler, background
 from gaplab.workload import make_prompt
@@ -119,20 +119,21 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
     records: list = []
     srv: Server | None = None
     sampler: Sampler | None = None
-    placement: dict = {}
+    kind = kinds()[cell.runtime.kind]
+    facts: dict = {}  # what the runtime kind reads beside a trial (Ollama: where the model sits)
     status, error = "complete", None
     try:
         with open_server(cell, attach=attach) as srv:
             writer = store.RunWriter(raw_dir, run_identity(cell, srv, run_id, trial, series_id),
                                      run_meta(cell, srv, started, "interrupted", "the process was killed"))
-            if srv.protocol == "ollama":
-                placement["before"] = ollama.placement(srv.base_url, srv.served_model)
+            if kind.trial_facts:
+                facts["before"] = kind.trial_facts(srv)
             sampler = Sampler(srv.metrics_url, srv.slots_url, srv.pid, cell.load.telemetry_interval)
             with sampler:
                 run_sync(lambda: _drive(cell, srv, f"{cell.cell_key}:{trial}", progress, records),
                          tick=lambda: writer.flush(records), tick_seconds=cell.load.flush_seconds)
-            if srv.protocol == "ollama":
-                placement["after"] = ollama.placement(srv.base_url, srv.served_model)
+            if kind.trial_facts:
+                facts["after"] = kind.trial_facts(srv)
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user"
         raise
@@ -141,8 +142,8 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
         raise
     finally:
         meta = run_meta(cell, srv, started, status, error)
-        if placement:
-            meta["ollama_placement"] = placement
+        if facts:
+            meta[kind.facts_key] = facts
         rows = sampler.stop() if sampler else None
         meta.update(background(rows or []))
         store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta, records,

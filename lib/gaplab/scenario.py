@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gaplab import runtimes
+
 
 def stable_key(spec: dict) -> str:
     """A short hash of a spec, stable across runs and machines (cell keys)."""
@@ -33,7 +35,7 @@ class RuntimeSpec(_Strict):
     """One runtime configuration: a server gaplab starts, or one it attaches to by URL."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    kind: Literal["llamacpp", "vllm", "openai", "ollama"]
+    kind: str  # one of runtimes.kinds(): llamacpp, vllm, openai, ollama
     # llamacpp and vllm (started here); for vllm, parallel is --max-num-seqs
     parallel: int = Field(1, ge=1, le=256)
     threads: int = Field(1, ge=1, le=512)
@@ -56,29 +58,30 @@ class RuntimeSpec(_Strict):
     base_url: str | None = None
     api_key_env: str | None = None
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        known = runtimes.kinds()
+        if kind not in known:
+            raise ValueError(f"input should be one of {', '.join(sorted(known))}")
+        return kind
+
     @property
     def started_here(self) -> bool:
-        return self.kind in ("llamacpp", "vllm")
+        return runtimes.kinds()[self.kind].started_here
 
     @model_validator(mode="after")
     def _attach_needs_url(self) -> "RuntimeSpec":
         if not self.started_here and not self.base_url:
             raise ValueError(f"base_url is required when kind is '{self.kind}' (e.g. http://gpu-box:8000/v1)")
         if self.started_here and self.base_url:
-            raise ValueError(f"base_url is only for kinds 'openai' and 'ollama'; a '{self.kind}' runtime "
-                             "is started by gaplab")
+            attached = " and ".join(f"'{k}'" for k, v in sorted(runtimes.kinds().items()) if not v.started_here)
+            raise ValueError(f"base_url is only for kinds {attached}; a '{self.kind}' runtime is started by gaplab")
         return self
 
     def launch_flags(self) -> dict:
         """The flags that make this runtime's identity (part of every cell key)."""
-        if self.kind == "llamacpp":
-            flags = {"parallel": self.parallel, "threads": self.threads, "ctx_size": self.ctx_size,
-                     "kv_unified": self.kv_unified, "extra_args": list(self.extra_args)}
-        elif self.kind == "vllm":
-            flags = {"max_num_seqs": self.parallel, "threads": self.threads, "max_model_len": self.ctx_size,
-                     "enforce_eager": self.enforce_eager, "extra_args": list(self.extra_args)}
-        else:
-            flags = {"base_url": self.base_url}
+        flags = runtimes.kinds()[self.kind].identity_flags(self)
         if self.extra_body:  # only when set, so adding the field kept older cell keys
             flags["extra_body"] = self.extra_body
         return flags

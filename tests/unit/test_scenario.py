@@ -61,7 +61,8 @@ def _error(mutate) -> str:
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda d: d.update(runtims=[]), "s.yaml: runtims: unknown field"),
-    (lambda d: d["runtimes"][0].update(kind="vllm2"), "runtimes.0.kind: got 'vllm2'"),
+    (lambda d: d["runtimes"][0].update(kind="vllm2"),
+     "runtimes.0.kind: got 'vllm2'; input should be one of llamacpp, ollama, openai, vllm"),
     (lambda d: d["runtimes"][0].update(parallel=0), "runtimes.0.parallel: got 0; input should be greater than or equal to 1"),
     (lambda d: d["load"].update(concurrency=["eight"]), "load.concurrency.0: got 'eight'"),
     (lambda d: d["load"].update(concurrency=[0]), "every concurrency level must be 1 or more"),
@@ -80,7 +81,7 @@ def _error(mutate) -> str:
     (lambda d: d["runtimes"].append({"name": "c", "kind": "openai"}), "base_url is required when kind is 'openai'"),
     (lambda d: d["runtimes"][0].update(name="Has Space"), "runtimes.0.name: got 'Has Space'"),
     (lambda d: d["runtimes"][0].update(models=["nope"]), "runtimes.0.models: 'nope' is not one of the scenario's models (m)"),
-    (lambda d: d["runtimes"][0].update(base_url="http://x/v1"), "base_url is only for kinds 'openai' and 'ollama'"),
+    (lambda d: d["runtimes"][0].update(base_url="http://x/v1"), "base_url is only for kinds 'ollama' and 'openai'"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()
@@ -102,3 +103,19 @@ def test_cli_prints_one_line_and_no_traceback(tmp_path, gaplab_cli):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0, res.stderr
     assert "Traceback" not in res.stderr and "load.concurrency" in res.stderr
+
+
+def test_runtime_kinds_come_from_the_adapter_modules():
+    """Each kind is one module's KIND; the scenario's kind field, started_here and launch
+    flags all read it, so a runtime added as a module is known everywhere at once."""
+    from gaplab import runtimes
+
+    found = runtimes.kinds()
+    for name, kind in found.items():
+        module = __import__(kind.open.__module__, fromlist=["KIND"])
+        assert module.KIND is kind and kind.name == name
+    started = {n for n, k in found.items() if k.started_here}
+    assert started == {"llamacpp", "vllm"} and set(found) - started == {"openai", "ollama"}
+    spec = parse_scenario(GOOD).runtimes[0]
+    assert spec.launch_flags() == found["llamacpp"].identity_flags(spec)
+    assert not found["vllm"].quick and found["llamacpp"].quick  # quality skips vLLM unless asked

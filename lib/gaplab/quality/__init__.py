@@ -30,12 +30,12 @@ from gaplab.quality.questions import (AGREE_PROMPTS, AGREE_TOKENS, AGREE_WORDS, 
                                       FEW_SHOT, MAX_TOKENS, EvalSetError, Item, chat_messages, completion_prompt,
                                       continuation_items, load_eval_set, make_eval_set, score, wilson,
                                       write_eval_set)
-from gaplab.quality.runner import QUICK_KINDS, QualityResult, measure
+from gaplab.quality.runner import QualityResult, measure
 from gaplab.local import SetupError
 
 __all__ = [
     "AGREE_PROMPTS", "AGREE_TOKENS", "AGREE_WORDS", "Answer", "CHUNKS", "CTX", "EVAL_SEED", "EVAL_SET", "EVAL_SIZE",
-    "EVAL_TEXT", "EvalSetError", "FEW_SHOT", "FidelityResult", "Item", "MAX_TOKENS", "QUALITY_DIR", "QUICK_KINDS",
+    "EVAL_TEXT", "EvalSetError", "FEW_SHOT", "FidelityResult", "Item", "MAX_TOKENS", "QUALITY_DIR",
     "QualityResult", "SetupError", "TOOL_THREADS", "TextSource", "ToolOutputError", "accuracy_rows", "agreement",
     "agreement_story", "ask_all", "chart_points", "chat_messages", "common_prefix", "completion_prompt",
     "continuation_items", "continue_all", "derivation_story", "display_table", "eval_text", "example_pair",

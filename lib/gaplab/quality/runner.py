@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from gaplab import local
 from gaplab.config import RAW_DIR
 from gaplab.local import SetupError
+from gaplab.runtimes import kinds
 from gaplab.scenario import stable_key
 from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all
 from gaplab.quality.evaltext import EVAL_TEXT, eval_text
@@ -93,11 +94,6 @@ def _gaplab_version() -> str:
     return gaplab.__version__
 
 
-# Runtimes measured unless --runtime names others: llama.cpp starts in seconds and attached
-# servers are already up; vLLM's CPU build takes minutes to start, so it is measured on request.
-QUICK_KINDS = ("llamacpp", "openai", "ollama")
-
-
 def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, chunks: int = CHUNKS,
             eval_path: Path | None = None, runtimes: list[str] | None = None, task_on_all: bool = False,
             progress: bool = True) -> QualityResult:
@@ -125,7 +121,7 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
             raise ValueError(f"--runtime: {unknown[0]!r} is not in {scenario} (runtimes: {', '.join(sorted(known))})")
         cells = [c for c in cells if c.runtime.name in runtimes]
     else:
-        cells = [c for c in cells if c.runtime.kind in QUICK_KINDS]
+        cells = [c for c in cells if kinds()[c.runtime.kind].quick]  # e.g. not vLLM CPU: minutes to start
     sessions: dict[str, object] = {}
     for c in cells:
         sessions.setdefault(c.server_key, c)

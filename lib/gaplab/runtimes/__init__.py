@@ -1,14 +1,43 @@
 """Runtime adapters: start (or attach to) a server for a cell and describe it.
 
-Each adapter is a context manager yielding a Server: where to send requests, how to
-force the output length there, and the facts stored with the run.
+Each adapter module of this package defines `KIND`, a RuntimeKind: whether gaplab starts
+the server or attaches to one by URL, the launch flags that make a runtime's identity, how
+to open a server for a cell (a context manager yielding a Server: where to send requests,
+how to force the output length there, the facts stored with the run), and any facts to read
+beside each trial. `kinds()` finds the modules; adding a runtime is adding one of them.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from collections.abc import Iterator
+from functools import cache
+
+
+@dataclass(frozen=True)
+class RuntimeKind:
+    name: str  # the scenario's `kind`
+    started_here: bool  # gaplab starts the server (and stops it); else it attaches to base_url
+    quick: bool  # up in seconds, or already up: `gaplab quality` measures it unless told otherwise
+    open: Callable  # (cell, api_key) -> context manager yielding a Server
+    identity_flags: Callable  # RuntimeSpec -> the launch flags that make its identity (part of cell keys)
+    trial_facts: Callable | None = None  # Server -> facts read before and after each trial
+    facts_key: str = ""  # the run metadata key those facts are stored under
+
+
+@cache
+def kinds() -> dict[str, RuntimeKind]:
+    """Every RuntimeKind of this package, by name: each adapter module's KIND."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        kind = getattr(module, "KIND", None)
+        if isinstance(kind, RuntimeKind):
+            found[kind.name] = kind
+    return found
 
 
 @dataclass
@@ -47,27 +76,11 @@ def open_server(cell, attach: dict | None = None) -> Iterator[Server]:
     if attach:
         yield Server(**attach, api_key=_api_key(cell.runtime))
         return
-    kind = cell.runtime.kind
-    if kind == "llamacpp":
-        from gaplab.runtimes.llamacpp import llama_server
-
-        with llama_server(cell.runtime, cell.model.name, cell.quant) as server:
+    kind = kinds()[cell.runtime.kind]
+    with kind.open(cell, _api_key(cell.runtime)) as server:
+        if kind.started_here:  # the cold start ends at the first token of a probe request
             server.first_token_ns = probe(server, cell.model.api)
-            yield server
-    elif kind == "vllm":
-        from gaplab.runtimes.vllm import vllm_server
-
-        with vllm_server(cell.runtime, cell.model.name, cell.quant) as server:
-            server.first_token_ns = probe(server, cell.model.api)
-            yield server
-    elif kind == "ollama":
-        from gaplab.runtimes.ollama import attach_ollama
-
-        yield attach_ollama(cell.runtime, cell.model)
-    else:
-        from gaplab.runtimes.openai_compat import attach_openai
-
-        yield attach_openai(cell.runtime, cell.model, _api_key(cell.runtime))
+        yield server
 
 
 def probe(server: Server, api: str) -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gaplab import local
 from gaplab.config import BUILD_DIR
-from gaplab.runtimes import Server, process
+from gaplab.runtimes import RuntimeKind, Server, process
 from gaplab.runtimes.process import free_port, wait_healthy
 
 
@@ -51,3 +51,12 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
                          slots_url=base + "/slots")
         finally:
             proc.stop()
+
+
+def identity_flags(runtime) -> dict:
+    return {"parallel": runtime.parallel, "threads": runtime.threads, "ctx_size": runtime.ctx_size,
+            "kv_unified": runtime.kv_unified, "extra_args": list(runtime.extra_args)}
+
+
+KIND = RuntimeKind("llamacpp", started_here=True, quick=True, identity_flags=identity_flags,
+                   open=lambda cell, api_key: llama_server(cell.runtime, cell.model.name, cell.quant))

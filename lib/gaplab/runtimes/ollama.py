@@ -9,7 +9,9 @@ For Ollama's OpenAI-compatible endpoint use `kind: openai` with base_url .../v1.
 
 from __future__ import annotations
 
-from gaplab.runtimes import Server
+from contextlib import nullcontext
+
+from gaplab.runtimes import RuntimeKind, Server
 from gaplab.httpget import get_json
 
 
@@ -58,3 +60,10 @@ def describe(p: dict | None) -> str:
         return (f"split between GPU and CPU: {p['gpu_fraction']:.0%} of {p['size'] / 2**30:.1f} GiB in GPU "
                 f"memory, the rest on the CPU")
     return "entirely on the CPU" if p["cpu_only"] else "entirely in GPU memory"
+
+
+KIND = RuntimeKind("ollama", started_here=False, quick=True,
+                   identity_flags=lambda runtime: {"base_url": runtime.base_url},
+                   open=lambda cell, api_key: nullcontext(attach_ollama(cell.runtime, cell.model)),
+                   trial_facts=lambda server: placement(server.base_url, server.served_model),
+                   facts_key="ollama_placement")

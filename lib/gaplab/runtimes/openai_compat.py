@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from gaplab.httpget import get_json
-from gaplab.runtimes import Server
+from gaplab.runtimes import RuntimeKind, Server
 
 
 def attach_openai(runtime, model, api_key: str | None) -> Server:
@@ -23,3 +25,8 @@ def attach_openai(runtime, model, api_key: str | None) -> Server:
                   runtime_version=str(version.get("version", "unknown")),
                   launch_command=f"attached to {base}", extra_body=dict(runtime.extra_body),
                   metrics_url=base.removesuffix("/v1") + "/metrics")
+
+
+KIND = RuntimeKind("openai", started_here=False, quick=True,
+                   identity_flags=lambda runtime: {"base_url": runtime.base_url},
+                   open=lambda cell, api_key: nullcontext(attach_openai(cell.runtime, cell.model, api_key)))

@@ -31,7 +31,7 @@ from packaging.requirements import Requirement
 
 from gaplab import local
 from gaplab.config import BUILD_DIR, CACHE_DIR
-from gaplab.runtimes import Server
+from gaplab.runtimes import RuntimeKind, Server
 from gaplab.runtimes import process
 from gaplab.runtimes.process import free_port, wait_healthy
 
@@ -212,3 +212,13 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
                          healthy_ns=healthy, metrics_url=base + "/metrics")
         finally:
             proc.stop(grace=10)  # vLLM shuts its engine down on SIGTERM
+
+
+def identity_flags(runtime) -> dict:
+    return {"max_num_seqs": runtime.parallel, "threads": runtime.threads, "max_model_len": runtime.ctx_size,
+            "enforce_eager": runtime.enforce_eager, "extra_args": list(runtime.extra_args)}
+
+
+# quick=False: vLLM's CPU build takes minutes to start, so quality measures it only on request
+KIND = RuntimeKind("vllm", started_here=True, quick=False, identity_flags=identity_flags,
+                   open=lambda cell, api_key: vllm_server(cell.runtime, cell.model.name, cell.quant))
