@@ -294,8 +294,15 @@ def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
         runs = runs.filter(pl.col("machine_id") == machine_id)
     lines = []
     for row in runs.sort("cell_id").iter_rows(named=True):
-        after = (json.loads(row["meta_json"]).get("ollama_placement") or {}).get("after")
-        if after and (after["split"] or after["cpu_only"]):
+        size, vram = row["model_bytes_loaded"], row["model_bytes_gpu"]
+        if size is None:  # schema 3 and older: only in meta_json
+            after = (json.loads(row["meta_json"]).get("ollama_placement") or {}).get("after") or {}
+            size, vram = after.get("size"), after.get("size_vram")
+        if not size:
+            continue
+        after = {"size": size, "gpu_fraction": (vram or 0) / size, "split": 0 < (vram or 0) < size,
+                 "cpu_only": not vram}
+        if after["split"] or after["cpu_only"]:
             lines.append(f"- **{row['model']} {row['quant']} on {row['runtime']}** at {row['concurrency']} "
                          f"users: the model was {describe(after)}. Its speed is not the GPU's.")
     return ("Cells where Ollama did not hold the whole model in GPU memory:\n\n" + "\n".join(lines)) if lines else ""
@@ -357,12 +364,15 @@ def cold_starts(raw_dir: Path, machine_id: str | None = None) -> pl.DataFrame:
         runs = runs.filter(pl.col("machine_id") == machine_id)
     servers = {}
     for row in runs.iter_rows(named=True):
-        srv = json.loads(row["meta_json"]).get("server") or {}
-        if srv.get("started_ns") and srv.get("healthy_ns") and srv.get("first_token_ns"):
-            servers[(row["runtime"], srv["started_ns"])] = {
+        started, healthy, first = row["server_started_ns"], row["server_healthy_ns"], row["server_first_token_ns"]
+        if started is None and (row["schema_version"] or 1) < 4:  # older runs: only in meta_json
+            srv = json.loads(row["meta_json"]).get("server") or {}
+            started, healthy, first = srv.get("started_ns"), srv.get("healthy_ns"), srv.get("first_token_ns")
+        if started and healthy and first:
+            servers[(row["runtime"], started)] = {
                 "runtime": row["runtime"], "runtime_kind": row["runtime_kind"], "model": row["model"],
-                "quant": row["quant"], "to_healthy_s": (srv["healthy_ns"] - srv["started_ns"]) / 1e9,
-                "to_first_token_s": (srv["first_token_ns"] - srv["started_ns"]) / 1e9}
+                "quant": row["quant"], "to_healthy_s": (healthy - started) / 1e9,
+                "to_first_token_s": (first - started) / 1e9}
     return pl.DataFrame(list(servers.values())).sort("runtime", "model", "quant") if servers else pl.DataFrame()
 
 

@@ -144,6 +144,8 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
         meta = run_meta(cell, srv, started, status, error)
         if facts:
             meta[kind.facts_key] = facts
+            after = facts.get("after") or {}
+            meta.update(model_bytes_loaded=after.get("size"), model_bytes_gpu=after.get("size_vram"))
         rows = sampler.stop() if sampler else None
         meta.update(background(rows or []))
         store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta, records,

@@ -67,6 +67,12 @@ RUNS = pa.schema(list(IDENTITY) + [
     ("precision_target", pa.float64()),  # the scenario's load.precision when the run was measured
     ("other_cores", pa.float64()),  # mean cores other processes kept busy during the trial
     ("steal_cores", pa.float64()),  # mean cores the hypervisor took from this machine
+    # schema 4: what pages read, typed instead of only inside meta_json
+    ("server_started_ns", pa.int64()),  # perf_counter_ns at process start (servers gaplab starts)
+    ("server_healthy_ns", pa.int64()),  # when /health first answered 200
+    ("server_first_token_ns", pa.int64()),  # first token of the probe sent once healthy
+    ("model_bytes_loaded", pa.int64()),  # after the trial, where the runtime says (Ollama's /api/ps)
+    ("model_bytes_gpu", pa.int64()),  # of those, in GPU memory
     ("meta_json", pa.string()),
 ])
 
@@ -80,7 +86,9 @@ TABLES = {"run": RUNS, "requests": REQUESTS, "chunks": CHUNKS, "telemetry": TELE
 
 # Columns each schema version added, so a file is checked against the schema it was written with.
 ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target"},
-         3: {"other_cores", "steal_cores"}}
+         3: {"other_cores", "steal_cores"},
+         4: {"server_started_ns", "server_healthy_ns", "server_first_token_ns", "model_bytes_loaded",
+             "model_bytes_gpu"}}
 
 
 def schema_for(name: str, version: int) -> pa.Schema:
@@ -165,7 +173,10 @@ def _rows(records: list[RequestRecord]) -> tuple[list[dict], list[dict]]:
 def _run_row(meta: dict, requests: list[dict]) -> dict:
     measured = [r for r in requests if not r["warmup"] and r["sent_ns"]]
     span = (max(r["end_ns"] for r in measured) - min(r["sent_ns"] for r in measured)) / 1e9 if measured else 0.0
+    srv = meta.get("server") or {}
     return {**{k: meta.get(k) for k in RUNS.names}, "n_requests": len(requests),
+            "server_started_ns": srv.get("started_ns"), "server_healthy_ns": srv.get("healthy_ns"),
+            "server_first_token_ns": srv.get("first_token_ns"),
             "precision_target": (meta.get("load") or {}).get("precision"),
             "n_errors": sum(r["error"] is not None for r in requests), "measured_s": span,
             "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}

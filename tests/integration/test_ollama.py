@@ -55,6 +55,8 @@ def test_partial_offload_is_detected_and_said_in_plain_words(tmp_path, replay):
     assert meta["ollama_placement"]["before"] is None  # loaded by the first request
     after = meta["ollama_placement"]["after"]
     assert after["split"] and after["gpu_fraction"] == pytest.approx(6477163520 / 9813884928, abs=1e-4)
+    run = store.read_table(tmp_path / "raw", "run")  # the same facts as typed columns (schema 4)
+    assert (run["model_bytes_loaded"][0], run["model_bytes_gpu"][0]) == (9813884928, 6477163520)
     text = analysis.placement_story(tmp_path / "raw")
     assert "qwen3-8b Q4_K_M on ollama" in text and "66% of 9.1 GiB in GPU memory" in text
 

@@ -107,3 +107,27 @@ def test_empty_store_reads_as_empty_frames(tmp_path):
     assert store.read_table(tmp_path, "requests").is_empty()
     assert "ttft" not in store.read_table(tmp_path, "requests").columns
     assert store.recover(tmp_path) == []
+
+
+def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path):
+    from gaplab import analysis
+
+    server = {"started_ns": 1_000_000_000, "healthy_ns": 3_500_000_000, "first_token_ns": 3_600_000_000}
+    store.write_run(tmp_path, identity(), {"status": "complete", "server": server, "model_bytes_loaded": 2**30,
+                                           "model_bytes_gpu": 2**29}, records())
+    run = store.read_table(tmp_path, "run")
+    assert run["server_healthy_ns"][0] == 3_500_000_000 and run["model_bytes_gpu"][0] == 2**29
+    # a schema-3 run keeps these only in meta_json: the readers fall back to it
+    meta = {"server": {"started_ns": 10**10, "healthy_ns": 10**10 + 4 * 10**9, "first_token_ns": 10**10 + 5 * 10**9},
+            "ollama_placement": {"after": {"size": 2**31, "size_vram": 2**29}}}
+    old = run.drop(list(store.ADDED[4])).with_columns(
+        schema_version=pl.lit(3, dtype=pl.Int32), run_id=pl.lit("20260101T000001Z-old000"),
+        cell_id=pl.lit("rt/m/Q4/w/c2"), quant=pl.lit("Q4"), meta_json=pl.lit(json.dumps(meta)))
+    folder = tmp_path / "hw" / "rt" / "m" / "Q4" / "2026-01-01"
+    folder.mkdir(parents=True)
+    old.write_parquet(folder / "20260101T000001Z-old000.run.parquet")
+    starts = analysis.cold_starts(tmp_path).sort("quant")
+    assert starts["quant"].to_list() == ["Q4", "Q8_0"]
+    assert starts["to_healthy_s"].to_list() == [4.0, 2.5] and starts["to_first_token_s"].to_list() == [5.0, 2.6]
+    story = analysis.placement_story(tmp_path)
+    assert "50% of 1.0 GiB in GPU memory" in story and "25% of 2.0 GiB in GPU memory" in story

@@ -24,7 +24,9 @@ class RuntimeKind:
     quick: bool  # up in seconds, or already up: `gaplab quality` measures it unless told otherwise
     open: Callable  # (cell, api_key) -> context manager yielding a Server
     identity_flags: Callable  # RuntimeSpec -> the launch flags that make its identity (part of cell keys)
-    trial_facts: Callable | None = None  # Server -> facts read before and after each trial
+    # Server -> facts read before and after each trial, stored under facts_key; "size" and
+    # "size_vram" (the model's bytes in memory and in GPU memory) also become run columns
+    trial_facts: Callable | None = None
     facts_key: str = ""  # the run metadata key those facts are stored under
 
 
