@@ -249,15 +249,27 @@ def recover(raw_dir: Path) -> list[str]:
     return recovered
 
 
+# The last frame read of each table in each folder, with the files it came from. A page asks
+# for the same table several times (setup, estimates, cold starts, placement); runs are
+# immutable and only ever added, so while the file list is the same the frame is too.
+_READ: dict[tuple[str, str], tuple[tuple, pl.DataFrame]] = {}
+
+
 def read_table(raw_dir: Path, name: str) -> pl.DataFrame:
     """All files of one table ('run', 'requests' or 'chunks') below raw_dir, as one frame."""
     files = sorted(Path(raw_dir).glob(f"**/*.{name}.parquet"))
+    signature = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
+    key = (str(Path(raw_dir).resolve()), name)
+    if key in _READ and _READ[key][0] == signature:
+        return _READ[key][1]
     schema = pl.from_arrow(TABLES[name].empty_table()).schema
     if not files:
         return pl.DataFrame(schema=schema)
     frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
     # files of an older schema lack the newer columns: they read as null
-    return frame.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in schema.items() if c not in frame.columns)
+    frame = frame.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in schema.items() if c not in frame.columns)
+    _READ[key] = (signature, frame)
+    return frame
 
 
 def read_run(raw_dir: Path, run_id: str, name: str) -> pl.DataFrame:

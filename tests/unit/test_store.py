@@ -131,3 +131,13 @@ def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path
     assert starts["to_healthy_s"].to_list() == [4.0, 2.5] and starts["to_first_token_s"].to_list() == [5.0, 2.6]
     story = analysis.placement_story(tmp_path)
     assert "50% of 1.0 GiB in GPU memory" in story and "25% of 2.0 GiB in GPU memory" in story
+
+
+def test_a_table_is_parsed_once_until_a_run_is_added(tmp_path):
+    store.write_run(tmp_path, identity(), {"status": "complete"}, records())
+    first = store.read_table(tmp_path, "requests")
+    assert store.read_table(tmp_path, "requests") is first  # unchanged files: the same frame
+    store.write_run(tmp_path, identity("20260101T000009Z-def456"), {"status": "complete"}, records())
+    again = store.read_table(tmp_path, "requests")
+    assert again.height == 2 * first.height and set(again["run_id"]) == {"20260101T000000Z-abc123",
+                                                                          "20260101T000009Z-def456"}
