@@ -20,12 +20,12 @@ def output_dir() -> Path:
 @pytest.fixture(scope="session")
 def llama_ready():
     """The local llama.cpp build and SmolLM2 model (make test provisions them)."""
-    from gaplab import local
+    from gaplab.provision import llama_build, models
 
-    if not local.llama_built() or not local.model_path("smollm2-135m", "Q4_1").exists():
+    if not llama_build.llama_built() or not models.model_path("smollm2-135m", "Q4_1").exists():
         pytest.fail("llama.cpp or the SmolLM2 model is not provisioned: run 'make test' "
                     "(or '.venv/bin/gaplab local setup --model smollm2-135m')")
-    return local
+    return models
 
 
 @pytest.fixture(scope="session")

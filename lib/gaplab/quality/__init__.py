@@ -31,7 +31,7 @@ from gaplab.quality.questions import (AGREE_PROMPTS, AGREE_TOKENS, AGREE_WORDS, 
                                       continuation_items, load_eval_set, make_eval_set, score, wilson,
                                       write_eval_set)
 from gaplab.quality.runner import QualityResult, measure
-from gaplab.local import SetupError
+from gaplab.provision import SetupError
 
 __all__ = [
     "AGREE_PROMPTS", "AGREE_TOKENS", "AGREE_WORDS", "Answer", "CHUNKS", "CTX", "EVAL_SEED", "EVAL_SET", "EVAL_SIZE",

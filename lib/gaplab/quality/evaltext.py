@@ -14,9 +14,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gaplab import local
+from gaplab import provision
 from gaplab.config import CACHE_DIR
-from gaplab.local import SetupError
+from gaplab.provision import SetupError
 
 
 QUALITY_DIR = CACHE_DIR / "quality"  # the evaluation text and the (large, temporary) logits files
@@ -79,7 +79,7 @@ def _deb_member(deb: Path, member: str) -> bytes:
 def _apt_download(src: TextSource) -> Path:
     """The pinned .deb, from the cache or from Debian's archive (apt-get checks its signature)."""
     dest = CACHE_DIR / "downloads" / f"{src.package}_{src.version}_all.deb"
-    if dest.exists() and local.sha256(dest) == src.deb_sha256:
+    if dest.exists() and provision.sha256(dest) == src.deb_sha256:
         return dest
     if not shutil.which("apt-get"):
         raise SetupError(f"the evaluation text is Debian's {src.package} {src.version} package and apt-get is "
@@ -97,7 +97,7 @@ def _apt_download(src: TextSource) -> Path:
             why = (res.stderr.strip().splitlines() or ["no .deb written"])[-1]
             raise SetupError(f"apt-get could not download {src.package}={src.version} ({why}); "
                              "run 'apt-get update' and retry")
-        digest = local.sha256(got[0])
+        digest = provision.sha256(got[0])
         if digest != src.deb_sha256:
             raise SetupError(f"{got[0].name} has sha256 {digest}, expected {src.deb_sha256} (pinned)")
         got[0].rename(dest)
@@ -124,7 +124,7 @@ def _excerpt(text: str, sections: tuple[tuple[str, str], ...]) -> str:
 def eval_text(src: TextSource = EVAL_TEXT) -> Path:
     """The evaluation text as a plain file in the cache, checked against its pinned sha256."""
     target = QUALITY_DIR / f"{src.name}.txt"
-    if target.exists() and local.sha256(target) == src.sha256:
+    if target.exists() and provision.sha256(target) == src.sha256:
         return target
     deb = _apt_download(src)
     full = gzip.decompress(_deb_member(deb, src.member))

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gaplab import local
-from gaplab.local import SetupError
+from gaplab.provision import llama_build, models
+from gaplab.provision import SetupError
 from gaplab.quality.evaltext import QUALITY_DIR, eval_text
 
 
@@ -94,7 +94,7 @@ def parse_kld(out: str) -> dict[str, tuple[float, float | None]]:
 def perplexity_command(model_file: Path, logits: Path, text: Path | None, chunks: int = CHUNKS,
                        ctx: int = CTX, threads: int = TOOL_THREADS) -> list[str]:
     """text given: score it and save the distributions (the reference); None: compare with them."""
-    cmd = [str(local.tool_path("llama-perplexity")), "-m", str(model_file), "-c", str(ctx), "-t", str(threads),
+    cmd = [str(llama_build.tool_path("llama-perplexity")), "-m", str(model_file), "-c", str(ctx), "-t", str(threads),
            "--kl-divergence-base", str(logits)]
     if text is not None:
         return cmd + ["-f", str(text), "--chunks", str(chunks)]
@@ -115,7 +115,7 @@ def _run_tool(cmd: list[str], timeout: float = 900) -> str:
 
 def reference_quant(model: str, quants: list[str]) -> str:
     """The highest-precision file of a model: the largest one (F32 > F16 > Q8_0 > ... )."""
-    return max(quants, key=lambda q: local.model_path(model, q).stat().st_size)
+    return max(quants, key=lambda q: models.model_path(model, q).stat().st_size)
 
 
 @dataclass
@@ -136,9 +136,9 @@ def fidelity(model: str, quants: list[str], reference: str | None = None, text: 
     The distributions file (n_vocab x scored tokens x 2 bytes) is deleted at the end.
     """
     for q in quants + ([reference] if reference else []):
-        if not local.model_path(model, q).exists():
+        if not models.model_path(model, q).exists():
             raise SetupError(f"model {model} {q} is not provisioned: run 'gaplab local setup --model {model}'")
-    if not local.llama_built():
+    if not llama_build.llama_built():
         raise SetupError("llama-perplexity is not built: run 'gaplab local setup'")
     reference = reference or reference_quant(model, quants)
     text = text or eval_text()
@@ -146,7 +146,7 @@ def fidelity(model: str, quants: list[str], reference: str | None = None, text: 
     logits = QUALITY_DIR / f"{model}-{reference}-{os.getpid()}.logits"
     results = []
     try:
-        cmd = perplexity_command(local.model_path(model, reference), logits, text, chunks, ctx)
+        cmd = perplexity_command(models.model_path(model, reference), logits, text, chunks, ctx)
         t0 = time.monotonic()
         base = parse_base(_run_tool(cmd))
         if reference in quants and not self_check:
@@ -156,7 +156,7 @@ def fidelity(model: str, quants: list[str], reference: str | None = None, text: 
         for q in quants:
             if q == reference and not self_check:
                 continue
-            cmd = perplexity_command(local.model_path(model, q), logits, None, chunks, ctx)
+            cmd = perplexity_command(models.model_path(model, q), logits, None, chunks, ctx)
             t0 = time.monotonic()
             res = parse_kld(_run_tool(cmd))
             if abs(res["perplexity_base"][0] - base["perplexity"][0]) > 1e-3 * base["perplexity"][0]:

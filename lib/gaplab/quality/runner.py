@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gaplab import local
+from gaplab import provision
+from gaplab.provision import llama_build, models
 from gaplab.config import RAW_DIR
-from gaplab.local import SetupError
+from gaplab.provision import SetupError
 from gaplab.runtimes import kinds
 from gaplab.scenario import stable_key
 from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all
@@ -32,9 +33,9 @@ def _now() -> str:
 
 
 def _file_facts(model: str, quant: str) -> dict:
-    path = local.model_path(model, quant)
+    path = models.model_path(model, quant)
     try:
-        info = local.model_info(model, quant)
+        info = models.model_info(model, quant)
     except SetupError:
         info = {}
     return {"model_file": path.name, "model_sha256": info.get("sha256"),
@@ -72,7 +73,7 @@ def _fidelity_key(model: str, quant: str, reference: str, chunks: int, ctx: int)
     return stable_key({"kind": "fidelity", "model": model, "quant": quant, "reference": reference,
                       "reference_sha256": _file_facts(model, reference)["model_sha256"],
                       "model_sha256": _file_facts(model, quant)["model_sha256"], "text": EVAL_TEXT.sha256,
-                      "chunks": chunks, "ctx": ctx, "llama_cpp": local.LLAMA_CPP_PYTHON})
+                      "chunks": chunks, "ctx": ctx, "llama_cpp": llama_build.LLAMA_CPP_PYTHON})
 
 
 def _session_cell(cell, kind: str, eval_name: str, eval_sha: str, concurrency: int) -> dict:
@@ -127,7 +128,7 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
         sessions.setdefault(c.server_key, c)
     done = set() if force else store.completed_quality(raw_dir, hw["machine_id"])
     eval_file = Path(eval_path or EVAL_SET)
-    eval_name, eval_sha = eval_file.stem, local.sha256(eval_file)
+    eval_name, eval_sha = eval_file.stem, provision.sha256(eval_file)
     text = eval_text()
     agree_items = continuation_items(text)
     result = QualityResult()
@@ -135,14 +136,14 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
     # fidelity: llama-perplexity on the local files, one model at a time, -t 2 (nothing else runs)
     local_models: dict[str, list[str]] = {}
     for c in sessions.values():
-        if c.runtime.kind == "llamacpp" and c.model.name in local.MODELS and c.quant not in local_models.get(
+        if c.runtime.kind == "llamacpp" and c.model.name in models.MODELS and c.quant not in local_models.get(
                 c.model.name, []):
             local_models.setdefault(c.model.name, []).append(c.quant)
-    if local_models and not local.llama_built():
+    if local_models and not llama_build.llama_built():
         raise SetupError("llama-perplexity is not built: run 'gaplab local setup'")
     fid_todo = {}
     for model, quants in local_models.items():
-        missing = [q for q in quants if not local.model_path(model, q).exists()]
+        missing = [q for q in quants if not models.model_path(model, q).exists()]
         if missing:
             raise SetupError(f"model {model} {missing[0]} is not provisioned: run 'gaplab local setup'")
         ref = reference_quant(model, quants)
@@ -174,8 +175,8 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
     for c in sorted(sessions.values(), key=lambda c: order[c.runtime.name]):
         first_runtime.setdefault((c.model.name, c.quant), c.runtime.name)
     # a model's largest file stands for its size: every quant of Gemma 3 pays for its 262k vocabulary
-    scale = {m: max((local.model_path(m, c.quant).stat().st_size for c in sessions.values()
-                     if c.model.name == m and local.model_path(m, c.quant).exists()), default=5e8)
+    scale = {m: max((models.model_path(m, c.quant).stat().st_size for c in sessions.values()
+                     if c.model.name == m and models.model_path(m, c.quant).exists()), default=5e8)
              for m in {c.model.name for c in sessions.values()}}
     jobs = []
     for c in sessions.values():
@@ -213,7 +214,7 @@ def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, re
              "cell_id": f"quality/llama-perplexity/{model}/{quant}/text:{EVAL_TEXT.name}",
              "cell_key": _fidelity_key(model, quant, ref, chunks, CTX), "scenario": scenario,
              "hardware_id": hw["hardware_id"], "runtime": "llama-perplexity", "runtime_kind": "llamacpp",
-             "runtime_version": local.llama_version(), "model": model, "quant": quant,
+             "runtime_version": llama_build.llama_version(), "model": model, "quant": quant,
              "workload": f"text:{EVAL_TEXT.name}", "concurrency": 1, "threads": TOOL_THREADS, "parallel": 1}
     common = {**_file_facts(model, quant), "reference": ref, "eval_set": EVAL_TEXT.name,
               "eval_sha256": EVAL_TEXT.sha256, "gaplab_version": meta["gaplab_version"], "measured_at": _now()}

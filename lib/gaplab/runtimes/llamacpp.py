@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gaplab import local
+from gaplab.provision import llama_build, models
 from gaplab.config import BUILD_DIR
 from gaplab.runtimes import RuntimeKind, Server, process
 from gaplab.runtimes.process import free_port, wait_healthy
 
 
 def server_command(runtime, model_file: Path, port: int) -> list[str]:
-    cmd = [str(local.tool_path("llama-server")), "-m", str(model_file), "--host", "127.0.0.1",
+    cmd = [str(llama_build.tool_path("llama-server")), "-m", str(model_file), "--host", "127.0.0.1",
            "--port", str(port), "-np", str(runtime.parallel), "-c", str(runtime.ctx_size),
            "-t", str(runtime.threads), "--metrics", "--no-webui"]
     if runtime.kv_unified:
@@ -30,9 +30,9 @@ def server_command(runtime, model_file: Path, port: int) -> list[str]:
 
 @contextmanager
 def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Iterator[Server]:
-    model_file = local.model_path(model, quant)
-    info = local.model_info(model, quant)
-    if not local.llama_built():
+    model_file = models.model_path(model, quant)
+    info = models.model_info(model, quant)
+    if not llama_build.llama_built():
         raise RuntimeError("llama-server is not built: run 'gaplab local setup'")
     port = free_port()
     cmd = server_command(runtime, model_file, port) + ["-a", model]
@@ -44,7 +44,7 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
         proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT)
         try:
             healthy = wait_healthy(base, proc, timeout, log)
-            yield Server(base_url=base + "/v1", served_model=model, runtime_version=local.llama_version(),
+            yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(),
                          launch_command=shlex.join(cmd), extra_body={"ignore_eos": True, **runtime.extra_body},
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
                          pid=proc.pid, started_ns=started, healthy_ns=healthy, metrics_url=base + "/metrics",
