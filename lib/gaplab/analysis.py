@@ -287,7 +287,7 @@ def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
     """Plain words for every cell whose model was not wholly in GPU memory (Ollama's /api/ps)."""
     import json
 
-    from gaplab.runtimes.ollama import describe
+    from gaplab.runtimes.ollama import describe, where
 
     runs = selected_runs(store.read_table(raw_dir, "run"))
     if machine_id:
@@ -295,13 +295,12 @@ def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
     lines = []
     for row in runs.sort("cell_id").iter_rows(named=True):
         size, vram = row["model_bytes_loaded"], row["model_bytes_gpu"]
-        if size is None:  # schema 3 and older: only in meta_json
+        if size is None and (row["schema_version"] or 1) < 4:  # older runs: only in meta_json
             after = (json.loads(row["meta_json"]).get("ollama_placement") or {}).get("after") or {}
             size, vram = after.get("size"), after.get("size_vram")
         if not size:
             continue
-        after = {"size": size, "gpu_fraction": (vram or 0) / size, "split": 0 < (vram or 0) < size,
-                 "cpu_only": not vram}
+        after = where(size, vram or 0)
         if after["split"] or after["cpu_only"]:
             lines.append(f"- **{row['model']} {row['quant']} on {row['runtime']}** at {row['concurrency']} "
                          f"users: the model was {describe(after)}. Its speed is not the GPU's.")

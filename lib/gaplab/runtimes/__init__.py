@@ -30,6 +30,11 @@ class RuntimeKind:
     facts_key: str = ""  # the run metadata key those facts are stored under
 
 
+def attached_flags(runtime) -> dict:
+    """The identity of a server someone else started: where it is."""
+    return {"base_url": runtime.base_url}
+
+
 @cache
 def kinds() -> dict[str, RuntimeKind]:
     """Every RuntimeKind of this package, by name: each adapter module's KIND."""

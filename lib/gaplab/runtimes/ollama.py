@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from gaplab.runtimes import RuntimeKind, Server
+from gaplab.runtimes import RuntimeKind, Server, attached_flags
 from gaplab.httpget import get_json
 
 
@@ -39,15 +39,18 @@ def attach_ollama(runtime, model) -> Server:
                   launch_command=f"attached to {base}", extra_body=dict(runtime.extra_body), protocol="ollama")
 
 
+def where(size: int, size_vram: int) -> dict:
+    """A model's bytes in memory and in GPU memory, as the report reads them."""
+    return {"size": size, "size_vram": size_vram, "gpu_fraction": round(size_vram / size, 4) if size else None,
+            "split": 0 < size_vram < size, "cpu_only": size > 0 and size_vram == 0}
+
+
 def placement(base_url: str, served: str) -> dict | None:
     """Where the model sits now, from /api/ps: None when it is not loaded."""
     ps = get_json(_root(base_url) + "/api/ps", None) or {}
     for m in ps.get("models", []):
         if _names(served) & _names(m.get("name", "")) or _names(served) & _names(m.get("model", "")):
-            size, vram = m.get("size") or 0, m.get("size_vram") or 0
-            return {"name": m.get("name"), "size": size, "size_vram": vram,
-                    "gpu_fraction": round(vram / size, 4) if size else None,
-                    "split": 0 < vram < size, "cpu_only": size > 0 and vram == 0,
+            return {"name": m.get("name"), **where(m.get("size") or 0, m.get("size_vram") or 0),
                     "context_length": m.get("context_length"), "expires_at": m.get("expires_at")}
     return None
 
@@ -62,8 +65,7 @@ def describe(p: dict | None) -> str:
     return "entirely on the CPU" if p["cpu_only"] else "entirely in GPU memory"
 
 
-KIND = RuntimeKind("ollama", started_here=False, quick=True,
-                   identity_flags=lambda runtime: {"base_url": runtime.base_url},
+KIND = RuntimeKind("ollama", started_here=False, quick=True, identity_flags=attached_flags,
                    open=lambda cell, api_key: nullcontext(attach_ollama(cell.runtime, cell.model)),
                    trial_facts=lambda server: placement(server.base_url, server.served_model),
                    facts_key="ollama_placement")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from gaplab.httpget import get_json
-from gaplab.runtimes import RuntimeKind, Server
+from gaplab.runtimes import RuntimeKind, Server, attached_flags
 
 
 def attach_openai(runtime, model, api_key: str | None) -> Server:
@@ -27,6 +27,5 @@ def attach_openai(runtime, model, api_key: str | None) -> Server:
                   metrics_url=base.removesuffix("/v1") + "/metrics")
 
 
-KIND = RuntimeKind("openai", started_here=False, quick=True,
-                   identity_flags=lambda runtime: {"base_url": runtime.base_url},
+KIND = RuntimeKind("openai", started_here=False, quick=True, identity_flags=attached_flags,
                    open=lambda cell, api_key: nullcontext(attach_openai(cell.runtime, cell.model, api_key)))
