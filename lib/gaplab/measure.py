@@ -80,7 +80,10 @@ def run_meta(cell: Cell, server: Server | None, started: str, status: str, error
             "model_file": server.model_file if server else None,
             "model_sha256": server.model_sha256 if server else None,
             "model_note": server.model_note if server else None,
-            "launch_command": server.launch_command if server else None}
+            "launch_command": server.launch_command if server else None,
+            "server_started_ns": server.started_ns if server else None,
+            "server_healthy_ns": server.healthy_ns if server else None,
+            "server_first_token_ns": server.first_token_ns if server else None}
 
 
 def write_failed(raw_dir: Path, cell: Cell, error: str, trial: int = 1, series_id: str = "") -> None:

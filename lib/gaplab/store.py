@@ -173,10 +173,7 @@ def _rows(records: list[RequestRecord]) -> tuple[list[dict], list[dict]]:
 def _run_row(meta: dict, requests: list[dict]) -> dict:
     measured = [r for r in requests if not r["warmup"] and r["sent_ns"]]
     span = (max(r["end_ns"] for r in measured) - min(r["sent_ns"] for r in measured)) / 1e9 if measured else 0.0
-    srv = meta.get("server") or {}
     return {**{k: meta.get(k) for k in RUNS.names}, "n_requests": len(requests),
-            "server_started_ns": srv.get("started_ns"), "server_healthy_ns": srv.get("healthy_ns"),
-            "server_first_token_ns": srv.get("first_token_ns"),
             "precision_target": (meta.get("load") or {}).get("precision"),
             "n_errors": sum(r["error"] is not None for r in requests), "measured_s": span,
             "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}

@@ -55,6 +55,10 @@ def test_run_metadata_says_what_ran(two_levels):
     assert run["launch_command"].str.contains("-np 4 -c 4096 -t 1 --metrics").all()
     assert run["model_sha256"].str.len_chars().eq(64).all()
     assert run["runtime_version"].str.contains("llama-cpp-python 0.3.36").all()
+    # the cold start, as typed columns: process start, then healthy, then the probe's first token
+    assert run.select("server_started_ns", "server_healthy_ns", "server_first_token_ns").null_count().row(0) == (0, 0, 0)
+    assert ((run["server_started_ns"] < run["server_healthy_ns"])
+            & (run["server_healthy_ns"] < run["server_first_token_ns"])).all()
 
 
 def test_server_is_stopped_on_error(llama_ready):

@@ -112,9 +112,9 @@ def test_empty_store_reads_as_empty_frames(tmp_path):
 def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path):
     from gaplab import analysis
 
-    server = {"started_ns": 1_000_000_000, "healthy_ns": 3_500_000_000, "first_token_ns": 3_600_000_000}
-    store.write_run(tmp_path, identity(), {"status": "complete", "server": server, "model_bytes_loaded": 2**30,
-                                           "model_bytes_gpu": 2**29}, records())
+    meta = {"status": "complete", "server_started_ns": 1_000_000_000, "server_healthy_ns": 3_500_000_000,
+            "server_first_token_ns": 3_600_000_000, "model_bytes_loaded": 2**30, "model_bytes_gpu": 2**29}
+    store.write_run(tmp_path, identity(), meta, records())  # keys as measure.run_meta and run_cell set them
     run = store.read_table(tmp_path, "run")
     assert run["server_healthy_ns"][0] == 3_500_000_000 and run["model_bytes_gpu"][0] == 2**29
     # a schema-3 run keeps these only in meta_json: the readers fall back to it
