@@ -1,5 +1,6 @@
 """Measure one trial of one cell and store it: what notebooks/10-measure.ipynb runs
-(papermill, once per trial, from `gaplab sweep`) and what `gaplab run` runs directly.
+(papermill, once per trial, from `gaplab sweep`; the sweep's server session passes the
+server in) and what `gaplab run` runs directly, through the same notebook.
 
 The run is written while it is measured: finished requests go to part files every
 `load.flush_seconds`, and the run's tables replace them at the end, with its status
@@ -20,10 +21,11 @@ import gaplab
 from gaplab import store
 from gaplab.client import StreamClient
 from gaplab.config import RAW_DIR
-from gaplab.hardware import hardware, machine_id
+from gaplab.hardware import hardware
 from gaplab.load import closed_loop, run_sync
 from gaplab.runtimes import Server, kinds, open_server
 from gaplab.scenario import Cell, ScenarioError, load_scenario
+from gaplab.session import run_identity
 from gaplab.telemetry import Sampler, background
 from gaplab.workload import make_prompt
 
@@ -48,26 +50,6 @@ def _versions() -> dict:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-def run_identity(cell: Cell, server: Server | None, run_id: str, trial: int = 1, series_id: str = "",
-                 **instead) -> dict:
-    """The identity every row of a run carries (store.IDENTITY).
-
-    instead: fields a run of another kind on the same server sets itself (quality's task and
-    agreement runs name their own cell_id, cell_key, workload and concurrency)."""
-    rt = cell.runtime
-    ident = {"run_id": run_id, "cell_id": cell.cell_id, "cell_key": cell.cell_key, "scenario": cell.scenario,
-            "hardware_id": hardware()["hardware_id"], "machine_id": machine_id(),
-            "series_id": series_id or run_id, "trial": trial, "runtime": rt.name, "runtime_kind": rt.kind,
-            "runtime_version": server.runtime_version if server else "unknown", "model": cell.model.name,
-            "quant": cell.quant, "workload": cell.workload.name, "concurrency": cell.concurrency,
-            "threads": rt.threads if rt.started_here else None,
-            "parallel": rt.parallel if rt.started_here else None}
-    unknown = sorted(set(instead) - set(ident))
-    if unknown:
-        raise TypeError(f"run_identity: {unknown} are not identity fields (store.IDENTITY)")
-    return {**ident, **instead}
 
 
 def run_meta(cell: Cell, server: Server | None, started: str, status: str, error: str | None) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +40,44 @@ IDENTITY = pa.schema([
     ("quant", pa.string()), ("workload", pa.string()), ("concurrency", pa.int32()),
     ("threads", pa.int32()), ("parallel", pa.int32()),
 ])
+
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """The columns IDENTITY names, typed: every row of a run carries them (session.run_identity
+    builds one for a run against a server; quality's tool runs fill one in themselves)."""
+
+    run_id: str
+    cell_id: str
+    cell_key: str
+    scenario: str
+    hardware_id: str
+    machine_id: str
+    series_id: str
+    trial: int
+    runtime: str
+    runtime_kind: str
+    runtime_version: str
+    model: str
+    quant: str
+    workload: str
+    concurrency: int
+    threads: int | None
+    parallel: int | None
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+def _identity_row(identity: RunIdentity | dict) -> dict:
+    """A run identity as the column values it writes; a dict must name every IDENTITY column."""
+    row = identity.row() if isinstance(identity, RunIdentity) else dict(identity)
+    missing = [n for n in IDENTITY.names if n not in row]
+    if missing:
+        raise ValueError(f"run identity lacks {missing}")
+    return row
+
 
 REQUESTS = pa.schema(list(IDENTITY) + [
     ("request_index", pa.int32()), ("user", pa.int32()), ("warmup", pa.bool_()),
@@ -146,11 +185,10 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_tables(raw_dir: Path, identity: dict, meta: dict, tables: list[tuple[str, list[dict]]]) -> dict:
+def _write_tables(raw_dir: Path, identity: RunIdentity | dict, meta: dict,
+                  tables: list[tuple[str, list[dict]]]) -> dict:
     """Write one run's tables in order, each atomically; refuses to overwrite any of them."""
-    missing = [n for n in IDENTITY.names if n not in identity]
-    if missing:
-        raise ValueError(f"run identity lacks {missing}")
+    identity = _identity_row(identity)
     folder = run_dir(raw_dir, identity, identity["run_id"])
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / f"{identity['run_id']}.{name}.parquet" for name, _ in tables}
@@ -179,7 +217,7 @@ def _run_row(meta: dict, requests: list[dict]) -> dict:
             "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}
 
 
-def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRecord],
+def write_run(raw_dir: Path, identity: RunIdentity | dict, meta: dict, records: list[RequestRecord],
               telemetry: list[dict] | None = None) -> Path:
     """Write the run's tables (run, requests, chunks, and telemetry when sampled); returns the
     run table's path. Never overwrites a file; removes the run's part files once written."""
@@ -188,7 +226,7 @@ def write_run(raw_dir: Path, identity: dict, meta: dict, records: list[RequestRe
     tables = [("requests", requests), ("chunks", chunks)] + ([("telemetry", telemetry)] if telemetry else [])
     # the run table last: it marks the run written
     path = _write_tables(raw_dir, identity, meta, tables + [("run", [_run_row(meta, requests)])])["run"]
-    _remove_parts(path.parent, identity["run_id"])
+    _remove_parts(path.parent, _identity_row(identity)["run_id"])
     return path
 
 
@@ -196,7 +234,8 @@ class RunWriter:
     """The part files of a run being measured: `flush` writes the records completed since the
     last call (requests and their chunks), each part atomically; `write_run` ends the run."""
 
-    def __init__(self, raw_dir: Path, identity: dict, meta: dict):
+    def __init__(self, raw_dir: Path, identity: RunIdentity | dict, meta: dict):
+        identity = _identity_row(identity)
         self.folder = run_dir(raw_dir, identity, identity["run_id"])
         self.identity, self.meta = identity, {**meta, "schema_version": SCHEMA_VERSION}
         self.done = 0  # records already in part files
@@ -306,7 +345,7 @@ TABLES["quality"] = QUALITY
 TABLES["answers"] = ANSWERS
 
 
-def write_quality(raw_dir: Path, identity: dict, rows: list[dict], meta: dict,
+def write_quality(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict], meta: dict,
                   answers: list[dict] | None = None) -> Path:
     """Write one quality run (answers first, then its figures); returns the quality table's path."""
     meta = {**meta, "schema_version": SCHEMA_VERSION}

@@ -16,28 +16,23 @@ kept, marked "interrupted") and the sweep, with one line and exit code 130.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import random
-import re
-import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-import psutil
 from tqdm import tqdm
 
 from gaplab import analysis, stats, store
-from gaplab.config import BUILD_DIR, NOTEBOOKS_DIR, RAW_DIR, ROOT
+from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
+from gaplab.kernel import CtrlC, Kernel, measure_trial
 from gaplab.measure import write_failed
-from gaplab.runtimes import Server, open_server
+from gaplab.runtimes import Server
 from gaplab.scenario import Cell, LoadSpec, load_scenario
+from gaplab.session import Sessions
 
 
 class Interrupted(Exception):
@@ -142,102 +137,6 @@ class SweepResult:
     out_of_time: int = 0  # capped cells stopped by load.max_sweep_seconds
 
 
-class _Servers:
-    """Servers of the sweep: opened when first needed; closed after each use unless kept up
-    through all rounds (load.keep_servers)."""
-
-    def __init__(self, keep: bool):
-        self.keep = keep
-        self.open: dict[str, tuple[contextlib.ExitStack, Server]] = {}
-
-    def get(self, cell: Cell) -> Server:
-        if cell.server_key not in self.open:
-            stack = contextlib.ExitStack()
-            server = stack.enter_context(open_server(cell))
-            self.open[cell.server_key] = (stack, server)
-        return self.open[cell.server_key][1]
-
-    def release(self, key: str) -> None:
-        if not self.keep and key in self.open:
-            self.open.pop(key)[0].close()
-
-    def close(self) -> None:
-        while self.open:
-            self.open.popitem()[1][0].close()
-
-
-class _CtrlC:
-    """While a trial runs in the kernel (its own session, so the terminal's Ctrl-C misses it),
-    pass Ctrl-C on to the kernel, let it store what it measured, then stop the sweep. A second
-    Ctrl-C, or one while no kernel runs, stops at once."""
-
-    def __init__(self):
-        self.pressed = 0
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
-
-    def _handle(self, signum, frame):
-        self.pressed += 1
-        kernels = [p for p in psutil.Process().children(recursive=True)
-                   if "ipykernel_launcher" in " ".join(p.cmdline())]
-        if self.pressed > 1 or not kernels:
-            raise KeyboardInterrupt
-        for k in kernels:
-            k.send_signal(signal.SIGINT)
-
-
-class _Kernel:
-    """One notebook kernel for the whole sweep: papermill runs the measure notebook in it once
-    per trial (0.25 s instead of 2.5 s for a new kernel and its imports here). papermill runs on
-    a worker thread, so its event loop does not take over Ctrl-C from _CtrlC."""
-
-    def __init__(self):
-        from jupyter_client.manager import AsyncKernelManager
-
-        self.km = AsyncKernelManager(kernel_name="python3")
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gaplab-papermill")
-
-    def execute(self, notebook: Path, output: Path, parameters: dict) -> None:
-        import papermill as pm
-
-        future = self.pool.submit(
-            pm.execute_notebook, str(notebook), str(output), parameters=parameters, cwd=str(ROOT),
-            progress_bar=False, log_output=False, km=self.km,
-            # the kernel's notice that it talks to papermill over loopback TCP is not for users
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
-        while True:
-            try:
-                return future.result(timeout=0.2)
-            except FutureTimeout:
-                continue
-
-    def close(self) -> None:
-        from jupyter_core.utils import run_sync
-
-        if self.km.has_kernel:
-            self.pool.submit(run_sync(self.km.shutdown_kernel), now=True).result()
-        self.pool.shutdown()
-
-
-def _notebook_name(cell: Cell, trial: int) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb"
-
-
-def _run_trial(kernel: _Kernel, ct: CellTrials, scenario: Path, server: Server, raw_dir: Path,
-               out_dir: Path) -> str:
-    """One papermill run of the measure notebook; returns its run id."""
-    run_id = store.new_run_id()
-    params = {"scenario": str(scenario), "cell_id": ct.cell.cell_id, "server": json.dumps(server.to_dict()),
-              "data_dir": str(raw_dir), "trial": ct.next_trial, "series_id": ct.series_id, "run_id": run_id}
-    kernel.execute(NOTEBOOKS_DIR / "10-measure.ipynb", out_dir / _notebook_name(ct.cell, ct.next_trial), params)
-    return run_id
-
-
 def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
           out_dir: Path = BUILD_DIR / "runs", progress: bool = True) -> SweepResult:
     """Measure every cell of the scenario that still needs trials on this machine."""
@@ -259,8 +158,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
           + (f"; {len(recovered)} killed run(s) kept as interrupted" if recovered else ""), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=need, desc="sweep", unit="trial", file=sys.stdout, disable=not progress)
-    servers = _Servers(load.keep_servers)
-    kernel = _Kernel()
+    kernel = Kernel()
 
     def out_of_time(ct: CellTrials) -> bool:
         """Past load.max_sweep_seconds a cell with its minimum trials gets no more."""
@@ -271,9 +169,54 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
         bar.total -= 1
         return True
 
+    class Trial:
+        """The next trial of a cell, as a measurement of the server session."""
+
+        def __init__(self, ct: CellTrials):
+            self.ct = ct
+
+        def run(self, server: Server) -> None:
+            nonlocal kernel, current
+            ct = current = self.ct
+            bar.set_postfix_str(f"round {result.rounds} · {ct.cell.cell_id}")
+            try:
+                run_id = measure_trial(kernel, scenario, ct.cell, raw_dir, server, ct.next_trial, ct.series_id,
+                                       out_dir)
+                result.run_ids.append(run_id)
+            except pm.PapermillExecutionError as exc:
+                if ctrl_c.pressed:
+                    raise KeyboardInterrupt from None
+                self.fail(f"{exc.ename}: {exc.evalue}", stored=True)
+            except Exception as exc:  # the kernel itself died: a new one for the next trial
+                self.fail(f"{type(exc).__name__}: {exc}", stored=True)
+                kernel.close()
+                kernel = Kernel()
+            else:
+                got = trial_values(raw_dir, [run_id]).get(run_id)
+                if got:
+                    ct.values.append(got[0])
+                    ct.measured_s += got[1]
+                else:
+                    self.fail(f"trial {ct.next_trial} measured nothing", stored=True)
+                result.trials += 1
+            ct.next_trial += 1
+            current = None
+            bar.update()
+            if ctrl_c.pressed:
+                raise KeyboardInterrupt
+
+        def fail(self, error: str, stored: bool = False) -> None:
+            """stored: the notebook wrote the run (with its status) before it failed."""
+            ct = self.ct
+            if not stored:  # the server would not start: the trial is a failed run with no requests
+                write_failed(raw_dir, ct.cell, error, ct.next_trial, ct.series_id)
+                bar.update()
+            ct.failed = True
+            result.failed.append(f"{ct.cell.cell_id}: {error}"[:300])
+
     current: CellTrials | None = None
     try:
-        with _CtrlC() as ctrl_c:
+        with CtrlC() as ctrl_c, Sessions(keep=load.keep_servers) as sessions:
             while True:
                 todo = [ct for ct in pending(progress_by_key, load) if not out_of_time(ct)]
                 if not todo:
@@ -291,48 +234,8 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
                     group = groups[key]
                     rng.shuffle(group)
                     group = [ct for ct in group if not out_of_time(ct)]  # before its server starts
-                    if not group:
-                        continue
-                    try:
-                        server = servers.get(group[0].cell)
-                    except RuntimeError as exc:  # the server would not start: its cells fail
-                        for ct in group:
-                            write_failed(raw_dir, ct.cell, str(exc), ct.next_trial, ct.series_id)
-                            ct.failed = True
-                            result.failed.append(f"{ct.cell.cell_id}: {exc}"[:300])
-                            bar.update()
-                        continue
-                    for ct in group:
-                        current = ct
-                        bar.set_postfix_str(f"round {result.rounds} · {ct.cell.cell_id}")
-                        try:
-                            run_id = _run_trial(kernel, ct, scenario, server, raw_dir, out_dir)
-                            result.run_ids.append(run_id)
-                        except pm.PapermillExecutionError as exc:
-                            if ctrl_c.pressed:
-                                raise KeyboardInterrupt from None
-                            ct.failed = True
-                            result.failed.append(f"{ct.cell.cell_id}: {exc.ename}: {exc.evalue}"[:300])
-                        except Exception as exc:  # the kernel itself died: a new one for the next trial
-                            ct.failed = True
-                            result.failed.append(f"{ct.cell.cell_id}: {type(exc).__name__}: {exc}"[:300])
-                            kernel.close()
-                            kernel = _Kernel()
-                        else:
-                            got = trial_values(raw_dir, [run_id]).get(run_id)
-                            if got:
-                                ct.values.append(got[0])
-                                ct.measured_s += got[1]
-                            else:
-                                ct.failed = True
-                                result.failed.append(f"{ct.cell.cell_id}: trial {ct.next_trial} measured nothing")
-                            result.trials += 1
-                        ct.next_trial += 1
-                        current = None
-                        bar.update()
-                        if ctrl_c.pressed:
-                            raise KeyboardInterrupt
-                    servers.release(key)
+                    if group:
+                        sessions.serve(group[0].cell, [Trial(ct) for ct in group])
     except KeyboardInterrupt:
         bar.close()
         where = f"; trial {current.next_trial} of {current.cell.cell_id} kept as interrupted" if current else ""
@@ -340,7 +243,6 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
                           f"every finished trial is stored: run the same command again to resume") from None
     finally:
         kernel.close()
-        servers.close()
     bar.close()
     final = pools(progress_by_key)
     for ct in progress_by_key.values():

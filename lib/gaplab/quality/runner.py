@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gaplab import provision
-from gaplab.provision import llama_build, models
 from gaplab.config import RAW_DIR
-from gaplab.provision import SetupError
+from gaplab.provision import SetupError, llama_build, models
 from gaplab.runtimes import kinds
 from gaplab.scenario import stable_key
 from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all
@@ -209,13 +208,14 @@ def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, re
     from gaplab import store
 
     run_id = store.new_run_id()
-    # a tool run on a file, not a server cell: no run_identity(cell, ...) to start from
-    ident = {"run_id": run_id, "machine_id": hw["machine_id"], "series_id": run_id, "trial": 1,
-             "cell_id": f"quality/llama-perplexity/{model}/{quant}/text:{EVAL_TEXT.name}",
-             "cell_key": _fidelity_key(model, quant, ref, chunks, CTX), "scenario": scenario,
-             "hardware_id": hw["hardware_id"], "runtime": "llama-perplexity", "runtime_kind": "llamacpp",
-             "runtime_version": llama_build.llama_version(), "model": model, "quant": quant,
-             "workload": f"text:{EVAL_TEXT.name}", "concurrency": 1, "threads": TOOL_THREADS, "parallel": 1}
+    # a tool run on a file, not a server cell: no session.run_identity(cell, ...) to start from
+    ident = store.RunIdentity(
+        run_id=run_id, machine_id=hw["machine_id"], series_id=run_id, trial=1,
+        cell_id=f"quality/llama-perplexity/{model}/{quant}/text:{EVAL_TEXT.name}",
+        cell_key=_fidelity_key(model, quant, ref, chunks, CTX), scenario=scenario, hardware_id=hw["hardware_id"],
+        runtime="llama-perplexity", runtime_kind="llamacpp", runtime_version=llama_build.llama_version(),
+        model=model, quant=quant, workload=f"text:{EVAL_TEXT.name}", concurrency=1, threads=TOOL_THREADS,
+        parallel=1)
     common = {**_file_facts(model, quant), "reference": ref, "eval_set": EVAL_TEXT.name,
               "eval_sha256": EVAL_TEXT.sha256, "gaplab_version": meta["gaplab_version"], "measured_at": _now()}
     if res is None:
@@ -229,67 +229,79 @@ def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, re
     store.write_quality(raw_dir, ident, rows, {**meta, "status": rows[0]["status"]})
 
 
+@dataclass
+class Asking:
+    """One part of a quality session as a measurement: ask the server, store the run."""
+    cell: Cell
+    part: Part
+    raw_dir: Path
+    bar: object  # a tqdm bar, one step per answer
+    result: QualityResult
+    tally: threading.Lock  # sessions run on two threads; each updates the result under it
+    token_ids: bool = False  # also ask for the completions' token ids (task_on_all)
+
+    def run(self, srv) -> None:
+        fn = ask_all if self.part.kind == "task" else continue_all
+        extra = {"token_ids": self.token_ids} if self.part.kind == "task" else {}
+        try:
+            got = asyncio.run(fn(srv.openai_url, srv.served_model, self.cell.model.api, self.part.items,
+                                 _concurrency(self.cell.runtime), srv.api_key, on_done=lambda a: self.bar.update(),
+                                 **extra))
+        except Exception as exc:  # the server died mid-way: this run fails, the others go on
+            self._store(srv, None, f"{type(exc).__name__}: {exc}"[:500])
+            return
+        self._store(srv, got, None)
+
+    def fail(self, error: str) -> None:
+        self._store(None, None, error[:500])
+
+    def _store(self, srv, got: list[Answer] | None, error: str | None) -> None:
+        from gaplab import store
+        from gaplab.session import run_identity
+
+        c, part = self.cell, self.part
+        kind, name, sha = part.kind, part.eval_name, part.eval_sha
+        ident = run_identity(c, srv, store.new_run_id(), **_session_cell(c, kind, name, sha,
+                                                                         _concurrency(c.runtime)))
+        facts = _file_facts(c.model.name, c.quant) if c.runtime.kind == "llamacpp" else {}
+        if srv is not None:
+            facts = {**facts, "model_file": srv.model_file or facts.get("model_file"),
+                     "model_sha256": srv.model_sha256 or facts.get("model_sha256")}
+        common = {**facts, "eval_set": name, "eval_sha256": sha, "measured_at": _now(),
+                  "gaplab_version": _gaplab_version(), "command": srv.launch_command if srv else None}
+        errors = sum(a.error is not None for a in got) if got else 0
+        if got is None or errors == len(got):
+            why = error or (got[0].error if got else "not run")
+            rows = [{**common, "status": "failed", "error": why}]
+            with self.tally:
+                self.result.failed.append(f"{kind} {c.server_key}: {why}"[:400])
+        elif kind == "task":
+            rows = [{**common, **r, "status": "complete"} for r in accuracy_rows(got)]
+        else:
+            rows = [{**common, "metric": "continuations", "value": float(len(got) - errors), "n": len(got),
+                     "unit": "prompts", "status": "complete"}]
+        meta = {"gaplab_version": _gaplab_version(), "status": rows[0]["status"],
+                "server": srv.to_dict() if srv else None}
+        store.write_quality(self.raw_dir, ident, rows, meta, answers=[a.row() for a in got] if got else [])
+        with self.tally:
+            if rows[0]["status"] == "complete":
+                self.result.task_runs += kind == "task"
+                self.result.agreement_runs += kind == "agree"
+
+
 def _run_jobs(jobs: list[Job], raw_dir: Path, bar, result: QualityResult, task_on_all: bool) -> None:
     """Two server sessions at a time: with -t 1 servers, that keeps both cores busy."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    start_lock = threading.Lock()  # one server start (fork) at a time
+    from gaplab.session import Sessions
+
     tally = threading.Lock()
-
-    def run(job: Job) -> None:
-        from gaplab import store
-        from gaplab.measure import run_identity
-        from gaplab.runtimes import open_server
-
-        c, rt = job.cell, job.cell.runtime
-        conc = _concurrency(rt)
-        srv, error = None, None
-        answers: dict[str, list[Answer]] = {}
-        try:
-            with contextlib.ExitStack() as stack:
-                with start_lock:
-                    srv = stack.enter_context(open_server(c))
-                for part in job.parts:
-                    fn = ask_all if part.kind == "task" else continue_all
-                    extra = {"token_ids": task_on_all} if part.kind == "task" else {}
-                    answers[part.kind] = asyncio.run(fn(srv.openai_url, srv.served_model, c.model.api, part.items, conc,
-                                                        srv.api_key, on_done=lambda a: bar.update(), **extra))
-        except Exception as exc:  # a server that will not start fails this session, not the others
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        for part in job.parts:
-            kind, name, sha = part.kind, part.eval_name, part.eval_sha
-            ident = run_identity(c, srv, store.new_run_id(), **_session_cell(c, kind, name, sha, conc))
-            facts = _file_facts(c.model.name, c.quant) if rt.kind == "llamacpp" else {}
-            if srv is not None:
-                facts = {**facts, "model_file": srv.model_file or facts.get("model_file"),
-                         "model_sha256": srv.model_sha256 or facts.get("model_sha256")}
-            common = {**facts, "eval_set": name, "eval_sha256": sha, "measured_at": _now(),
-                      "gaplab_version": _gaplab_version(),
-                      "command": srv.launch_command if srv else None}
-            got = answers.get(kind)
-            errors = sum(a.error is not None for a in got) if got else 0
-            if got is None or errors == len(got):
-                why = error or (got[0].error if got else "not run")
-                rows = [{**common, "status": "failed", "error": why}]
-                with tally:
-                    result.failed.append(f"{kind} {c.server_key}: {why}"[:400])
-            elif kind == "task":
-                rows = [{**common, **r, "status": "complete"} for r in accuracy_rows(got)]
-            else:
-                rows = [{**common, "metric": "continuations", "value": float(len(got) - errors), "n": len(got),
-                         "unit": "prompts", "status": "complete"}]
-            meta = {"gaplab_version": _gaplab_version(), "status": rows[0]["status"],
-                    "server": srv.to_dict() if srv else None}
-            store.write_quality(raw_dir, ident, rows, meta, answers=[a.row() for a in got] if got else [])
-            with tally:
-                if rows[0]["status"] == "complete":
-                    result.task_runs += kind == "task"
-                    result.agreement_runs += kind == "agree"
-
     pool = ThreadPoolExecutor(max_workers=2)
-    try:
-        for f in [pool.submit(run, j) for j in jobs]:
-            f.result()
-    finally:  # on Ctrl-C, start no new session; the running ones stop their servers as they end
-        pool.shutdown(wait=True, cancel_futures=True)
+    with Sessions() as sessions:
+        try:
+            for f in [pool.submit(sessions.serve, j.cell,
+                                  [Asking(j.cell, p, raw_dir, bar, result, tally, task_on_all) for p in j.parts])
+                      for j in jobs]:
+                f.result()
+        finally:  # on Ctrl-C, start no new session; the running ones stop their servers as they end
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,101 @@
+"""Server sessions: the one way gaplab opens (or attaches to) a cell's server, runs
+measurements against it, and names what they store.
+
+A measurement is anything with `run(server)` (measure and store a run) and `fail(error)`
+(store that run as failed, when its server never came up). The speed sweep's trials
+(sweep.py), the quality runs (quality/runner.py) and anything later hand their
+measurements to `Sessions.serve`; each stored run carries a `store.RunIdentity` built by
+`run_identity`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable
+from typing import Protocol
+
+from gaplab.hardware import hardware, machine_id
+from gaplab.runtimes import Server, open_server
+from gaplab.scenario import Cell
+from gaplab.store import RunIdentity
+
+
+class Measurement(Protocol):
+    def run(self, server: Server) -> None: ...
+
+    def fail(self, error: str) -> None: ...
+
+
+def run_identity(cell: Cell, server: Server | None, run_id: str, trial: int = 1, series_id: str = "",
+                 **instead) -> RunIdentity:
+    """The identity every row of a run against the cell's server carries.
+
+    instead: fields a run of another kind on the same server sets itself (quality's task and
+    agreement runs name their own cell_id, cell_key, workload and concurrency)."""
+    rt = cell.runtime
+    ident = {"run_id": run_id, "cell_id": cell.cell_id, "cell_key": cell.cell_key, "scenario": cell.scenario,
+             "hardware_id": hardware()["hardware_id"], "machine_id": machine_id(),
+             "series_id": series_id or run_id, "trial": trial, "runtime": rt.name, "runtime_kind": rt.kind,
+             "runtime_version": server.runtime_version if server else "unknown", "model": cell.model.name,
+             "quant": cell.quant, "workload": cell.workload.name, "concurrency": cell.concurrency,
+             "threads": rt.threads if rt.started_here else None,
+             "parallel": rt.parallel if rt.started_here else None}
+    unknown = sorted(set(instead) - set(ident))
+    if unknown:
+        raise TypeError(f"run_identity: {unknown} are not identity fields (store.RunIdentity)")
+    return RunIdentity(**{**ident, **instead})
+
+
+class Sessions:
+    """The servers of one command. Each is started when first needed (one start at a time,
+    whatever thread asks), and stopped after each `serve` unless `keep` holds it up until
+    `close` (the sweep keeps servers up through its rounds when load.keep_servers)."""
+
+    def __init__(self, keep: bool = False):
+        self.keep = keep
+        self._open: dict[str, tuple[contextlib.ExitStack, Server]] = {}
+        self._starting = threading.Lock()
+
+    def _get(self, cell: Cell) -> Server:
+        with self._starting:
+            if cell.server_key not in self._open:
+                stack = contextlib.ExitStack()
+                server = stack.enter_context(open_server(cell))
+                self._open[cell.server_key] = (stack, server)
+            return self._open[cell.server_key][1]
+
+    def serve(self, cell: Cell, measurements: Iterable[Measurement]) -> bool:
+        """Run the measurements against the cell's server, in order. When the server will not
+        start, each is stored as failed with the reason; returns whether it started."""
+        measurements = list(measurements)
+        try:
+            server = self._get(cell)
+        except Exception as exc:  # its measurements fail; the command goes on with other servers
+            error = f"{type(exc).__name__}: {exc}"
+            for m in measurements:
+                m.fail(error)
+            return False
+        try:
+            for m in measurements:
+                m.run(server)
+        finally:
+            if not self.keep:
+                self._stop(cell.server_key)
+        return True
+
+    def _stop(self, key: str) -> None:
+        with self._starting:
+            entry = self._open.pop(key, None)
+        if entry:
+            entry[0].close()
+
+    def close(self) -> None:
+        for key in list(self._open):
+            self._stop(key)
+
+    def __enter__(self) -> Sessions:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
