@@ -291,21 +291,25 @@ def recover(raw_dir: Path) -> list[str]:
 _READ: dict[tuple[str, str], tuple[tuple, pl.DataFrame]] = {}
 
 
+def scan_table(raw_dir: Path, name: str) -> pl.LazyFrame:
+    """All files of one table below raw_dir as one lazy scan, in the current schema: files of an
+    older schema lack the newer columns, which read as null."""
+    files = sorted(Path(raw_dir).glob(f"**/*.{name}.parquet"))
+    schema = pl.from_arrow(TABLES[name].empty_table()).schema
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    return pl.scan_parquet(files, schema=schema, missing_columns="insert", extra_columns="ignore")
+
+
 def read_table(raw_dir: Path, name: str) -> pl.DataFrame:
-    """All files of one table ('run', 'requests' or 'chunks') below raw_dir, as one frame."""
+    """All files of one table ('run', 'requests', 'chunks', ...) below raw_dir, as one frame;
+    read once while its files are unchanged."""
     files = sorted(Path(raw_dir).glob(f"**/*.{name}.parquet"))
     signature = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
     key = (str(Path(raw_dir).resolve()), name)
-    if key in _READ and _READ[key][0] == signature:
-        return _READ[key][1]
-    schema = pl.from_arrow(TABLES[name].empty_table()).schema
-    if not files:
-        return pl.DataFrame(schema=schema)
-    frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-    # files of an older schema lack the newer columns: they read as null
-    frame = frame.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in schema.items() if c not in frame.columns)
-    _READ[key] = (signature, frame)
-    return frame
+    if key not in _READ or _READ[key][0] != signature:
+        _READ[key] = (signature, scan_table(raw_dir, name).collect())
+    return _READ[key][1]
 
 
 def read_run(raw_dir: Path, run_id: str, name: str) -> pl.DataFrame:
