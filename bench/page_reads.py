@@ -21,7 +21,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import analysis, store  # noqa: E402
+from gaplab import metrics, store  # noqa: E402
+from gaplab.report import cold_start, speed, speed_prose  # noqa: E402
 
 RAW = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "raw"
 OPENED = [0]
@@ -46,12 +47,12 @@ def file_by_file(raw_dir, name):
 
 
 def page() -> None:
-    machine = analysis.pick_machine(RAW, "")
-    trials = analysis.trial_summary(analysis.measured_requests(RAW, machine))
-    estimates = analysis.estimates(trials, analysis.precision_target(RAW, machine))
-    analysis.setup_story(RAW, machine, estimates)
-    analysis.cold_starts(RAW, machine)
-    analysis.placement_story(RAW, machine)
+    machine = speed.pick_machine(RAW, "")
+    trials = metrics.trial_summary(speed.measured_requests(RAW, machine))
+    estimates = speed.estimates(trials, speed.precision_target(RAW, machine))
+    speed_prose.setup_story(RAW, machine, estimates)
+    cold_start.cold_starts(RAW, machine)
+    speed_prose.placement_story(RAW, machine)
 
 
 def measure(scan, keep: bool) -> tuple[int, float]:

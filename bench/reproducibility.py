@@ -25,15 +25,16 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import analysis, claims, store  # noqa: E402
+from gaplab import metrics, store  # noqa: E402
+from gaplab.report import claims, speed  # noqa: E402
 
 
 def load(folder: Path, machine: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    req = analysis.measured_requests(folder, machine)
+    req = speed.measured_requests(folder, machine)
     if req.is_empty():
         sys.exit(f"reproducibility: {folder} holds no measured requests")
-    trials = analysis.trial_summary(req)
-    return analysis.estimates(trials), claims.claims_table(trials)
+    trials = metrics.trial_summary(req)
+    return speed.estimates(trials), claims.claims_table(trials)
 
 
 def background(folder: Path, machine: str | None) -> str:
@@ -84,7 +85,7 @@ def main() -> None:
     both = ea.join(eb, on="cell_key", suffix="_b")
     print(f"cells: {ea.height} in A, {eb.height} in B, {both.height} in both")
     print("metric              |B-A|/A: median    p90    max    intervals overlap   B/A median   overlap / that")
-    for m in analysis.METRICS:
+    for m in metrics.METRICS:
         rows = both.drop_nulls([m, f"{m}_b"])
         if rows.is_empty():
             continue

@@ -101,7 +101,7 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
     elif result.capped:
         typer.echo(f"gaplab: no cell has two trials yet, so no interval; {capped}")
     if result.other_cores:
-        from gaplab.prose import background_story
+        from gaplab.report.speed_prose import background_story
 
         typer.echo(f"gaplab: {background_story(result.other_cores)}")
     _done(f"gaplab: sweep done in {result.seconds:.0f} s: {result.trials} trials in {result.rounds} rounds, "
@@ -127,12 +127,12 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
     """Build the report site from the raw data, with Quarto if installed, else nbconvert."""
     import polars as pl
 
-    from gaplab import analysis
-    from gaplab.site import build_site
+    from gaplab.report import speed
+    from gaplab.report.site import build_site
 
     builder = build_site(data_dir, out)
-    machine = analysis.pick_machine(data_dir)
-    req = analysis.measured_requests(data_dir, machine)
+    machine = speed.pick_machine(data_dir)
+    req = speed.measured_requests(data_dir, machine)
     cells = req["cell_key"].n_unique()
     trials = req["run_id"].n_unique()
     last = json.loads(LAST_SWEEP.read_text()) if LAST_SWEEP.exists() else None

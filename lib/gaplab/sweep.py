@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from gaplab import analysis, stats, store
+from gaplab import metrics, stats, store
 from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
 from gaplab.kernel import CtrlC, Kernel, measure_trial
@@ -91,18 +91,18 @@ def trial_values(raw_dir: Path, run_ids: list[str]) -> dict[str, tuple[float, fl
     """run_id -> (aggregate tok/s, measured seconds) of those runs' measured requests."""
     if not run_ids:
         return {}
-    req = analysis.with_run_keys(store.read_table(raw_dir, "requests")).filter(
+    req = metrics.with_run_keys(store.read_table(raw_dir, "requests")).filter(
         pl.col("run_id").is_in(run_ids) & ~pl.col("warmup"))
     if req.is_empty():
         return {}
-    t = analysis.trial_summary(analysis.with_latencies(req))
+    t = metrics.trial_summary(metrics.with_latencies(req))
     return {r["run_id"]: (r["aggregate_tok_s"], r["span_s"]) for r in t.iter_rows(named=True)}
 
 
 def cell_trials(cells: list[Cell], raw_dir: Path, force: bool = False) -> dict[str, CellTrials]:
     """cell_key -> its trials so far on this machine (a new, empty series for each with force)."""
     here = machine_id()
-    runs = analysis.with_run_keys(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == here)
+    runs = metrics.with_run_keys(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == here)
     out = {c.cell_key: CellTrials(c, series_id=store.new_run_id()) for c in cells}
     if force or runs.is_empty():
         return out

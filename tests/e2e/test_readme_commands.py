@@ -5,7 +5,6 @@ headless Chromium draws the charts from a loopback HTTP server."""
 
 import functools
 import http.server
-import os
 import re
 import shutil
 import subprocess

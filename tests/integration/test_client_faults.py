@@ -11,7 +11,7 @@ import pytest
 
 import fault_server
 from fault_server import CUT_AFTER, FAULTS, SLOW_HEADERS_S, TOKENS
-from gaplab.analysis import error_kind
+from gaplab.metrics import error_kind
 from gaplab.client import CONTENT, ROLE, TOKEN_KINDS, RequestRecord, StreamClient
 
 REQUESTS, USERS, TIMEOUT_S = 40, 4, 1.0

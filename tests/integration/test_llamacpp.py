@@ -1,14 +1,12 @@
 """Against a real llama-server on SmolLM2-135M (built and provisioned by `make test`)."""
 
-import signal
-import subprocess
-import time
 
 import polars as pl
 import pytest
 from conftest import write_scenario
 
-from gaplab import analysis, store
+from gaplab import store
+from gaplab.report import speed
 from gaplab.runtimes.llamacpp import llama_server
 from gaplab.scenario import RuntimeSpec, load_scenario
 from gaplab.measure import run_cell
@@ -40,7 +38,7 @@ def test_token_counts_equal_the_servers(two_levels):
 
 
 def test_decode_rate_agrees_with_the_servers_own(two_levels):
-    summary = analysis.cell_summary(analysis.measured_requests(two_levels))
+    summary = speed.cell_summary(speed.measured_requests(two_levels))
     assert sorted(summary["concurrency"].to_list()) == [1, 2]
     for row in summary.iter_rows(named=True):
         ratio = row["per_user_tok_s"] / row["server_decode_tok_s"]

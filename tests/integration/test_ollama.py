@@ -7,7 +7,9 @@ import polars as pl
 import pytest
 import yaml
 
-from gaplab import analysis, quality, store
+from gaplab import quality, store
+from gaplab.report import quality as qframes
+from gaplab.report import speed_prose
 from gaplab.runtimes import ollama
 from gaplab.measure import run_cell
 from ollama_replay import FIXTURES, OllamaReplay
@@ -57,7 +59,7 @@ def test_partial_offload_is_detected_and_said_in_plain_words(tmp_path, replay):
     assert after["split"] and after["gpu_fraction"] == pytest.approx(6477163520 / 9813884928, abs=1e-4)
     run = store.read_table(tmp_path / "raw", "run")  # the same facts as typed columns (schema 4)
     assert (run["model_bytes_loaded"][0], run["model_bytes_gpu"][0]) == (9813884928, 6477163520)
-    text = analysis.placement_story(tmp_path / "raw")
+    text = speed_prose.placement_story(tmp_path / "raw")
     assert "qwen3-8b Q4_K_M on ollama" in text and "66% of 9.1 GiB in GPU memory" in text
 
 
@@ -80,13 +82,13 @@ def test_task_accuracy_reaches_ollama_through_its_openai_endpoint(tmp_path, repl
     res = quality.measure(scenario(tmp_path, replay.url), raw_dir=tmp_path / "raw", eval_path=eval_set,
                           progress=False)
     assert res.failed == [] and res.task_runs == 1
-    task = quality.task_frame(quality.read_quality(tmp_path / "raw")[0])
+    task = qframes.task_frame(qframes.read_quality(tmp_path / "raw")[0])
     assert task["runtime"].to_list() == ["ollama"] and task["questions"].to_list() == [6]
     # every item was asked, by its served name, greedily, each answer ending at its line
     asked = [b for b in replay.openai_bodies if b["max_tokens"] == quality.MAX_TOKENS]  # not the continuations
     assert len(asked) == 6 and {b["model"] for b in asked} == {"qwen3:8b"}
     assert {b["temperature"] for b in asked} == {0} and all(b["stop"] == ["\n"] for b in asked)
     # the fixture answers "12": right exactly where the question's answer is 12
-    answers = quality.read_quality(tmp_path / "raw")[1].filter(pl.col("workload") == "task:mine")
+    answers = qframes.read_quality(tmp_path / "raw")[1].filter(pl.col("workload") == "task:mine")
     assert answers["completion"].to_list() == ["12"] * 6
     assert answers["correct"].to_list() == [a == "12" for a in answers["expected"].to_list()]

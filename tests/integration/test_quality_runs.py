@@ -13,6 +13,7 @@ import yaml
 from gaplab import store
 from gaplab.provision import models
 from gaplab import quality as q
+from gaplab.report import quality as qframes
 from gaplab.runtimes.llamacpp import llama_server
 from gaplab.scenario import RuntimeSpec
 
@@ -84,11 +85,11 @@ def test_measure_stores_runs_keyed_like_the_speed_data_and_skips_them_next_time(
     raw = tmp_path / "raw"
     res = q.measure(scenario, raw_dir=raw, chunks=2, eval_path=eval_set, progress=False)
     assert (res.fidelity_runs, res.task_runs, res.agreement_runs, res.failed) == (2, 2, 2, [])
-    figures, answers = q.read_quality(raw)
-    fid = q.fidelity_frame(figures)
+    figures, answers = qframes.read_quality(raw)
+    fid = qframes.fidelity_frame(figures)
     assert set(fid["reference"]) == {"Q8_0"}  # the largest file of the scenario's quants
     assert fid.filter(pl.col("quant") == "Q4_1")["kld"][0] > 0
-    task = q.task_frame(figures)
+    task = qframes.task_frame(figures)
     assert set(task["runtime"]) == {"one"} and set(task["questions"]) == {4} and set(task["eval_set"]) == {"mine"}
     assert answers.filter(pl.col("workload") == "task:mine").height == 8
     runs = store.read_table(raw, "quality")

@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 from conftest import write_scenario
 
-from gaplab import analysis, store
+from gaplab import store
+from gaplab.report import cold_start
 from gaplab.provision import vllm_env
 from gaplab.measure import run_cell
 
@@ -46,7 +47,7 @@ def test_metadata_telemetry_and_cold_start(run):
     running = tele.filter(pl.col("metric") == "vllm:num_requests_running")
     assert running.height >= 2 and running["value"].max() >= 1
     assert tele.filter(pl.col("metric").str.contains("kv_cache_usage")).height > 0
-    starts = analysis.cold_starts(raw)
+    starts = cold_start.cold_starts(raw)
     assert starts.height == 1
     s = starts.row(0, named=True)
     assert 1 < s["to_healthy_s"] < s["to_first_token_s"] < 600

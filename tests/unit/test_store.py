@@ -110,7 +110,7 @@ def test_empty_store_reads_as_empty_frames(tmp_path):
 
 
 def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path):
-    from gaplab import analysis
+    from gaplab.report import cold_start, speed_prose
 
     meta = {"status": "complete", "server_started_ns": 1_000_000_000, "server_healthy_ns": 3_500_000_000,
             "server_first_token_ns": 3_600_000_000, "model_bytes_loaded": 2**30, "model_bytes_gpu": 2**29}
@@ -126,10 +126,10 @@ def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path
     folder = tmp_path / "hw" / "rt" / "m" / "Q4" / "2026-01-01"
     folder.mkdir(parents=True)
     old.write_parquet(folder / "20260101T000001Z-old000.run.parquet")
-    starts = analysis.cold_starts(tmp_path).sort("quant")
+    starts = cold_start.cold_starts(tmp_path).sort("quant")
     assert starts["quant"].to_list() == ["Q4", "Q8_0"]
     assert starts["to_healthy_s"].to_list() == [4.0, 2.5] and starts["to_first_token_s"].to_list() == [5.0, 2.6]
-    story = analysis.placement_story(tmp_path)
+    story = speed_prose.placement_story(tmp_path)
     assert "50% of 1.0 GiB in GPU memory" in story and "25% of 2.0 GiB in GPU memory" in story
 
 

@@ -12,20 +12,15 @@ Three measurements, stored as rows that carry the speed tables' run identity
 - agreement: the same continuation prompts through two runtime cells of one model and
   quant (llama.cpp with 8 slots vs 1 slot by default); derived from the stored answers.
 
-runner.py measures a scenario and writes the runs; frames.py and prose.py are what the
-quality page reads. The names below are the package's public surface (the CLI, the
+runner.py measures a scenario and writes the runs; what the quality page reads is in
+the report package (report/quality.py, report/quality_prose.py). The names below are the package's public surface (the CLI, the
 notebook and the tests use them as `quality.<name>`).
 """
 
 from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all, task_request
 from gaplab.quality.evaltext import EVAL_TEXT, QUALITY_DIR, TextSource, eval_text
-from gaplab.quality.frames import (agreement, chart_points, common_prefix, display_table, fidelity_frame,
-                                   latest_quality, quality_speed_size, read_quality, recovery,
-                                   recovery_beside_published, task_frame)
 from gaplab.quality.perplexity import (CHUNKS, CTX, TOOL_THREADS, FidelityResult, ToolOutputError, fidelity,
                                        parse_base, parse_kld, perplexity_command, reference_quant)
-from gaplab.quality.prose import (agreement_story, derivation_story, example_pair, fidelity_story, pick_story,
-                                  setup_story)
 from gaplab.quality.questions import (AGREE_PROMPTS, AGREE_TOKENS, AGREE_WORDS, EVAL_SEED, EVAL_SET, EVAL_SIZE,
                                       FEW_SHOT, MAX_TOKENS, EvalSetError, Item, chat_messages, completion_prompt,
                                       continuation_items, load_eval_set, make_eval_set, score, wilson,
@@ -36,11 +31,11 @@ from gaplab.provision import SetupError
 __all__ = [
     "AGREE_PROMPTS", "AGREE_TOKENS", "AGREE_WORDS", "Answer", "CHUNKS", "CTX", "EVAL_SEED", "EVAL_SET", "EVAL_SIZE",
     "EVAL_TEXT", "EvalSetError", "FEW_SHOT", "FidelityResult", "Item", "MAX_TOKENS", "QUALITY_DIR",
-    "QualityResult", "SetupError", "TOOL_THREADS", "TextSource", "ToolOutputError", "accuracy_rows", "agreement",
-    "agreement_story", "ask_all", "chart_points", "chat_messages", "common_prefix", "completion_prompt",
-    "continuation_items", "continue_all", "derivation_story", "display_table", "eval_text", "example_pair",
-    "fidelity", "fidelity_frame", "fidelity_story", "latest_quality", "load_eval_set", "make_eval_set", "measure",
-    "parse_base", "parse_kld", "perplexity_command", "pick_story", "quality_speed_size", "read_quality",
-    "recovery", "recovery_beside_published", "reference_quant", "score", "setup_story", "task_frame",
+    "QualityResult", "SetupError", "TOOL_THREADS", "TextSource", "ToolOutputError", "accuracy_rows",
+    "ask_all", "chat_messages", "completion_prompt",
+    "continuation_items", "continue_all", "eval_text",
+    "fidelity", "load_eval_set", "make_eval_set", "measure",
+    "parse_base", "parse_kld", "perplexity_command",
+    "reference_quant", "score",
     "task_request", "wilson", "write_eval_set",
 ]

@@ -141,8 +141,8 @@ def _build_without_quarto(data_dir: Path, out: Path) -> None:
     print(f"gaplab: quarto is not installed, so the site was built with nbconvert into {out}", flush=True)
 
 
-if __name__ == "__main__":  # `python -m gaplab.site vega-header`: Quarto's pre-render step
+if __name__ == "__main__":  # `python -m gaplab.report.site vega-header`: Quarto's pre-render step
     if sys.argv[1:] == ["vega-header"]:
         print(write_vega_header())
     else:
-        sys.exit("usage: python -m gaplab.site vega-header")
+        sys.exit("usage: python -m gaplab.report.site vega-header")

@@ -1,6 +1,6 @@
 import polars as pl
 
-from gaplab import claims
+from gaplab.report import claims
 
 
 def trials(values: dict) -> pl.DataFrame:

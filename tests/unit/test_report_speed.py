@@ -1,7 +1,8 @@
 import polars as pl
 import pytest
 
-from gaplab import analysis, store
+from gaplab import metrics, store
+from gaplab.report import speed, speed_prose
 from gaplab.client import RequestRecord
 
 MS = 1_000_000
@@ -38,7 +39,7 @@ def ident(run_id="20260101T000000Z-aaaaaa", **kw):
 @pytest.fixture()
 def summary(tmp_path):
     store.write_run(tmp_path, ident(), {"status": "complete"}, HAND)
-    return analysis.trial_summary(analysis.measured_requests(tmp_path, "m-1")).row(0, named=True)
+    return metrics.trial_summary(speed.measured_requests(tmp_path, "m-1")).row(0, named=True)
 
 
 def test_hand_computed_trial(summary):
@@ -64,7 +65,7 @@ def _trial(tmp_path, trial, tokens_per_s, series="s1", status="complete", run_id
 def test_estimate_is_the_mean_over_trials_with_a_t_interval(tmp_path):
     for t, v in ((1, 10), (2, 12), (3, 14)):
         _trial(tmp_path, t, v)
-    est = analysis.cell_summary(analysis.measured_requests(tmp_path), precision=0.05).row(0, named=True)
+    est = speed.cell_summary(speed.measured_requests(tmp_path), precision=0.05).row(0, named=True)
     import math
     import statistics
     # the runtime's only cell is its pool: t(0.975, 2 df) x sd of the logs x mean / sqrt(3 trials)
@@ -81,27 +82,27 @@ def test_only_the_newest_series_and_its_complete_trials_count(tmp_path):
     _trial(tmp_path, 1, 20, series="b")
     _trial(tmp_path, 2, 22, series="b")
     _trial(tmp_path, 3, 99, series="b", status="interrupted")
-    est = analysis.cell_summary(analysis.measured_requests(tmp_path)).row(0, named=True)
+    est = speed.cell_summary(speed.measured_requests(tmp_path)).row(0, named=True)
     assert est["trials"] == 2 and est["aggregate_tok_s"] == pytest.approx(21)
 
 
 def test_runs_of_schema_1_are_one_trial_without_an_interval(tmp_path):
     _trial(tmp_path, 1, 10)
-    old = analysis.with_run_keys(pl.DataFrame({"run_id": ["r"], "hardware_id": ["hw"], "machine_id": [None],
+    old = metrics.with_run_keys(pl.DataFrame({"run_id": ["r"], "hardware_id": ["hw"], "machine_id": [None],
                                                "series_id": [None], "trial": [None]},
                                               schema_overrides={"machine_id": pl.String, "series_id": pl.String,
                                                                 "trial": pl.Int32}))
     assert old.row(0, named=True) == {"run_id": "r", "hardware_id": "hw", "machine_id": "hw", "series_id": "r",
                                       "trial": 1}
-    est = analysis.cell_summary(analysis.measured_requests(tmp_path)).row(0, named=True)
+    est = speed.cell_summary(speed.measured_requests(tmp_path)).row(0, named=True)
     assert est["trials"] == 1 and est["aggregate_tok_s_lo"] is None and est["halfwidth_pct"] is None
 
 
 def test_error_kinds_are_counted():
-    assert analysis.error_kind("truncated after 3 tokens") == "truncated"
-    assert analysis.error_kind("connection reset after 3 tokens") == "connection reset"
-    assert analysis.error_kind("HTTP 503: busy") == "HTTP 503"
-    assert analysis.error_kind("no complete response within 1 s") == "timeout"
+    assert metrics.error_kind("truncated after 3 tokens") == "truncated"
+    assert metrics.error_kind("connection reset after 3 tokens") == "connection reset"
+    assert metrics.error_kind("HTTP 503: busy") == "HTTP 503"
+    assert metrics.error_kind("no complete response within 1 s") == "timeout"
 
 
 def test_the_committed_runs_of_schema_1_still_render_as_one_trial_each():
@@ -109,24 +110,24 @@ def test_the_committed_runs_of_schema_1_still_render_as_one_trial_each():
     must still come out of them, saying there is no interval."""
     from pathlib import Path
 
-    from gaplab import claims, prose
+    from gaplab.report import claims
 
     raw = Path(__file__).resolve().parents[2] / "data" / "raw"
     runs = store.read_table(raw, "run").filter(pl.col("schema_version") == 1)
     assert runs.height, "no schema-1 runs are committed"
     old = runs["hardware_id"][0]  # their machine is known by its class only
-    trials = analysis.trial_summary(analysis.measured_requests(raw, old))
-    est = analysis.estimates(trials, 0.05)
+    trials = metrics.trial_summary(speed.measured_requests(raw, old))
+    est = speed.estimates(trials, 0.05)
     assert est.height >= 10 and set(est["trials"]) == {1} and est["aggregate_tok_s_lo"].null_count() == est.height
     rows = claims.claims_table(trials)
     assert set(rows["verdict"]) == {"no interval"}
-    text = prose.throughput_story(rows, est) + prose.precision_story(est, 0.05)
+    text = speed_prose.throughput_story(rows, est) + speed_prose.precision_story(est, 0.05)
     assert "1 trial" in text and "no verdict" in text
-    assert "1 trial, no interval" in analysis.setup_story(raw, old, est)
+    assert "1 trial, no interval" in speed_prose.setup_story(raw, old, est)
 
 
 def test_background_story_flags_trials_beside_other_work():
-    from gaplab.prose import background_story
+    from gaplab.report.speed_prose import background_story
 
     quiet = background_story([0.01, 0.02, 0.03])
     assert "otherwise quiet" in quiet and "median 0.02" in quiet

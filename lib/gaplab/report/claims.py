@@ -7,7 +7,7 @@ One row per claim (columns in order):
 - kind         faster: a vs b at one load level; scales: one config at the most users vs at
                the fewest (b); flips: the leader at the fewest users differs from the leader
                at the most; overtakes: the lowest level where a leads after b led below it
-- model, workload, metric (an analysis.METRICS name), users (load level of a), users_b (of b)
+- model, workload, metric (an metrics.METRICS name), users (load level of a), users_b (of b)
 - a, b         the subjects, "runtime · quant"; across_kinds: a and b are different kinds of
                server (vLLM against llama.cpp, say), not two configurations of one
 - value_a, value_b   the estimates (mean over trials)
@@ -30,7 +30,7 @@ import itertools
 import polars as pl
 
 from gaplab import stats
-from gaplab.analysis import HIGHER_IS_BETTER
+from gaplab.metrics import HIGHER_IS_BETTER
 
 COLUMNS = ["claim_id", "kind", "model", "workload", "metric", "users", "users_b", "a", "b", "across_kinds", "value_a", "value_b",
            "ratio", "ratio_lo", "ratio_hi", "trials_a", "trials_b", "verdict", "statement", "text"]
@@ -79,7 +79,7 @@ def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, user
 
 
 def claims_table(trials: pl.DataFrame) -> pl.DataFrame:
-    """All claims for the trials of one machine (analysis.trial_summary rows)."""
+    """All claims for the trials of one machine (metrics.trial_summary rows)."""
     if trials.is_empty():
         return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
     values: dict[tuple, dict[str, list]] = {}

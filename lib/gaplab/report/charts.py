@@ -1,5 +1,5 @@
 """Altair chart builders used by the notebooks. They read small aggregates from
-analysis.py, never raw rows, and every mark carries a tooltip.
+the report frames (speed.py, quality.py, ...), never raw rows, and every mark carries a tooltip.
 
 `use_site_renderer()` makes charts draw with the Vega bundle that the site ships
 in every page's head (site.py), so pages work with no internet.

@@ -3,7 +3,8 @@ import json
 
 import polars as pl
 
-from gaplab import analysis, charts
+from gaplab import metrics
+from gaplab.report import charts
 
 
 def estimates() -> pl.DataFrame:
@@ -12,10 +13,10 @@ def estimates() -> pl.DataFrame:
                                                                          ["F16", "Q4"], [1, 2, 4, 8])):
         row = {"model": model, "runtime": runtime, "quant": quant, "concurrency": users, "trials": 3,
                "requests": 12, "errors": 0, "error_kinds": "", "run_ids": f"r{k}a,r{k}b,r{k}c"}
-        for m in analysis.METRICS:
+        for m in metrics.METRICS:
             row.update({m: 10.0 + k, f"{m}_lo": 9.0 + k, f"{m}_hi": 11.0 + k, f"{m}_sd": 0.5})
         rows.append(row)
-    rows[0].update({"trials": 1, **{f"{m}_{x}": None for m in analysis.METRICS for x in ("lo", "hi", "sd")}})
+    rows[0].update({"trials": 1, **{f"{m}_{x}": None for m in metrics.METRICS for x in ("lo", "hi", "sd")}})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 

@@ -1,12 +1,18 @@
 """The throughput and latency page's sentences, rendered from the claims table (claims.py)
-and the per-cell estimates (analysis.estimates): no comparison is written here that is
-not a claim row first, and each carries its interval."""
+and the per-cell estimates (speed.estimates): no comparison is written here that is not a
+claim row first, and each carries its interval. Also where and how the figures were
+measured, our scaling beside published figures, and where Ollama placed a model."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import polars as pl
 
-from gaplab import claims as cl
+from gaplab import store
+from gaplab.metrics import selected_runs
+from gaplab.report import claims as cl
 
 
 def _iv(row: dict, m: str, digits: int = 1) -> str:
@@ -125,3 +131,84 @@ def background_story(other_cores: list[float]) -> str:
     return (text + f"; {busy} trial(s) shared the machine with more than {CONTENDED_CORES} cores of other work, "
             f"so their cells may read slower than this machine runs them: measure again on a quiet machine "
             f"(`make report FORCE=1`).")
+
+
+def setup_story(raw_dir: Path, machine_id: str, summary: pl.DataFrame) -> str:
+    """Where, when and how the figures were measured, and which other machines the store holds."""
+    from gaplab.hardware import machine_id as this_machine
+
+    all_runs = selected_runs(store.read_table(raw_dir, "run"))
+    runs = all_runs.filter(pl.col("machine_id") == machine_id)
+    if runs.is_empty():
+        return f"No complete runs for machine `{machine_id}` yet: run `make report` or `gaplab sweep`."
+    r = runs.sort("run_id").row(-1, named=True)
+    versions = ", ".join(sorted(runs["runtime_version"].unique().to_list()))
+    derived = runs.filter(pl.col("model_note").str.starts_with("requantized"))["quant"].unique().sort().to_list()
+    whose = ("this machine" if machine_id == this_machine() else
+             "another machine (reference runs: not measured where this report was built)")
+    trials = summary["trials"] if "trials" in summary.columns else pl.Series([1])
+    text = (f"Measured on {whose}, `{machine_id}` of class `{r['hardware_id']}`: {r['cpu_model']}, "
+            f"{r['cpu_cores']} cores, {r['memory_gib']} GiB, between {runs['started_at'].min()} and "
+            f"{runs['finished_at'].max()}. {summary.height} cells, {int(trials.sum())} trials "
+            f"({int(trials.min())} to {int(trials.max())} per cell), {int(summary['requests'].sum())} measured "
+            f"requests, {int(summary['errors'].sum())} errors. Runtime: {versions}.")
+    if int(trials.max()) == 1:
+        text += " Each cell was measured once: 1 trial, no interval."
+    background = runs["other_cores"].drop_nulls().to_list()  # speed trials only: quality runs have none
+    if background:
+        text += " " + background_story(background)
+    if derived:
+        text += (f" The {', '.join(derived)} files were made on this machine with llama-quantize from the "
+                 f"4-bit files that ship on PyPI, so they cannot be more faithful than those 4-bit files; "
+                 f"their speed is real, their quality is not the original model's.")
+    others = (all_runs.filter(pl.col("machine_id") != machine_id).group_by("machine_id", "hardware_id")
+              .agg(pl.col("cell_key").n_unique().alias("cells"), pl.col("started_at").min().alias("start"),
+                   pl.col("finished_at").max().alias("end")).sort("machine_id"))
+    for o in others.iter_rows(named=True):
+        text += (f"\n\nThe store also holds reference runs of machine `{o['machine_id']}` (class "
+                 f"`{o['hardware_id']}`): {o['cells']} cells measured between {o['start']} and {o['end']}; "
+                 f"set the page's `machine_id` parameter to show them.")
+    return text
+
+
+def scaling_story(table: pl.DataFrame) -> str:
+    ours = table.filter(pl.col("who") == "measured here")
+    pub = table.filter(pl.col("who") == "published")
+    if ours.is_empty() or pub.is_empty():
+        return ""
+    best_pub, worst_pub = pub.row(0, named=True), pub.row(-1, named=True)
+    parts = []
+    for rt in ours["runtime"].unique(maintain_order=True):
+        r = ours.filter(pl.col("runtime") == rt)
+        parts.append(f"{rt} ×{r['scaling'].min():.2f} to ×{r['scaling'].max():.2f}")
+    return (f"Going from one user to many multiplies total throughput by "
+            f"×{best_pub['scaling']:.1f} for {best_pub['runtime']} {best_pub['quant']} on "
+            f"{best_pub['hardware']} ({best_pub['users']} users, {best_pub['source']}) but only "
+            f"×{worst_pub['scaling']:.2f} for {worst_pub['runtime']} {worst_pub['quant']} on {worst_pub['hardware']}. "
+            f"Here, from 1 to {ours['users'].max()} users: " + "; ".join(parts) + ". "
+            "Adding users multiplies throughput only when one decode step serves many sequences for "
+            "little more than the cost of one: true while the step is bound by reading the weights "
+            "from memory, as on a GPU at small batch sizes; the cost of a batched step on this machine "
+            "is in the per-user section above.")
+
+
+def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
+    """Plain words for every cell whose model was not wholly in GPU memory (Ollama's /api/ps)."""
+    from gaplab.runtimes.ollama import describe, where
+
+    runs = selected_runs(store.read_table(raw_dir, "run"))
+    if machine_id:
+        runs = runs.filter(pl.col("machine_id") == machine_id)
+    lines = []
+    for row in runs.sort("cell_id").iter_rows(named=True):
+        size, vram = row["model_bytes_loaded"], row["model_bytes_gpu"]
+        if size is None and (row["schema_version"] or 1) < 4:  # older runs: only in meta_json
+            after = (json.loads(row["meta_json"]).get("ollama_placement") or {}).get("after") or {}
+            size, vram = after.get("size"), after.get("size_vram")
+        if not size:
+            continue
+        after = where(size, vram or 0)
+        if after["split"] or after["cpu_only"]:
+            lines.append(f"- **{row['model']} {row['quant']} on {row['runtime']}** at {row['concurrency']} "
+                         f"users: the model was {describe(after)}. Its speed is not the GPU's.")
+    return ("Cells where Ollama did not hold the whole model in GPU memory:\n\n" + "\n".join(lines)) if lines else ""

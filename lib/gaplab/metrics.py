@@ -1,0 +1,90 @@
+"""The metric definitions, in polars: per-request latencies and per-trial figures from the
+raw rows. The sweep reads them to decide whether a cell needs another trial, and the
+report to draw every figure.
+
+The definitions are written once, for readers, on the methodology page (methodology.qmd,
+"How time is taken"): TTFT, per-user decode speed, aggregate throughput, inter-token latency; here
+they are code. Percentiles interpolate linearly between ranks (numpy's default).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+NS_PER_MS = 1_000_000
+CELL = ["machine_id", "hardware_id", "runtime", "runtime_kind", "model", "quant", "workload", "concurrency",
+        "threads", "parallel", "cell_key"]
+GROUP = CELL + ["series_id", "trial", "run_id"]
+
+
+# The headline metrics: each cell gets the mean over its trials, a 95% interval and the sd.
+METRICS = ["aggregate_tok_s", "per_user_tok_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "itl_mean_ms"]
+HIGHER_IS_BETTER = {"aggregate_tok_s": True, "per_user_tok_s": True, "ttft_p50_ms": False, "ttft_p99_ms": False,
+                    "e2e_p50_ms": False, "itl_mean_ms": False}
+
+
+def with_run_keys(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows of schema-1 files name no machine, series or trial: each was one trial, on a machine
+    known only by its class."""
+    return frame.with_columns(machine_id=pl.coalesce("machine_id", "hardware_id"),
+                              series_id=pl.coalesce("series_id", "run_id"), trial=pl.coalesce("trial", pl.lit(1)))
+
+
+def selected_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs the report combines: per machine and cell, the complete trials of its newest
+    series (a forced rerun starts a new series; a resumed sweep continues the last one)."""
+    runs = with_run_keys(runs)
+    newest = (runs.group_by("machine_id", "cell_key").agg(pl.col("series_id").sort_by("run_id").last()))
+    return runs.join(newest, on=["machine_id", "cell_key", "series_id"], how="semi").filter(
+        pl.col("status") == "complete")
+
+
+def with_latencies(requests: pl.DataFrame) -> pl.DataFrame:
+    span = pl.col("last_token_ns") - pl.col("first_token_ns")
+    return requests.with_columns(
+        ttft_ms=(pl.col("first_token_ns") - pl.col("sent_ns")) / NS_PER_MS,
+        e2e_ms=(pl.col("end_ns") - pl.col("sent_ns")) / NS_PER_MS,
+        queue_ms=(pl.col("sent_ns") - pl.col("scheduled_ns")) / NS_PER_MS,
+        decode_tok_s=pl.when((pl.col("completion_tokens") > 1) & (span > 0))
+        .then((pl.col("completion_tokens") - 1) / (span / 1e9)).otherwise(None),
+        itl_ms=pl.when((pl.col("n_token_chunks") == pl.col("completion_tokens")) & (pl.col("n_token_chunks") > 1))
+        .then(span / (pl.col("n_token_chunks") - 1) / NS_PER_MS).otherwise(None),
+        ok=pl.col("error").is_null(),
+    )
+
+
+def error_kind(message: str) -> str:
+    """A short name for an error message, for counting errors by kind."""
+    m = message.lower()
+    for key, kind in (("truncated", "truncated"), ("reset", "connection reset"), ("no complete response", "timeout"),
+                      ("malformed", "malformed stream"), ("cancelled", "cancelled"), ("refused", "refused"),
+                      ("before its body was complete", "incomplete body")):
+        if key in m:
+            return kind
+    if m.startswith("http "):
+        return message[:8]
+    return "other"
+
+
+def trial_summary(requests: pl.DataFrame) -> pl.DataFrame:
+    """One row per trial (run): throughput and latency of its measured requests. Requests that
+    failed count in `errors` and in the span, never in the token or latency figures."""
+    ok = pl.col("ok")
+    return (requests.group_by(GROUP).agg(
+        requests=pl.len(),
+        errors=(~ok).sum(),
+        error_messages=pl.col("error").drop_nulls(),
+        output_tokens=pl.col("completion_tokens").filter(ok).sum(),
+        span_s=(pl.col("end_ns").max() - pl.col("sent_ns").min()) / 1e9,
+        ttft_p50_ms=pl.col("ttft_ms").filter(ok).quantile(0.5, interpolation="linear"),
+        ttft_p99_ms=pl.col("ttft_ms").filter(ok).quantile(0.99, interpolation="linear"),
+        e2e_p50_ms=pl.col("e2e_ms").filter(ok).quantile(0.5, interpolation="linear"),
+        per_user_tok_s=pl.col("decode_tok_s").filter(ok).median(),
+        itl_mean_ms=pl.col("itl_ms").filter(ok).mean(),
+        queue_p99_ms=pl.col("queue_ms").quantile(0.99, interpolation="linear"),
+        server_decode_tok_s=(pl.col("server_predicted_n").filter(ok).sum()
+                             / (pl.col("server_predicted_ms").filter(ok).sum() / 1e3)),
+    ).with_columns(
+        aggregate_tok_s=pl.col("output_tokens") / pl.col("span_s"),
+        config=pl.col("runtime") + " · " + pl.col("quant"),
+    ).sort(["model", "runtime", "quant", "concurrency", "trial"]))
