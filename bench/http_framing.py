@@ -1,4 +1,4 @@
-"""gaplab's own HTTP/1.1 response decoder (client.parse_response) against h11 and, when
+"""gaplab's own HTTP/1.1 response decoder (http1.parse_response) against h11 and, when
 installed, httptools, on the same timed reads: is there a well-kept library that should
 replace it?
 
@@ -31,7 +31,7 @@ except ImportError:
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab.client import parse_response  # noqa: E402
+from gaplab.http1 import parse_response  # noqa: E402
 
 
 def reads(tokens: int) -> list[tuple[int, bytes]]:
@@ -119,7 +119,7 @@ def main() -> None:
     t_ours = seconds(parse_response, timed, args.repeat)
     t_h11 = seconds(with_h11, timed, args.repeat)
     n = len(timed) - 1
-    print(f"client.parse_response: {t_ours * 1e6:8.0f} us per response, {t_ours / n * 1e6:6.2f} us per chunk")
+    print(f"http1.parse_response: {t_ours * 1e6:8.0f} us per response, {t_ours / n * 1e6:6.2f} us per chunk")
     print(f"h11 {h11.__version__:<17} {t_h11 * 1e6:8.0f} us per response, {t_h11 / n * 1e6:6.2f} us per chunk"
           f"  (x{t_h11 / t_ours:.1f} the time)")
     if httptools is None:
@@ -127,7 +127,7 @@ def main() -> None:
         return
     ht = with_httptools(timed)
     if not (ht[0] == ours[0] and ht[2] == ours[3] and joined(ht[1]) == joined(ours[2])):
-        sys.exit("httptools disagrees with client.parse_response")
+        sys.exit("httptools disagrees with http1.parse_response")
     t_ht = seconds(with_httptools, timed, args.repeat)
     print(f"httptools {httptools.__version__:<11} {t_ht * 1e6:8.0f} us per response, {t_ht / n * 1e6:6.2f} us per chunk"
           f"  (x{t_ht / t_ours:.1f} the time)")

@@ -1,7 +1,7 @@
 """Streaming client: one record per request, one arrival time per streamed chunk.
 
 The openai package builds the endpoint URL and the auth header and serves the
-non-streamed calls. Streams are read by a plain asyncio protocol: its hot path is
+non-streamed calls (the model list, and quality's questions: `complete`, `tokenize`). Streams are read by a plain asyncio protocol: its hot path is
 `data_received`, which only stamps each network read with time.perf_counter_ns() and
 keeps the bytes. HTTP framing, SSE lines and JSON are parsed after the stream ends, so
 parsing never delays the timestamp of another stream's read. (Stamping after an
@@ -20,14 +20,15 @@ framing said. The chunks that did arrive are kept.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
-
-import ssl
 from urllib.parse import urlsplit
 
 import openai
 import orjson
+
+from gaplab.http1 import body_lines, parse_response
 
 # Chunk kinds stored in the chunks table.
 ROLE, CONTENT, REASONING, TOOL, EMPTY, USAGE = "role", "content", "reasoning", "tool", "empty", "usage"
@@ -144,92 +145,6 @@ class _Reads(asyncio.Protocol):
             self.done.set_result(None)
 
 
-def _status(line: str) -> int | None:
-    """The status code of an HTTP/1.x status line; None when it is not one."""
-    parts = line.split()
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        return None
-    return int(parts[1])
-
-
-def parse_response(reads: list[tuple[int, bytes]]) -> tuple[int | None, dict, list[tuple[int, bytes]], bool]:
-    """HTTP/1.1 response from timed reads: (status, headers, [(arrival_ns, body bytes)], complete).
-
-    Decodes chunked transfer encoding; each body piece keeps the arrival time of the read
-    that carried it. `complete` says the framing is complete: the zero-size chunk arrived,
-    or content-length bytes did; a body without framing (ended by closing) is never
-    complete. Never raises: a garbled response gives status None or complete False.
-    """
-    raw = b""
-    for k, (ns, data) in enumerate(reads):
-        raw += data
-        if b"\r\n\r\n" in raw:
-            break
-    else:  # the head never ended; a status line alone still says what the server answered
-        return (_status(raw.split(b"\r\n")[0].decode("latin-1")) if b"\r\n" in raw else None), {}, [], False
-    head, rest = raw.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    status = _status(lines[0])
-    if status is None:
-        return None, {}, [], False
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    pieces = [(ns, rest)] + reads[k + 1:]
-    if "chunked" not in headers.get("transfer-encoding", "").lower():
-        length = headers.get("content-length", "")
-        return status, headers, pieces, length.isdigit() and sum(len(d) for _, d in pieces) >= int(length)
-    out, pending, remaining = [], b"", 0  # remaining: bytes left in the current frame, -1: its CRLF
-    for ns, data in pieces:
-        buf, pos, got = pending + data, 0, []
-        while True:
-            if remaining > 0:
-                take = buf[pos:pos + remaining]
-                got.append(take)
-                pos += len(take)
-                remaining -= len(take)
-                if remaining:
-                    break
-                remaining = -1
-            if remaining == -1:
-                if len(buf) - pos < 2:
-                    break
-                pos, remaining = pos + 2, 0
-            end = buf.find(b"\r\n", pos)
-            if end < 0:
-                break
-            try:  # a size, then optional ";extensions"
-                size = int(buf[pos:end].split(b";")[0], 16)
-            except ValueError:  # not chunked encoding after all: keep what was decoded
-                out.append((ns, b"".join(got)))
-                return status, headers, out, False
-            pos = end + 2
-            if size == 0:  # the last chunk; trailers may follow and carry no body
-                out.append((ns, b"".join(got)))
-                return status, headers, out, True
-            remaining = size
-        pending = buf[pos:]
-        out.append((ns, b"".join(got)))
-    return status, headers, out, False
-
-
-def body_lines(body: list[tuple[int, bytes]], prefix: bytes = b"data:") -> list[tuple[int, bytes]]:
-    """The lines of a streamed body that start with prefix (SSE `data:` lines; b"" for NDJSON),
-    each with the arrival time of its last byte. Blank lines are dropped; a last line without
-    its newline is kept (a parser downstream decides whether it is whole)."""
-    events, tail, tail_ns = [], b"", 0
-    for ns, data in body:
-        if not data:  # an empty piece (e.g. the read with the final 0-size chunk) carries no byte
-            continue
-        lines = (tail + data).split(b"\n")
-        tail, tail_ns = lines.pop(), ns
-        events += [(ns, line.rstrip(b"\r")) for line in lines if line.startswith(prefix) and line.strip()]
-    if tail.startswith(prefix) and tail.strip():
-        events.append((tail_ns, tail.rstrip(b"\r")))
-    return events
-
-
 OLLAMA_TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
                   "eval_count", "eval_duration")
 
@@ -283,7 +198,8 @@ class StreamClient:
         if protocol not in ("openai", "ollama"):
             raise ValueError(f"protocol: got {protocol!r}; allowed: 'openai', 'ollama'")
         self.api, self.protocol = api, protocol
-        self.sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout)
+        # no retries: a request that failed is a figure, not something to hide
+        self.sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=0)
         if protocol == "ollama":
             path = "api/chat" if api == "chat" else "api/generate"
         else:
@@ -388,3 +304,35 @@ class StreamClient:
         """Model ids the server lists (non-streamed call through the openai SDK)."""
         page = await self.sdk.models.list()
         return [m.id for m in page.data]
+
+    async def complete(self, body: dict) -> tuple[str, str | None, int | None, int | None]:
+        """One non-streamed call: (text, finish reason, prompt tokens, completion tokens).
+        Raises what the SDK raises; quality stores it as the question's error."""
+        if self.api == "chat":
+            resp = await self.sdk.chat.completions.create(**body)
+            text = resp.choices[0].message.content or ""
+        else:
+            resp = await self.sdk.completions.create(**body)
+            text = resp.choices[0].text or ""
+        usage = resp.usage
+        return (text, resp.choices[0].finish_reason, usage.prompt_tokens if usage else None,
+                usage.completion_tokens if usage else None)
+
+    async def tokenize(self, text: str, model: str) -> list[int] | None:
+        """Token ids of a text from the server's own tokenizer: llama.cpp's /tokenize at the server's
+        root, else vLLM's; None where neither answers."""
+        import httpx
+
+        root = str(self.sdk.base_url).rstrip("/").removesuffix("/v1")
+        for body in ({"content": text, "add_special": False},
+                     {"model": model, "prompt": text, "add_special_tokens": False}):
+            try:
+                resp = await self.sdk.post(root + "/tokenize", body=body, cast_to=httpx.Response)
+            except openai.APIStatusError:  # this server's /tokenize wants the other body
+                continue
+            except openai.APIError:
+                return None
+            tokens = resp.json().get("tokens")
+            if isinstance(tokens, list):
+                return [t if isinstance(t, int) else t.get("id") for t in tokens]
+        return None

@@ -1,4 +1,5 @@
-"""Asking a runtime: every item through its OpenAI-compatible API at temperature 0, answers kept in order."""
+"""Asking a runtime: every item through its OpenAI-compatible API at temperature 0, answers kept in
+order, through the client the speed measurements use (client.StreamClient: its non-streamed calls)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from gaplab.client import StreamClient
 from gaplab.quality.questions import (AGREE_TOKENS, MAX_TOKENS, Item, chat_messages, completion_prompt,
                                       continuation_request, score, wilson)
 
@@ -36,39 +38,16 @@ def task_request(api: str, item: Item) -> dict:
     return {**body, "stop": ["\n"]}
 
 
-async def _ask(sdk, api: str, model: str, item: Item, body: dict, max_tokens: int) -> Answer:
+async def _ask(client: StreamClient, model: str, item: Item, body: dict, max_tokens: int) -> Answer:
     ans = Answer(item)
     t0 = time.perf_counter()
     try:
-        common = {"model": model, "max_tokens": max_tokens, "temperature": 0, **body}
-        if api == "chat":
-            resp = await sdk.chat.completions.create(**common)
-            ans.completion = resp.choices[0].message.content or ""
-        else:
-            resp = await sdk.completions.create(**common)
-            ans.completion = resp.choices[0].text or ""
-        ans.finish_reason = resp.choices[0].finish_reason
-        if resp.usage:
-            ans.prompt_tokens, ans.completion_tokens = resp.usage.prompt_tokens, resp.usage.completion_tokens
+        ans.completion, ans.finish_reason, ans.prompt_tokens, ans.completion_tokens = await client.complete(
+            {"model": model, "max_tokens": max_tokens, "temperature": 0, **body})
     except Exception as exc:  # a failed question is a row with its error, never a missing row
         ans.error = f"{type(exc).__name__}: {exc}"[:500]
     ans.latency_ms = (time.perf_counter() - t0) * 1e3
     return ans
-
-
-async def _tokenize(http, root: str, model: str, text: str) -> list[int] | None:
-    """Token ids of a completion, from the server's tokenizer: llama.cpp's /tokenize, else vLLM's."""
-    for body in ({"content": text, "add_special": False},
-                 {"model": model, "prompt": text, "add_special_tokens": False}):
-        try:
-            resp = await http.post(root + "/tokenize", json=body)
-        except Exception:
-            return None
-        if resp.status_code == 200:
-            tokens = resp.json().get("tokens")
-            if isinstance(tokens, list):
-                return [t if isinstance(t, int) else t.get("id") for t in tokens]
-    return None
 
 
 async def ask_all(base_url: str, served_model: str, api: str, items: list[Item], concurrency: int = 1,
@@ -76,31 +55,23 @@ async def ask_all(base_url: str, served_model: str, api: str, items: list[Item],
                   token_ids: bool = False, timeout: float = 120, on_done=None) -> list[Answer]:
     """Every item through one server at temperature 0, `concurrency` requests in flight; answers in item order.
 
-    request(api, item) makes the request body; token_ids also asks the server to tokenize
-    each completion (what agreement between runtimes compares).
+    base_url: the server's OpenAI-compatible /v1 root. request(api, item) makes the request
+    body; token_ids also asks the server to tokenize each completion (what agreement between
+    runtimes compares).
     """
-    import httpx
-    import openai
-
-    sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=0)
-    root = base_url.rstrip("/").removesuffix("/v1")
     sem = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(item: Item, http) -> Answer:
+    async def one(item: Item) -> Answer:
         async with sem:
-            ans = await _ask(sdk, api, served_model, item, request(api, item), max_tokens)
+            ans = await _ask(client, served_model, item, request(api, item), max_tokens)
         if ans.completion is not None and token_ids:
-            ans.token_ids = await _tokenize(http, root, served_model, ans.completion)
+            ans.token_ids = await client.tokenize(ans.completion, served_model)
         if on_done:
             on_done(ans)
         return ans
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
-        try:
-            return list(await asyncio.gather(*(one(item, http) for item in items)))
-        finally:
-            await sdk.close()
+    async with StreamClient(base_url, api, api_key, timeout) as client:
+        return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 def accuracy_rows(answers: list[Answer]) -> list[dict]:
