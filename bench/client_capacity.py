@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import sse_server  # noqa: E402
-from gaplab.client import RequestRecord, StreamClient  # noqa: E402
+from gaplab.client import StreamClient  # noqa: E402
+from gaplab.records import RequestRecord  # noqa: E402
 
 
 # Each reader: setup(url) -> (state, close), built outside the timing; run(state, streams) -> chunks read.

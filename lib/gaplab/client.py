@@ -22,39 +22,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import openai
 import orjson
 
 from gaplab.http1 import body_lines, parse_response
-
-# Chunk kinds stored in the chunks table.
-ROLE, CONTENT, REASONING, TOOL, EMPTY, USAGE = "role", "content", "reasoning", "tool", "empty", "usage"
-TOKEN_KINDS = (CONTENT, REASONING, TOOL)
-
-
-@dataclass
-class RequestRecord:
-    index: int
-    user: int
-    warmup: bool
-    scheduled_ns: int
-    sent_ns: int = 0
-    first_token_ns: int | None = None
-    last_token_ns: int | None = None
-    end_ns: int = 0
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
-    http_status: int | None = None
-    error: str | None = None
-    output_chars: int = 0
-    server_timings: dict | None = None
-    # (arrival_ns, kind, n_chars) per SSE event, in arrival order
-    chunks: list[tuple[int, str, int]] = field(default_factory=list)
-
+from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOKEN_KINDS, TOOL, USAGE, RequestRecord
 
 def classify(event: dict, api: str) -> tuple[str, int]:
     """Kind of one parsed SSE event and how many output characters it carries."""

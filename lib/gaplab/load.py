@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from gaplab.client import RequestRecord, StreamClient
+from gaplab.client import StreamClient
+from gaplab.records import RequestRecord
 
 
 async def closed_loop(client: StreamClient, payload: Callable[[int], bytes], concurrency: int, warmup: int,

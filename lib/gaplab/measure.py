@@ -25,7 +25,7 @@ from gaplab.hardware import hardware
 from gaplab.load import closed_loop, run_sync
 from gaplab.runtimes import Server, kinds, open_server
 from gaplab.scenario import Cell, ScenarioError, load_scenario
-from gaplab.session import run_identity
+from gaplab.sessions import run_identity
 from gaplab.telemetry import Sampler, background
 from gaplab.workload import make_prompt
 

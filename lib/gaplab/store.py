@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gaplab.client import TOKEN_KINDS, RequestRecord
+from gaplab.records import TOKEN_KINDS, RequestRecord, RunIdentity
 from gaplab.config import SCHEMA_VERSION
 
 IDENTITY = pa.schema([
@@ -41,33 +40,6 @@ IDENTITY = pa.schema([
     ("threads", pa.int32()), ("parallel", pa.int32()),
 ])
 
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    """The columns IDENTITY names, typed: every row of a run carries them (session.run_identity
-    builds one for a run against a server; quality's tool runs fill one in themselves)."""
-
-    run_id: str
-    cell_id: str
-    cell_key: str
-    scenario: str
-    hardware_id: str
-    machine_id: str
-    series_id: str
-    trial: int
-    runtime: str
-    runtime_kind: str
-    runtime_version: str
-    model: str
-    quant: str
-    workload: str
-    concurrency: int
-    threads: int | None
-    parallel: int | None
-
-    def row(self) -> dict:
-        return asdict(self)
 
 
 def _identity_row(identity: RunIdentity | dict) -> dict:

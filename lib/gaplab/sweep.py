@@ -32,7 +32,7 @@ from gaplab.kernel import CtrlC, Kernel, measure_trial
 from gaplab.measure import write_failed
 from gaplab.runtimes import Server
 from gaplab.scenario import Cell, LoadSpec, load_scenario
-from gaplab.session import Sessions
+from gaplab.sessions import Sessions
 
 
 class Interrupted(Exception):

@@ -12,7 +12,8 @@ import pytest
 import fault_server
 from fault_server import CUT_AFTER, FAULTS, SLOW_HEADERS_S, TOKENS
 from gaplab.metrics import error_kind
-from gaplab.client import CONTENT, ROLE, TOKEN_KINDS, RequestRecord, StreamClient
+from gaplab.client import StreamClient
+from gaplab.records import CONTENT, ROLE, TOKEN_KINDS, RequestRecord
 
 REQUESTS, USERS, TIMEOUT_S = 40, 4, 1.0
 

@@ -1,7 +1,7 @@
 import orjson
 
-from gaplab.client import (CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord, classify, fill_from_events,
-                           fill_from_ollama)
+from gaplab.client import classify, fill_from_events, fill_from_ollama
+from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord
 
 
 def test_role_only_and_empty_chunks_are_not_tokens():

@@ -3,7 +3,7 @@ import pytest
 
 from gaplab import metrics, store
 from gaplab.report import speed, speed_prose
-from gaplab.client import RequestRecord
+from gaplab.records import RequestRecord
 
 MS = 1_000_000
 

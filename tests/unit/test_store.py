@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gaplab import store
-from gaplab.client import RequestRecord
+from gaplab.records import RequestRecord
 
 
 def identity(run_id="20260101T000000Z-abc123", **kw):

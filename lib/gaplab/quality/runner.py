@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from gaplab import provision
 from gaplab.config import RAW_DIR
 from gaplab.provision import SetupError, llama_build, models
+from gaplab.records import RunIdentity
 from gaplab.runtimes import kinds
 from gaplab.scenario import stable_key
 from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all
@@ -208,8 +209,8 @@ def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, re
     from gaplab import store
 
     run_id = store.new_run_id()
-    # a tool run on a file, not a server cell: no session.run_identity(cell, ...) to start from
-    ident = store.RunIdentity(
+    # a tool run on a file, not a server cell: no sessions.run_identity(cell, ...) to start from
+    ident = RunIdentity(
         run_id=run_id, machine_id=hw["machine_id"], series_id=run_id, trial=1,
         cell_id=f"quality/llama-perplexity/{model}/{quant}/text:{EVAL_TEXT.name}",
         cell_key=_fidelity_key(model, quant, ref, chunks, CTX), scenario=scenario, hardware_id=hw["hardware_id"],
@@ -257,7 +258,7 @@ class Asking:
 
     def _store(self, srv, got: list[Answer] | None, error: str | None) -> None:
         from gaplab import store
-        from gaplab.session import run_identity
+        from gaplab.sessions import run_identity
 
         c, part = self.cell, self.part
         kind, name, sha = part.kind, part.eval_name, part.eval_sha
@@ -293,7 +294,7 @@ def _run_jobs(jobs: list[Job], raw_dir: Path, bar, result: QualityResult, task_o
     """Two server sessions at a time: with -t 1 servers, that keeps both cores busy."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gaplab.session import Sessions
+    from gaplab.sessions import Sessions
 
     tally = threading.Lock()
     pool = ThreadPoolExecutor(max_workers=2)

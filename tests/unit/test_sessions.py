@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from gaplab import session, store
+from gaplab import records, sessions, store
 from gaplab.scenario import parse_scenario
 
 SCENARIO = {"name": "t", "runtimes": [{"name": "a", "kind": "llamacpp"}, {"name": "b", "kind": "llamacpp"}],
@@ -28,7 +28,7 @@ def events(monkeypatch):
         finally:
             log.append(("stop", cell.server_key))
 
-    monkeypatch.setattr(session, "open_server", fake_open)
+    monkeypatch.setattr(sessions, "open_server", fake_open)
     return log
 
 
@@ -52,7 +52,7 @@ def cells():
 
 def test_a_session_runs_its_measurements_on_one_server_then_stops_it(events):
     a, _ = cells()
-    with session.Sessions() as s:
+    with sessions.Sessions() as s:
         assert s.serve(a[0], [Recorder(events, "t1"), Recorder(events, "t2")])
     key = a[0].server_key
     assert events == [("start", key), ("run", "t1", f"server:{key}"), ("run", "t2", f"server:{key}"),
@@ -61,7 +61,7 @@ def test_a_session_runs_its_measurements_on_one_server_then_stops_it(events):
 
 def test_kept_servers_are_started_once_and_stopped_at_close(events):
     a, _ = cells()
-    with session.Sessions(keep=True) as s:
+    with sessions.Sessions(keep=True) as s:
         s.serve(a[0], [Recorder(events, "t1")])
         s.serve(a[1], [Recorder(events, "t2")])  # same server, another concurrency
         assert [e[0] for e in events] == ["start", "run", "run"]
@@ -70,7 +70,7 @@ def test_kept_servers_are_started_once_and_stopped_at_close(events):
 
 def test_a_server_that_will_not_start_fails_each_measurement_with_the_reason(events):
     _, b = cells()
-    with session.Sessions() as s:
+    with sessions.Sessions() as s:
         assert not s.serve(b[0], [Recorder(events, "t1"), Recorder(events, "t2")])
     assert events == [("fail", "t1", "RuntimeError: llama-server exited with code 1"),
                       ("fail", "t2", "RuntimeError: llama-server exited with code 1")]
@@ -78,18 +78,18 @@ def test_a_server_that_will_not_start_fails_each_measurement_with_the_reason(eve
 
 def test_ctrl_c_in_a_measurement_still_stops_the_server(events):
     a, _ = cells()
-    with pytest.raises(KeyboardInterrupt), session.Sessions() as s:
+    with pytest.raises(KeyboardInterrupt), sessions.Sessions() as s:
         s.serve(a[0], [Recorder(events, "t1", interrupt=True), Recorder(events, "t2")])
     assert [e[0] for e in events] == ["start", "run", "stop"]
 
 
 def test_the_run_identity_is_typed_and_names_every_stored_identity_column():
     a, _ = cells()
-    ident = session.run_identity(a[0], None, "r1", trial=2, series_id="s1")
-    assert isinstance(ident, store.RunIdentity)
+    ident = sessions.run_identity(a[0], None, "r1", trial=2, series_id="s1")
+    assert isinstance(ident, records.RunIdentity)
     assert list(ident.row()) == store.IDENTITY.names
     assert (ident.trial, ident.series_id, ident.runtime_version, ident.concurrency) == (2, "s1", "unknown", 1)
-    other = session.run_identity(a[0], None, "r2", cell_id="quality/x", workload="task:set")
+    other = sessions.run_identity(a[0], None, "r2", cell_id="quality/x", workload="task:set")
     assert (other.cell_id, other.workload, other.series_id) == ("quality/x", "task:set", "r2")
     with pytest.raises(TypeError, match="not identity fields"):
-        session.run_identity(a[0], None, "r3", colour="blue")
+        sessions.run_identity(a[0], None, "r3", colour="blue")

@@ -4,7 +4,7 @@ measurements against it, and names what they store.
 A measurement is anything with `run(server)` (measure and store a run) and `fail(error)`
 (store that run as failed, when its server never came up). The speed sweep's trials
 (sweep.py), the quality runs (quality/runner.py) and anything later hand their
-measurements to `Sessions.serve`; each stored run carries a `store.RunIdentity` built by
+measurements to `Sessions.serve`; each stored run carries a `records.RunIdentity` built by
 `run_identity`.
 """
 
@@ -18,7 +18,7 @@ from typing import Protocol
 from gaplab.hardware import hardware, machine_id
 from gaplab.runtimes import Server, open_server
 from gaplab.scenario import Cell
-from gaplab.store import RunIdentity
+from gaplab.records import RunIdentity
 
 
 class Measurement(Protocol):
@@ -43,7 +43,7 @@ def run_identity(cell: Cell, server: Server | None, run_id: str, trial: int = 1,
              "parallel": rt.parallel if rt.started_here else None}
     unknown = sorted(set(instead) - set(ident))
     if unknown:
-        raise TypeError(f"run_identity: {unknown} are not identity fields (store.RunIdentity)")
+        raise TypeError(f"run_identity: {unknown} are not identity fields (records.RunIdentity)")
     return RunIdentity(**{**ident, **instead})
 
 

@@ -1,0 +1,58 @@
+"""The records gaplab measures into: one request as the client saw it (with its chunks'
+kinds), and the identity every stored row of a run carries."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Chunk kinds stored in the chunks table.
+ROLE, CONTENT, REASONING, TOOL, EMPTY, USAGE = "role", "content", "reasoning", "tool", "empty", "usage"
+TOKEN_KINDS = (CONTENT, REASONING, TOOL)
+
+
+@dataclass
+class RequestRecord:
+    index: int
+    user: int
+    warmup: bool
+    scheduled_ns: int
+    sent_ns: int = 0
+    first_token_ns: int | None = None
+    last_token_ns: int | None = None
+    end_ns: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    http_status: int | None = None
+    error: str | None = None
+    output_chars: int = 0
+    server_timings: dict | None = None
+    # (arrival_ns, kind, n_chars) per SSE event, in arrival order
+    chunks: list[tuple[int, str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """The columns IDENTITY names, typed: every row of a run carries them (sessions.run_identity
+    builds one for a run against a server; quality's tool runs fill one in themselves)."""
+
+    run_id: str
+    cell_id: str
+    cell_key: str
+    scenario: str
+    hardware_id: str
+    machine_id: str
+    series_id: str
+    trial: int
+    runtime: str
+    runtime_kind: str
+    runtime_version: str
+    model: str
+    quant: str
+    workload: str
+    concurrency: int
+    threads: int | None
+    parallel: int | None
+
+    def row(self) -> dict:
+        return asdict(self)
