@@ -116,6 +116,24 @@ def ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None)
     return Interval(math.exp(diff), math.exp(diff - half), math.exp(diff + half), se, min(la.size, lb.size))
 
 
+def difference_interval(a, b) -> Interval | None:
+    """Mean of b's values minus mean of a's, with a Welch 95% t interval: for parts of a
+    latency, which can be near zero, so a ratio of logs does not fit them."""
+    xa, xb = _clean(a), _clean(b)
+    if xa.size == 0 or xb.size == 0:
+        return None
+    diff = float(xb.mean() - xa.mean())
+    if xa.size < 2 or xb.size < 2:
+        return Interval(diff, None, None, None, min(xa.size, xb.size))
+    va, vb = xa.var(ddof=1) / xa.size, xb.var(ddof=1) / xb.size
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Interval(diff, diff, diff, 0.0, min(xa.size, xb.size))
+    df = (va + vb) ** 2 / (va ** 2 / (xa.size - 1) + vb ** 2 / (xb.size - 1))
+    half = float(st.t.ppf(0.5 + LEVEL / 2, df)) * se
+    return Interval(diff, diff - half, diff + half, se, min(xa.size, xb.size))
+
+
 def verdict(ratio: Interval | None, higher_is_better: bool = True) -> str:
     """'A better', 'B better' or 'no measurable difference' (the interval holds 1), or
     'no interval' when a side has a single trial."""

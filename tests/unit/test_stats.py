@@ -58,3 +58,19 @@ def test_a_calm_cell_takes_its_runtimes_spread_and_a_noisy_one_keeps_its_own():
     assert noisy.hi - noisy.estimate == pytest.approx(st.t.ppf(0.975, 40) * own_log_sd * 100 / math.sqrt(3))
     # the pool's degrees of freedom make the interval narrower than three trials alone would
     assert noisy.hi - noisy.lo < stats.mean_interval(noisy_values).hi - stats.mean_interval(noisy_values).lo
+
+
+def test_a_difference_interval_is_welchs_and_needs_two_trials_a_side():
+    from scipy import stats as st
+
+    from gaplab.stats import difference_interval
+
+    a, b = [10.0, 12.0, 11.0], [20.0, 23.0, 21.0, 22.0]
+    iv = difference_interval(a, b)
+    ref = st.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)
+    assert iv.estimate == pytest.approx(21.5 - 11.0)
+    assert (iv.lo, iv.hi) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    assert difference_interval([1.0], b).lo is None
+    assert difference_interval([], b) is None
+    same = difference_interval([0.0, 0.0], [0.0, 0.0])  # parts can be exactly zero
+    assert (same.estimate, same.lo, same.hi) == (0.0, 0.0, 0.0)

@@ -153,6 +153,49 @@ def cold_start_bars(table: pl.DataFrame) -> alt.Chart:
                  title="Cold start: until the server answers, and until its first token")
 
 
+def waterfall(frame: pl.DataFrame, unit: str = "ms") -> alt.LayerChart:
+    """decompose.waterfall as bars: a's total, each part's change (its 95% interval as a rule),
+    b's total (with the interval of the whole difference)."""
+    df = frame.with_columns(sign=pl.when(pl.col("kind") == "total").then(pl.lit("total"))
+                            .when(pl.col("delta") > 0).then(pl.lit("adds time"))
+                            .otherwise(pl.lit("saves time"))).to_pandas()
+    order = list(df.sort_values("order")["step"])
+    x = alt.X("step:N", sort=order, title=None, axis=alt.Axis(labelAngle=-30, labelLimit=220))
+    tip = [alt.Tooltip("step:N"), alt.Tooltip("delta:Q", title=f"change ({unit})", format=",.1f"),
+           alt.Tooltip("lo:Q", title="95% interval from", format=",.1f"),
+           alt.Tooltip("hi:Q", title="to", format=",.1f"), alt.Tooltip("end:Q", title=f"level ({unit})", format=",.1f")]
+    bars = alt.Chart(df).mark_bar().encode(
+        x=x, y=alt.Y("start:Q", title=f"{df['metric'][0]} ({unit})"), y2="end:Q",
+        color=alt.Color("sign:N", title=None, scale=alt.Scale(domain=["total", "adds time", "saves time"],
+                                                              range=["#7570b3", "#d95f02", "#1b9e77"])),
+        tooltip=tip)
+    rules = alt.Chart(df).mark_rule(strokeWidth=2, color="black").encode(x=x, y="err_lo:Q", y2="err_hi:Q",
+                                                                          tooltip=tip)
+    return (bars + rules).properties(width=420, height=240, title=df["pair"][0])
+
+
+def parts_bars(trials: pl.DataFrame) -> alt.Chart:
+    """Each cell's mean latency split into its parts (decompose.trial_parts), one bar per cell."""
+    from gaplab.report.decompose import LABELS, PARTS
+
+    cells = (trials.group_by("config", "model", "concurrency").agg(pl.col(PARTS).mean())
+             .unpivot(index=["config", "model", "concurrency"], on=PARTS, variable_name="part", value_name="ms")
+             .with_columns(part=pl.col("part").replace_strict(LABELS), k=pl.col("part").replace_strict(
+                 {p: i for i, p in enumerate(PARTS)}, return_dtype=pl.Int32))
+             .with_columns(ms=pl.col("ms").fill_null(0).clip(lower_bound=0)))
+    return alt.Chart(cells.to_pandas()).mark_bar().encode(
+        x=alt.X("ms:Q", title="mean ms from scheduled to the end of the response", stack="zero"),
+        y=alt.Y("config:N", title=None, axis=alt.Axis(labelLimit=260)),
+        color=alt.Color("part:N", sort=[LABELS[p] for p in PARTS], title=None,
+                        legend=alt.Legend(orient="bottom", columns=4)),
+        order=alt.Order("k:Q"),
+        tooltip=[alt.Tooltip("config:N"), alt.Tooltip("concurrency:Q", title="users"), alt.Tooltip("part:N"),
+                 alt.Tooltip("ms:Q", format=",.1f")],
+    ).properties(width=380, height=alt.Step(14)).facet(
+        row=alt.Row("concurrency:O", title="users"), column=alt.Column("model:N", title=None)
+    ).resolve_scale(y="independent")
+
+
 # ---------------------------------------------------------------- quality (gaplab.quality, notebooks/30-quality)
 
 

@@ -212,3 +212,40 @@ def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
             lines.append(f"- **{row['model']} {row['quant']} on {row['runtime']}** at {row['concurrency']} "
                          f"users: the model was {describe(after)}. Its speed is not the GPU's.")
     return ("Cells where Ollama did not hold the whole model in GPU memory:\n\n" + "\n".join(lines)) if lines else ""
+
+
+# ---------------------------------------------------------------- where the time goes (decompose.py)
+
+
+def decomposition_check(check: dict) -> str:
+    """How well the server's own times and the client's agree, for the requests the server timed."""
+    if not check:
+        return "No runtime here reports its own per-request times, so every part below is the client's."
+    return (f"For the {check['requests']} requests whose server timed them itself, the server's decode time "
+            f"is within {check['decode_vs_span_pct']:.2f}% of the client's first-to-last-token span (median), "
+            f"and the part neither side explains (after the last token, plus any disagreement) is "
+            f"{check['tail_pct']:.2f}% of the latency; prompt processing is {check['prompt_in_ttft_pct']:.0f}% "
+            f"of their time to first token.")
+
+
+def waterfall_story(frame: pl.DataFrame) -> str:
+    """Which parts carry the difference between two configurations (decompose.waterfall)."""
+    if frame.is_empty():
+        return ""
+    a, b, total = frame["step"][0], frame["step"][-1], frame.row(-1, named=True)
+    metric, pair = frame["metric"][0], frame["pair"][0]
+    ms = lambda x: f"{abs(x):,.0f} ms" if abs(x) >= 10 else f"{abs(x):.1f} ms"  # noqa: E731
+    def iv(r: dict) -> str:
+        if r["lo"] is None:
+            return "(no interval)"
+        digits = 0 if max(abs(r["lo"]), abs(r["hi"])) >= 10 else 1
+        return f"[{r['lo']:+,.{digits}f} to {r['hi']:+,.{digits}f} ms]"
+
+    text = (f"**{pair}**: {b}'s mean {metric} is {ms(total['delta'])} "
+            f"{'lower' if total['delta'] < 0 else 'higher'} than {a}'s {iv(total)}. ")
+    parts = frame.filter((pl.col("kind") == "part") & ((pl.col("lo") > 0) | (pl.col("hi") < 0)))
+    parts = parts.sort(pl.col("delta").abs(), descending=True)
+    if parts.is_empty():
+        return text + "No single part differs beyond its interval."
+    items = [f"{r['step']} {'+' if r['delta'] > 0 else '−'}{ms(r['delta'])} {iv(r)}" for r in parts.iter_rows(named=True)]
+    return text + "Parts that differ beyond their intervals, largest first: " + "; ".join(items) + "."
