@@ -65,7 +65,9 @@ def run_meta(cell: Cell, server: Server | None, started: str, status: str, error
             "launch_command": server.launch_command if server else None,
             "server_started_ns": server.started_ns if server else None,
             "server_healthy_ns": server.healthy_ns if server else None,
-            "server_first_token_ns": server.first_token_ns if server else None}
+            "server_first_token_ns": server.first_token_ns if server else None,
+            "weight_bytes": server.weight_bytes if server else None,
+            "kv_bytes_per_token": server.kv_bytes_per_token if server else None}
 
 
 def write_failed(raw_dir: Path, cell: Cell, error: str, trial: int = 1, series_id: str = "") -> None:

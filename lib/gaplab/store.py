@@ -84,6 +84,8 @@ RUNS = pa.schema(list(IDENTITY) + [
     ("server_first_token_ns", pa.int64()),  # first token of the probe sent once healthy
     ("model_bytes_loaded", pa.int64()),  # after the trial, where the runtime says (Ollama's /api/ps)
     ("model_bytes_gpu", pa.int64()),  # of those, in GPU memory
+    # schema 5: what a decode step reads (modelfile.Traffic), for the roofline
+    ("weight_bytes", pa.int64()), ("kv_bytes_per_token", pa.int64()),
     ("meta_json", pa.string()),
 ])
 
@@ -99,7 +101,8 @@ TABLES = {"run": RUNS, "requests": REQUESTS, "chunks": CHUNKS, "telemetry": TELE
 ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target"},
          3: {"other_cores", "steal_cores"},
          4: {"server_started_ns", "server_healthy_ns", "server_first_token_ns", "model_bytes_loaded",
-             "model_bytes_gpu"}}
+             "model_bytes_gpu"},
+         5: {"weight_bytes", "kv_bytes_per_token"}}
 
 
 def schema_for(name: str, version: int) -> pa.Schema:
@@ -328,6 +331,22 @@ def write_quality(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict],
     rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
     tables = ([("answers", answers)] if answers is not None else []) + [("quality", rows)]
     return _write_tables(raw_dir, identity, meta, tables)["quality"]
+
+
+# ---------------------------------------------------------------- the machine (gaplab.bandwidth)
+# A sweep measures the memory bandwidth of the machine it runs on: <run_id>.bandwidth.parquet,
+# one row per repeat and thread count, under the runtime name "stream-triad".
+
+BANDWIDTH = pa.schema(list(IDENTITY) + [
+    ("repeat", pa.int32()), ("threads_used", pa.int32()), ("gb_s", pa.float64()), ("elements", pa.int64()),
+    ("method", pa.string()), ("measured_at", pa.string()), ("schema_version", pa.int32()),
+])
+TABLES["bandwidth"] = BANDWIDTH
+
+
+def write_bandwidth(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict]) -> Path:
+    rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
+    return _write_tables(raw_dir, identity, {"schema_version": SCHEMA_VERSION}, [("bandwidth", rows)])["bandwidth"]
 
 
 def completed_quality(raw_dir: Path, machine_id: str) -> set[str]:

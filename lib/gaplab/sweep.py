@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from gaplab import metrics, stats, store
+from gaplab import bandwidth, metrics, stats, store
 from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
 from gaplab.kernel import CtrlC, Kernel, measure_trial
@@ -156,6 +156,8 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
     print(f"gaplab: {len(cells)} cells in {scenario}; {result.skipped} already measured on this machine "
           f"({machine_id()}), {len(todo)} to run: at least {need} trials in rounds"
           + (f"; {len(recovered)} killed run(s) kept as interrupted" if recovered else ""), flush=True)
+    if todo:  # what bounds every decode step here, measured beside the trials (report: roofline)
+        print(f"gaplab: memory bandwidth here: {bandwidth.summary(bandwidth.record(raw_dir, sc.name))}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=need, desc="sweep", unit="trial", file=sys.stdout, disable=not progress)
     kernel = Kernel()

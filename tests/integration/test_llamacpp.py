@@ -57,6 +57,12 @@ def test_run_metadata_says_what_ran(two_levels):
     assert run.select("server_started_ns", "server_healthy_ns", "server_first_token_ns").null_count().row(0) == (0, 0, 0)
     assert ((run["server_started_ns"] < run["server_healthy_ns"])
             & (run["server_healthy_ns"] < run["server_first_token_ns"])).all()
+    # what a decode step reads, from the served GGUF file: SmolLM2-135M, 30 layers, 3 KV heads of 64
+    from gaplab.provision.models import model_path
+
+    quant = run["quant"][0]
+    assert set(run["weight_bytes"]) == {model_path("smollm2-135m", quant).stat().st_size}
+    assert set(run["kv_bytes_per_token"]) == {30 * 3 * (64 + 64) * 2}
 
 
 def test_server_is_stopped_on_error(llama_ready):

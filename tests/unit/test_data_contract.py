@@ -28,7 +28,8 @@ def test_each_run_has_its_three_tables():
         runs.setdefault((f.parent, run_id), set()).add(table)
     speed = ({"run", "requests", "chunks"}, {"run", "requests", "chunks", "telemetry"})
     quality = ({"quality"}, {"quality", "answers"})
-    assert all(tables in speed + quality for tables in runs.values()), runs
+    machine = ({"bandwidth"},)
+    assert all(tables in speed + quality + machine for tables in runs.values()), runs
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT / "data" / "raw")))

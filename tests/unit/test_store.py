@@ -141,3 +141,25 @@ def test_a_table_is_parsed_once_until_a_run_is_added(tmp_path):
     again = store.read_table(tmp_path, "requests")
     assert again.height == 2 * first.height and set(again["run_id"]) == {"20260101T000000Z-abc123",
                                                                           "20260101T000009Z-def456"}
+
+
+def test_a_column_a_schema_version_added_belongs_to_one_table_or_to_the_identity():
+    # schema_for drops a later version's columns by name: a name shared by two tables would
+    # drop one table's older column from the other's contract
+    for version, names in store.ADDED.items():
+        for name in names - set(store.IDENTITY.names):
+            holders = [t for t, schema in store.TABLES.items() if name in schema.names]
+            assert len(holders) == 1, f"schema {version} column {name} is in {holders}"
+
+
+def test_a_bandwidth_measurement_is_stored_as_a_run_of_the_machine(tmp_path):
+    from gaplab import bandwidth
+
+    import os
+
+    rows = bandwidth.record(tmp_path, "s")
+    assert {(r["repeat"], r["threads_used"]) for r in rows} == {(k, t) for k in (1, 2) for t in {1, os.cpu_count()}}
+    stored = store.read_table(tmp_path, "bandwidth")
+    assert stored.height == len(rows) and set(stored["runtime"]) == {"stream-triad"}
+    assert (stored["gb_s"] > 0.1).all() and stored["machine_id"].null_count() == 0
+    assert "thread" in bandwidth.summary(rows)

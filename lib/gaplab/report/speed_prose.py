@@ -241,11 +241,37 @@ def waterfall_story(frame: pl.DataFrame) -> str:
         digits = 0 if max(abs(r["lo"]), abs(r["hi"])) >= 10 else 1
         return f"[{r['lo']:+,.{digits}f} to {r['hi']:+,.{digits}f} ms]"
 
-    text = (f"**{pair}**: {b}'s mean {metric} is {ms(total['delta'])} "
-            f"{'lower' if total['delta'] < 0 else 'higher'} than {a}'s {iv(total)}. ")
+    if total["lo"] is not None and total["lo"] <= 0 <= total["hi"]:
+        text = (f"**{pair}**: the means of {metric} show no measurable difference between {b} and {a} "
+                f"{iv(total)} (the claims table compares medians, with the spread pooled over each runtime's "
+                f"cells). ")
+    else:
+        text = (f"**{pair}**: {b}'s mean {metric} is {ms(total['delta'])} "
+                f"{'lower' if total['delta'] < 0 else 'higher'} than {a}'s {iv(total)}. ")
     parts = frame.filter((pl.col("kind") == "part") & ((pl.col("lo") > 0) | (pl.col("hi") < 0)))
     parts = parts.sort(pl.col("delta").abs(), descending=True)
     if parts.is_empty():
         return text + "No single part differs beyond its interval."
     items = [f"{r['step']} {'+' if r['delta'] > 0 else '−'}{ms(r['delta'])} {iv(r)}" for r in parts.iter_rows(named=True)]
     return text + "Parts that differ beyond their intervals, largest first: " + "; ".join(items) + "."
+
+
+def roofline_story(frame: pl.DataFrame, bandwidth: pl.DataFrame) -> str:
+    """The bandwidth the bound uses, and how far from it each configuration's decode stays."""
+    if bandwidth.is_empty():
+        return ("No memory bandwidth is stored for this machine yet: `gaplab sweep` measures it before its "
+                "first trial.")
+    by = bandwidth.group_by("threads_used").agg(pl.col("gb_s")).sort("threads_used")
+    bw = "; ".join(f"{r['threads_used']} thread{'s' if r['threads_used'] > 1 else ''}: "
+                   + " and ".join(f"{v:.1f}" for v in r["gb_s"]) + " GB/s" for r in by.iter_rows(named=True))
+    text = f"Memory bandwidth measured here ({bandwidth['method'][0]}), one figure per repeat: {bw}."
+    if frame.is_empty():
+        return text + " No cell of this machine stored the bytes its model reads per step (runs before schema 5)."
+    parts = []
+    for key, g in frame.group_by("runtime", "quant", "model", maintain_order=True):
+        one, most = g.row(0, named=True), g.row(-1, named=True)
+        parts.append(f"{key[0]} {key[1]} ({key[2]}) {one['pct']:.0f}% [{one['pct_lo']:.0f}–{one['pct_hi']:.0f}] "
+                     f"at {cl.users_text(one['concurrency'])}, {most['pct']:.0f}% at {cl.users_text(most['concurrency'])}")
+    return (text + " Share of the bandwidth-bound decode speed reached: " + "; ".join(parts) + ". "
+            "A file that reads fewer bytes per step raises the bound; only kernels that keep up with "
+            "memory turn that into speed.")

@@ -65,6 +65,8 @@ class Server:
     metrics_url: str | None = None  # Prometheus text endpoint, sampled by telemetry
     slots_url: str | None = None  # llama.cpp's /slots, sampled by telemetry
     protocol: str = "openai"  # how streams are read: "openai" (SSE) or "ollama" (native NDJSON)
+    weight_bytes: int | None = None  # the weights a decode step reads (modelfile.Traffic)
+    kv_bytes_per_token: int | None = None  # K and V cache per token of one sequence's context
 
     @property
     def openai_url(self) -> str:

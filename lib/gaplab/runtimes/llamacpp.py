@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gaplab.provision import llama_build, models
 from gaplab.config import BUILD_DIR
+from gaplab.modelfile import gguf_traffic
+from gaplab.provision import llama_build, models
 from gaplab.runtimes import RuntimeKind, Server, process
 from gaplab.runtimes.process import free_port, wait_healthy
 
@@ -39,6 +40,7 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
     log = BUILD_DIR / "logs" / f"llama-server-{runtime.name}-{model}-{quant}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}"
+    traffic = gguf_traffic(model_file)  # K and V in f16, llama-server's default cache type
     with open(log, "wb") as logf:
         started = time.perf_counter_ns()
         proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT)
@@ -48,7 +50,8 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
                          launch_command=shlex.join(cmd), extra_body={"ignore_eos": True, **runtime.extra_body},
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
                          pid=proc.pid, started_ns=started, healthy_ns=healthy, metrics_url=base + "/metrics",
-                         slots_url=base + "/slots")
+                         slots_url=base + "/slots", weight_bytes=traffic.weight_bytes,
+                         kv_bytes_per_token=traffic.kv_bytes_per_token)
         finally:
             proc.stop()
 

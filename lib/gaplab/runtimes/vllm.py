@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from gaplab.config import BUILD_DIR
+from gaplab.modelfile import hf_traffic
 from gaplab.provision.vllm_env import convert, converted_dir, installed, venv_python, vllm_version
 from gaplab.runtimes import RuntimeKind, Server
 from gaplab.runtimes import process
@@ -58,6 +59,7 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
     log.parent.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}"
     src = json.loads((folder / "gaplab-source.json").read_text())
+    traffic = hf_traffic(folder, dtype)
     with open(log, "wb") as logf:
         started = time.perf_counter_ns()
         proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server_env(runtime))
@@ -67,7 +69,8 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
                          launch_command=shlex.join(cmd), extra_body={"ignore_eos": True, **runtime.extra_body},
                          model_file=f"{folder.name} (from {src['source']})", model_sha256=src["source_sha256"],
                          model_note=f"{src['note']}; served as {dtype}", pid=proc.pid, started_ns=started,
-                         healthy_ns=healthy, metrics_url=base + "/metrics")
+                         healthy_ns=healthy, metrics_url=base + "/metrics", weight_bytes=traffic.weight_bytes,
+                         kv_bytes_per_token=traffic.kv_bytes_per_token)
         finally:
             proc.stop(grace=10)  # vLLM shuts its engine down on SIGTERM
 

@@ -1,0 +1,109 @@
+"""What a model makes each decode step read: its weights' bytes, and the bytes of K and V
+cache per token of context of one sequence. From the GGUF header (what llama.cpp serves)
+or from a Hugging Face folder's config.json and safetensors files (what vLLM serves).
+
+Only the header of a GGUF file is read (its metadata key-value pairs, GGUF v2 and v3);
+array values, such as the tokenizer's vocabulary, are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+# GGUF value types: struct format of each scalar type; 8 is a string, 9 an array
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class Traffic:
+    weight_bytes: int  # read once per decode step, whatever the batch
+    kv_bytes_per_token: int | None  # K and V over all layers, per token of one sequence's context
+
+
+class ModelFileError(ValueError):
+    """A file that is not the model format it claims to be."""
+
+
+def _read(f, fmt: str):
+    size = struct.calcsize(fmt)
+    data = f.read(size)
+    if len(data) != size:
+        raise ModelFileError("the GGUF header ends early")
+    return struct.unpack(fmt, data)[0]
+
+
+def _string(f) -> str:
+    n = _read(f, "<Q")
+    data = f.read(n)
+    if len(data) != n:
+        raise ModelFileError("the GGUF header ends early")
+    return data.decode("utf-8", errors="replace")
+
+
+def _value(f, kind: int):
+    if kind in _SCALARS:
+        return _read(f, _SCALARS[kind])
+    if kind == _STRING:
+        return _string(f)
+    if kind == _ARRAY:
+        item, n = _read(f, "<I"), _read(f, "<Q")
+        for _ in range(n):  # skipped: arrays are the vocabulary and its scores, not sizes
+            _value(f, item)
+        return None
+    raise ModelFileError(f"unknown GGUF value type {kind}")
+
+
+def gguf_metadata(path: Path) -> dict:
+    """The scalar key-value pairs of a GGUF file's header."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelFileError(f"{path} is not a GGUF file")
+        version = _read(f, "<I")
+        if version < 2:
+            raise ModelFileError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+        _read(f, "<Q")  # tensor count
+        pairs = _read(f, "<Q")
+        meta = {}
+        for _ in range(pairs):
+            key = _string(f)
+            value = _value(f, _read(f, "<I"))
+            if value is not None:
+                meta[key] = value
+    return meta
+
+
+def gguf_traffic(path: Path, kv_element_bytes: int = 2) -> Traffic:
+    """A GGUF file's traffic; llama.cpp keeps its K and V cache in f16 unless told otherwise."""
+    meta = gguf_metadata(path)
+    arch = meta.get("general.architecture", "")
+    get = lambda key: meta.get(f"{arch}.{key}")  # noqa: E731
+    layers, heads = get("block_count"), get("attention.head_count")
+    kv = None
+    if layers and heads:
+        key_len = get("attention.key_length") or get("embedding_length") // heads
+        value_len = get("attention.value_length") or key_len
+        kv = layers * (get("attention.head_count_kv") or heads) * (key_len + value_len) * kv_element_bytes
+    return Traffic(Path(path).stat().st_size, kv)
+
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def hf_traffic(folder: Path, dtype: str) -> Traffic:
+    """A Hugging Face folder's traffic when served in `dtype` (vLLM keeps K and V in it too)."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    stored = DTYPE_BYTES[cfg.get("dtype") or cfg.get("torch_dtype") or "float32"]
+    # tensors only: a safetensors file is an 8-byte length, a JSON header, then the tensors
+    tensors = 0
+    for f in Path(folder).glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            tensors += f.stat().st_size - 8 - struct.unpack("<Q", fh.read(8))[0]
+    size = DTYPE_BYTES[dtype]
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    kv = cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim * 2 * size
+    return Traffic(tensors // stored * size, kv)

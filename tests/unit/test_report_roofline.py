@@ -1,0 +1,59 @@
+"""The bandwidth bound of each cell, from stored runs and a stored bandwidth measurement."""
+
+import pytest
+
+from gaplab import metrics, store
+from gaplab.records import RequestRecord
+from gaplab.report import roofline, speed
+
+MS = 1_000_000
+
+
+def ident(run_id, runtime="rt", users=2, parallel=8, threads=1, trial=1, **kw):
+    return {"run_id": run_id, "cell_id": f"{runtime}/c{users}", "cell_key": f"k-{runtime}-{users}", "scenario": "s",
+            "hardware_id": "hw", "machine_id": "m-1", "series_id": f"s-{runtime}-{users}", "trial": trial,
+            "runtime": runtime, "runtime_kind": "llamacpp", "runtime_version": "v", "model": "m", "quant": "Q8_0",
+            "workload": "w", "concurrency": users, "threads": threads, "parallel": parallel, **kw}
+
+
+def trial(raw, run_id, runtime, users, parallel, tok_s, trial_no):
+    """`users` requests of 11 tokens, each decoding at tok_s (10 steps), 90 prompt tokens."""
+    span = 10 / tok_s * 1000
+    recs = []
+    for i in range(users):
+        r = RequestRecord(index=i, user=i, warmup=False, scheduled_ns=0, sent_ns=0, first_token_ns=100 * MS,
+                          last_token_ns=int((100 + span) * MS), end_ns=int((100 + span) * MS), prompt_tokens=90,
+                          completion_tokens=11)
+        r.chunks = [(int((100 + k * span / 10) * MS), "content", 1) for k in range(11)]
+        recs.append(r)
+    store.write_run(raw, ident(run_id, runtime, users, parallel, trial=trial_no),
+                    {"status": "complete", "weight_bytes": 100_000_000, "kv_bytes_per_token": 10_000}, recs)
+
+
+def test_each_cell_is_a_share_of_what_bandwidth_allows_at_its_batch(tmp_path):
+    for t, v in ((1, 40.0), (2, 41.0), (3, 39.0)):
+        trial(tmp_path, f"20260101T00000{t}Z-aaaaa{t}", "batch", 4, 8, v, t)
+        trial(tmp_path, f"20260101T00001{t}Z-bbbbb{t}", "single", 4, 1, v * 2, t)
+    store.write_bandwidth(tmp_path, ident("20260101T000020Z-cccccc", "stream-triad", 1),
+                          [{"repeat": 1, "threads_used": 1, "gb_s": 10.0, "method": "t"},
+                           {"repeat": 2, "threads_used": 1, "gb_s": 12.0, "method": "t"},
+                           {"repeat": 1, "threads_used": 2, "gb_s": 30.0, "method": "t"}])
+    req = speed.measured_requests(tmp_path, "m-1")
+    roof = roofline.roofline(speed.estimates(metrics.trial_summary(req)), req, tmp_path, "m-1")
+    batch = roof.filter(roof["runtime"] == "batch").row(0, named=True)
+    single = roof.filter(roof["runtime"] == "single").row(0, named=True)
+    assert batch["batch"] == 4 and single["batch"] == 1  # a single slot decodes one sequence a step
+    assert batch["gb_s"] == pytest.approx(11.0)  # one server thread: the one-thread figure, mean of repeats
+    assert batch["context"] == pytest.approx(90 + 11 / 2)
+    step = 100e6 + 4 * 10_000 * 95.5  # weights once, K and V per sequence
+    assert batch["bound_tok_s"] == pytest.approx(4 * 11e9 / step)
+    assert batch["decode_tok_s"] == pytest.approx(4 * 40.0)
+    assert batch["pct"] == pytest.approx(160 / (4 * 11e9 / step) * 100)
+    assert batch["pct_lo"] < batch["pct"] < batch["pct_hi"]
+    assert single["bound_tok_s"] == pytest.approx(11e9 / (100e6 + 10_000 * 95.5))
+
+
+def test_without_a_bandwidth_or_stored_traffic_there_is_no_roofline(tmp_path):
+    trial(tmp_path, "20260101T000001Z-aaaaa1", "batch", 4, 8, 40.0, 1)
+    req = speed.measured_requests(tmp_path, "m-1")
+    assert roofline.roofline(speed.estimates(metrics.trial_summary(req)), req, tmp_path, "m-1").is_empty()
