@@ -127,9 +127,13 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
     """Build the report site from the raw data, with Quarto if installed, else nbconvert."""
     import polars as pl
 
-    from gaplab.report import speed
+    from gaplab.report import checker, speed
     from gaplab.report.site import build_site
 
+    _guard(checker.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
+    if not list(Path(data_dir).glob("**/*.run.parquet")):
+        _fail(f"--data-dir: {data_dir} holds no runs; measure first with 'gaplab sweep SCENARIO' "
+              f"(or point --data-dir at a folder of runs)")
     builder = build_site(data_dir, out)
     machine = speed.pick_machine(data_dir)
     req = speed.measured_requests(data_dir, machine)

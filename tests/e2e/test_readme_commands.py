@@ -99,7 +99,10 @@ def test_report_builds_a_site_whose_charts_draw_offline(swept, gaplab_cli, outpu
     assert "vega@" not in html and "vega-lite@" not in html  # altair's CDN loaders are not used
     httpd = _serve(site)
     try:
-        for rel, least in (("notebooks/20-throughput-latency.html", 4), ("index.html", 2)):
+        claims_page = (site / "notebooks" / "50-published-claims.html").read_text()
+        assert "claims from 5 articles" in claims_page and "holds here" in claims_page
+        for rel, least in (("notebooks/20-throughput-latency.html", 4), ("index.html", 2),
+                           ("notebooks/40-where-the-time-goes.html", 2)):
             charts = (site / rel).read_text().count('class="gaplab-chart"')
             assert charts >= least, f"{rel} holds {charts} charts"
             url = f"http://127.0.0.1:{httpd.server_port}/{rel}"

@@ -78,25 +78,26 @@ def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, user
     return row
 
 
-def claims_table(trials: pl.DataFrame) -> pl.DataFrame:
-    """All claims for the trials of one machine (metrics.trial_summary rows)."""
+def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED) -> pl.DataFrame:
+    """All claims for the trials of one machine (metrics.trial_summary rows), on the `compared`
+    metrics (the site states aggregate tok/s and TTFT; the claims checker asks for others)."""
     if trials.is_empty():
         return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
     values: dict[tuple, dict[str, list]] = {}
     for r in trials.iter_rows(named=True):
         key = (r["model"], r["workload"], f"{r['runtime']} · {r['quant']}", r["concurrency"])
-        for m in COMPARED:
+        for m in compared:
             values.setdefault(key, {}).setdefault(m, []).append(r[m])
     kinds = dict(zip(trials["runtime"], trials["runtime_kind"]))
     per_cell = trials.with_columns(cell=pl.concat_str("model", "workload", "runtime", "quant", "concurrency"))
     pools = {(rt, m): stats.pool([c[m].to_list() for _, c in g.group_by("cell")])
-             for (rt,), g in per_cell.group_by("runtime") for m in COMPARED}
+             for (rt,), g in per_cell.group_by("runtime") for m in compared}
     rows = []
     for (model, workload), group in itertools.groupby(sorted(values), key=lambda k: k[:2]):
         group = list(group)
         configs = sorted({k[2] for k in group})
         levels = sorted({k[3] for k in group})
-        for metric in COMPARED:
+        for metric in compared:
             for a, b in itertools.combinations(configs, 2):
                 ra, rb = a.split(" · ")[0], b.split(" · ")[0]
                 same_quant = a.split(" · ")[1] == b.split(" · ")[1]

@@ -275,3 +275,24 @@ def roofline_story(frame: pl.DataFrame, bandwidth: pl.DataFrame) -> str:
     return (text + " Share of the bandwidth-bound decode speed reached: " + "; ".join(parts) + ". "
             "A file that reads fewer bytes per step raises the bound; only kernels that keep up with "
             "memory turn that into speed.")
+
+
+# ---------------------------------------------------------------- published claims (checker.py)
+
+
+def published_story(result: pl.DataFrame) -> str:
+    """How many published claims hold here, from how many articles."""
+    if result.is_empty():
+        return "The claims file holds no claims."
+    counts = result.group_by("verdict").len()
+    n = dict(zip(counts["verdict"], counts["len"]))
+    words = {"holds here": "hold", "does not hold here": "do not hold", "mixed here": "mixed",
+             "undecided here": "undecided", "not testable here": "not testable here"}
+    parts = [f"{n[v]} {w}" for v, w in words.items() if v in n]
+    seeds = result["seed_file"].n_unique()
+    tested = result.filter(pl.col("verdict") != "not testable here")
+    return (f"{result.height} claims from {seeds} articles, each tested on this machine's rows: "
+            + ", ".join(parts) + f". The {tested.height} tested claims are decided by intervals, not by the "
+            "estimates alone: a claim holds only where every comparison it covers excludes the opposite. "
+            "Articles that contradict each other (which runtime is faster for one user, which reaches the "
+            "first token sooner) are both listed, and at most one of each pair can hold on one machine.")

@@ -51,3 +51,11 @@ def pick_timeline_run(summary: pl.DataFrame, raw_dir: Path) -> str | None:
         return None
     rows = rows.filter(pl.col("concurrency") == rows["concurrency"].max())
     return rows.sort(["parallel", "requests"], descending=True, nulls_last=True)["run_id"][0]
+
+
+def rss_mb(raw_dir: Path, run_ids: list[str]) -> pl.DataFrame:
+    """Per run: the server process's mean resident memory (MB, children included) over the trial."""
+    return (store.scan_table(raw_dir, "telemetry")
+            .filter(pl.col("run_id").is_in(run_ids) & (pl.col("source") == "process")
+                    & (pl.col("metric") == "rss_bytes"))
+            .group_by("run_id").agg(rss_mb=pl.col("value").mean() / 1e6).collect())

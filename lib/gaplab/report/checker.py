@@ -1,0 +1,347 @@
+"""Published claims, tested on this machine's rows.
+
+data/reference/claims.csv holds the claims the seed articles make, one per row, in our own
+words: which article, what is claimed, the test that decides it here, its subjects, metric,
+load level and threshold, and for a claim gaplab cannot test here what it would take.
+
+Subjects are selectors over the measured cells, since the articles' "Ollama" and "vLLM" are
+roles here: `kind=vllm`, `kind=llamacpp;slots=1` (a single-slot llama.cpp server, the
+stand-in for a single-stream server), `slots>1` (any batching server), `quant=Q8_0`,
+`runtime=<name>`; `;` joins conditions, `|` gives alternatives (the first that matches a
+measured cell is used, so `kind=ollama|kind=llamacpp;slots=1` takes a real Ollama where
+there is one). Users: 1, a number, or empty (every level, or the fewest and the most).
+
+Verdicts: holds here, does not hold here, mixed here (some comparisons each way), undecided
+here (the interval spans the threshold or holds no difference), not testable here (with what
+it would take). Every verdict carries the figures and intervals behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from scipy import stats as st
+
+from gaplab import stats
+from gaplab.config import REFERENCE_DIR
+from gaplab.metrics import METRICS
+
+CLAIMS_FILE = REFERENCE_DIR / "claims.csv"
+COLUMNS = ["claim_id", "seed_file", "source", "claim", "test", "a", "b", "metric", "users", "threshold", "needs"]
+TESTS = ("faster", "leads_from", "scales_at_least", "scales_at_most", "linear_in_users", "more_stable",
+         "starts_slower", "recovers", "not_testable")
+EXTRA_METRICS = ("rss_mb", "cold_start_s", "recovery_pct")
+FIELDS = ("kind", "slots", "quant", "runtime")
+VERDICTS = ("holds here", "does not hold here", "mixed here", "undecided here", "not testable here")
+
+
+class ClaimsError(ValueError):
+    """A claims file row that cannot be tested as written."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    evidence: str
+
+
+def _check_selector(where: str, text: str) -> None:
+    for alt in text.split("|"):
+        for cond in alt.split(";"):
+            field = cond.replace(">", "=").split("=")[0].strip()
+            if field not in FIELDS or ("=" not in cond and ">" not in cond):
+                raise ClaimsError(f"{where}: {cond!r} is not a condition; write field=value or slots>1 "
+                                  f"with field one of {', '.join(FIELDS)}")
+
+
+def load_claims(path: Path | None = None) -> pl.DataFrame:
+    """The claims file (default: CLAIMS_FILE), checked: a row naming an unknown test, metric,
+    subject field or load level stops here with one line naming the file, row and field."""
+    path = path or CLAIMS_FILE
+    frame = pl.read_csv(path, infer_schema=False)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ClaimsError(f"{path}: the header lacks {', '.join(missing)}")
+    frame = frame.with_columns(pl.col(c).fill_null("") for c in COLUMNS)
+    for k, r in enumerate(frame.iter_rows(named=True), 2):  # row 1 is the header
+        where = f"{path} row {k}"
+        if r["test"] not in TESTS:
+            raise ClaimsError(f"{where}: test: {r['test']!r} is not one of {', '.join(TESTS)}")
+        if r["test"] == "not_testable":
+            if not r["needs"]:
+                raise ClaimsError(f"{where}: needs: say what it would take to test this claim")
+            continue
+        if r["metric"] not in METRICS + list(EXTRA_METRICS):
+            raise ClaimsError(f"{where}: metric: {r['metric']!r} is not one of {', '.join(METRICS + list(EXTRA_METRICS))}")
+        if not r["a"]:
+            raise ClaimsError(f"{where}: a: the claim needs a subject")
+        for col in ("a", "b"):
+            if r[col]:
+                _check_selector(f"{where}: {col}", r[col])
+        if r["users"] and not r["users"].isdigit():
+            raise ClaimsError(f"{where}: users: {r['users']!r} is not a number of users (or empty)")
+        if r["threshold"]:
+            try:
+                float(r["threshold"].removesuffix("n"))
+            except ValueError:
+                raise ClaimsError(f"{where}: threshold: {r['threshold']!r} is not a number "
+                                  f"(a trailing n means times the users)") from None
+    return frame
+
+
+def _matches(cells: pl.DataFrame, selector: str) -> pl.DataFrame:
+    """The cells (rows with runtime_kind, parallel, quant, runtime) the selector picks: its first
+    alternative that picks any."""
+    for alt in selector.split("|"):
+        expr = pl.lit(True)
+        for cond in alt.split(";"):
+            if ">" in cond:
+                field, value = cond.split(">")
+                expr &= pl.col("parallel") > int(value)
+                continue
+            field, value = (s.strip() for s in cond.split("="))
+            col = {"kind": "runtime_kind", "slots": "parallel", "quant": "quant", "runtime": "runtime"}[field]
+            expr &= (pl.col(col) == int(value)) if field == "slots" else (pl.col(col) == value)
+        picked = cells.filter(expr)
+        if not picked.is_empty():
+            return picked
+    return cells.clear()
+
+
+def _iv(x: stats.Interval | None, fmt: str = ".2f", prefix: str = "×") -> str:
+    if x is None:
+        return "no value"
+    if x.lo is None:
+        return f"{prefix}{x.estimate:{fmt}} (one trial, no interval)"
+    return f"{prefix}{x.estimate:{fmt}} [{x.lo:{fmt}}–{x.hi:{fmt}}]"
+
+
+def _threshold(text: str, users_ratio: float) -> float:
+    return float(text[:-1]) * users_ratio if text.endswith("n") else float(text)
+
+
+def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: set, users: int) -> Verdict:
+    """a better than b on the metric at this load, in every measured pair of their configurations."""
+    rows = claim_rows.filter((pl.col("kind") == "faster") & (pl.col("metric") == claim["metric"])
+                             & (pl.col("users") == users))
+    results = []
+    for r in rows.iter_rows(named=True):
+        if r["a"] in configs_a and r["b"] in configs_b:
+            want, against = "A better", "B better"
+        elif r["b"] in configs_a and r["a"] in configs_b:
+            want, against = "B better", "A better"
+        else:
+            continue
+        outcome = "holds" if r["verdict"] == want else "fails" if r["verdict"] == against else "undecided"
+        ratio = (f"×{r['ratio']:.2f} [{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}]" if r["ratio_lo"] is not None
+                 else f"×{r['ratio']:.2f} (no interval)")
+        results.append((outcome, f"{r['a']} ÷ {r['b']} ({r['model']}) {ratio}"))
+    if not results:
+        return Verdict("not testable here", "no measured pair of these subjects at this load")
+    return _combine(results, f"{metric_text(claim['metric'])} at {users} user{'s' if users > 1 else ''}")
+
+
+def metric_text(metric: str) -> str:
+    from gaplab.report.claims import UNITS
+
+    return UNITS.get(metric, metric.replace("_", " "))
+
+
+def _per_config(trials: pl.DataFrame, configs: set, metric: str) -> dict[str, dict[int, list[float]]]:
+    """config -> users -> its trials' values of metric (summed over models: one config, one model here)."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for r in trials.filter(pl.col("config").is_in(list(configs))).iter_rows(named=True):
+        if r.get(metric) is not None:
+            out.setdefault(f"{r['config']} ({r['model']})", {}).setdefault(r["concurrency"], []).append(r[metric])
+    return out
+
+
+def _scales(claim: dict, trials: pl.DataFrame, configs: set) -> Verdict:
+    values = _per_config(trials, configs, claim["metric"])
+    results = []
+    for name, by_users in values.items():
+        if len(by_users) < 2:
+            continue
+        lo_u, hi_u = min(by_users), max(by_users)
+        ratio = stats.ratio_interval(by_users[hi_u], by_users[lo_u])
+        limit = _threshold(claim["threshold"], hi_u / lo_u)
+        if ratio is None:
+            continue
+        if ratio.lo is None:
+            outcome = "undecided"
+        elif claim["test"] == "scales_at_least":
+            outcome = "holds" if ratio.lo >= limit else "fails" if ratio.hi < limit else "undecided"
+        else:
+            outcome = "holds" if ratio.hi <= limit else "fails" if ratio.lo > limit else "undecided"
+        results.append((outcome, f"{name}: {lo_u}→{hi_u} users {_iv(ratio)} (threshold ×{limit:.2f})"))
+    return _combine(results, f"{metric_text(claim['metric'])}, most users ÷ fewest")
+
+
+def _combine(results: list[tuple[str, str]], what: str) -> Verdict:
+    """One verdict from the outcomes ("holds", "fails", "undecided") of each comparison a claim
+    covers: holds if all hold, does not hold if none holds and one fails, undecided if all are,
+    mixed otherwise."""
+    if not results:
+        return Verdict("not testable here", f"{what}: no subject measured at two load levels")
+    outcomes = {o for o, _ in results}
+    if outcomes == {"holds"}:
+        verdict = "holds here"
+    elif "holds" not in outcomes and "fails" in outcomes:
+        verdict = "does not hold here"
+    elif outcomes == {"undecided"}:
+        verdict = "undecided here"
+    else:
+        verdict = "mixed here"
+    rank = {"fails": 0, "holds": 1, "undecided": 2}  # what decided the verdict first
+    results = sorted(results, key=lambda r: rank[r[0]] if verdict == "mixed here" else 0)
+    shown = "; ".join(e for _, e in results[:8]) + (f" (and {len(results) - 8} more)" if len(results) > 8 else "")
+    return Verdict(verdict, f"{what}: {shown}")
+
+
+def _linear(claim: dict, trials: pl.DataFrame, configs: set) -> Verdict:
+    results = []
+    need = float(claim["threshold"] or 0.95)
+    for name, by_users in _per_config(trials, configs, claim["metric"]).items():
+        if len(by_users) < 3:
+            continue
+        x = np.array([u for u, vs in by_users.items() for _ in vs], dtype=float)
+        y = np.array([v for vs in by_users.values() for v in vs], dtype=float)
+        fit = st.linregress(x, y)
+        half = float(st.t.ppf(0.975, len(x) - 2)) * fit.stderr
+        levels = sorted(by_users)
+        means = np.array([np.mean(by_users[u]) for u in levels])
+        pred = fit.intercept + fit.slope * np.array(levels, dtype=float)
+        r2 = 1 - float(((means - pred) ** 2).sum() / ((means - means.mean()) ** 2).sum())
+        ok = fit.slope - half > 0 and r2 >= need
+        outcome = "holds" if ok else "fails" if (fit.slope + half < 0 or r2 < need) else "undecided"
+        results.append((outcome, f"{name}: {fit.slope:+,.0f} per user [{fit.slope - half:+,.0f} to "
+                                 f"{fit.slope + half:+,.0f}], R² of the means {r2:.3f} (needs {need})"))
+    return _combine(results, f"{metric_text(claim['metric'])} against users")
+
+
+def _more_stable(claim: dict, trials: pl.DataFrame, configs_a: set, configs_b: set) -> Verdict:
+    def pooled(configs: set) -> stats.Pool | None:
+        groups = [v for by_users in _per_config(trials, configs, claim["metric"]).values() for v in by_users.values()]
+        return stats.pool(groups)
+
+    pa_, pb = pooled(configs_a), pooled(configs_b)
+    if pa_ is None or pb is None:
+        return Verdict("not testable here", "a subject has no cell with two trials")
+    f = (pb.log_sd / pa_.log_sd) ** 2 if pa_.log_sd > 0 else math.inf
+    if f > st.f.ppf(0.95, pb.df, pa_.df):
+        verdict = "holds here"
+    elif 1 / f > st.f.ppf(0.95, pa_.df, pb.df):
+        verdict = "does not hold here"
+    else:
+        verdict = "undecided here"
+    return Verdict(verdict, f"{metric_text(claim['metric'])}, trial-to-trial sd pooled over each side's cells: "
+                            f"±{pa_.log_sd * 100:.1f}% ({pa_.df} df) against ±{pb.log_sd * 100:.1f}% ({pb.df} df); "
+                            f"F = {f:.2f}")
+
+
+def _starts_slower(claim: dict, starts: pl.DataFrame, cells: pl.DataFrame) -> Verdict:
+    if starts.is_empty():
+        return Verdict("not testable here", "no cold start stored (servers gaplab starts record theirs)")
+    slots = cells.group_by("runtime").agg(pl.col("parallel").first())
+    s = starts.join(slots, on="runtime", how="left")
+    a, b = _matches(s, claim["a"]), _matches(s, claim["b"])
+    if a.is_empty() or b.is_empty():
+        return Verdict("not testable here", "a subject started no server here")
+    ratio = stats.ratio_interval(a["to_first_token_s"].to_list(), b["to_first_token_s"].to_list())
+    limit = float(claim["threshold"] or 1)
+    if ratio.lo is None:
+        verdict = "holds here" if ratio.estimate >= limit and min(a["to_first_token_s"]) > max(
+            b["to_first_token_s"]) * limit else "undecided here"
+    else:
+        verdict = "holds here" if ratio.lo >= limit else "does not hold here" if ratio.hi < limit else "undecided here"
+    return Verdict(verdict, f"seconds from launch to the first token: {a['to_first_token_s'].median():.1f} s "
+                            f"({a.height} starts) against {b['to_first_token_s'].median():.1f} s ({b.height} starts), "
+                            f"ratio {_iv(ratio)} (threshold ×{limit:g})")
+
+
+def _recovers(claim: dict, recovery: pl.DataFrame) -> Verdict:
+    if "recovery_pct" not in recovery.columns:  # no task accuracy stored for this machine
+        return Verdict("not testable here", claim["needs"] or "no task accuracy stored here")
+    rows = _matches(recovery.with_columns(runtime_kind=pl.lit(""), parallel=pl.lit(None, pl.Int64)), claim["a"])
+    rows = rows.filter(pl.col("recovery_pct").is_not_null())
+    if rows.is_empty():
+        return Verdict("not testable here", claim["needs"] or "no task accuracy of such a file here")
+    need = float(claim["threshold"])
+    results = []
+    for r in rows.iter_rows(named=True):
+        lo, hi = 100 * r["acc_low"] / r["ref_accuracy_pct"], 100 * r["acc_high"] / r["ref_accuracy_pct"]
+        outcome = "holds" if lo >= need else "fails" if hi < need else "undecided"
+        results.append((outcome, f"{r['model']} {r['quant']}: {r['recovery_pct']:.1f}% [{lo:.1f}–{hi:.1f}] of "
+                                 f"{r['reference']}"))
+    return _combine(results, "task accuracy as a share of the reference file's")
+
+
+def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, recovery: pl.DataFrame) -> pl.DataFrame:
+    """Each claim with its verdict and the figures behind it.
+
+    trials: metrics.trial_summary rows (with `rss_mb` where telemetry sampled it); starts:
+    cold_start.cold_starts; recovery: quality.recovery. Comparisons between configurations
+    are rows of the claims table (claims.claims_table) on the claim's metric."""
+    from gaplab.report.claims import claims_table
+
+    cells = trials.select("runtime", "runtime_kind", "parallel", "quant", "config").unique()
+    compared: dict[str, pl.DataFrame] = {}
+    max_users = int(trials["concurrency"].max()) if not trials.is_empty() else 0
+    out = []
+    for c in claims.iter_rows(named=True):
+        if c["test"] == "not_testable":
+            v = Verdict("not testable here", f"needs {c['needs']}")
+        elif c["users"] and int(c["users"]) > max_users:
+            v = Verdict("not testable here", f"needs {c['users']} users; the most measured here is {max_users}"
+                        + (f"; {c['needs']}" if c["needs"] else ""))
+        else:
+            configs_a = set(_matches(cells, c["a"])["config"]) if c["a"] else set()
+            configs_b = set(_matches(cells, c["b"])["config"]) if c["b"] else set()
+            if c["test"] == "recovers":
+                v = _recovers(c, recovery)
+            elif c["test"] == "starts_slower":
+                v = _starts_slower(c, starts, trials)
+            elif not configs_a or (c["b"] and not configs_b):
+                v = Verdict("not testable here", "no measured cell matches " + (c["a"] if not configs_a else c["b"]))
+            elif c["test"] in ("faster", "leads_from"):
+                if c["metric"] not in compared:
+                    compared[c["metric"]] = claims_table(trials, (c["metric"],))
+                v = (_faster(c, compared[c["metric"]], configs_a, configs_b, int(c["users"] or 1))
+                     if c["test"] == "faster" else _leads_from(c, compared[c["metric"]], configs_a, configs_b))
+            elif c["test"] in ("scales_at_least", "scales_at_most"):
+                v = _scales(c, trials, configs_a)
+            elif c["test"] == "linear_in_users":
+                v = _linear(c, trials, configs_a)
+            else:
+                v = _more_stable(c, trials, configs_a, configs_b)
+        out.append({**{k: c[k] for k in ("claim_id", "seed_file", "source", "claim", "test")},
+                    "verdict": v.verdict, "evidence": v.evidence})
+    return pl.DataFrame(out)
+
+
+def _leads_from(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: set) -> Verdict:
+    """a is better than b at every measured level from `threshold` users up."""
+    limit = int(float(claim["threshold"]))
+    rows = claim_rows.filter((pl.col("kind") == "faster") & (pl.col("metric") == claim["metric"]))
+    pairs: dict[tuple, dict[int, bool | None]] = {}
+    for r in rows.iter_rows(named=True):
+        if r["a"] in configs_a and r["b"] in configs_b:
+            lead = {"A better": True, "B better": False}.get(r["verdict"])
+            pairs.setdefault((r["a"], r["b"], r["model"]), {})[r["users"]] = lead
+        elif r["b"] in configs_a and r["a"] in configs_b:
+            lead = {"B better": True, "A better": False}.get(r["verdict"])
+            pairs.setdefault((r["b"], r["a"], r["model"]), {})[r["users"]] = lead
+    results = []
+    for (a, b, model), by_users in sorted(pairs.items()):
+        levels = sorted(by_users)
+        from_ = next((u for u in levels if all(by_users[v] for v in levels if v >= u)), None)
+        at_and_above = [by_users[u] for u in levels if u >= limit]
+        outcome = "holds" if at_and_above and all(at_and_above) else "fails" if any(
+            x is False for x in at_and_above) else "undecided"
+        where = f"leads from {from_} users" if from_ is not None else "does not lead at the most users"
+        results.append((outcome, f"{a} against {b} ({model}): {where}"))
+    return _combine(results, f"{metric_text(claim['metric'])}, from {limit} users up")

@@ -1,0 +1,134 @@
+"""Published claims tested on hand-built trials: each test kind decides by its intervals, and a
+bad claims file stops with one line naming the file, row and field."""
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from gaplab.report import checker
+
+HEADER = ",".join(checker.COLUMNS)
+
+
+def trials(rows: list[tuple]) -> pl.DataFrame:
+    """(runtime, kind, slots, quant, users, per_user_tok_s, aggregate_tok_s, ttft_p50_ms), three trials each
+    with a 2% spread."""
+    out = []
+    for runtime, kind, slots, quant, users, per_user, agg, ttft in rows:
+        for k, f in enumerate((0.98, 1.0, 1.02), 1):
+            out.append({"runtime": runtime, "runtime_kind": kind, "parallel": slots, "quant": quant,
+                        "config": f"{runtime} · {quant}", "model": "m", "workload": "w", "concurrency": users,
+                        "trial": k, "run_id": f"{runtime}-{users}-{k}", "per_user_tok_s": per_user * f,
+                        "aggregate_tok_s": agg * f, "ttft_p50_ms": ttft * f, "rss_mb": 500.0 * f})
+    return pl.DataFrame(out)
+
+
+SERVERS = trials([
+    ("single", "llamacpp", 1, "Q4", 1, 100, 90, 100), ("single", "llamacpp", 1, "Q4", 4, 100, 92, 1200),
+    ("single", "llamacpp", 1, "Q4", 8, 100, 91, 2600),
+    ("batch", "llamacpp", 8, "Q4", 1, 100, 90, 100), ("batch", "llamacpp", 8, "Q4", 4, 60, 200, 150),
+    ("batch", "llamacpp", 8, "Q4", 8, 45, 300, 200),
+    ("vllm", "vllm", 8, "BF16", 1, 60, 55, 40), ("vllm", "vllm", 8, "BF16", 4, 55, 200, 60),
+    ("vllm", "vllm", 8, "BF16", 8, 50, 380, 90),
+])
+
+
+def claims(tmp_path, *rows: str) -> pl.DataFrame:
+    path = tmp_path / "claims.csv"
+    path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    return checker.load_claims(path)
+
+
+def verdicts(tmp_path, *rows: str, starts=pl.DataFrame(), recovery=pl.DataFrame()) -> list[str]:
+    return checker.check(claims(tmp_path, *rows), SERVERS, starts, recovery)["verdict"].to_list()
+
+
+def test_faster_holds_fails_or_is_mixed_by_every_pair_it_covers(tmp_path):
+    assert verdicts(tmp_path,
+                    "a,s,src,single beats vllm,faster,kind=llamacpp;slots=1,kind=vllm,per_user_tok_s,1,,",
+                    "b,s,src,vllm beats single,faster,kind=vllm,kind=llamacpp;slots=1,per_user_tok_s,1,,",
+                    "c,s,src,batching loses for one user,faster,kind=llamacpp;slots=1,slots>1,per_user_tok_s,1,,",
+                    ) == ["holds here", "does not hold here", "mixed here"]  # vLLM slower; batch the same
+
+
+def test_alternatives_take_the_first_selector_that_matches(tmp_path):
+    # no Ollama measured: the single-slot llama.cpp server stands in
+    assert verdicts(tmp_path, "a,s,src,x,faster,kind=ollama|kind=llamacpp;slots=1,kind=vllm,ttft_p50_ms,1,,"
+                    ) == ["does not hold here"]  # vLLM's TTFT is lower
+
+
+def test_scaling_and_linearity_and_overtaking(tmp_path):
+    assert verdicts(tmp_path,
+                    "a,s,src,near-linear,scales_at_least,kind=vllm,,aggregate_tok_s,,0.5n,",
+                    "b,s,src,flat,scales_at_most,kind=llamacpp;slots=1,,aggregate_tok_s,,1.3,",
+                    "c,s,src,queue ttft linear,linear_in_users,kind=llamacpp;slots=1,,ttft_p50_ms,,0.95,",
+                    "d,s,src,overtakes by 4,leads_from,slots>1,kind=llamacpp;slots=1,aggregate_tok_s,,4,",
+                    "e,s,src,flat ttft,scales_at_most,kind=vllm,,ttft_p50_ms,,1.5,",
+                    "f,s,src,memory flat,scales_at_most,kind=vllm,,rss_mb,,1.1,",
+                    ) == ["holds here", "holds here", "holds here", "holds here", "does not hold here", "holds here"]
+
+
+def test_stability_cold_start_recovery_and_what_cannot_be_tested(tmp_path):
+    starts = pl.DataFrame({"runtime": ["vllm", "single", "batch"], "runtime_kind": ["vllm", "llamacpp", "llamacpp"],
+                           "model": ["m"] * 3, "quant": ["BF16", "Q4", "Q4"], "to_healthy_s": [80.0, 0.5, 0.6],
+                           "to_first_token_s": [90.0, 0.8, 1.0]})
+    recovery = pl.DataFrame({"model": ["m", "m"], "quant": ["Q8_0", "F16"], "runtime": ["single"] * 2,
+                             "reference": ["F16"] * 2, "accuracy_pct": [40.0, 41.0], "acc_low": [38.0, 39.0],
+                             "acc_high": [42.0, 43.0], "ref_accuracy_pct": [41.0, 41.0],
+                             "recovery_pct": [97.6, 100.0]})
+    got = verdicts(tmp_path,
+                   "a,s,src,steadier,more_stable,kind=vllm,kind=llamacpp,per_user_tok_s,,,",
+                   "b,s,src,minutes vs seconds,starts_slower,kind=vllm,kind=llamacpp,cold_start_s,,10,",
+                   "c,s,src,8-bit keeps 98%,recovers,quant=Q8_0,,recovery_pct,,98,add Q8_0",
+                   "d,s,src,6-bit keeps 98%,recovers,quant=Q6_K,,recovery_pct,,98,add Q6_K",
+                   "e,s,src,at 32 users,faster,kind=vllm,kind=llamacpp,aggregate_tok_s,32,,a bigger box",
+                   "f,s,src,split,not_testable,,,,,,an Ollama on a GPU",
+                   starts=starts, recovery=recovery)
+    # the same 2% spread on both sides: no measurable difference in stability
+    assert got == ["undecided here", "holds here", "undecided here", "not testable here", "not testable here",
+                   "not testable here"]
+
+
+@pytest.mark.parametrize("row, field", [
+    ("a,s,src,x,fastest,kind=vllm,,per_user_tok_s,1,,", "test"),
+    ("a,s,src,x,faster,kind=vllm,kind=llamacpp,tokens_per_s,1,,", "metric"),
+    ("a,s,src,x,faster,engine=vllm,kind=llamacpp,per_user_tok_s,1,,", "a"),
+    ("a,s,src,x,faster,kind=vllm,kind=llamacpp,per_user_tok_s,many,,", "users"),
+    ("a,s,src,x,scales_at_least,kind=vllm,,aggregate_tok_s,,half,", "threshold"),
+    ("a,s,src,x,not_testable,,,,,,", "needs"),
+])
+def test_a_bad_row_names_the_file_row_and_field(tmp_path, row, field):
+    with pytest.raises(checker.ClaimsError, match=rf"claims.csv row 3: {field}"):
+        claims(tmp_path, "ok,s,src,fine,not_testable,,,,,,a GPU", row)
+
+
+def test_the_report_command_stops_on_a_bad_claims_file_in_one_line(tmp_path, monkeypatch):
+    from gaplab.cli import app
+
+    path = tmp_path / "claims.csv"
+    path.write_text(HEADER + "\na,s,src,x,faster,kind=vllm,,tok_s,1,,\n")
+    monkeypatch.setattr(checker, "CLAIMS_FILE", path)
+    res = CliRunner().invoke(app, ["report", "--data-dir", str(tmp_path / "raw"), "--out", str(tmp_path / "site")])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "claims.csv row 2: metric: 'tok_s'" in lines[0], lines
+
+
+def test_the_shipped_claims_file_loads_and_covers_the_articles():
+    shipped = checker.load_claims()
+    assert shipped["claim_id"].is_unique().all()
+    assert shipped.height >= 12 and shipped["seed_file"].n_unique() >= 4
+
+
+def test_the_report_command_refuses_an_empty_data_folder_in_one_line(tmp_path):
+    from gaplab.cli import app
+
+    res = CliRunner().invoke(app, ["report", "--data-dir", str(tmp_path / "raw"), "--out", str(tmp_path / "site")])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "holds no runs" in lines[0] and "gaplab sweep" in lines[0], lines
+
+
+def test_without_quality_runs_a_recovery_claim_is_not_testable(tmp_path):
+    assert verdicts(tmp_path, "c,s,src,8-bit keeps 98%,recovers,quant=Q8_0,,recovery_pct,,98,add Q8_0"
+                    ) == ["not testable here"]
