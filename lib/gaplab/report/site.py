@@ -11,10 +11,12 @@ in each page's head, so charts draw with no internet.
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -128,7 +130,10 @@ def _write_html(nb, title: str, target: Path, pages: list, depth: int) -> None:
 def _build_without_quarto(data_dir: Path, out: Path) -> None:
     pages = site_pages()
     work = BUILD_DIR / "site"
-    executed = {src: _execute(Path(src), data_dir, work) for src, _ in pages if src.endswith(".ipynb")}
+    notebooks = [src for src, _ in pages if src.endswith(".ipynb")]
+    # each in its own kernel, as many at once as there are cores: a page is mostly one core's work
+    with ThreadPoolExecutor(max_workers=max(1, min(len(notebooks), os.cpu_count() or 1))) as pool:
+        executed = dict(zip(notebooks, pool.map(lambda src: _execute(Path(src), data_dir, work), notebooks)))
     out.mkdir(parents=True, exist_ok=True)
     for src, text in pages:
         depth = src.count("/")
