@@ -123,18 +123,25 @@ def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --
 
 @app.command()
 def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files are"),
-           out: Path = typer.Option(SITE_DIR, help="site folder (the nbconvert build)")):
+           out: Path = typer.Option(SITE_DIR, help="site folder (the nbconvert build)"),
+           price_per_hour: str = typer.Option("", help="dollars per hour of the machine (or hardware_id=price "
+                                              "pairs): the throughput page then prices a million tokens"),
+           slo_ttft_p99_ms: float = typer.Option(0, help="a TTFT p99 target for the cost section's best load")):
     """Build the report site from the raw data, with Quarto if installed, else nbconvert."""
     import polars as pl
 
-    from gaplab.report import checker, speed
+    from gaplab.report import checker, cost, speed
     from gaplab.report.site import build_site
 
     _guard(checker.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
+    _guard(cost.parse_prices, price_per_hour)
+    if slo_ttft_p99_ms < 0:
+        _fail(f"--slo-ttft-p99-ms: {slo_ttft_p99_ms:g} is below 0; give a target in ms, or 0 for none")
     if not list(Path(data_dir).glob("**/*.run.parquet")):
         _fail(f"--data-dir: {data_dir} holds no runs; measure first with 'gaplab sweep SCENARIO' "
               f"(or point --data-dir at a folder of runs)")
-    builder = build_site(data_dir, out)
+    builder = build_site(data_dir, out, parameters={"price_per_hour": price_per_hour,
+                                                    "slo_ttft_p99_ms": slo_ttft_p99_ms})
     machine = speed.pick_machine(data_dir)
     req = speed.measured_requests(data_dir, machine)
     cells = req["cell_key"].n_unique()

@@ -43,26 +43,30 @@ def site_pages(root: Path = ROOT) -> list[tuple[str, str]]:
     return [(item["href"], item["text"]) for item in conf["website"]["navbar"]["left"]]
 
 
-def build_site(data_dir: Path = RAW_DIR, out: Path = SITE_DIR, use_quarto: bool | None = None) -> str:
-    """Build the site; returns 'quarto' or 'nbconvert' (which builder ran)."""
+def build_site(data_dir: Path = RAW_DIR, out: Path = SITE_DIR, use_quarto: bool | None = None,
+               parameters: dict | None = None) -> str:
+    """Build the site; returns 'quarto' or 'nbconvert' (which builder ran). parameters: more
+    notebook parameters for every page (a page ignores those it does not declare)."""
+    parameters = {"data_dir": str(data_dir), **(parameters or {})}
     write_vega_header()
     if use_quarto is None:
         use_quarto = shutil.which("quarto") is not None
     if use_quarto:
-        res = subprocess.run(["quarto", "render", "-P", f"data_dir:{data_dir}"], cwd=ROOT)
+        res = subprocess.run(["quarto", "render", *[a for k, v in parameters.items() for a in ("-P", f"{k}:{v}")]],
+                             cwd=ROOT)
         if res.returncode != 0:
             raise RuntimeError("quarto render failed; its output above says why")
         return "quarto"
-    _build_without_quarto(data_dir, out)
+    _build_without_quarto(parameters, out)
     return "nbconvert"
 
 
-def _execute(notebook: Path, data_dir: Path, work: Path) -> Path:
+def _execute(notebook: Path, parameters: dict, work: Path) -> Path:
     import papermill as pm
 
     target = work / notebook
     target.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(ROOT / notebook), str(target), parameters={"data_dir": str(data_dir)},
+    pm.execute_notebook(str(ROOT / notebook), str(target), parameters=parameters,
                         cwd=str(ROOT), progress_bar=False,
                         extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # no loopback-TCP notice
     return target
@@ -127,13 +131,13 @@ def _write_html(nb, title: str, target: Path, pages: list, depth: int) -> None:
     target.write_text(body)
 
 
-def _build_without_quarto(data_dir: Path, out: Path) -> None:
+def _build_without_quarto(parameters: dict, out: Path) -> None:
     pages = site_pages()
     work = BUILD_DIR / "site"
     notebooks = [src for src, _ in pages if src.endswith(".ipynb")]
     # each in its own kernel, as many at once as there are cores: a page is mostly one core's work
     with ThreadPoolExecutor(max_workers=max(1, min(len(notebooks), os.cpu_count() or 1))) as pool:
-        executed = dict(zip(notebooks, pool.map(lambda src: _execute(Path(src), data_dir, work), notebooks)))
+        executed = dict(zip(notebooks, pool.map(lambda src: _execute(Path(src), parameters, work), notebooks)))
     out.mkdir(parents=True, exist_ok=True)
     for src, text in pages:
         depth = src.count("/")

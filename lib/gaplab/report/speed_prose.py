@@ -296,3 +296,20 @@ def published_story(result: pl.DataFrame) -> str:
             "estimates alone: a claim holds only where every comparison it covers excludes the opposite. "
             "Articles that contradict each other (which runtime is faster for one user, which reaches the "
             "first token sooner) are both listed, and at most one of each pair can hold on one machine.")
+
+
+def cost_story(table: pl.DataFrame, slo_ttft_p99_ms: float) -> str:
+    """The cheapest configuration per model, at its best load within the target when one is given."""
+    if table.is_empty():
+        return ("No price given: set the page's `price_per_hour` parameter (dollars per hour of this machine) "
+                "to see what a million output tokens cost at each load.")
+    rows = table.filter(pl.col("best_within_slo")) if slo_ttft_p99_ms > 0 else table
+    if rows.is_empty():
+        return f"No configuration meets a TTFT p99 of {slo_ttft_p99_ms:g} ms within its interval at any load measured."
+    out = []
+    for (model,), g in rows.group_by("model", maintain_order=True):
+        r = g.sort("usd_per_mtok").row(0, named=True)
+        out.append(f"for {model}, {r['config']} at {cl.users_text(r['concurrency'])}: ${r['usd_per_mtok']:,.2f} "
+                   f"[{r['usd_lo']:,.2f}–{r['usd_hi']:,.2f}] per million output tokens")
+    within = f" among loads whose TTFT p99 stays under {slo_ttft_p99_ms:g} ms" if slo_ttft_p99_ms > 0 else ""
+    return "Cheapest" + within + ": " + "; ".join(out) + "."
