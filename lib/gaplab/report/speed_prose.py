@@ -313,3 +313,21 @@ def cost_story(table: pl.DataFrame, slo_ttft_p99_ms: float) -> str:
                    f"[{r['usd_lo']:,.2f}–{r['usd_hi']:,.2f}] per million output tokens")
     within = f" among loads whose TTFT p99 stays under {slo_ttft_p99_ms:g} ms" if slo_ttft_p99_ms > 0 else ""
     return "Cheapest" + within + ": " + "; ".join(out) + "."
+
+
+def definitions_story(shifts: pl.DataFrame) -> str:
+    """How far each other convention moves a figure from this report's, at the extremes over cells."""
+    if shifts.is_empty():
+        return ""
+    others = shifts.filter(pl.col("ratio") != 1.0)
+    parts = []
+    for (metric, conv), g in others.group_by("metric", "convention", maintain_order=True):
+        lo, hi = g.sort("lo").row(0, named=True), g.sort("hi").row(-1, named=True)
+        if hi["hi"] < 1.01 and lo["lo"] > 0.99:
+            parts.append(f"{metric} as {conv.replace('_', ' ')}: within 1% of ours in every cell")
+        else:
+            parts.append(f"{metric} as {conv.replace('_', ' ')}: ×{lo['lo']:.2f} ({lo['runtime']}) to "
+                         f"×{hi['hi']:.2f} ({hi['runtime']}) of ours")
+    return ("By definition alone, from the same rows (each cell's median under a convention over its median "
+            "under this report's): " + "; ".join(parts) + ". A published figure that used another convention "
+            "can be read against this report's only after that factor.")
