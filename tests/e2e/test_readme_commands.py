@@ -100,7 +100,9 @@ def test_report_builds_a_site_whose_charts_draw_offline(swept, gaplab_cli, outpu
     httpd = _serve(site)
     try:
         claims_page = (site / "notebooks" / "50-published-claims.html").read_text()
-        assert "claims from 5 articles" in claims_page and "holds here" in claims_page
+        assert "claims from 5 articles" in claims_page  # the verdicts themselves depend on the data
+        assert all(f"<td>c{k:02d}</td>" in claims_page for k in range(1, 23)) and "not testable here" in claims_page
+        assert "By definition alone" in claims_page
         for rel, least in (("notebooks/20-throughput-latency.html", 4), ("index.html", 2),
                            ("notebooks/40-where-the-time-goes.html", 2)):
             charts = (site / rel).read_text().count('class="gaplab-chart"')
