@@ -20,7 +20,7 @@ _STRING, _ARRAY = 8, 9
 
 @dataclass(frozen=True)
 class Traffic:
-    weight_bytes: int  # read once per decode step, whatever the batch
+    weight_bytes: int | None  # read once per decode step, whatever the batch
     kv_bytes_per_token: int | None  # K and V over all layers, per token of one sequence's context
 
 
@@ -51,9 +51,9 @@ def _value(f, kind: int):
         return _string(f)
     if kind == _ARRAY:
         item, n = _read(f, "<I"), _read(f, "<Q")
-        for _ in range(n):  # skipped: arrays are the vocabulary and its scores, not sizes
-            _value(f, item)
-        return None
+        values = [_value(f, item) for _ in range(n)]
+        # kept: short arrays of numbers (a per-layer KV head count); skipped: the vocabulary and its scores
+        return values if item in _SCALARS and n <= 4096 else None
     raise ModelFileError(f"unknown GGUF value type {kind}")
 
 
@@ -83,11 +83,25 @@ def gguf_traffic(path: Path, kv_element_bytes: int = 2) -> Traffic:
     get = lambda key: meta.get(f"{arch}.{key}")  # noqa: E731
     layers, heads = get("block_count"), get("attention.head_count")
     kv = None
-    if layers and heads:
-        key_len = get("attention.key_length") or get("embedding_length") // heads
+    if isinstance(heads, list):  # per layer: the widest layer sets the head size
+        heads = max(heads) or None
+    key_len = get("attention.key_length") or (get("embedding_length") // heads if heads and get("embedding_length")
+                                               else None)
+    if layers and key_len:
         value_len = get("attention.value_length") or key_len
-        kv = layers * (get("attention.head_count_kv") or heads) * (key_len + value_len) * kv_element_bytes
+        kv_heads = get("attention.head_count_kv") or heads
+        per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers  # some models vary by layer
+        kv = sum(per_layer) * (key_len + value_len) * kv_element_bytes
     return Traffic(Path(path).stat().st_size, kv)
+
+
+def traffic_or_none(read, *args) -> Traffic:
+    """A runtime's traffic, or unknown: a model file this module cannot read must not stop a
+    measurement (the roofline then leaves the cell out)."""
+    try:
+        return read(*args)
+    except (ModelFileError, OSError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return Traffic(None, None)
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -96,6 +110,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 def hf_traffic(folder: Path, dtype: str) -> Traffic:
     """A Hugging Face folder's traffic when served in `dtype` (vLLM keeps K and V in it too)."""
     cfg = json.loads((Path(folder) / "config.json").read_text())
+    cfg = {**cfg, **cfg.get("text_config", {})}  # multimodal configs nest the language model's sizes
     stored = DTYPE_BYTES[cfg.get("dtype") or cfg.get("torch_dtype") or "float32"]
     # tensors only: a safetensors file is an 8-byte length, a JSON header, then the tensors
     tensors = 0

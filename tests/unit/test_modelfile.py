@@ -73,3 +73,14 @@ def test_a_hugging_face_folder_in_another_dtype(tmp_path):
     t = modelfile.hf_traffic(tmp_path, "bfloat16")
     assert t.weight_bytes == 500  # 250 float32 values served as bfloat16
     assert t.kv_bytes_per_token == 30 * 3 * 64 * 2 * 2
+
+
+def test_per_layer_kv_heads_and_an_unreadable_file(tmp_path):
+    kv_per_layer = struct.pack("<I", 4) + struct.pack("<Q", 3) + u32(2) + u32(0) + u32(4)  # an array of u32
+    path = gguf(tmp_path / "v.gguf", [("general.architecture", 8, _str("x")), ("x.block_count", 4, u32(3)),
+                                       ("x.attention.head_count", 4, u32(8)), ("x.attention.head_count_kv", 9,
+                                                                               kv_per_layer),
+                                       ("x.attention.key_length", 4, u32(64))])
+    assert modelfile.gguf_traffic(path).kv_bytes_per_token == (2 + 0 + 4) * (64 + 64) * 2
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF")
+    assert modelfile.traffic_or_none(modelfile.gguf_traffic, tmp_path / "bad.gguf") == modelfile.Traffic(None, None)

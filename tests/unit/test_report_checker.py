@@ -132,3 +132,32 @@ def test_the_report_command_refuses_an_empty_data_folder_in_one_line(tmp_path):
 def test_without_quality_runs_a_recovery_claim_is_not_testable(tmp_path):
     assert verdicts(tmp_path, "c,s,src,8-bit keeps 98%,recovers,quant=Q8_0,,recovery_pct,,98,add Q8_0"
                     ) == ["not testable here"]
+
+
+def test_a_straight_but_flat_line_is_not_growth_in_proportion_to_users(tmp_path):
+    flat = trials([("q", "llamacpp", 1, "Q4", u, 100, 90, t) for u, t in ((1, 1000), (2, 1010), (4, 1030), (8, 1070))])
+    got = checker.check(claims(tmp_path, "c,s,src,x,linear_in_users,kind=llamacpp;slots=1,,ttft_p50_ms,,0.95,"),
+                        flat, pl.DataFrame(), pl.DataFrame())
+    assert got["verdict"].to_list() == ["does not hold here"] and "the rise 7%" in got["evidence"][0]
+
+
+def test_recovery_carries_both_intervals_and_never_compares_a_file_with_itself(tmp_path):
+    recovery = pl.DataFrame({"model": ["m"] * 3, "quant": ["Q8_0", "Q4_0", "F16"], "runtime": ["single"] * 3,
+                             "reference": ["F16"] * 3, "accuracy_pct": [20.0, 40.0, 27.0],
+                             "acc_low": [15.0, 38.0, 21.0], "acc_high": [26.0, 42.0, 34.0],
+                             "ref_accuracy_pct": [27.0] * 3, "recovery_pct": [74.1, 148.1, 100.0]})
+    rows = ["c,s,src,8-bit keeps 98%,recovers,quant=Q8_0,,recovery_pct,,98,x",
+            "d,s,src,16-bit keeps itself,recovers,quant=F16,,recovery_pct,,98,x"]
+    got = checker.check(claims(tmp_path, *rows), SERVERS, pl.DataFrame(), recovery)
+    # 20% [15-26] against 27% [21-34]: the ratio may lie between 44% and 124%: undecided, not "fails"
+    assert got["verdict"].to_list() == ["undecided here", "not testable here"]
+
+
+def test_a_zero_spread_and_a_missing_threshold_are_handled(tmp_path):
+    steady = trials([("v", "vllm", 8, "BF16", 1, 50, 50, 40)]).with_columns(per_user_tok_s=pl.lit(50.0))
+    both = pl.concat([steady, trials([("s", "llamacpp", 1, "Q4", 1, 100, 90, 100)])])
+    got = checker.check(claims(tmp_path, "a,s,src,x,more_stable,kind=vllm,kind=llamacpp,per_user_tok_s,,,"),
+                        both, pl.DataFrame(), pl.DataFrame())
+    assert got["verdict"].to_list() == ["holds here"]  # no spread at all against 2%
+    with pytest.raises(checker.ClaimsError, match="row 2: threshold: the test scales_at_least needs one"):
+        claims(tmp_path, "a,s,src,x,scales_at_least,kind=vllm,,aggregate_tok_s,,,")

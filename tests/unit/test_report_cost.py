@@ -16,7 +16,7 @@ def test_prices_parse_or_are_refused_in_one_line():
 
 
 def estimates():
-    return pl.DataFrame({"hardware_id": ["hw"] * 3, "model": ["m"] * 3, "config": ["x · Q4"] * 3,
+    return pl.DataFrame({"hardware_id": ["hw"] * 3, "model": ["m"] * 3, "workload": ["w"] * 3, "config": ["x · Q4"] * 3,
                          "cell_key": ["k1", "k2", "k3"], "concurrency": [1, 4, 8],
                          "aggregate_tok_s": [100.0, 300.0, 400.0], "aggregate_tok_s_lo": [90.0, 280.0, 380.0],
                          "aggregate_tok_s_hi": [110.0, 320.0, 420.0], "ttft_p99_ms": [100.0, 400.0, 900.0],

@@ -134,3 +134,19 @@ def test_the_waterfall_sentence_names_the_parts_that_differ_and_only_those(tmp_p
     text = speed_prose.waterfall_story(decompose.waterfall(parts, "m", "w", 2, "batch · F16", "single · F16"))
     assert "single · F16's mean TTFT is 999 ms higher" in text  # 998 of queue, 0.7 of prompt
     assert "server queue +998 ms" in text and "prompt processing" not in text  # 150 or 151 ms: no difference
+
+
+def test_vllm_deltas_start_after_the_warmup_requests(tmp_path):
+    warm = request(9, 0, 0, 100, 500, 1500, 11)  # ends at 1.5 s, between the first two samples
+    warm.warmup = True
+    recs = [warm] + [request(i, 2000, 2000, 2300, 2800, 2800, 11) for i in range(2)]
+    ms = 1_000_000
+    # at 1 s the warmup is still running; by 2 s it is counted (1 request); by 3 s the 2 measured ones too
+    tele = (_histogram_rows(1000 * ms, 0.0, 0.0, 0.0, 0, 0) + _histogram_rows(2000 * ms, 5.0, 5.0, 5.0, 11, 1)
+            + _histogram_rows(3000 * ms, 5.02, 5.2, 5.98, 33, 3))
+    store.write_run(tmp_path, ident("20260101T000000Z-vvvvvv", runtime="v", kind="vllm"), {"status": "complete"},
+                    recs, telemetry=tele)
+    means = decompose.vllm_means(tmp_path, ["20260101T000000Z-vvvvvv"]).row(0, named=True)
+    assert means["vllm_requests"] == 2  # the warmup request is not in the delta
+    assert means["vllm_server_queue"] == pytest.approx(10) and means["vllm_prompt"] == pytest.approx(100)
+    assert means["vllm_decode"] == pytest.approx(490) and means["vllm_tokens"] == pytest.approx(11)

@@ -31,11 +31,14 @@ from gaplab.config import REFERENCE_DIR
 from gaplab.metrics import METRICS
 
 CLAIMS_FILE = REFERENCE_DIR / "claims.csv"
+SIXTEEN_BIT = ("F16", "BF16", "F32")  # what "the 16-bit model" may be measured as
 COLUMNS = ["claim_id", "seed_file", "source", "claim", "test", "a", "b", "metric", "users", "threshold", "needs"]
 TESTS = ("faster", "leads_from", "scales_at_least", "scales_at_most", "linear_in_users", "more_stable",
          "starts_slower", "recovers", "not_testable")
 EXTRA_METRICS = ("rss_mb", "cold_start_s", "recovery_pct")
 FIELDS = ("kind", "slots", "quant", "runtime")
+GROWTH_SHARE = 0.5  # linear_in_users: the line's rise over the levels, as a share of the value at the most users
+THRESHOLD_NEEDED = ("scales_at_least", "scales_at_most", "leads_from", "recovers")
 VERDICTS = ("holds here", "does not hold here", "mixed here", "undecided here", "not testable here")
 
 
@@ -84,6 +87,8 @@ def load_claims(path: Path | None = None) -> pl.DataFrame:
                 _check_selector(f"{where}: {col}", r[col])
         if r["users"] and not r["users"].isdigit():
             raise ClaimsError(f"{where}: users: {r['users']!r} is not a number of users (or empty)")
+        if r["test"] in THRESHOLD_NEEDED and not r["threshold"]:
+            raise ClaimsError(f"{where}: threshold: the test {r['test']} needs one")
         if r["threshold"]:
             try:
                 float(r["threshold"].removesuffix("n"))
@@ -152,11 +157,12 @@ def metric_text(metric: str) -> str:
 
 
 def _per_config(trials: pl.DataFrame, configs: set, metric: str) -> dict[str, dict[int, list[float]]]:
-    """config -> users -> its trials' values of metric (summed over models: one config, one model here)."""
+    """"config (model, workload)" -> users -> its trials' values of metric."""
     out: dict[str, dict[int, list[float]]] = {}
     for r in trials.filter(pl.col("config").is_in(list(configs))).iter_rows(named=True):
         if r.get(metric) is not None:
-            out.setdefault(f"{r['config']} ({r['model']})", {}).setdefault(r["concurrency"], []).append(r[metric])
+            out.setdefault(f"{r['config']} ({r['model']}, {r['workload']})", {}).setdefault(
+                r["concurrency"], []).append(r[metric])
     return out
 
 
@@ -216,10 +222,14 @@ def _linear(claim: dict, trials: pl.DataFrame, configs: set) -> Verdict:
         means = np.array([np.mean(by_users[u]) for u in levels])
         pred = fit.intercept + fit.slope * np.array(levels, dtype=float)
         r2 = 1 - float(((means - pred) ** 2).sum() / ((means - means.mean()) ** 2).sum())
-        ok = fit.slope - half > 0 and r2 >= need
-        outcome = "holds" if ok else "fails" if (fit.slope + half < 0 or r2 < need) else "undecided"
+        # in proportion: a line, rising, whose rise makes up most of the value at the most users
+        share = fit.slope * (levels[-1] - levels[0]) / means[-1] if means[-1] else 0.0
+        ok = fit.slope - half > 0 and r2 >= need and share >= GROWTH_SHARE
+        outcome = "holds" if ok else "fails" if (fit.slope + half < 0 or r2 < need or share < GROWTH_SHARE) \
+            else "undecided"
         results.append((outcome, f"{name}: {fit.slope:+,.0f} per user [{fit.slope - half:+,.0f} to "
-                                 f"{fit.slope + half:+,.0f}], R² of the means {r2:.3f} (needs {need})"))
+                                 f"{fit.slope + half:+,.0f}], R² of the means {r2:.3f} (needs {need}), the rise "
+                                 f"{share:.0%} of the value at {levels[-1]} users (needs {GROWTH_SHARE:.0%})"))
     return _combine(results, f"{metric_text(claim['metric'])} against users")
 
 
@@ -231,10 +241,13 @@ def _more_stable(claim: dict, trials: pl.DataFrame, configs_a: set, configs_b: s
     pa_, pb = pooled(configs_a), pooled(configs_b)
     if pa_ is None or pb is None:
         return Verdict("not testable here", "a subject has no cell with two trials")
-    f = (pb.log_sd / pa_.log_sd) ** 2 if pa_.log_sd > 0 else math.inf
+    if pa_.log_sd == 0 or pb.log_sd == 0:  # a spread of exactly zero: nothing to test against
+        f = math.inf if pb.log_sd > 0 else 0.0 if pa_.log_sd > 0 else 1.0
+    else:
+        f = (pb.log_sd / pa_.log_sd) ** 2
     if f > st.f.ppf(0.95, pb.df, pa_.df):
         verdict = "holds here"
-    elif 1 / f > st.f.ppf(0.95, pa_.df, pb.df):
+    elif f < 1 / st.f.ppf(0.95, pa_.df, pb.df):
         verdict = "does not hold here"
     else:
         verdict = "undecided here"
@@ -267,13 +280,20 @@ def _recovers(claim: dict, recovery: pl.DataFrame) -> Verdict:
     if "recovery_pct" not in recovery.columns:  # no task accuracy stored for this machine
         return Verdict("not testable here", claim["needs"] or "no task accuracy stored here")
     rows = _matches(recovery.with_columns(runtime_kind=pl.lit(""), parallel=pl.lit(None, pl.Int64)), claim["a"])
-    rows = rows.filter(pl.col("recovery_pct").is_not_null())
+    rows = rows.filter(pl.col("recovery_pct").is_not_null() & (pl.col("quant") != pl.col("reference"))
+                       & pl.col("reference").is_in(SIXTEEN_BIT))
     if rows.is_empty():
-        return Verdict("not testable here", claim["needs"] or "no task accuracy of such a file here")
+        return Verdict("not testable here", claim["needs"] or "no task accuracy of such a file against a 16-bit one")
+    ref = recovery.filter(pl.col("quant") == pl.col("reference")).select(
+        "model", "runtime", ref_low="acc_low", ref_high="acc_high")
+    rows = rows.join(ref, on=["model", "runtime"], how="left")
     need = float(claim["threshold"])
     results = []
     for r in rows.iter_rows(named=True):
-        lo, hi = 100 * r["acc_low"] / r["ref_accuracy_pct"], 100 * r["acc_high"] / r["ref_accuracy_pct"]
+        if not r["ref_low"] or r["ref_high"] is None:
+            continue
+        # both accuracies carry their own interval: the ratio's widest bounds (conservative)
+        lo, hi = 100 * r["acc_low"] / r["ref_high"], 100 * r["acc_high"] / r["ref_low"]
         outcome = "holds" if lo >= need else "fails" if hi < need else "undecided"
         results.append((outcome, f"{r['model']} {r['quant']}: {r['recovery_pct']:.1f}% [{lo:.1f}–{hi:.1f}] of "
                                  f"{r['reference']}"))

@@ -50,11 +50,13 @@ def cost_table(estimates: pl.DataFrame, prices: dict[str, float] | float | None,
     frame = (estimates.with_columns(price_per_hour=price)
              .filter(pl.col("price_per_hour").is_not_null())
              .with_columns(usd_per_mtok=per_mtok(pl.col("aggregate_tok_s")),
-                           usd_lo=per_mtok(pl.col("aggregate_tok_s_hi")), usd_hi=per_mtok(pl.col("aggregate_tok_s_lo"))))
+                           usd_lo=per_mtok(pl.col("aggregate_tok_s_hi")),
+                           # an interval reaching down to 0 tok/s has no upper cost
+                           usd_hi=pl.when(pl.col("aggregate_tok_s_lo") > 0).then(per_mtok(pl.col("aggregate_tok_s_lo")))))
     if slo_ttft_p99_ms <= 0:
         return frame.with_columns(meets_slo=pl.lit(None, pl.Boolean), best_within_slo=pl.lit(False))
-    meets = pl.coalesce("ttft_p99_ms_hi", "ttft_p99_ms") <= slo_ttft_p99_ms
+    meets = pl.col("ttft_p99_ms_hi") <= slo_ttft_p99_ms  # a cell of one trial has no interval: not shown to meet
     frame = frame.with_columns(meets_slo=meets)
     best = (frame.filter(pl.col("meets_slo")).sort("aggregate_tok_s", descending=True)
-            .group_by("model", "config").agg(pl.col("cell_key").first()))
+            .group_by("model", "workload", "config").agg(pl.col("cell_key").first()))
     return frame.with_columns(best_within_slo=pl.col("cell_key").is_in(best["cell_key"].to_list()))

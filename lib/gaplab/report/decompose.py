@@ -88,23 +88,28 @@ def request_parts(requests: pl.DataFrame) -> pl.DataFrame:
 
 
 def vllm_means(raw_dir: Path, run_ids: list[str]) -> pl.DataFrame:
-    """Per run: vLLM's mean queue, prefill and decode time per request (ms) and generated tokens
-    per request, from the change of its histograms' _sum and _count over the run."""
+    """Per run: vLLM's mean queue, prefill and decode time per request (ms), generated tokens per
+    request and the requests counted, from the change of its histograms' _sum and _count from
+    the first sample after the warmup requests ended (they are not measured) to the last."""
     names = [f"{h}_{end}" for h in VLLM_HISTOGRAMS.values() for end in ("sum", "count")]
+    warmup = (store.scan_table(raw_dir, "requests").filter(pl.col("run_id").is_in(run_ids) & pl.col("warmup"))
+              .group_by("run_id").agg(warmup_end_ns=pl.col("end_ns").max()))
     tele = (store.scan_table(raw_dir, "telemetry")
             .filter(pl.col("run_id").is_in(run_ids) & pl.col("metric").is_in(names))
+            .join(warmup, on="run_id", how="left")
+            .filter(pl.col("warmup_end_ns").is_null() | (pl.col("t_ns") >= pl.col("warmup_end_ns")))
             .group_by("run_id", "metric", "t_ns").agg(pl.col("value").sum())  # summed over label sets
             .sort("t_ns").group_by("run_id", "metric").agg(delta=pl.col("value").last() - pl.col("value").first())
             .collect())
     if tele.is_empty():
         return pl.DataFrame(schema={"run_id": pl.String})
     wide = tele.pivot(on="metric", index="run_id", values="delta")
-    out = wide.select("run_id")
+    out = wide.select("run_id", vllm_requests=pl.col(f"{VLLM_HISTOGRAMS['decode']}_count"))
     for part, h in VLLM_HISTOGRAMS.items():
         if f"{h}_sum" in wide.columns and f"{h}_count" in wide.columns:
             mean = wide[f"{h}_sum"] / wide[f"{h}_count"]
             out = out.with_columns((mean * (1 if part == "tokens" else 1e3)).alias(f"vllm_{part}"))
-    return out.filter(pl.all_horizontal(pl.col(c).is_finite() for c in out.columns if c != "run_id"))
+    return out.filter(pl.all_horizontal(pl.col(c).is_finite() for c in out.columns if c.startswith("vllm_")))
 
 
 def trial_parts(requests: pl.DataFrame, raw_dir: Path) -> pl.DataFrame:

@@ -64,6 +64,8 @@ def per_request(requests: pl.DataFrame, raw_dir: Path) -> pl.DataFrame:
 def shifts(per_req: pl.DataFrame) -> pl.DataFrame:
     """Per runtime, metric and convention: the median over its cells of (the cell's median under
     that convention) / (its median under this report's), with the range over cells."""
+    if per_req.is_empty():
+        return pl.DataFrame()
     cols = {f"{m.lower()}_{c}": (m, c) for m, c, _, _ in DEFINITIONS}
     ours = {m: f"{m.lower()}_{c}" for m, c, _, used in DEFINITIONS if used}
     cells = per_req.group_by("runtime", "quant", "model", "concurrency").agg(pl.col(list(cols)).median())

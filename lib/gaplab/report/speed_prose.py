@@ -270,7 +270,8 @@ def roofline_story(frame: pl.DataFrame, bandwidth: pl.DataFrame) -> str:
     parts = []
     for key, g in frame.group_by("runtime", "quant", "model", maintain_order=True):
         one, most = g.row(0, named=True), g.row(-1, named=True)
-        parts.append(f"{key[0]} {key[1]} ({key[2]}) {one['pct']:.0f}% [{one['pct_lo']:.0f}–{one['pct_hi']:.0f}] "
+        iv = f"[{one['pct_lo']:.0f}–{one['pct_hi']:.0f}]" if one["pct_lo"] is not None else "(one trial)"
+        parts.append(f"{key[0]} {key[1]} ({key[2]}) {one['pct']:.0f}% {iv} "
                      f"at {cl.users_text(one['concurrency'])}, {most['pct']:.0f}% at {cl.users_text(most['concurrency'])}")
     return (text + " Share of the bandwidth-bound decode speed reached: " + "; ".join(parts) + ". "
             "A file that reads fewer bytes per step raises the bound; only kernels that keep up with "
@@ -309,8 +310,10 @@ def cost_story(table: pl.DataFrame, slo_ttft_p99_ms: float) -> str:
     out = []
     for (model,), g in rows.group_by("model", maintain_order=True):
         r = g.sort("usd_per_mtok").row(0, named=True)
+        iv = (f"[{r['usd_lo']:,.2f}–{r['usd_hi']:,.2f}]" if r["usd_lo"] is not None and r["usd_hi"] is not None
+              else "(no interval)")
         out.append(f"for {model}, {r['config']} at {cl.users_text(r['concurrency'])}: ${r['usd_per_mtok']:,.2f} "
-                   f"[{r['usd_lo']:,.2f}–{r['usd_hi']:,.2f}] per million output tokens")
+                   f"{iv} per million output tokens")
     within = f" among loads whose TTFT p99 stays under {slo_ttft_p99_ms:g} ms" if slo_ttft_p99_ms > 0 else ""
     return "Cheapest" + within + ": " + "; ".join(out) + "."
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gaplab.config import BUILD_DIR
-from gaplab.modelfile import gguf_traffic
+from gaplab.modelfile import gguf_traffic, traffic_or_none
 from gaplab.provision import llama_build, models
 from gaplab.runtimes import RuntimeKind, Server, process
 from gaplab.runtimes.process import free_port, wait_healthy
@@ -40,7 +40,7 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
     log = BUILD_DIR / "logs" / f"llama-server-{runtime.name}-{model}-{quant}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}"
-    traffic = gguf_traffic(model_file)  # K and V in f16, llama-server's default cache type
+    traffic = traffic_or_none(gguf_traffic, model_file)  # K and V in f16, llama-server's default cache type
     with open(log, "wb") as logf:
         started = time.perf_counter_ns()
         proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT)

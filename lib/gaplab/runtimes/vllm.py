@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from gaplab.config import BUILD_DIR
-from gaplab.modelfile import hf_traffic
+from gaplab.modelfile import hf_traffic, traffic_or_none
 from gaplab.provision.vllm_env import convert, converted_dir, installed, venv_python, vllm_version
 from gaplab.runtimes import RuntimeKind, Server
 from gaplab.runtimes import process
@@ -59,7 +59,7 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
     log.parent.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}"
     src = json.loads((folder / "gaplab-source.json").read_text())
-    traffic = hf_traffic(folder, dtype)
+    traffic = traffic_or_none(hf_traffic, folder, dtype)
     with open(log, "wb") as logf:
         started = time.perf_counter_ns()
         proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server_env(runtime))
