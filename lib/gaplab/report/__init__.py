@@ -4,14 +4,19 @@ One module per concept; the notebooks call them, never the store's files directl
 
 - speed.py          the trials the report combines and one estimate per cell, with its interval
 - claims.py         every comparison the site states, as rows with their intervals and verdicts
-- speed_prose.py    the throughput page's sentences, rendered from claims and estimates
+- speed_prose.py    the speed pages' sentences, rendered from claims, estimates and the frames below
 - telemetry.py      one run's server telemetry over time, beside the client's in-flight count
 - cold_start.py     seconds from a server's start to healthy and to its first token
+- decompose.py      each request's latency in parts (queues, prompt, decode, front end) and waterfalls
+- roofline.py       each cell's decode speed against the memory-bandwidth bound
+- checker.py        the published claims (data/reference/claims.csv) tested on this machine's rows
+- definitions.py    the headline metrics under other tools' conventions
+- cost.py           dollars per million output tokens from a price the user gives
 - quality.py        the quality page's frames (fidelity, task accuracy, agreement, size and speed)
 - quality_prose.py  the quality page's sentences
 - charts.py         Altair charts of those frames
 - site.py           the site build (quarto render, or the same pages without Quarto)
 
-Every table is read through store.read_table: one lazy scan per table, kept while its
-files are unchanged, so a page reads the store once however many frames it draws.
+Every table is read through store.read_table or store.scan_table: one lazy scan per table,
+kept while its files are unchanged, so a page reads the store once however many frames it draws.
 """
