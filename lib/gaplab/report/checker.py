@@ -153,7 +153,8 @@ def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: se
 def metric_text(metric: str) -> str:
     from gaplab.report.claims import UNITS
 
-    return UNITS.get(metric, metric.replace("_", " "))
+    return {**UNITS, "rss_mb": "server memory (MB, resident)", "cold_start_s": "seconds to the first token",
+            "recovery_pct": "task accuracy kept (%)"}.get(metric, metric.replace("_", " "))
 
 
 def _per_config(trials: pl.DataFrame, configs: set, metric: str) -> dict[str, dict[int, list[float]]]:

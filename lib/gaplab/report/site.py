@@ -33,7 +33,9 @@ def write_vega_header(path: Path = VEGA_HEADER) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     bundle = vl_convert.javascript_bundle("window.vegaEmbed = vegaEmbed;")
-    path.write_text(f"<script>\n{bundle}\n</script>\n<style>.gaplab-chart {{ margin: 1em 0; }}</style>\n")
+    # tables of sentences read left to right: pandas right-aligns every cell
+    style = ".gaplab-chart { margin: 1em 0; } .gaplab-table td, .gaplab-table th { text-align: left; }"
+    path.write_text(f"<script>\n{bundle}\n</script>\n<style>{style}</style>\n")
     return path
 
 
