@@ -54,7 +54,8 @@ def build_site(data_dir: Path = RAW_DIR, out: Path = SITE_DIR, use_quarto: bool 
     if use_quarto is None:
         use_quarto = shutil.which("quarto") is not None
     if use_quarto:
-        res = subprocess.run(["quarto", "render", *[a for k, v in parameters.items() for a in ("-P", f"{k}:{v}")]],
+        given = {k: v for k, v in parameters.items() if v not in ("", 0, 0.0)}  # defaults need no flag
+        res = subprocess.run(["quarto", "render", *[a for k, v in given.items() for a in ("-P", f"{k}:{v}")]],
                              cwd=ROOT)
         if res.returncode != 0:
             raise RuntimeError("quarto render failed; its output above says why")
@@ -68,7 +69,9 @@ def _execute(notebook: Path, parameters: dict, work: Path) -> Path:
 
     target = work / notebook
     target.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(ROOT / notebook), str(target), parameters=parameters,
+    declared = pm.inspect_notebook(str(ROOT / notebook))  # a page gets only the parameters it declares
+    pm.execute_notebook(str(ROOT / notebook), str(target), parameters={k: v for k, v in parameters.items()
+                                                                       if k in declared},
                         cwd=str(ROOT), progress_bar=False,
                         extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # no loopback-TCP notice
     return target
