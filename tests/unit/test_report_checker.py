@@ -161,3 +161,15 @@ def test_a_zero_spread_and_a_missing_threshold_are_handled(tmp_path):
     assert got["verdict"].to_list() == ["holds here"]  # no spread at all against 2%
     with pytest.raises(checker.ClaimsError, match="row 2: threshold: the test scales_at_least needs one"):
         claims(tmp_path, "a,s,src,x,scales_at_least,kind=vllm,,aggregate_tok_s,,,")
+
+
+def test_leads_from_keeps_each_workload_apart(tmp_path):
+    # on a second workload the single slot keeps ahead: the claim holds for one workload, not the other
+    other = trials([("single", "llamacpp", 1, "Q4", u, 100, 300, 100) for u in (1, 4, 8)]
+                   + [("batch", "llamacpp", 8, "Q4", u, 50, 90, 100) for u in (1, 4, 8)]).with_columns(
+        workload=pl.lit("w2"), run_id=pl.col("run_id") + "-w2")
+    both = pl.concat([SERVERS, other])
+    got = checker.check(claims(tmp_path, "d,s,src,x,leads_from,kind=llamacpp;slots>1,kind=llamacpp;slots=1,"
+                                         "aggregate_tok_s,,4,"),
+                        both, pl.DataFrame(), pl.DataFrame())
+    assert got["verdict"].to_list() == ["mixed here"]

@@ -129,19 +129,23 @@ def _threshold(text: str, users_ratio: float) -> float:
     return float(text[:-1]) * users_ratio if text.endswith("n") else float(text)
 
 
+def _oriented(rows: pl.DataFrame, configs_a: set, configs_b: set):
+    """The claims-table rows that compare a configuration of subject a with one of subject b, as
+    (row, a's config, b's config, whether a was better: True, False, or None for no direction)."""
+    for r in rows.iter_rows(named=True):
+        if r["a"] in configs_a and r["b"] in configs_b:
+            yield r, r["a"], r["b"], {"A better": True, "B better": False}.get(r["verdict"])
+        elif r["b"] in configs_a and r["a"] in configs_b:
+            yield r, r["b"], r["a"], {"B better": True, "A better": False}.get(r["verdict"])
+
+
 def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: set, users: int) -> Verdict:
     """a better than b on the metric at this load, in every measured pair of their configurations."""
     rows = claim_rows.filter((pl.col("kind") == "faster") & (pl.col("metric") == claim["metric"])
                              & (pl.col("users") == users))
     results = []
-    for r in rows.iter_rows(named=True):
-        if r["a"] in configs_a and r["b"] in configs_b:
-            want, against = "A better", "B better"
-        elif r["b"] in configs_a and r["a"] in configs_b:
-            want, against = "B better", "A better"
-        else:
-            continue
-        outcome = "holds" if r["verdict"] == want else "fails" if r["verdict"] == against else "undecided"
+    for r, _, _, a_better in _oriented(rows, configs_a, configs_b):
+        outcome = {True: "holds", False: "fails", None: "undecided"}[a_better]
         ratio = (f"×{r['ratio']:.2f} [{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}]" if r["ratio_lo"] is not None
                  else f"×{r['ratio']:.2f} (no interval)")
         results.append((outcome, f"{r['a']} ÷ {r['b']} ({r['model']}) {ratio}"))
@@ -349,15 +353,10 @@ def _leads_from(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b
     limit = int(float(claim["threshold"]))
     rows = claim_rows.filter((pl.col("kind") == "faster") & (pl.col("metric") == claim["metric"]))
     pairs: dict[tuple, dict[int, bool | None]] = {}
-    for r in rows.iter_rows(named=True):
-        if r["a"] in configs_a and r["b"] in configs_b:
-            lead = {"A better": True, "B better": False}.get(r["verdict"])
-            pairs.setdefault((r["a"], r["b"], r["model"]), {})[r["users"]] = lead
-        elif r["b"] in configs_a and r["a"] in configs_b:
-            lead = {"B better": True, "A better": False}.get(r["verdict"])
-            pairs.setdefault((r["b"], r["a"], r["model"]), {})[r["users"]] = lead
+    for r, a, b, a_better in _oriented(rows, configs_a, configs_b):
+        pairs.setdefault((a, b, r["model"], r["workload"]), {})[r["users"]] = a_better
     results = []
-    for (a, b, model), by_users in sorted(pairs.items()):
+    for (a, b, model, _), by_users in sorted(pairs.items()):
         levels = sorted(by_users)
         from_ = next((u for u in levels if all(by_users[v] for v in levels if v >= u)), None)
         at_and_above = [by_users[u] for u in levels if u >= limit]
