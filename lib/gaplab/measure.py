@@ -1,6 +1,6 @@
 """Measure one trial of one cell and store it: what notebooks/10-measure.ipynb runs
 (papermill, once per trial, from `gaplab sweep`; the sweep's server session passes the
-server in) and what `gaplab run` runs directly, through the same notebook.
+server in) and what `gaplab run` calls in its own process, starting the cell's server.
 
 The run is written while it is measured: finished requests go to part files every
 `load.flush_seconds`, and the run's tables replace them at the end, with its status

@@ -85,8 +85,9 @@ class Sessions:
         return True
 
     def _stop(self, key: str) -> None:
-        with self._starting:
-            entry = self._open.pop(key, None)
+        # not under the start lock: stopping one server must not wait for another's start
+        # (vLLM's takes minutes); each key is served by one thread at a time
+        entry = self._open.pop(key, None)
         if entry:
             entry[0].close()
 

@@ -41,7 +41,6 @@ IDENTITY = pa.schema([
 ])
 
 
-
 def _identity_row(identity: RunIdentity | dict) -> dict:
     """A run identity as the column values it writes; a dict must name every IDENTITY column."""
     row = identity.row() if isinstance(identity, RunIdentity) else dict(identity)
@@ -196,12 +195,13 @@ def write_run(raw_dir: Path, identity: RunIdentity | dict, meta: dict, records: 
               telemetry: list[dict] | None = None) -> Path:
     """Write the run's tables (run, requests, chunks, and telemetry when sampled); returns the
     run table's path. Never overwrites a file; removes the run's part files once written."""
+    identity = _identity_row(identity)
     meta = {**meta, "schema_version": SCHEMA_VERSION}
     requests, chunks = _rows(records)
     tables = [("requests", requests), ("chunks", chunks)] + ([("telemetry", telemetry)] if telemetry else [])
     # the run table last: it marks the run written
     path = _write_tables(raw_dir, identity, meta, tables + [("run", [_run_row(meta, requests)])])["run"]
-    _remove_parts(path.parent, _identity_row(identity)["run_id"])
+    _remove_parts(path.parent, identity["run_id"])
     return path
 
 
