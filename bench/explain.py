@@ -4,9 +4,10 @@
 
 Prints, from the same frames the pages use: the decomposition check (server decode time
 against the client's span, the unexplained remainder), the waterfalls of the largest stated
-gaps, the bandwidth repeats and each cell's share of the bandwidth bound with its interval,
-every published claim's verdict with its evidence, and how far other tools' definitions
-move the figures. For closing notes and for reading a sweep without building the site.
+gaps, every bandwidth run's figures per device (to compare runs), each cell's share of the
+bandwidth bound with its interval and the figure it used, every published claim's verdict
+with its evidence, and how far other tools' definitions move the figures. For closing notes
+and for reading a sweep without building the site.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ print("\n## How close to the limit")
 bw = roofline.bandwidth(RAW, machine)
 roof = roofline.roofline(estimates, requests, RAW, machine)
 print(speed_prose.roofline_story(roof, bw))
+# every bandwidth run, each figure per device and thread count with its repeats, so runs can be compared
+for (run_id,), run in roofline.bandwidth_runs(RAW, machine).group_by("run_id", maintain_order=True):
+    figures = [f"{roofline.figure_name(r['device'], r['threads_used'])} " + " / ".join(f"{v:.1f}" for v in r["gb_s"])
+               + " GB/s" + (f" ({r['method']})" if r["device"] != "cpu" else "") for r in run.iter_rows(named=True)]
+    print(f"- bandwidth run {run_id} ({run['measured_at'][0]}): " + "; ".join(figures))
 if not roof.is_empty():
-    print(roof.select("runtime", "quant", "model", "concurrency", "batch", "gb_s", "weight_mb", "kv_kb_per_token",
-                      "context", "bound_tok_s", "decode_tok_s", "pct", "pct_lo", "pct_hi")
+    print(roof.select("runtime", "quant", "model", "concurrency", "batch", "bandwidth_source", "gb_s", "weight_mb",
+                      "kv_kb_per_token", "context", "bound_tok_s", "decode_tok_s", "pct", "pct_lo", "pct_hi")
           .with_columns(pl.col(pl.Float64).round(1)))
 
 print("\n## Published claims")

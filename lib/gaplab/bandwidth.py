@@ -3,15 +3,26 @@ must read every weight once per step.
 
 The triad a = b + s * c runs as two numpy passes over arrays far larger than any cache
 (a = s * c, then a += b), which move 40 bytes per element (read c, write a; read a and b,
-write a); the figure is those bytes over the best of a few repeats. "All threads" splits
-the arrays into one slice per core, each thread running the same passes on its slice
-(numpy releases the GIL inside them). A server started with one thread can use only the
-one-thread figure; one with every core, the all-threads figure.
+write a); the figure is those bytes over the best of 20 passes (STREAM's best-of-N, which
+a shared machine's passing noise cannot lower). "All threads" splits the arrays into one
+slice per core, each thread running the same passes on its slice (numpy releases the GIL
+inside them). A server started with one thread can use only the one-thread figure; one
+with every core, the all-threads figure.
+
+Each GPU NVML lists gets its peak figure, not a measured one: the maximum memory clock x 2
+(double data rate) x the memory bus width, which is how vendors state it (RTX 4090: 10501 MHz
+x 2 x 384 bit / 8 = 1008 GB/s; A100 SXM 80GB: 1593 MHz x 2 x 5120 bit / 8 = 2039 GB/s). Where
+NVML gives no clock or bus width (unified-memory parts such as GB10, old drivers), the card's
+name is looked up in data/reference/gpu_bandwidth.csv, whose rows name the datasheet. GPU rows
+have device "gpu:<index> <name>", threads_used 0 and their source in `method`; CPU rows have
+device "cpu".
 """
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -19,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from gaplab.config import REFERENCE_DIR
+
 ELEMENTS = 16_000_000  # 128 MB per array, three arrays: far past the last-level cache
 BYTES_PER_ELEMENT = 40
-REPEATS = 5
+REPEATS = 20  # about 15 ms a pass here, so the best of 20 costs well under a second
 METHOD = f"numpy triad in two passes, {BYTES_PER_ELEMENT} B/element, best of {REPEATS}"
+CARD_TABLE = REFERENCE_DIR / "gpu_bandwidth.csv"
 
 
 def _passes(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
@@ -47,11 +61,77 @@ def triad(threads: int = 1, elements: int = ELEMENTS, repeats: int = REPEATS) ->
     return BYTES_PER_ELEMENT * elements / best
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def card_bandwidth(name: str, table: Path = CARD_TABLE) -> tuple[float, str] | None:
+    """(GB/s, source) from the card table's most specific row for `name`: a row matches when every
+    word of its name_contains is a word of the name (so "A10" never matches an A100), and the row
+    with the most words wins ("A100 80GB PCIe" before "A100 80GB")."""
+    with open(table, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if _words(r["name_contains"]) <= _words(name)]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: len(_words(r["name_contains"])))
+    try:
+        return float(best["gb_s"]), best["source"]
+    except ValueError:
+        raise ValueError(f"{table}: gb_s {best['gb_s']!r} of row {best['name_contains']!r} is not a number; "
+                         "write it in GB/s, digits only") from None
+
+
+def _nvml_bandwidth(nv, handle) -> tuple[float, str] | None:
+    """(GB/s, how) from the memory clock and bus width, or None where NVML gives neither."""
+    try:
+        mhz = nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_MEM)
+        bits = nv.nvmlDeviceGetMemoryBusWidth(handle)
+    except Exception:  # NVMLError (not supported on this part or driver), or a pynvml without the call
+        return None
+    if not mhz or not bits:
+        return None
+    return mhz * 2 * bits / 8 / 1e3, f"NVML: {mhz} MHz x 2 x {bits} bit"
+
+
+def gpu_rows(table: Path = CARD_TABLE) -> tuple[list[dict], list[str]]:
+    """One row per GPU NVML lists whose bandwidth NVML or the card table gives, and a line for
+    each GPU found in neither."""
+    try:
+        import pynvml as nv
+
+        nv.nvmlInit()
+    except Exception:  # no pynvml, no driver, no GPU: no GPU rows
+        return [], []
+    rows, missing = [], []
+    try:
+        for i in range(nv.nvmlDeviceGetCount()):
+            handle = nv.nvmlDeviceGetHandleByIndex(i)
+            name = nv.nvmlDeviceGetName(handle)
+            name = name.decode() if isinstance(name, bytes) else name  # older pynvml returns bytes
+            found = _nvml_bandwidth(nv, handle)
+            if found is None and (card := card_bandwidth(name, table)):
+                found = (card[0], f"card table: {card[1]}")
+            if found is None:
+                missing.append(f"gpu:{i} {name} has no bandwidth figure: NVML gives no memory clock or bus "
+                               f"width, and {table.name} has no row for it (add one, with its datasheet)")
+                continue
+            rows.append({"repeat": 1, "threads_used": 0, "gb_s": found[0], "elements": None, "method": found[1],
+                         "device": f"gpu:{i} {name}"})
+    finally:
+        nv.nvmlShutdown()
+    return rows, missing
+
+
 def measure(repeats: int = 2) -> list[dict]:
-    """One row per repeat and thread count (1, and every core): GB/s (1e9 bytes per second)."""
+    """One CPU row per repeat and thread count (1, and every core), then one row per GPU: GB/s
+    (1e9 bytes per second). A GPU without a figure is named on stdout."""
     cores = os.cpu_count() or 1
-    return [{"repeat": k, "threads_used": t, "gb_s": triad(t) / 1e9, "elements": ELEMENTS, "method": METHOD}
-            for k in range(1, repeats + 1) for t in sorted({1, cores})]
+    cpu = [{"repeat": k, "threads_used": t, "gb_s": triad(t) / 1e9, "elements": ELEMENTS, "method": METHOD,
+            "device": "cpu"} for k in range(1, repeats + 1) for t in sorted({1, cores})]
+    gpu, missing = gpu_rows()
+    for line in missing:
+        print(f"gaplab: {line}", flush=True)
+    return cpu + gpu
 
 
 def record(raw_dir: Path, scenario: str) -> list[dict]:
@@ -72,9 +152,13 @@ def record(raw_dir: Path, scenario: str) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> str:
-    """One line: GB/s per thread count, each repeat."""
+    """One line: CPU GB/s per thread count, each repeat; then each GPU's figure and its source."""
     by: dict[int, list[float]] = {}
     for r in rows:
-        by.setdefault(r["threads_used"], []).append(r["gb_s"])
-    return "; ".join(f"{t} thread{'s' if t > 1 else ''} " + " / ".join(f"{v:.1f}" for v in vs) + " GB/s"
-                     for t, vs in sorted(by.items()))
+        if r.get("device") in ("cpu", None):
+            by.setdefault(r["threads_used"], []).append(r["gb_s"])
+    parts = [f"{t} thread{'s' if t > 1 else ''} " + " / ".join(f"{v:.1f}" for v in vs) + " GB/s"
+             for t, vs in sorted(by.items())]
+    parts += [f"{r['device']} {r['gb_s']:.0f} GB/s ({r['method']})" for r in rows
+              if r.get("device") not in ("cpu", None)]
+    return "; ".join(parts)

@@ -19,5 +19,6 @@ SITE_DIR = ROOT / "_site"
 # Build and model caches live outside the clone so a fresh clone reuses them.
 CACHE_DIR = Path(os.environ.get("GAPLAB_CACHE", Path.home() / ".cache" / "gaplab"))
 
-SCHEMA_VERSION = 5  # 2: machine_id, series_id, trial on every row; measured_s per run. 3: other_cores,
-# steal_cores. 4: cold start and model placement as run columns. 5: weight_bytes, kv_bytes_per_token (store.ADDED)
+SCHEMA_VERSION = 6  # 2: machine_id, series_id, trial on every row; measured_s per run. 3: other_cores,
+# steal_cores. 4: cold start and model placement as run columns. 5: weight_bytes, kv_bytes_per_token.
+# 6: the capability table; bandwidth rows name their device (store.ADDED)

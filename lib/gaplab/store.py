@@ -101,7 +101,8 @@ ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target
          3: {"other_cores", "steal_cores"},
          4: {"server_started_ns", "server_healthy_ns", "server_first_token_ns", "model_bytes_loaded",
              "model_bytes_gpu"},
-         5: {"weight_bytes", "kv_bytes_per_token"}}
+         5: {"weight_bytes", "kv_bytes_per_token"},
+         6: {"device"}}
 
 
 def schema_for(name: str, version: int) -> pa.Schema:
@@ -340,6 +341,7 @@ def write_quality(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict],
 BANDWIDTH = pa.schema(list(IDENTITY) + [
     ("repeat", pa.int32()), ("threads_used", pa.int32()), ("gb_s", pa.float64()), ("elements", pa.int64()),
     ("method", pa.string()), ("measured_at", pa.string()), ("schema_version", pa.int32()),
+    ("device", pa.string()),  # schema 6: "cpu", or "gpu:<index> <name>" (its figure from NVML or a card table)
 ])
 TABLES["bandwidth"] = BANDWIDTH
 
@@ -347,6 +349,26 @@ TABLES["bandwidth"] = BANDWIDTH
 def write_bandwidth(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict]) -> Path:
     rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
     return _write_tables(raw_dir, identity, {"schema_version": SCHEMA_VERSION}, [("bandwidth", rows)])["bandwidth"]
+
+
+# ---------------------------------------------------------------- what a runtime can do (gaplab.capability)
+# A capability run probes one server with real requests: <run_id>.capability.parquet, one row per
+# capability with its verdict and the evidence (schema 6).
+
+CAPABILITY = pa.schema(list(IDENTITY) + [
+    ("capability", pa.string()), ("verdict", pa.string()),  # pass, fail or not offered
+    ("value", pa.float64()), ("unit", pa.string()),  # the figure the verdict rests on, where there is one
+    ("http_status", pa.int32()), ("evidence", pa.string()),  # what the server answered, in short
+    ("request", pa.string()),  # what was asked, in words
+    ("measured_at", pa.string()), ("schema_version", pa.int32()),
+])
+TABLES["capability"] = CAPABILITY
+
+
+def write_capability(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict], meta: dict) -> Path:
+    rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
+    meta = {**meta, "schema_version": SCHEMA_VERSION}
+    return _write_tables(raw_dir, identity, meta, [("capability", rows)])["capability"]
 
 
 def completed_quality(raw_dir: Path, machine_id: str) -> set[str]:

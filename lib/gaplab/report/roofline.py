@@ -9,11 +9,16 @@ and yields B tokens, so memory bandwidth M bounds the output at
 
 B is the sequences a step can hold: the users, up to the server's slots (llama.cpp's -np,
 vLLM's max-num-seqs). T is the prompt plus half the output (the mean context over the
-decode). M is the machine's one-thread triad figure for a server run with one thread,
-its all-threads figure otherwise (bandwidth.py). The measured side is the per-user decode
-speed times B, with the interval of the per-user figure. Compute, not memory, can bind
-first (small models, long prompts, CPUs without wide vector units): a low percentage says
-the step is not memory-bound, or that the runtime's kernels leave bandwidth unused.
+decode). M comes from the machine's newest bandwidth run (bandwidth.py). When that run has
+a GPU row, every cell uses the first GPU's figure (runs do not record which GPU served),
+except a cell whose run says the model sat entirely in CPU memory (model_bytes_gpu 0 of
+model_bytes_loaded > 0, as Ollama reports; a runtime that reports no placement counts as on
+the GPU). Those cells, and every cell of a machine without a GPU row, use the CPU triad:
+the one-thread figure for a server run with one thread, the all-threads figure otherwise.
+Column bandwidth_source names the figure each cell used. The measured side is the per-user
+decode speed times B, with the interval of the per-user figure. Compute, not memory, can
+bind first (small models, long prompts, CPUs without wide vector units): a low percentage
+says the step is not memory-bound, or that the runtime's kernels leave bandwidth unused.
 """
 
 from __future__ import annotations
@@ -25,38 +30,71 @@ import polars as pl
 from gaplab import store
 
 
+def _of_machine(raw_dir: Path, machine_id: str) -> pl.DataFrame:
+    # files before schema 6 have no device column, and measured the CPU only
+    return (store.read_table(raw_dir, "bandwidth").filter(pl.col("machine_id") == machine_id)
+            .with_columns(pl.col("device").fill_null("cpu")))
+
+
 def bandwidth(raw_dir: Path, machine_id: str) -> pl.DataFrame:
-    """The machine's newest bandwidth measurement: one row per repeat and thread count."""
-    bw = store.read_table(raw_dir, "bandwidth").filter(pl.col("machine_id") == machine_id)
+    """The machine's newest bandwidth measurement: one row per device, repeat and thread count
+    (device "cpu", or "gpu:<index> <name>" with threads_used 0)."""
+    bw = _of_machine(raw_dir, machine_id)
     if bw.is_empty():
         return bw
-    return bw.filter(pl.col("run_id") == bw["run_id"].max()).sort("threads_used", "repeat")
+    return bw.filter(pl.col("run_id") == bw["run_id"].max()).sort("device", "threads_used", "repeat")
+
+
+def bandwidth_runs(raw_dir: Path, machine_id: str) -> pl.DataFrame:
+    """Every bandwidth run of the machine, oldest first: one row per run, device and thread count,
+    with each repeat's GB/s, so runs can be compared."""
+    bw = _of_machine(raw_dir, machine_id)
+    return (bw.group_by("run_id", "device", "threads_used")
+            .agg(pl.col("measured_at").first(), pl.col("method").first(), pl.col("gb_s").sort_by("repeat"))
+            .sort("run_id", "device", "threads_used"))
 
 
 def traffic(raw_dir: Path, machine_id: str) -> pl.DataFrame:
-    """Per cell: the bytes a decode step reads (weights, K and V per token) and the server's
-    threads and slots, from its runs (schema 5 and later)."""
+    """Per cell: the bytes a decode step reads (weights, K and V per token), the server's threads
+    and slots, and where the model sat, from its runs (schema 5 and later)."""
     runs = store.read_table(raw_dir, "run").filter((pl.col("machine_id") == machine_id)
                                                    & pl.col("weight_bytes").is_not_null())
-    return runs.group_by("cell_key").agg(pl.col("weight_bytes", "kv_bytes_per_token", "threads", "parallel").last())
+    return runs.group_by("cell_key").agg(pl.col("weight_bytes", "kv_bytes_per_token", "threads", "parallel",
+                                                "model_bytes_loaded", "model_bytes_gpu").last())
+
+
+def figure_name(device: str, threads_used: int | None) -> str:
+    """How bandwidth_source names a figure: "cpu 1 thread", "cpu 2 threads", or the GPU's device."""
+    return f"cpu {threads_used} thread{'s' if threads_used > 1 else ''}" if device == "cpu" else device
 
 
 def roofline(estimates: pl.DataFrame, requests: pl.DataFrame, raw_dir: Path, machine_id: str) -> pl.DataFrame:
-    """One row per cell (speed.estimates) with the inputs of the bound, the bound and the measured
-    decode tok/s, and the percentage with its interval; cells without stored traffic are left out."""
+    """One row per cell (speed.estimates) with the inputs of the bound (bandwidth_source: the figure
+    used), the bound and the measured decode tok/s, and the percentage with its interval; cells
+    without stored traffic are left out."""
     bw = bandwidth(raw_dir, machine_id)
     cells = traffic(raw_dir, machine_id)
     if bw.is_empty() or cells.is_empty() or estimates.is_empty():
         return pl.DataFrame()
-    one = float(bw.filter(pl.col("threads_used") == 1)["gb_s"].mean())
-    every = float(bw.filter(pl.col("threads_used") == bw["threads_used"].max())["gb_s"].mean())
+    cpu = bw.filter(pl.col("device") == "cpu")
+    most = cpu["threads_used"].max()
+    one = cpu.filter(pl.col("threads_used") == 1)["gb_s"].mean()
+    every = cpu.filter(pl.col("threads_used") == most)["gb_s"].mean()
+    gpus = bw.filter(pl.col("device") != "cpu").sort(pl.col("device").str.extract(r"gpu:(\d+)").cast(pl.Int64))
+    gpu_gb_s, gpu_name = (gpus["gb_s"][0], gpus["device"][0]) if not gpus.is_empty() else (None, None)
+    on_cpu = ((pl.col("model_bytes_gpu") == 0) & (pl.col("model_bytes_loaded") > 0)).fill_null(False)
+    use_gpu = pl.lit(gpu_name is not None) & ~on_cpu
+    gb_s = (pl.when(use_gpu).then(pl.lit(gpu_gb_s, pl.Float64))
+            .when(pl.col("threads") == 1).then(pl.lit(one, pl.Float64)).otherwise(pl.lit(every, pl.Float64)))
+    source = (pl.when(use_gpu).then(pl.lit(gpu_name, pl.String))
+              .when(pl.col("threads") == 1).then(pl.lit(figure_name("cpu", 1)))
+              .otherwise(pl.lit(figure_name("cpu", most) if most is not None else None, pl.String)))
     context = requests.filter(pl.col("ok")).group_by("cell_key").agg(
         context=pl.col("prompt_tokens").mean() + pl.col("completion_tokens").mean() / 2)
     batch = pl.min_horizontal("concurrency", pl.col("parallel").fill_null(pl.col("concurrency")))
-    gb_s = pl.when(pl.col("threads") == 1).then(pl.lit(one)).otherwise(pl.lit(every))
     step = pl.col("weight_bytes") + pl.col("batch") * pl.col("kv_bytes_per_token").fill_null(0) * pl.col("context")
     return (estimates.drop("threads", "parallel").join(cells, on="cell_key").join(context, on="cell_key")
-            .with_columns(batch=batch, gb_s=gb_s)
+            .with_columns(batch=batch, gb_s=gb_s, bandwidth_source=source)
             .with_columns(bound_tok_s=pl.col("batch") * pl.col("gb_s") * 1e9 / step,
                           decode_tok_s=pl.col("per_user_tok_s") * pl.col("batch"),
                           decode_lo=pl.col("per_user_tok_s_lo") * pl.col("batch"),
