@@ -29,6 +29,7 @@ browser:
 report: setup toolchain
 	$(BIN)/gaplab local setup --runtime llamacpp --runtime vllm
 	$(BIN)/gaplab sweep $(SCENARIO) $(if $(FORCE),--force)
+	$(BIN)/gaplab capabilities $(SCENARIO) $(if $(FORCE),--force)
 	$(BIN)/gaplab quality $(SCENARIO) $(if $(FORCE),--force)
 	$(BIN)/gaplab report
 

@@ -130,10 +130,11 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
     """Build the report site from the raw data, with Quarto if installed, else nbconvert."""
     import polars as pl
 
-    from gaplab.report import checker, cost, speed
+    from gaplab.report import capability, checker, cost, speed
     from gaplab.report.site import build_site
 
     _guard(checker.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
+    _guard(capability.load_published)
     _guard(cost.parse_prices, price_per_hour)
     if slo_ttft_p99_ms < 0:
         _fail(f"--slo-ttft-p99-ms: {slo_ttft_p99_ms:g} is below 0; give a target in ms, or 0 for none")
@@ -154,6 +155,26 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
     typer.echo(f"  cells:    {cells} measured on {machine} in {trials} trials{ran}")
     typer.echo(f"  requests: {req.height} measured")
     typer.echo(f"  errors:   {req.filter(pl.col('error').is_not_null()).height}")
+
+
+@app.command()
+def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe again servers already probed here"),
+                 data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files go"),
+                 runtime: list[str] = typer.Option(None, help="only these runtimes (default: all of the scenario)"),
+                 every_model: bool = typer.Option(False, help="probe every model and quant, not one per runtime")):
+    """Probe what each runtime of SCENARIO can do, with real requests: streamed usage, forced output
+    length, concurrent streams, tool calls, JSON-schema output, logprobs, prefix cache reuse, several
+    models. Stores pass / fail / not offered with the evidence, one server per runtime by default."""
+    from gaplab import capability
+
+    found, skipped = _guard(capability.measure, scenario, data_dir, force, every_model, runtime or None)
+    failed = []
+    for server, findings in found:
+        verdicts = [f.verdict for f in findings]
+        typer.echo(f"  {server}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in
+                                               (capability.PASS, capability.FAIL, capability.NOT_OFFERED)))
+        failed += [f"{server}: {f.evidence}" for f in findings if f.capability in capability.BROKEN]
+    _done(f"gaplab: capabilities probed on {len(found)} servers, {skipped} already probed here", failed)
 
 
 @app.command()

@@ -292,6 +292,28 @@ class StreamClient:
         return (text, resp.choices[0].finish_reason, usage.prompt_tokens if usage else None,
                 usage.completion_tokens if usage else None)
 
+    async def call(self, method: str, path: str, body: dict | None = None) -> tuple[int | None, dict | list | str, float]:
+        """One non-streamed GET or POST below the base URL (or to an absolute URL), whatever it
+        answers: (HTTP status, or None when no response came; the JSON body, else its text;
+        seconds from sending to the whole body). The capability probes judge refusals too."""
+        import httpx
+
+        t0 = time.perf_counter()
+        try:
+            if method == "GET":
+                resp = await self.sdk.get(path, cast_to=httpx.Response)
+            else:
+                resp = await self.sdk.post(path, body=body, cast_to=httpx.Response)
+        except openai.APIStatusError as exc:
+            resp = exc.response
+        except openai.APIError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        try:
+            return resp.status_code, resp.json(), seconds
+        except ValueError:
+            return resp.status_code, resp.text[:500], seconds
+
     async def tokenize(self, text: str, model: str) -> list[int] | None:
         """Token ids of a text from the server's own tokenizer: llama.cpp's /tokenize at the server's
         root, else vLLM's; None where neither answers."""

@@ -87,8 +87,11 @@ def _chromium(args):
 
 
 def test_report_builds_a_site_whose_charts_draw_offline(swept, gaplab_cli, output_dir):
-    tmp, _ = swept
+    tmp, scenario = swept
     site = tmp / "site"
+    probed = subprocess.run([*gaplab_cli, "capabilities", str(scenario), "--data-dir", str(tmp / "raw")],
+                            capture_output=True, text=True)
+    assert probed.returncode == 0 and "capabilities probed on 2 servers" in probed.stdout, probed.stdout + probed.stderr
     res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(tmp / "raw"), "--out", str(site)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -103,8 +106,11 @@ def test_report_builds_a_site_whose_charts_draw_offline(swept, gaplab_cli, outpu
         assert "claims from 5 articles" in claims_page  # the verdicts themselves depend on the data
         assert all(f"<td>c{k:02d}</td>" in claims_page for k in range(1, 23)) and "not testable here" in claims_page
         assert "By definition alone" in claims_page
+        can_do = (site / "notebooks" / "60-what-runtimes-can-do.html").read_text()
+        assert "batch4 / smollm2-135m / Q4_1</strong> passed" in can_do and "Beside the articles" in can_do
         for rel, least in (("notebooks/20-throughput-latency.html", 4), ("index.html", 2),
-                           ("notebooks/40-where-the-time-goes.html", 2)):
+                           ("notebooks/40-where-the-time-goes.html", 2),
+                           ("notebooks/60-what-runtimes-can-do.html", 1)):
             charts = (site / rel).read_text().count('class="gaplab-chart"')
             assert charts >= least, f"{rel} holds {charts} charts"
             url = f"http://127.0.0.1:{httpd.server_port}/{rel}"

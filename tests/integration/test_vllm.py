@@ -51,3 +51,21 @@ def test_metadata_telemetry_and_cold_start(run):
     assert starts.height == 1
     s = starts.row(0, named=True)
     assert 1 < s["to_healthy_s"] < s["to_first_token_s"] < 600
+
+
+def test_capabilities_as_launched(llama_ready, tmp_path):
+    """The probes against vLLM's CPU build: continuous batching, guided JSON output, logprobs and a
+    prefix cache out of the box; tool_choice 'required' refused without --tool-call-parser."""
+    from gaplab import capability
+
+    path = write_scenario(tmp_path, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1,
+                                     "enforce_eager": True, "quants": ["BF16"]}, (16, 16), {"concurrency": [1]})
+    found, _ = capability.measure(path, tmp_path / "raw")
+    by = {f.capability: f for f in found[0][1]}
+    assert {c: f.verdict for c, f in by.items()} == {
+        "streamed usage": capability.PASS, "forced output length": capability.PASS,
+        "concurrent streams": capability.PASS, "tool calls": capability.NOT_OFFERED,
+        "JSON-schema output": capability.PASS, "logprobs": capability.PASS,
+        "prefix cache reuse": capability.PASS, "several models or adapters": capability.NOT_OFFERED}
+    assert by["tool calls"].http_status == 400 and "tool-call-parser" in by["tool calls"].evidence
+    assert by["concurrent streams"].value >= 2

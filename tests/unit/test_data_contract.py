@@ -28,7 +28,7 @@ def test_each_run_has_its_three_tables():
         runs.setdefault((f.parent, run_id), set()).add(table)
     speed = ({"run", "requests", "chunks"}, {"run", "requests", "chunks", "telemetry"})
     quality = ({"quality"}, {"quality", "answers"})
-    machine = ({"bandwidth"},)
+    machine = ({"bandwidth"}, {"capability"})
     assert all(tables in speed + quality + machine for tables in runs.values()), runs
 
 

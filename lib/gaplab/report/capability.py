@@ -1,0 +1,102 @@
+"""The measured capability matrix (gaplab.capability's probe runs) beside the feature tables
+the articles print by hand (data/reference/capabilities.csv)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+
+from gaplab import store
+from gaplab.capability import FAIL, NOT_OFFERED, PASS
+from gaplab.config import ROOT
+
+CAPABILITIES_FILE = ROOT / "data" / "reference" / "capabilities.csv"
+KINDS = {"vllm": "vLLM", "llamacpp": "llama.cpp", "ollama": "Ollama"}  # the articles' runtimes, by kind
+SAYS = ("yes", "no", "limited")
+# what each probe reads as the article's "yes"
+AGREES = {"yes": {PASS}, "no": {FAIL, NOT_OFFERED}, "limited": {PASS, FAIL}}
+NOT_PROBED = {"speculative decoding": "a draft model or MTP heads, which the small local models lack",
+              "OpenAI-compatible parameters": "a list of parameters to try; the probes use a few of them"}
+
+
+def measured(raw_dir: Path, machine_id: str) -> pl.DataFrame:
+    """The newest probe run of each server on this machine: one row per capability."""
+    cap = store.read_table(raw_dir, "capability").filter(pl.col("machine_id") == machine_id)
+    if cap.is_empty():
+        return cap.with_columns(server=pl.lit(None, pl.String))
+    newest = cap.group_by("cell_key").agg(pl.col("run_id").max())
+    return (cap.join(newest, on=["cell_key", "run_id"])
+            .with_columns(server=pl.concat_str("runtime", "model", "quant", separator=" / "))
+            .sort("runtime", "model", "quant"))
+
+
+def load_published(path: Path = CAPABILITIES_FILE) -> pl.DataFrame:
+    """The articles' feature tables as rows; a row naming an unknown runtime or answer stops with one line."""
+    frame = pl.read_csv(path)
+    for i, row in enumerate(frame.iter_rows(named=True), start=2):  # line 1 is the header
+        if row["runtime"] not in KINDS:
+            raise ValueError(f"{path.name}: row {i}: runtime {row['runtime']!r} is not one of {', '.join(KINDS)}")
+        if row["says"] not in SAYS:
+            raise ValueError(f"{path.name}: row {i}: says {row['says']!r} is not one of {', '.join(SAYS)}")
+    return frame
+
+
+def beside(found: pl.DataFrame, published: pl.DataFrame) -> pl.DataFrame:
+    """One row per article row: what the article says of a runtime, what the probes of that kind of
+    runtime found here (each server's verdict), and whether they agree."""
+    here = (found.group_by("runtime_kind", "capability")
+            .agg(measured=pl.concat_str("runtime", pl.lit(": "), "verdict").sort().str.join("; "),
+                 verdicts=pl.col("verdict").unique())
+            if not found.is_empty() else
+            pl.DataFrame(schema={"runtime_kind": pl.String, "capability": pl.String, "measured": pl.String,
+                                 "verdicts": pl.List(pl.String)}))
+    rows = []
+    joined = published.join(here, left_on=["runtime", "capability"], right_on=["runtime_kind", "capability"],
+                            how="left")
+    for r in joined.iter_rows(named=True):
+        if r["capability"] in NOT_PROBED:
+            verdict = f"not probed: it would take {NOT_PROBED[r['capability']]}"
+        elif r["measured"] is None:
+            verdict = f"not measured here: the scenario has no {KINDS[r['runtime']]} runtime"
+        else:
+            agree = set(r["verdicts"]) <= AGREES[r["says"]]
+            verdict = "agrees" if agree else "differs"
+        rows.append({"capability": r["capability"], "runtime": KINDS[r["runtime"]], "article": r["source"],
+                     "article says": f"{r['says']}: {r['words']}", "measured here": r["measured"] or "",
+                     "verdict": verdict})
+    return pl.DataFrame(rows).sort("capability", "runtime", "article")
+
+
+def matrix_chart(found: pl.DataFrame) -> alt.Chart:
+    """Servers across, capabilities down, each cell coloured by its verdict with the evidence on hover."""
+    data = found.select("server", "capability", "verdict", "evidence", "request").to_pandas()
+    colour = alt.Color("verdict:N", scale=alt.Scale(domain=[PASS, FAIL, NOT_OFFERED],
+                                                    range=["#4c9a6a", "#c8553d", "#b8b8b8"]),
+                       legend=alt.Legend(title="verdict"))
+    base = alt.Chart(data).encode(x=alt.X("server:N", title=None, axis=alt.Axis(labelAngle=-20, labelLimit=260)),
+                                  y=alt.Y("capability:N", title=None))
+    cells = base.mark_rect(stroke="white").encode(color=colour, tooltip=["server", "capability", "verdict",
+                                                                         "evidence", "request"])
+    return (cells + base.mark_text(fontSize=11).encode(text="verdict:N")).properties(width=alt.Step(170))
+
+
+def story(found: pl.DataFrame, side: pl.DataFrame) -> str:
+    """The page's opening paragraph: what passed where, and where the articles and this machine part."""
+    if found.is_empty():
+        return ("No capability probes are stored for this machine: run `gaplab capabilities SCENARIO` "
+                "(`make report` does).")
+    lines = []
+    for server, rows in found.group_by("server", maintain_order=True):
+        verdicts = rows["verdict"].to_list()
+        passed = rows.filter(pl.col("verdict") == PASS)["capability"].to_list()
+        lines.append(f"**{server[0]}** passed {len(passed)} of {len(verdicts)} probes"
+                     + (f" ({', '.join(passed)})" if passed else ""))
+    text = "; ".join(lines) + "."
+    differs = side.filter(pl.col("verdict") == "differs")
+    if not differs.is_empty():
+        text += " Where this machine and an article part: " + "; ".join(
+            f"{r['article']} says {r['runtime']} {r['capability']}: {r['article says'].split(':')[0]}, "
+            f"here {r['measured here']}" for r in differs.iter_rows(named=True)) + "."
+    return text
