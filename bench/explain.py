@@ -5,7 +5,8 @@
 Prints, from the same frames the pages use: the decomposition check (server decode time
 against the client's span, the unexplained remainder), the waterfalls of the largest stated
 gaps, every bandwidth run's figures per device (to compare runs), each cell's share of the
-bandwidth bound with its interval and the figure it used, every published claim's verdict
+bandwidth bound with its interval and the figure it used, the capability probes with their
+evidence and how they compare with the articles' tables, every published claim's verdict
 with its evidence, and how far other tools' definitions move the figures. For closing notes
 and for reading a sweep without building the site.
 """
@@ -20,8 +21,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from gaplab import metrics  # noqa: E402
-from gaplab.report import (checker, claims, cold_start, decompose, definitions, quality, roofline,  # noqa: E402
-                           speed, speed_prose, telemetry)
+from gaplab.report import (capability, checker, claims, cold_start, decompose, definitions, quality,  # noqa: E402
+                           roofline, speed, speed_prose, telemetry)
 
 RAW = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "raw"
 machine = speed.pick_machine(RAW, sys.argv[2] if len(sys.argv) > 2 else "")
@@ -54,6 +55,14 @@ if not roof.is_empty():
     print(roof.select("runtime", "quant", "model", "concurrency", "batch", "bandwidth_source", "gb_s", "weight_mb",
                       "kv_kb_per_token", "context", "bound_tok_s", "decode_tok_s", "pct", "pct_lo", "pct_hi")
           .with_columns(pl.col(pl.Float64).round(1)))
+
+print("\n## What runtimes can do")
+found = capability.measured(RAW, machine)
+side = capability.beside(found, capability.load_published())
+print(capability.story(found, side))
+for r in found.iter_rows(named=True):
+    print(f"- {r['server']}: {r['capability']}: {r['verdict']} ({r['evidence']})")
+print(side.group_by("verdict").len().sort("verdict"))
 
 print("\n## Published claims")
 with_rss = trials.join(telemetry.rss_mb(RAW, trials["run_id"].to_list()), on="run_id", how="left")

@@ -165,14 +165,14 @@ def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe a
     """Probe what each runtime of SCENARIO can do, with real requests: streamed usage, forced output
     length, concurrent streams, tool calls, JSON-schema output, logprobs, prefix cache reuse, several
     models. Stores pass / fail / not offered with the evidence, one server per runtime by default."""
-    from gaplab import capability
+    from gaplab import capability, probes
 
-    found, skipped = _guard(capability.measure, scenario, data_dir, force, every_model, runtime or None)
+    found, skipped = _guard(probes.measure, scenario, data_dir, force, every_model, runtime or None)
     failed = []
     for server, findings in found:
         verdicts = [f.verdict for f in findings]
-        typer.echo(f"  {server}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in
-                                               (capability.PASS, capability.FAIL, capability.NOT_OFFERED)))
+        kinds = (capability.PASS, capability.FAIL, capability.NOT_OFFERED, capability.UNDECIDED)
+        typer.echo(f"  {server}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in kinds if verdicts.count(v)))
         failed += [f"{server}: {f.evidence}" for f in findings if f.capability in capability.BROKEN]
     _done(f"gaplab: capabilities probed on {len(found)} servers, {skipped} already probed here", failed)
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import SMOLLM2
 
-from gaplab import capability, store
+from gaplab import capability, probes, store
 from gaplab.report import capability as page
 from ollama_replay import OllamaReplay
 
@@ -25,7 +25,7 @@ def llama(llama_ready, tmp_path_factory):
         "runtimes": [{"name": "four-slots", "kind": "llamacpp", "parallel": 4, "threads": 1, "ctx_size": 4096},
                      {"name": "one-slot", "kind": "llamacpp", "parallel": 1, "threads": 1, "ctx_size": 2048}],
         "workloads": [{"name": "p8-o8", "prompt_tokens": 8, "output_tokens": 8}], "load": {"concurrency": [1]}}))
-    found, skipped = capability.measure(path, tmp / "raw")
+    found, skipped = probes.measure(path, tmp / "raw")
     return path, tmp / "raw", found, skipped
 
 
@@ -57,9 +57,9 @@ def test_evidence_is_the_servers_own(llama):
 
 def test_a_second_run_skips_what_is_probed_and_force_probes_again(llama):
     path, raw, _, _ = llama
-    found, skipped = capability.measure(path, raw, runtimes=["one-slot"])
+    found, skipped = probes.measure(path, raw, runtimes=["one-slot"])
     assert found == [] and skipped == 1
-    found, skipped = capability.measure(path, raw, force=True, runtimes=["one-slot"])
+    found, skipped = probes.measure(path, raw, force=True, runtimes=["one-slot"])
     assert len(found) == 1 and store.read_table(raw, "capability")["run_id"].n_unique() == 3
     side = page.measured(raw, store.read_table(raw, "capability")["machine_id"][0])
     assert side.height == 2 * 8  # the newest run of each server only
@@ -68,7 +68,7 @@ def test_a_second_run_skips_what_is_probed_and_force_probes_again(llama):
 def test_an_unknown_runtime_is_refused_in_one_line(llama):
     path, raw, _, _ = llama
     with pytest.raises(ValueError, match="--runtime: 'vllm' is not a runtime of probe"):
-        capability.measure(path, raw, runtimes=["vllm"])
+        probes.measure(path, raw, runtimes=["vllm"])
 
 
 def test_ollama_through_its_documented_responses(tmp_path):
@@ -79,7 +79,7 @@ def test_ollama_through_its_documented_responses(tmp_path):
                                          "served_names": {"qwen3-8b": "qwen3:8b"}}],
             "models": [{"name": "qwen3-8b", "api": "chat", "quants": ["Q4_K_M"]}],
             "workloads": [{"name": "p8-o8", "prompt_tokens": 8, "output_tokens": 8}], "load": {"concurrency": [1]}}))
-        capability.measure(path, tmp_path / "raw")
+        probes.measure(path, tmp_path / "raw")
         asked = replay.openai_bodies
     v = verdicts(tmp_path / "raw", "ollama")
     assert v == {"streamed usage": capability.PASS, "forced output length": capability.NOT_OFFERED,
@@ -87,10 +87,12 @@ def test_ollama_through_its_documented_responses(tmp_path):
                  "JSON-schema output": capability.PASS, "logprobs": capability.PASS,
                  "prefix cache reuse": capability.PASS, "several models or adapters": capability.NOT_OFFERED}
     # what the probes sent is what Ollama's OpenAI compatibility document lists
+    usage = next(b for b in asked if b.get("stream"))  # the usage probe streams on the OpenAI-compatible API
+    assert usage["stream_options"] == {"include_usage": True}
     tool = next(b for b in asked if "tools" in b)
     assert tool["tool_choice"] == "required" and tool["tools"][0]["function"]["name"] == "get_weather"
     assert next(b for b in asked if "response_format" in b)["response_format"]["type"] == "json_schema"
     cap = store.read_table(tmp_path / "raw", "capability")
     evidence = dict(zip(cap["capability"], cap["evidence"]))
-    assert "811 prompt tokens from cache" in evidence["prefix cache reuse"]
+    assert "811 of 812 prompt tokens from cache" in evidence["prefix cache reuse"]
     assert "no option that ignores the end of text" in evidence["forced output length"]

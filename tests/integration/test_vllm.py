@@ -56,11 +56,11 @@ def test_metadata_telemetry_and_cold_start(run):
 def test_capabilities_as_launched(llama_ready, tmp_path):
     """The probes against vLLM's CPU build: continuous batching, guided JSON output, logprobs and a
     prefix cache out of the box; tool_choice 'required' refused without --tool-call-parser."""
-    from gaplab import capability
+    from gaplab import capability, probes
 
     path = write_scenario(tmp_path, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1,
                                      "enforce_eager": True, "quants": ["BF16"]}, (16, 16), {"concurrency": [1]})
-    found, _ = capability.measure(path, tmp_path / "raw")
+    found, _ = probes.measure(path, tmp_path / "raw")
     by = {f.capability: f for f in found[0][1]}
     assert {c: f.verdict for c, f in by.items()} == {
         "streamed usage": capability.PASS, "forced output length": capability.PASS,

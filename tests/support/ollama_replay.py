@@ -3,8 +3,9 @@
 Ollama cannot be installed here; this server answers /api/version, /api/tags, /api/ps
 a streamed POST /api/chat the way the documentation says Ollama does, and, on its
 OpenAI-compatible endpoint, GET /v1/models and a non-streamed POST /v1/chat/completions
-(bodies kept in `openai_bodies`), answered by what the request asks for: a tool call, JSON
-output, logprobs, or a plain answer (a long prompt seen before reports its cached tokens).
+(bodies kept in `openai_bodies`), answered by what the request asks for: a stream (SSE, with
+usage last), a tool call, JSON output, logprobs, or a plain answer (a long prompt seen before
+reports its cached tokens).
 The first chat request "loads" the model: it is answered from chat_first.ndjson, and
 /api/ps shows the model (split between GPU and CPU) only from then on. A prompt asking for
 one word ends early (chat_stop.ndjson: Ollama has no option to ignore the end of text).
@@ -55,6 +56,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.server.openai_bodies.append(request)
                 seen = prompt in self.server.prompts
                 self.server.prompts.add(prompt)
+            if request.get("stream"):
+                self._stream((FIXTURES / "openai_stream.sse").read_bytes().split(b"\n\n")[:-1], b"\n\n",
+                             "text/event-stream")
+                return
             if "tools" in request:
                 name = "openai_tool_call.json"
             elif "response_format" in request:
@@ -79,13 +84,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with self.server.slots:
             self._stream((FIXTURES / name).read_bytes().splitlines(True))
 
-    def _stream(self, lines: list[bytes]) -> None:
+    def _stream(self, lines: list[bytes], end: bytes = b"", kind: str = "application/x-ndjson") -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Type", kind)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for line in lines:
             time.sleep(self.server.line_delay)
+            line += end
             self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")

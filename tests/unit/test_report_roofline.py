@@ -16,7 +16,7 @@ def ident(run_id, runtime="rt", users=2, parallel=8, threads=1, trial=1, **kw):
             "workload": "w", "concurrency": users, "threads": threads, "parallel": parallel, **kw}
 
 
-def trial(raw, run_id, runtime, users, parallel, tok_s, trial_no, threads=1, **meta):
+def trial(raw, run_id, runtime, users, parallel, tok_s, trial_no, threads=1, kind="llamacpp", **meta):
     """`users` requests of 11 tokens, each decoding at tok_s (10 steps), 90 prompt tokens."""
     span = 10 / tok_s * 1000
     recs = []
@@ -26,7 +26,7 @@ def trial(raw, run_id, runtime, users, parallel, tok_s, trial_no, threads=1, **m
                           completion_tokens=11)
         r.chunks = [(int((100 + k * span / 10) * MS), "content", 1) for k in range(11)]
         recs.append(r)
-    store.write_run(raw, ident(run_id, runtime, users, parallel, threads, trial=trial_no),
+    store.write_run(raw, ident(run_id, runtime, users, parallel, threads, trial=trial_no, runtime_kind=kind),
                     {"status": "complete", "weight_bytes": 100_000_000, "kv_bytes_per_token": 10_000, **meta}, recs)
 
 
@@ -64,14 +64,17 @@ def gpu_rows(gb_s, *devices):
     return [{"repeat": 1, "threads_used": 0, "gb_s": v, "method": "NVML", "device": d} for v, d in zip(gb_s, devices)]
 
 
-def test_cells_use_the_gpu_figure_unless_their_model_sat_in_cpu_memory(tmp_path):
+def test_cells_use_the_gpu_figure_for_the_share_of_the_model_in_gpu_memory(tmp_path):
     loaded = 100_000_000
     for t in (1, 2):
-        trial(tmp_path, f"20260101T00000{t}Z-aaaaa{t}", "ongpu", 4, 8, 40.0 + t, t,
+        trial(tmp_path, f"20260101T00000{t}Z-aaaaa{t}", "ongpu", 4, 8, 40.0 + t, t, kind="ollama",
               model_bytes_loaded=loaded, model_bytes_gpu=loaded)
-        trial(tmp_path, f"20260101T00001{t}Z-bbbbb{t}", "oncpu", 4, 8, 4.0 + t, t, threads=2,
+        trial(tmp_path, f"20260101T00001{t}Z-bbbbb{t}", "oncpu", 4, 8, 4.0 + t, t, threads=2, kind="ollama",
               model_bytes_loaded=loaded, model_bytes_gpu=0)
-        trial(tmp_path, f"20260101T00002{t}Z-ccccc{t}", "unsaid", 4, 8, 40.0 + t, t)  # no placement reported
+        trial(tmp_path, f"20260101T00002{t}Z-ccccc{t}", "unsaid", 4, 8, 40.0 + t, t, kind="openai")  # says nothing
+        trial(tmp_path, f"20260101T00003{t}Z-fffff{t}", "split", 4, 8, 20.0 + t, t, threads=2, kind="ollama",
+              model_bytes_loaded=loaded, model_bytes_gpu=loaded * 3 // 4)
+        trial(tmp_path, f"20260101T00004{t}Z-ggggg{t}", "cpubuild", 4, 8, 4.0 + t, t)  # gaplab's llama.cpp: CPU
     cpu = [{"repeat": 1, "threads_used": t, "gb_s": v, "method": "t", "device": "cpu"}
            for t, v in ((1, 10.0), (2, 30.0))]
     store.write_bandwidth(tmp_path, ident("20260101T000030Z-dddddd", "stream-triad", 1),  # older: not used
@@ -82,7 +85,9 @@ def test_cells_use_the_gpu_figure_unless_their_model_sat_in_cpu_memory(tmp_path)
     roof = roofline.roofline(speed.estimates(metrics.trial_summary(req)), req, tmp_path, "m-1")
     used = {r["runtime"]: (r["gb_s"], r["bandwidth_source"]) for r in roof.iter_rows(named=True)}
     rtx = (1008.0, "gpu:0 NVIDIA GeForce RTX 4090")  # the first GPU's, of the newest run
-    assert used == {"ongpu": rtx, "unsaid": rtx, "oncpu": (30.0, "cpu 2 threads")}
+    mixed = 1 / (0.75 / 1008.0 + 0.25 / 30.0)  # three quarters read at the GPU's bandwidth, the rest at the CPU's
+    assert used == {"ongpu": rtx, "unsaid": rtx, "oncpu": (30.0, "cpu 2 threads"), "cpubuild": (10.0, "cpu 1 thread"),
+                    "split": (pytest.approx(mixed), "75% on gpu:0 NVIDIA GeForce RTX 4090, the rest on cpu 2 threads")}
     ongpu = roof.filter(roof["runtime"] == "ongpu").row(0, named=True)
     assert ongpu["bound_tok_s"] == pytest.approx(4 * 1008e9 / (100e6 + 4 * 10_000 * 95.5))
     runs = roofline.bandwidth_runs(tmp_path, "m-1")

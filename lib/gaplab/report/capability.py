@@ -9,37 +9,54 @@ import altair as alt
 import polars as pl
 
 from gaplab import store
-from gaplab.capability import FAIL, NOT_OFFERED, PASS
+from gaplab.capability import BROKEN, CAPABILITIES, FAIL, NOT_OFFERED, PASS, UNDECIDED
 from gaplab.config import ROOT
 
 CAPABILITIES_FILE = ROOT / "data" / "reference" / "capabilities.csv"
+COLUMNS = ("seed_file", "source", "runtime", "capability", "says", "words")
 KINDS = {"vllm": "vLLM", "llamacpp": "llama.cpp", "ollama": "Ollama"}  # the articles' runtimes, by kind
 SAYS = ("yes", "no", "limited")
-# what each probe reads as the article's "yes"
-AGREES = {"yes": {PASS}, "no": {FAIL, NOT_OFFERED}, "limited": {PASS, FAIL}}
+AGREES = {"yes": {PASS}, "no": {FAIL, NOT_OFFERED}}  # the probe verdicts that agree with each answer
 NOT_PROBED = {"speculative decoding": "a draft model or MTP heads, which the small local models lack",
               "OpenAI-compatible parameters": "a list of parameters to try; the probes use a few of them"}
 
 
+def _probe_runs(raw_dir: Path, machine_id: str) -> pl.DataFrame:
+    return (store.read_table(raw_dir, "capability").filter(pl.col("machine_id") == machine_id)
+            .with_columns(server=pl.concat_str("runtime", "model", "quant", separator=" / ")))
+
+
 def measured(raw_dir: Path, machine_id: str) -> pl.DataFrame:
-    """The newest probe run of each server on this machine: one row per capability."""
-    cap = store.read_table(raw_dir, "capability").filter(pl.col("machine_id") == machine_id)
-    if cap.is_empty():
-        return cap.with_columns(server=pl.lit(None, pl.String))
+    """The newest complete probe run of each server on this machine: one row per capability. A later
+    run that could not probe (its server did not start) hides nothing: see `broken`."""
+    cap = _probe_runs(raw_dir, machine_id).filter(~pl.col("capability").is_in(BROKEN))
     newest = cap.group_by("cell_key").agg(pl.col("run_id").max())
-    return (cap.join(newest, on=["cell_key", "run_id"])
-            .with_columns(server=pl.concat_str("runtime", "model", "quant", separator=" / "))
-            .sort("runtime", "model", "quant"))
+    return cap.join(newest, on=["cell_key", "run_id"]).sort("runtime", "model", "quant")
+
+
+def broken(raw_dir: Path, machine_id: str) -> pl.DataFrame:
+    """Probe runs that could not probe, newer than their server's newest complete run."""
+    cap = _probe_runs(raw_dir, machine_id)
+    complete = cap.filter(~pl.col("capability").is_in(BROKEN)).group_by("cell_key").agg(last=pl.col("run_id").max())
+    return (cap.filter(pl.col("capability").is_in(BROKEN)).join(complete, on="cell_key", how="left")
+            .filter(pl.col("last").is_null() | (pl.col("run_id") > pl.col("last"))).sort("run_id"))
 
 
 def load_published(path: Path = CAPABILITIES_FILE) -> pl.DataFrame:
-    """The articles' feature tables as rows; a row naming an unknown runtime or answer stops with one line."""
-    frame = pl.read_csv(path)
+    """The articles' feature tables as rows; a file or row that does not fit stops with one line."""
+    try:
+        frame = pl.read_csv(path, infer_schema=False)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ValueError(f"{path}: cannot be read as CSV ({type(exc).__name__}); columns: {', '.join(COLUMNS)}") \
+            from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path.name}: no column {missing[0]!r}; the columns are {', '.join(COLUMNS)}")
+    allowed = {"runtime": tuple(KINDS), "says": SAYS, "capability": CAPABILITIES + tuple(NOT_PROBED)}
     for i, row in enumerate(frame.iter_rows(named=True), start=2):  # line 1 is the header
-        if row["runtime"] not in KINDS:
-            raise ValueError(f"{path.name}: row {i}: runtime {row['runtime']!r} is not one of {', '.join(KINDS)}")
-        if row["says"] not in SAYS:
-            raise ValueError(f"{path.name}: row {i}: says {row['says']!r} is not one of {', '.join(SAYS)}")
+        for field, values in allowed.items():
+            if row[field] not in values:
+                raise ValueError(f"{path.name}: row {i}: {field} {row[field]!r} is not one of {', '.join(values)}")
     return frame
 
 
@@ -59,10 +76,14 @@ def beside(found: pl.DataFrame, published: pl.DataFrame) -> pl.DataFrame:
         if r["capability"] in NOT_PROBED:
             verdict = f"not probed: it would take {NOT_PROBED[r['capability']]}"
         elif r["measured"] is None:
-            verdict = f"not measured here: the scenario has no {KINDS[r['runtime']]} runtime"
+            verdict = (f"not measured here: no {KINDS[r['runtime']]} runtime was probed (a server attached as "
+                       "kind openai is not matched to an article's runtime)")
+        elif r["says"] == "limited":
+            verdict = "a matter of degree: the throughput page has the figures"
+        elif UNDECIDED in r["verdicts"]:
+            verdict = "undecided here"
         else:
-            agree = set(r["verdicts"]) <= AGREES[r["says"]]
-            verdict = "agrees" if agree else "differs"
+            verdict = "agrees" if set(r["verdicts"]) <= AGREES[r["says"]] else "differs"
         rows.append({"capability": r["capability"], "runtime": KINDS[r["runtime"]], "article": r["source"],
                      "article says": f"{r['says']}: {r['words']}", "measured here": r["measured"] or "",
                      "verdict": verdict})
@@ -82,11 +103,14 @@ def matrix_chart(found: pl.DataFrame) -> alt.Chart:
     return (cells + base.mark_text(fontSize=11).encode(text="verdict:N")).properties(width=alt.Step(170))
 
 
-def story(found: pl.DataFrame, side: pl.DataFrame) -> str:
-    """The page's opening paragraph: what passed where, and where the articles and this machine part."""
+def story(found: pl.DataFrame, side: pl.DataFrame, failed: pl.DataFrame | None = None) -> str:
+    """The page's opening paragraph: what passed where, where the articles and this machine part,
+    and which servers' latest probing could not run (failed: `broken`)."""
+    gone = "" if failed is None or failed.is_empty() else " The latest probing of " + "; ".join(
+        f"{r['server']} could not run ({r['evidence']})" for r in failed.iter_rows(named=True)) + "."
     if found.is_empty():
         return ("No capability probes are stored for this machine: run `gaplab capabilities SCENARIO` "
-                "(`make report` does).")
+                "(`make report` does)." + gone)
     lines = []
     for server, rows in found.group_by("server", maintain_order=True):
         verdicts = rows["verdict"].to_list()
@@ -99,4 +123,4 @@ def story(found: pl.DataFrame, side: pl.DataFrame) -> str:
         text += " Where this machine and an article part: " + "; ".join(
             f"{r['article']} says {r['runtime']} {r['capability']}: {r['article says'].split(':')[0]}, "
             f"here {r['measured here']}" for r in differs.iter_rows(named=True)) + "."
-    return text
+    return text + gone

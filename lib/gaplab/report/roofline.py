@@ -9,13 +9,14 @@ and yields B tokens, so memory bandwidth M bounds the output at
 
 B is the sequences a step can hold: the users, up to the server's slots (llama.cpp's -np,
 vLLM's max-num-seqs). T is the prompt plus half the output (the mean context over the
-decode). M comes from the machine's newest bandwidth run (bandwidth.py). When that run has
-a GPU row, every cell uses the first GPU's figure (runs do not record which GPU served),
-except a cell whose run says the model sat entirely in CPU memory (model_bytes_gpu 0 of
-model_bytes_loaded > 0, as Ollama reports; a runtime that reports no placement counts as on
-the GPU). Those cells, and every cell of a machine without a GPU row, use the CPU triad:
-the one-thread figure for a server run with one thread, the all-threads figure otherwise.
-Column bandwidth_source names the figure each cell used. The measured side is the per-user
+decode). M comes from the machine's newest bandwidth run (bandwidth.py): the CPU triad (the
+one-thread figure for a server run with one thread, the all-threads figure otherwise) for
+the servers gaplab starts (its llama.cpp build and vLLM's CPU build) and on a machine
+without a GPU figure; the first GPU's figure (runs do not record which GPU served) for a
+server attached by URL; and for a model the runtime reports split between GPU and CPU
+memory (Ollama's placement), each share read at its own bandwidth: M = 1 / (g / M_gpu +
+(1 - g) / M_cpu) with g the GPU's share. Only Ollama reports placement; another attached
+server counts as wholly on the GPU. Column bandwidth_source names the figure each cell used. The measured side is the per-user
 decode speed times B, with the interval of the per-user figure. Compute, not memory, can
 bind first (small models, long prompts, CPUs without wide vector units): a low percentage
 says the step is not memory-bound, or that the runtime's kernels leave bandwidth unused.
@@ -28,6 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from gaplab import store
+from gaplab.runtimes import kinds
 
 
 def _of_machine(raw_dir: Path, machine_id: str) -> pl.DataFrame:
@@ -81,20 +83,30 @@ def roofline(estimates: pl.DataFrame, requests: pl.DataFrame, raw_dir: Path, mac
     one = cpu.filter(pl.col("threads_used") == 1)["gb_s"].mean()
     every = cpu.filter(pl.col("threads_used") == most)["gb_s"].mean()
     gpus = bw.filter(pl.col("device") != "cpu").sort(pl.col("device").str.extract(r"gpu:(\d+)").cast(pl.Int64))
-    gpu_gb_s, gpu_name = (gpus["gb_s"][0], gpus["device"][0]) if not gpus.is_empty() else (None, None)
-    on_cpu = ((pl.col("model_bytes_gpu") == 0) & (pl.col("model_bytes_loaded") > 0)).fill_null(False)
-    use_gpu = pl.lit(gpu_name is not None) & ~on_cpu
-    gb_s = (pl.when(use_gpu).then(pl.lit(gpu_gb_s, pl.Float64))
-            .when(pl.col("threads") == 1).then(pl.lit(one, pl.Float64)).otherwise(pl.lit(every, pl.Float64)))
-    source = (pl.when(use_gpu).then(pl.lit(gpu_name, pl.String))
-              .when(pl.col("threads") == 1).then(pl.lit(figure_name("cpu", 1)))
-              .otherwise(pl.lit(figure_name("cpu", most) if most is not None else None, pl.String)))
+    gpu_gb_s, gpu_name = (gpus["gb_s"][0], gpus["device"][0]) if not gpus.is_empty() else (1.0, None)
+    cpu_gb_s = pl.when(pl.col("threads") == 1).then(pl.lit(one, pl.Float64)).otherwise(pl.lit(every, pl.Float64))
+    cpu_name = (pl.when(pl.col("threads") == 1).then(pl.lit(figure_name("cpu", 1)))
+                .otherwise(pl.lit(figure_name("cpu", most) if most is not None else None, pl.String)))
+    # the share of the model in GPU memory: none for the CPU builds gaplab starts, what the runtime
+    # says where it says (Ollama), else all of it
+    here = [name for name, kind in kinds().items() if kind.started_here]
+    share = (pl.when(pl.lit(gpu_name is None) | pl.col("runtime_kind").is_in(here)).then(0.0)
+             .when(pl.col("model_bytes_loaded") > 0).then(pl.col("model_bytes_gpu").fill_null(0)
+                                                          / pl.col("model_bytes_loaded"))
+             .otherwise(1.0))
+    # a step reads each part of the model from where it sits: times add, so bandwidths add harmonically
+    gb_s = 1 / (pl.col("gpu_share") / gpu_gb_s + (1 - pl.col("gpu_share")) / cpu_gb_s)
+    source = (pl.when(pl.col("gpu_share") == 0).then(cpu_name)
+              .when(pl.col("gpu_share") == 1).then(pl.lit(gpu_name, pl.String))
+              .otherwise(pl.concat_str((pl.col("gpu_share") * 100).round(0).cast(pl.Int64).cast(pl.String),
+                                       pl.lit(f"% on {gpu_name}, the rest on "), cpu_name)))
     context = requests.filter(pl.col("ok")).group_by("cell_key").agg(
         context=pl.col("prompt_tokens").mean() + pl.col("completion_tokens").mean() / 2)
     batch = pl.min_horizontal("concurrency", pl.col("parallel").fill_null(pl.col("concurrency")))
     step = pl.col("weight_bytes") + pl.col("batch") * pl.col("kv_bytes_per_token").fill_null(0) * pl.col("context")
     return (estimates.drop("threads", "parallel").join(cells, on="cell_key").join(context, on="cell_key")
-            .with_columns(batch=batch, gb_s=gb_s, bandwidth_source=source)
+            .with_columns(batch=batch, gpu_share=share)
+            .with_columns(gb_s=gb_s, bandwidth_source=source)
             .with_columns(bound_tok_s=pl.col("batch") * pl.col("gb_s") * 1e9 / step,
                           decode_tok_s=pl.col("per_user_tok_s") * pl.col("batch"),
                           decode_lo=pl.col("per_user_tok_s_lo") * pl.col("batch"),
