@@ -93,8 +93,8 @@ def beside(found: pl.DataFrame, published: pl.DataFrame) -> pl.DataFrame:
 def matrix_chart(found: pl.DataFrame) -> alt.Chart:
     """Servers across, capabilities down, each cell coloured by its verdict with the evidence on hover."""
     data = found.select("server", "capability", "verdict", "evidence", "request").to_pandas()
-    colour = alt.Color("verdict:N", scale=alt.Scale(domain=[PASS, FAIL, NOT_OFFERED],
-                                                    range=["#4c9a6a", "#c8553d", "#b8b8b8"]),
+    colour = alt.Color("verdict:N", scale=alt.Scale(domain=[PASS, FAIL, NOT_OFFERED, UNDECIDED],
+                                                    range=["#4c9a6a", "#c8553d", "#b8b8b8", "#e0b040"]),
                        legend=alt.Legend(title="verdict"))
     base = alt.Chart(data).encode(x=alt.X("server:N", title=None, axis=alt.Axis(labelAngle=-20, labelLimit=260)),
                                   y=alt.Y("capability:N", title=None))
@@ -120,7 +120,8 @@ def story(found: pl.DataFrame, side: pl.DataFrame, failed: pl.DataFrame | None =
     text = "; ".join(lines) + "."
     differs = side.filter(pl.col("verdict") == "differs")
     if not differs.is_empty():
-        text += " Where this machine and an article part: " + "; ".join(
-            f"{r['article']} says {r['runtime']} {r['capability']}: {r['article says'].split(':')[0]}, "
-            f"here {r['measured here']}" for r in differs.iter_rows(named=True)) + "."
+        text += (" Where this machine and an article part (each server as launched: the evidence says whether a "
+                 "flag or the model's chat template decides it): " + "; ".join(
+                     f"{r['article']} says {r['runtime']} {r['capability']}: {r['article says'].split(':')[0]}, "
+                     f"here {r['measured here']}" for r in differs.iter_rows(named=True)) + ".")
     return text + gone
