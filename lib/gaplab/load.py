@@ -1,15 +1,24 @@
-"""Load drivers. Closed loop: N users, each sends its next request when the last one ends.
+"""Load drivers.
 
-Warmup requests run first, at the same concurrency, and are stored flagged. The
-measured phase keeps sending until it has sent at least `min_requests` and run for
-at least `min_seconds` (minimums in the spirit of MLPerf LoadGen's), and never sends
-after `max_seconds`; a request in flight finishes (or times out).
+Closed loop: N users, each sends its next request when the last one ends. Warmup
+requests run first, at the same concurrency, and are stored flagged. The measured phase
+keeps sending until it has sent at least `min_requests` and run for at least
+`min_seconds` (minimums in the spirit of MLPerf LoadGen's), and never sends after
+`max_seconds`; a request in flight finishes (or times out).
+
+Open loop: requests arrive on a seeded schedule at a stated rate (constant, Poisson, or
+gamma gaps, burstier than Poisson below shape 1, as vLLM's benchmark client offers),
+whatever is still in flight. Each record keeps the time it was due (scheduled_ns) beside
+the time it went out (sent_ns): a client that falls behind its schedule shows as the gap
+between the two instead of silently sending later (coordinated omission).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +66,60 @@ async def closed_loop(client: StreamClient, payload: Callable[[int], bytes], con
     return records
 
 
+ARRIVALS = ("poisson", "constant", "gamma")
+SPIN_NS = 1_500_000  # the last stretch before a due time is waited by yielding, not by a timer (ms granularity)
+
+
+def arrival_offsets(rate: float, n: int, kind: str = "poisson", seed: int = 0, shape: float = 1.0) -> list[float]:
+    """Seconds from the start at which n requests are due, at `rate` per second on average: equal
+    gaps (constant), exponential gaps (poisson), or gamma gaps of the given shape (gamma; shape 1 is
+    Poisson, below 1 burstier). The first is due at once."""
+    if not rate > 0:
+        raise ValueError(f"rate: got {rate:g}; give requests per second above 0")
+    if kind not in ARRIVALS:
+        raise ValueError(f"arrival: got {kind!r}; allowed: {', '.join(ARRIVALS)}")
+    if not shape > 0:
+        raise ValueError(f"shape: got {shape:g}; a gamma shape must be above 0 (1 is Poisson, below 1 burstier)")
+    rng = random.Random(seed)
+    gap = {"constant": lambda: 1 / rate, "poisson": lambda: rng.expovariate(rate),
+           "gamma": lambda: rng.gammavariate(shape, 1 / (rate * shape))}[kind]
+    out, t = [], 0.0
+    for _ in range(n):
+        out.append(t)
+        t += gap()
+    return out
+
+
+async def open_loop(client: StreamClient, payload: Callable[[int], bytes], offsets: list[float],
+                    records: list[RequestRecord], on_done: Callable[[RequestRecord], None] | None = None,
+                    first_index: int = 0, warmup: bool = False) -> list[RequestRecord]:
+    """Send request first_index + k when offsets[k] seconds have passed, however many are in flight
+    (no cap: the client never queues). Appends each record to `records` as it finishes; returns it."""
+
+    async def one(k: int, due_ns: int) -> None:
+        i = first_index + k
+        rec = RequestRecord(index=i, user=i, warmup=warmup, scheduled_ns=due_ns)  # each arrival its own user
+        try:
+            await client.stream(payload(i), rec)
+        finally:  # an interrupted request is still a row
+            records.append(rec)
+        if on_done:
+            on_done(rec)
+
+    start_ns = time.perf_counter_ns()
+    tasks = []
+    for k, offset in enumerate(offsets):
+        due_ns = start_ns + int(offset * 1e9)
+        early = (due_ns - time.perf_counter_ns() - SPIN_NS) / 1e9
+        if early > 0:
+            await asyncio.sleep(early)
+        while time.perf_counter_ns() < due_ns:  # other streams' reads are served meanwhile
+            await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(one(k, due_ns)))
+    await asyncio.gather(*tasks)
+    return records
+
+
 def run_sync(make_coro, tick: Callable[[], None] | None = None, tick_seconds: float = 2.0):
     """Run a coroutine to completion on a thread with its own event loop, also inside Jupyter
     (whose kernel already runs a loop); this thread calls tick() every tick_seconds meanwhile
@@ -64,7 +127,23 @@ def run_sync(make_coro, tick: Callable[[], None] | None = None, tick_seconds: fl
 
     Ctrl-C (or a kernel interrupt) cancels the requests in flight, which end as rows with
     their error, and is raised again here.
+
+    The cyclic garbage collector is paused meanwhile: a full collection over a trial's chunk
+    records stopped the loop for 50-80 ms here, late-stamping every stream's reads and
+    sending open-loop arrivals late (bench/open_loop_lag.py). Reference counting still frees
+    what is not in a cycle; the collector runs once after.
     """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_on_thread(make_coro, tick, tick_seconds)
+    finally:
+        if collecting:
+            gc.enable()
+            gc.collect()
+
+
+def _run_on_thread(make_coro, tick: Callable[[], None] | None, tick_seconds: float):
     loop = asyncio.new_event_loop()
     task: list[asyncio.Task] = []
     failure: list[BaseException] = []

@@ -1,4 +1,5 @@
 import orjson
+import pytest
 
 from gaplab.client import classify, fill_from_events, fill_from_ollama
 from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord
@@ -67,3 +68,33 @@ def test_an_ollama_stream_finishes_only_with_done_true():
     rec = _rec()
     assert fill_from_ollama(rec, [line, done], "chat") is True and rec.completion_tokens == 1
     assert fill_from_ollama(_rec(), [line, (3, b'{"error": "boom"}')], "chat") is True
+
+
+def test_arrival_schedules_are_seeded_and_keep_their_rate():
+    import statistics
+
+    from gaplab.load import arrival_offsets
+
+    assert arrival_offsets(4.0, 5, "constant") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    poisson = arrival_offsets(10.0, 20_000, "poisson", seed=3)
+    assert poisson == arrival_offsets(10.0, 20_000, "poisson", seed=3) != arrival_offsets(10.0, 20_000, seed=4)
+    gaps = [b - a for a, b in zip(poisson, poisson[1:])]
+    assert statistics.mean(gaps) == pytest.approx(0.1, rel=0.03)
+    assert statistics.stdev(gaps) / statistics.mean(gaps) == pytest.approx(1.0, rel=0.05)  # exponential: CV 1
+    bursty = arrival_offsets(10.0, 20_000, "gamma", seed=3, shape=0.25)
+    gaps = [b - a for a, b in zip(bursty, bursty[1:])]
+    assert statistics.mean(gaps) == pytest.approx(0.1, rel=0.05)
+    assert statistics.stdev(gaps) / statistics.mean(gaps) == pytest.approx(2.0, rel=0.1)  # CV 1/sqrt(shape)
+
+
+@pytest.mark.parametrize("args, error", [
+    ((0.0, 3), r"rate: got 0; give requests per second above 0"),
+    ((-2.0, 3), r"rate: got -2"),
+    ((1.0, 3, "uniform"), r"arrival: got 'uniform'; allowed: poisson, constant, gamma"),
+    ((1.0, 3, "gamma", 0, 0.0), r"shape: got 0; a gamma shape must be above 0"),
+])
+def test_a_bad_schedule_is_refused_in_one_line(args, error):
+    from gaplab.load import arrival_offsets
+
+    with pytest.raises(ValueError, match=error):
+        arrival_offsets(*args)
