@@ -27,6 +27,19 @@ from gaplab.client import StreamClient
 from gaplab.records import RequestRecord
 
 
+async def _send(client: StreamClient, body: bytes, rec: RequestRecord, records: list[RequestRecord],
+                on_done: Callable[[RequestRecord], None] | None) -> RequestRecord:
+    """One request of a load: streamed into rec, appended to records (also when interrupted: it is
+    still a row), then handed to on_done."""
+    try:
+        await client.stream(body, rec)
+    finally:
+        records.append(rec)
+    if on_done:
+        on_done(rec)
+    return rec
+
+
 async def closed_loop(client: StreamClient, payload: Callable[[int], bytes], concurrency: int, warmup: int,
                       min_requests: int, min_seconds: float, max_seconds: float, records: list[RequestRecord],
                       on_done: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
@@ -48,13 +61,8 @@ async def closed_loop(client: StreamClient, payload: Callable[[int], bytes], con
                 i = next(counter)
                 if enough(i - first, time.monotonic() - start):
                     return
-                rec = RequestRecord(index=i, user=u, warmup=is_warmup, scheduled_ns=scheduled)
-                try:
-                    await client.stream(payload(i), rec)
-                finally:  # an interrupted request is still a row
-                    records.append(rec)
-                if on_done:
-                    on_done(rec)
+                rec = await _send(client, payload(i), RequestRecord(index=i, user=u, warmup=is_warmup,
+                                                                   scheduled_ns=scheduled), records, on_done)
                 scheduled = rec.end_ns
 
         await asyncio.gather(*(user(u) for u in range(users)))
@@ -97,14 +105,9 @@ async def open_loop(client: StreamClient, payload: Callable[[int], bytes], offse
     (no cap: the client never queues). Appends each record to `records` as it finishes; returns it."""
 
     async def one(k: int, due_ns: int) -> None:
-        i = first_index + k
-        rec = RequestRecord(index=i, user=i, warmup=warmup, scheduled_ns=due_ns)  # each arrival its own user
-        try:
-            await client.stream(payload(i), rec)
-        finally:  # an interrupted request is still a row
-            records.append(rec)
-        if on_done:
-            on_done(rec)
+        i = first_index + k  # each arrival is its own user
+        await _send(client, payload(i), RequestRecord(index=i, user=i, warmup=warmup, scheduled_ns=due_ns),
+                    records, on_done)
 
     start_ns = time.perf_counter_ns()
     tasks = []
