@@ -19,9 +19,10 @@ import json
 import statistics
 from dataclasses import asdict, dataclass
 
-from gaplab.records import TOKEN_KINDS, RequestRecord
+from gaplab.records import RequestRecord
 
 PASS, FAIL, NOT_OFFERED, UNDECIDED = "pass", "fail", "not offered", "undecided"
+VERDICTS = (PASS, FAIL, NOT_OFFERED, UNDECIDED)
 REFUSALS = (400, 422, 501)  # what a server answers to a request it does not take as such
 CAPABILITIES = ("streamed usage", "forced output length", "concurrent streams", "tool calls", "JSON-schema output",
                 "logprobs", "prefix cache reuse", "several models or adapters")
@@ -79,14 +80,18 @@ def _stream_refused(capability: str, request: str, rec: RequestRecord) -> Findin
     return Finding(capability, verdict, rec.error[:200], request, http_status=rec.http_status)
 
 
-def _cut(body) -> str:
+def _choice(body) -> dict:
+    """The first choice of an OpenAI-style answer, or {}."""
     choices = body.get("choices") if isinstance(body, dict) else None
-    return "; cut at max_tokens" if choices and choices[0].get("finish_reason") == "length" else ""
+    return choices[0] if choices else {}
+
+
+def _cut(body) -> str:
+    return "; cut at max_tokens" if _choice(body).get("finish_reason") == "length" else ""
 
 
 def _message(body) -> dict:
-    choices = body.get("choices") if isinstance(body, dict) else None
-    return (choices[0].get("message") or {}) if choices else {}
+    return _choice(body).get("message") or {}
 
 
 def judge_tool_call(status: int | None, body, props=None) -> Finding:
@@ -146,8 +151,7 @@ def judge_logprobs(status: int | None, body) -> Finding:
     refused = _refused("logprobs", request, status, body)
     if refused:
         return refused
-    choices = body.get("choices") if isinstance(body, dict) else None
-    content = ((choices[0].get("logprobs") or {}).get("content") or []) if choices else []
+    content = (_choice(body).get("logprobs") or {}).get("content") or []
     ok = bool(content) and all(isinstance(t.get("logprob"), (int, float)) and t["logprob"] <= 0
                                and len(t.get("top_logprobs") or []) >= 1 for t in content)
     first = content[0] if content else {}
@@ -183,7 +187,7 @@ def judge_usage(rec: RequestRecord) -> Finding:
 
 
 def _tokens(rec: RequestRecord) -> int:
-    return rec.completion_tokens if rec.completion_tokens is not None else sum(k in TOKEN_KINDS for _, k, _ in rec.chunks)
+    return rec.completion_tokens if rec.completion_tokens is not None else rec.token_chunks
 
 
 def judge_forced_length(forced: RequestRecord, free: RequestRecord | None) -> Finding:
@@ -265,7 +269,8 @@ def judge_prefix_cache(pairs: list[tuple[tuple, tuple]]) -> Finding:
                 return refused
     ratios = [second[2] / first[2] for first, second in pairs]
     ratio = statistics.median(ratios)
-    cached = [(_cached_tokens(first[1]), _cached_tokens(second[1]), _prompt_tokens(second[1])) for first, second in pairs]
+    cached = [(_cached_tokens(first[1]), _cached_tokens(second[1]), _prompt_tokens(second[1]))
+              for first, second in pairs]
     timed = f"second/first time {ratio:.2f}x (median; {min(ratios):.2f}-{max(ratios):.2f})"
     if all(c[1] is not None for c in cached):
         shares = [c[1] / c[2] if c[2] else 0.0 for c in cached]

@@ -171,8 +171,8 @@ def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe a
     failed = []
     for server, findings in found:
         verdicts = [f.verdict for f in findings]
-        kinds = (capability.PASS, capability.FAIL, capability.NOT_OFFERED, capability.UNDECIDED)
-        typer.echo(f"  {server}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in kinds if verdicts.count(v)))
+        typer.echo(f"  {server}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in capability.VERDICTS
+                                               if verdicts.count(v)))
         failed += [f"{server}: {f.evidence}" for f in findings if f.capability in capability.BROKEN]
     _done(f"gaplab: capabilities probed on {len(found)} servers, {skipped} already probed here", failed)
 

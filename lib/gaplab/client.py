@@ -265,7 +265,7 @@ class StreamClient:
             finished = fill_from_events(rec, body_lines(body), self.api)
         if before is not None:
             return
-        tokens = sum(1 for c in rec.chunks if c[1] in TOKEN_KINDS)
+        tokens = rec.token_chunks
         framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
         if not finished:  # beats "malformed": a connection cut mid-line leaves half an event
             rec.error = f"{cut} after {tokens} tokens"
@@ -292,7 +292,8 @@ class StreamClient:
         return (text, resp.choices[0].finish_reason, usage.prompt_tokens if usage else None,
                 usage.completion_tokens if usage else None)
 
-    async def call(self, method: str, path: str, body: dict | None = None) -> tuple[int | None, dict | list | str, float]:
+    async def call(self, method: str, path: str,
+                   body: dict | None = None) -> tuple[int | None, dict | list | str, float]:
         """One non-streamed GET or POST below the base URL (or to an absolute URL), whatever it
         answers: (HTTP status, or None when no response came; the JSON body, else its text;
         seconds from sending to the whole body). The capability probes judge refusals too."""
@@ -317,18 +318,13 @@ class StreamClient:
     async def tokenize(self, text: str, model: str) -> list[int] | None:
         """Token ids of a text from the server's own tokenizer: llama.cpp's /tokenize at the server's
         root, else vLLM's; None where neither answers."""
-        import httpx
-
         root = str(self.sdk.base_url).rstrip("/").removesuffix("/v1")
         for body in ({"content": text, "add_special": False},
                      {"model": model, "prompt": text, "add_special_tokens": False}):
-            try:
-                resp = await self.sdk.post(root + "/tokenize", body=body, cast_to=httpx.Response)
-            except openai.APIStatusError:  # this server's /tokenize wants the other body
-                continue
-            except openai.APIError:
+            status, answer, _ = await self.call("POST", root + "/tokenize", body)
+            if status is None:
                 return None
-            tokens = resp.json().get("tokens")
-            if isinstance(tokens, list):
+            tokens = answer.get("tokens") if status == 200 and isinstance(answer, dict) else None
+            if isinstance(tokens, list):  # else this server's /tokenize wants the other body
                 return [t if isinstance(t, int) else t.get("id") for t in tokens]
         return None

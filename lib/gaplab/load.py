@@ -132,7 +132,7 @@ def run_sync(make_coro, tick: Callable[[], None] | None = None, tick_seconds: fl
     their error, and is raised again here.
 
     The cyclic garbage collector is paused meanwhile: a full collection over a trial's chunk
-    records stopped the loop for 50-80 ms here, late-stamping every stream's reads and
+    records stopped the loop for 37-82 ms here, late-stamping every stream's reads and
     sending open-loop arrivals late (bench/open_loop_lag.py). Reference counting still frees
     what is not in a cycle; the collector runs once after.
     """

@@ -30,6 +30,11 @@ class RequestRecord:
     # (arrival_ns, kind, n_chars) per SSE event, in arrival order
     chunks: list[tuple[int, str, int]] = field(default_factory=list)
 
+    @property
+    def token_chunks(self) -> int:
+        """Chunks that carried output (TOKEN_KINDS), whatever the server's own count says."""
+        return sum(1 for c in self.chunks if c[1] in TOKEN_KINDS)
+
 
 @dataclass(frozen=True)
 class RunIdentity:

@@ -28,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gaplab.records import TOKEN_KINDS, RequestRecord, RunIdentity
+from gaplab.records import RequestRecord, RunIdentity
 from gaplab.config import SCHEMA_VERSION
 
 IDENTITY = pa.schema([
@@ -141,7 +141,7 @@ def _request_row(rec: RequestRecord) -> dict:
         "scheduled_ns": rec.scheduled_ns, "sent_ns": rec.sent_ns, "first_token_ns": rec.first_token_ns,
         "last_token_ns": rec.last_token_ns, "end_ns": rec.end_ns,
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
-        "n_chunks": len(rec.chunks), "n_token_chunks": sum(1 for c in rec.chunks if c[1] in TOKEN_KINDS),
+        "n_chunks": len(rec.chunks), "n_token_chunks": rec.token_chunks,
         "output_chars": rec.output_chars, "finish_reason": rec.finish_reason,
         "http_status": rec.http_status, "error": rec.error, **server_figures(rec.server_timings),
     }
@@ -328,10 +328,17 @@ TABLES["answers"] = ANSWERS
 def write_quality(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict], meta: dict,
                   answers: list[dict] | None = None) -> Path:
     """Write one quality run (answers first, then its figures); returns the quality table's path."""
-    meta = {**meta, "schema_version": SCHEMA_VERSION}
+    before = [("answers", answers)] if answers is not None else []
+    return _write_figures(raw_dir, identity, meta, "quality", rows, before)
+
+
+def _write_figures(raw_dir: Path, identity: RunIdentity | dict, meta: dict, name: str, rows: list[dict],
+                   before: list[tuple[str, list[dict]]] = ()) -> Path:
+    """A run of figures (quality, bandwidth, capability): `before`'s tables, then table `name`, whose
+    rows carry the schema version as a column; returns that table's path."""
     rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
-    tables = ([("answers", answers)] if answers is not None else []) + [("quality", rows)]
-    return _write_tables(raw_dir, identity, meta, tables)["quality"]
+    tables = list(before) + [(name, rows)]
+    return _write_tables(raw_dir, identity, {**meta, "schema_version": SCHEMA_VERSION}, tables)[name]
 
 
 # ---------------------------------------------------------------- the machine (gaplab.bandwidth)
@@ -347,8 +354,7 @@ TABLES["bandwidth"] = BANDWIDTH
 
 
 def write_bandwidth(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict]) -> Path:
-    rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
-    return _write_tables(raw_dir, identity, {"schema_version": SCHEMA_VERSION}, [("bandwidth", rows)])["bandwidth"]
+    return _write_figures(raw_dir, identity, {}, "bandwidth", rows)
 
 
 # ---------------------------------------------------------------- what a runtime can do (gaplab.capability)
@@ -366,9 +372,7 @@ TABLES["capability"] = CAPABILITY
 
 
 def write_capability(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict], meta: dict) -> Path:
-    rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
-    meta = {**meta, "schema_version": SCHEMA_VERSION}
-    return _write_tables(raw_dir, identity, meta, [("capability", rows)])["capability"]
+    return _write_figures(raw_dir, identity, meta, "capability", rows)
 
 
 def completed_quality(raw_dir: Path, machine_id: str) -> set[str]:

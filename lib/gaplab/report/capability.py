@@ -9,7 +9,7 @@ import altair as alt
 import polars as pl
 
 from gaplab import store
-from gaplab.capability import BROKEN, CAPABILITIES, FAIL, NOT_OFFERED, PASS, UNDECIDED
+from gaplab.capability import BROKEN, CAPABILITIES, FAIL, NOT_OFFERED, PASS, UNDECIDED, VERDICTS
 from gaplab.config import ROOT
 
 CAPABILITIES_FILE = ROOT / "data" / "reference" / "capabilities.csv"
@@ -93,7 +93,7 @@ def beside(found: pl.DataFrame, published: pl.DataFrame) -> pl.DataFrame:
 def matrix_chart(found: pl.DataFrame) -> alt.Chart:
     """Servers across, capabilities down, each cell coloured by its verdict with the evidence on hover."""
     data = found.select("server", "capability", "verdict", "evidence", "request").to_pandas()
-    colour = alt.Color("verdict:N", scale=alt.Scale(domain=[PASS, FAIL, NOT_OFFERED, UNDECIDED],
+    colour = alt.Color("verdict:N", scale=alt.Scale(domain=list(VERDICTS),
                                                     range=["#4c9a6a", "#c8553d", "#b8b8b8", "#e0b040"]),
                        legend=alt.Legend(title="verdict"))
     base = alt.Chart(data).encode(x=alt.X("server:N", title=None, axis=alt.Axis(labelAngle=-20, labelLimit=260)),

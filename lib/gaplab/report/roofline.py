@@ -16,8 +16,9 @@ without a GPU figure; the first GPU's figure (runs do not record which GPU serve
 server attached by URL; and for a model the runtime reports split between GPU and CPU
 memory (Ollama's placement), each share read at its own bandwidth: M = 1 / (g / M_gpu +
 (1 - g) / M_cpu) with g the GPU's share. Only Ollama reports placement; another attached
-server counts as wholly on the GPU. Column bandwidth_source names the figure each cell used. The measured side is the per-user
-decode speed times B, with the interval of the per-user figure. Compute, not memory, can
+server counts as wholly on the GPU. Column bandwidth_source names the figure each cell used.
+The measured side is the per-user decode speed times B, with the interval of the per-user
+figure. Compute, not memory, can
 bind first (small models, long prompts, CPUs without wide vector units): a low percentage
 says the step is not memory-bound, or that the runtime's kernels leave bandwidth unused.
 """
@@ -83,6 +84,7 @@ def roofline(estimates: pl.DataFrame, requests: pl.DataFrame, raw_dir: Path, mac
     one = cpu.filter(pl.col("threads_used") == 1)["gb_s"].mean()
     every = cpu.filter(pl.col("threads_used") == most)["gb_s"].mean()
     gpus = bw.filter(pl.col("device") != "cpu").sort(pl.col("device").str.extract(r"gpu:(\d+)").cast(pl.Int64))
+    # without a GPU figure every cell's GPU share is 0, so the placeholder 1.0 is never read
     gpu_gb_s, gpu_name = (gpus["gb_s"][0], gpus["device"][0]) if not gpus.is_empty() else (1.0, None)
     cpu_gb_s = pl.when(pl.col("threads") == 1).then(pl.lit(one, pl.Float64)).otherwise(pl.lit(every, pl.Float64))
     cpu_name = (pl.when(pl.col("threads") == 1).then(pl.lit(figure_name("cpu", 1)))

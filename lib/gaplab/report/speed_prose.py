@@ -261,14 +261,14 @@ def roofline_story(frame: pl.DataFrame, bandwidth: pl.DataFrame) -> str:
     if bandwidth.is_empty():
         return ("No memory bandwidth is stored for this machine yet: `gaplab sweep` measures it before its "
                 "first trial.")
-    cpu = bandwidth.filter(pl.col("device").fill_null("cpu") == "cpu")
+    cpu = bandwidth.filter(pl.col("device") == "cpu")  # roofline.bandwidth names the device of older rows
     by = cpu.group_by("threads_used").agg(pl.col("gb_s")).sort("threads_used")
     bw = "; ".join(f"{r['threads_used']} thread{'s' if r['threads_used'] > 1 else ''}: "
                    + " and ".join(f"{v:.1f}" for v in r["gb_s"]) + " GB/s" for r in by.iter_rows(named=True))
     text = (f"Memory bandwidth measured here ({cpu['method'][0]}), one figure per repeat: {bw}."
             if not cpu.is_empty() else "")
-    gpus = bandwidth.filter(pl.col("device").fill_null("cpu") != "cpu")
-    text += "".join(f" {r['device']}: {r['gb_s']:.0f} GB/s, its peak ({r['method']})." for r in gpus.iter_rows(named=True))
+    text += "".join(f" {r['device']}: {r['gb_s']:.0f} GB/s, its peak ({r['method']})."
+                    for r in bandwidth.filter(pl.col("device") != "cpu").iter_rows(named=True))
     if frame.is_empty():
         return text + " No cell of this machine stored the bytes its model reads per step (runs before schema 5)."
     parts = []
