@@ -39,7 +39,7 @@ async def main(url: str) -> list:
     records: list = []
     async with StreamClient(url, "chat", timeout=60) as client:
         body = client.body("lag", tokens, "fake")
-        await open_loop(client, lambda i: body, arrival_offsets(rate, n, "poisson", seed=1), records)
+        await open_loop(client, lambda rec, seq: body, arrival_offsets(rate, n, "poisson", seed=1), records)
     return records
 
 

@@ -196,17 +196,17 @@ class StreamClient:
     async def __aexit__(self, *exc) -> None:
         await self.sdk.close()
 
-    def body(self, prompt: str, max_tokens: int, model: str, extra: dict | None = None) -> bytes:
+    def body(self, prompt: str | list[dict], max_tokens: int, model: str, extra: dict | None = None) -> bytes:
         if self.protocol == "ollama":
             body: dict = {"model": model, "stream": True, "keep_alive": "10m",
                           "options": {"num_predict": max_tokens, "temperature": 0}}
         else:
             body = {"model": model, "max_tokens": max_tokens, "stream": True,
                     "stream_options": {"include_usage": True}, "temperature": 0}
-        if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
-        else:
-            body["prompt"] = prompt
+        if self.api == "chat":  # a string is one user message, a list the messages
+            body["messages"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        else:  # text completion: messages go as plain text, one per line
+            body["prompt"] = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
         body.update(extra or {})
         return orjson.dumps(body)
 

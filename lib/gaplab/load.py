@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import math
 import random
 import threading
 import time
@@ -26,13 +27,17 @@ from collections.abc import Callable
 from gaplab.client import StreamClient
 from gaplab.records import RequestRecord
 
+# payload(record, seq) -> the request body; it may note in the record what the workload asked
+# for (target lengths, tag). seq: the user's seq-th request of the phase (multi-turn's turn).
+Payload = Callable[[RequestRecord, int], bytes]
 
-async def _send(client: StreamClient, body: bytes, rec: RequestRecord, records: list[RequestRecord],
-                on_done: Callable[[RequestRecord], None] | None) -> RequestRecord:
+
+async def _send(client: StreamClient, payload: Payload, rec: RequestRecord, seq: int,
+                records: list[RequestRecord], on_done: Callable[[RequestRecord], None] | None) -> RequestRecord:
     """One request of a load: streamed into rec, appended to records (also when interrupted: it is
     still a row), then handed to on_done."""
     try:
-        await client.stream(body, rec)
+        await client.stream(payload(rec, seq), rec)
     finally:
         records.append(rec)
     if on_done:
@@ -40,10 +45,10 @@ async def _send(client: StreamClient, body: bytes, rec: RequestRecord, records: 
     return rec
 
 
-async def closed_loop(client: StreamClient, payload: Callable[[int], bytes], concurrency: int, warmup: int,
+async def closed_loop(client: StreamClient, payload: Payload, concurrency: int, warmup: int,
                       min_requests: int, min_seconds: float, max_seconds: float, records: list[RequestRecord],
                       on_done: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
-    """Run `warmup` flagged requests, then the measured phase; payload(i) is request i's body.
+    """Run `warmup` flagged requests, then the measured phase; payload(rec, seq) is a request's body.
 
     Appends every record to `records` (the caller's, so an interrupted run keeps what it
     measured, and a writer can flush it while the load runs), warmup first, in the order
@@ -57,12 +62,12 @@ async def closed_loop(client: StreamClient, payload: Callable[[int], bytes], con
 
         async def user(u: int) -> None:
             scheduled = start_ns
-            while True:
+            for seq in itertools.count():
                 i = next(counter)
                 if enough(i - first, time.monotonic() - start):
                     return
-                rec = await _send(client, payload(i), RequestRecord(index=i, user=u, warmup=is_warmup,
-                                                                   scheduled_ns=scheduled), records, on_done)
+                rec = await _send(client, payload, RequestRecord(index=i, user=u, warmup=is_warmup,
+                                                                 scheduled_ns=scheduled), seq, records, on_done)
                 scheduled = rec.end_ns
 
         await asyncio.gather(*(user(u) for u in range(users)))
@@ -78,7 +83,7 @@ ARRIVALS = ("poisson", "constant", "gamma")
 SPIN_NS = 1_500_000  # the last stretch before a due time is waited by yielding, not by a timer (ms granularity)
 
 
-def arrival_offsets(rate: float, n: int, kind: str = "poisson", seed: int = 0, shape: float = 1.0) -> list[float]:
+def arrival_offsets(rate: float, n: int, kind: str = "poisson", seed: int | str = 0, shape: float = 1.0) -> list[float]:
     """Seconds from the start at which n requests are due, at `rate` per second on average: equal
     gaps (constant), exponential gaps (poisson), or gamma gaps of the given shape (gamma; shape 1 is
     Poisson, below 1 burstier). The first is due at once."""
@@ -98,7 +103,7 @@ def arrival_offsets(rate: float, n: int, kind: str = "poisson", seed: int = 0, s
     return out
 
 
-async def open_loop(client: StreamClient, payload: Callable[[int], bytes], offsets: list[float],
+async def open_loop(client: StreamClient, payload: Payload, offsets: list[float],
                     records: list[RequestRecord], on_done: Callable[[RequestRecord], None] | None = None,
                     first_index: int = 0, warmup: bool = False) -> list[RequestRecord]:
     """Send request first_index + k when offsets[k] seconds have passed, however many are in flight
@@ -106,7 +111,7 @@ async def open_loop(client: StreamClient, payload: Callable[[int], bytes], offse
 
     async def one(k: int, due_ns: int) -> None:
         i = first_index + k  # each arrival is its own user
-        await _send(client, payload(i), RequestRecord(index=i, user=i, warmup=warmup, scheduled_ns=due_ns),
+        await _send(client, payload, RequestRecord(index=i, user=i, warmup=warmup, scheduled_ns=due_ns), 0,
                     records, on_done)
 
     start_ns = time.perf_counter_ns()
@@ -121,6 +126,23 @@ async def open_loop(client: StreamClient, payload: Callable[[int], bytes], offse
         tasks.append(asyncio.create_task(one(k, due_ns)))
     await asyncio.gather(*tasks)
     return records
+
+
+async def one_by_one(client: StreamClient, payload: Payload, n: int, records: list[RequestRecord],
+                     on_done: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
+    """n flagged warmup requests, each sent when the last has ended (before an open-loop trial)."""
+    scheduled = time.perf_counter_ns()
+    for i in range(n):
+        rec = await _send(client, payload, RequestRecord(index=i, user=0, warmup=True, scheduled_ns=scheduled), i,
+                          records, on_done)
+        scheduled = rec.end_ns
+    return records
+
+
+def open_loop_count(rate: float, requests: int, min_seconds: float, max_seconds: float) -> int:
+    """How many arrivals an open-loop trial schedules: at least `requests` and min_seconds' worth,
+    and no more than max_seconds' worth (but at least one)."""
+    return max(1, min(max(requests, math.ceil(rate * min_seconds)), math.floor(rate * max_seconds)))
 
 
 def run_sync(make_coro, tick: Callable[[], None] | None = None, tick_seconds: float = 2.0):

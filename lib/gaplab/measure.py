@@ -22,12 +22,12 @@ from gaplab import store
 from gaplab.client import StreamClient
 from gaplab.config import RAW_DIR
 from gaplab.hardware import hardware
-from gaplab.load import closed_loop, run_sync
+from gaplab.load import arrival_offsets, closed_loop, one_by_one, open_loop, open_loop_count, run_sync
 from gaplab.runtimes import Server, kinds, open_server
 from gaplab.scenario import Cell, ScenarioError, load_scenario
 from gaplab.sessions import run_identity
 from gaplab.telemetry import Sampler, background
-from gaplab.workload import make_prompt
+from gaplab.workload import request
 
 PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
 
@@ -82,13 +82,22 @@ async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records:
     load = cell.load
     async with StreamClient(server.base_url, cell.model.api, server.api_key, load.request_timeout,
                             protocol=server.protocol) as client:
-        def payload(i: int) -> bytes:
-            prompt = make_prompt(cell.workload, cell.seed, salt, i)
-            return client.body(prompt, cell.workload.output_tokens, server.served_model, server.extra_body)
+        def payload(rec, seq: int) -> bytes:
+            req = request(cell.workload, cell.seed, salt, rec.index, rec.user, seq)
+            rec.target_prompt_tokens, rec.target_output_tokens, rec.tag = req.prompt_tokens, req.output_tokens, req.tag
+            return client.body(req.prompt, req.output_tokens, server.served_model, server.extra_body)
 
         with tqdm(desc=cell.cell_id, unit="req", disable=not progress, file=sys.stdout) as bar:
-            return await closed_loop(client, payload, cell.concurrency, load.warmup, load.requests,
-                                     load.min_seconds, load.max_seconds, records, on_done=lambda r: bar.update())
+            done = lambda r: bar.update()  # noqa: E731
+            if cell.rate is None:
+                return await closed_loop(client, payload, cell.concurrency, load.warmup, load.requests,
+                                         load.min_seconds, load.max_seconds, records, on_done=done)
+            # open loop: warmup one by one, then the seeded schedule (its own per trial: salt)
+            await one_by_one(client, payload, load.warmup, records, on_done=done)
+            n = open_loop_count(cell.rate, load.requests, load.min_seconds, load.max_seconds)
+            bar.total = load.warmup + n
+            offsets = arrival_offsets(cell.rate, n, load.arrival, f"{cell.seed}:{salt}", load.burstiness)
+            return await open_loop(client, payload, offsets, records, on_done=done, first_index=load.warmup)
 
 
 def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None = None,

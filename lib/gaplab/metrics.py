@@ -13,7 +13,7 @@ import polars as pl
 
 NS_PER_MS = 1_000_000
 CELL = ["machine_id", "hardware_id", "runtime", "runtime_kind", "model", "quant", "workload", "concurrency",
-        "threads", "parallel", "cell_key"]
+        "rate", "threads", "parallel", "cell_key"]
 GROUP = CELL + ["series_id", "trial", "run_id"]
 
 
@@ -30,10 +30,24 @@ def with_run_keys(frame: pl.DataFrame) -> pl.DataFrame:
                               series_id=pl.coalesce("series_id", "run_id"), trial=pl.coalesce("trial", pl.lit(1)))
 
 
-def selected_runs(runs: pl.DataFrame) -> pl.DataFrame:
+STUDIES = ("matrix", "workloads")
+
+
+def in_study(frame: pl.DataFrame, study: str | None) -> pl.DataFrame:
+    """Rows of one study: the matrix pages show fixed-length workloads under closed-loop users
+    (and runs from before workload kinds, whose kind is null); the workloads page shows every
+    open-loop rate and every other workload kind. None keeps all."""
+    if study is None:
+        return frame
+    matrix = pl.col("rate").is_null() & pl.col("workload_kind").fill_null("fixed").eq("fixed")
+    return frame.filter(matrix if study == "matrix" else ~matrix)
+
+
+def selected_runs(runs: pl.DataFrame, study: str | None = "matrix") -> pl.DataFrame:
     """The runs the report combines: per machine and cell, the complete trials of its newest
-    series (a forced rerun starts a new series; a resumed sweep continues the last one)."""
-    runs = with_run_keys(runs)
+    series (a forced rerun starts a new series; a resumed sweep continues the last one), of
+    one study (in_study)."""
+    runs = in_study(with_run_keys(runs), study)
     newest = (runs.group_by("machine_id", "cell_key").agg(pl.col("series_id").sort_by("run_id").last()))
     return runs.join(newest, on=["machine_id", "cell_key", "series_id"], how="semi").filter(
         pl.col("status") == "complete")
@@ -45,6 +59,10 @@ def with_latencies(requests: pl.DataFrame) -> pl.DataFrame:
         ttft_ms=(pl.col("first_token_ns") - pl.col("sent_ns")) / NS_PER_MS,
         e2e_ms=(pl.col("end_ns") - pl.col("sent_ns")) / NS_PER_MS,
         queue_ms=(pl.col("sent_ns") - pl.col("scheduled_ns")) / NS_PER_MS,
+        # time per output token after the first (vLLM's TPOT), from the client's own stamps
+        tpot_ms=pl.when(pl.col("completion_tokens") > 1)
+        .then(span / (pl.col("completion_tokens") - 1) / NS_PER_MS).otherwise(None),
+        max_gap_ms=pl.col("max_gap_ns") / NS_PER_MS,
         decode_tok_s=pl.when((pl.col("completion_tokens") > 1) & (span > 0))
         .then((pl.col("completion_tokens") - 1) / (span / 1e9)).otherwise(None),
         itl_ms=pl.when((pl.col("n_token_chunks") == pl.col("completion_tokens")) & (pl.col("n_token_chunks") > 1))

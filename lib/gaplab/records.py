@@ -29,11 +29,21 @@ class RequestRecord:
     server_timings: dict | None = None
     # (arrival_ns, kind, n_chars) per SSE event, in arrival order
     chunks: list[tuple[int, str, int]] = field(default_factory=list)
+    # what the workload asked for (workload.Request): the server's usage says what it saw
+    target_prompt_tokens: int | None = None
+    target_output_tokens: int | None = None
+    tag: str | None = None
 
     @property
     def token_chunks(self) -> int:
         """Chunks that carried output (TOKEN_KINDS), whatever the server's own count says."""
         return sum(1 for c in self.chunks if c[1] in TOKEN_KINDS)
+
+    @property
+    def max_gap_ns(self) -> int | None:
+        """The longest wait between two output chunks: a stall such as another request's prefill."""
+        times = [c[0] for c in self.chunks if c[1] in TOKEN_KINDS]
+        return max((b - a for a, b in zip(times, times[1:])), default=None)
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,8 @@ class RunIdentity:
     concurrency: int
     threads: int | None
     parallel: int | None
+    rate: float | None = None  # open-loop cells: requests per second (concurrency is then None)
+    workload_kind: str | None = None
 
     def row(self) -> dict:
         return asdict(self)

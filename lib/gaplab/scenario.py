@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gaplab import runtimes
+from gaplab.workload_spec import WORKLOAD_KINDS, WorkloadSpec, levels  # kinds: fixed, distribution, ...
 
 
 def stable_key(spec: dict) -> str:
@@ -51,6 +52,13 @@ class RuntimeSpec(_Strict):
 
     def served_name(self, model: "ModelSpec") -> str:
         return self.served_names.get(model.name) or model.served_name or model.name
+    # Restrict this runtime to some workloads (names); empty means every workload.
+    workloads: list[str] = []
+    # The server's prefix (prompt) cache: llama.cpp turns it off per request (cache_prompt),
+    # vLLM at launch (--no-enable-prefix-caching). Chunked prefill is vLLM's switch; llama.cpp
+    # always splits a prompt into batches of -b tokens.
+    prefix_cache: bool = True
+    chunked_prefill: bool = True
     extra_args: list[str] = []
     # fields added to every request, e.g. {ignore_eos: true} on vLLM
     extra_body: dict = {}
@@ -74,6 +82,12 @@ class RuntimeSpec(_Strict):
     def _attach_needs_url(self) -> "RuntimeSpec":
         if not self.started_here and not self.base_url:
             raise ValueError(f"base_url is required when kind is '{self.kind}' (e.g. http://gpu-box:8000/v1)")
+        if not self.chunked_prefill and self.kind != "vllm":
+            raise ValueError(f"chunked_prefill: only vllm has this switch, not '{self.kind}' (llama.cpp splits a "
+                             "prompt into batches of -b tokens: set extra_args: ['-b', '4096'] for one batch)")
+        if not self.prefix_cache and not self.started_here:
+            raise ValueError("prefix_cache: an attached server's cache is set where it is started; "
+                             "remove the field, or start the server without its prefix cache")
         if self.started_here and self.base_url:
             attached = " and ".join(f"'{k}'" for k, v in sorted(runtimes.kinds().items()) if not v.started_here)
             raise ValueError(f"base_url is only for kinds {attached}; a '{self.kind}' runtime is started by gaplab")
@@ -82,8 +96,13 @@ class RuntimeSpec(_Strict):
     def launch_flags(self) -> dict:
         """The flags that make this runtime's identity (part of every cell key)."""
         flags = runtimes.kinds()[self.kind].identity_flags(self)
-        if self.extra_body:  # only when set, so adding the field kept older cell keys
+        # each only when set, so adding these fields kept older cell keys
+        if self.extra_body:
             flags["extra_body"] = self.extra_body
+        if not self.prefix_cache:
+            flags["prefix_cache"] = False
+        if not self.chunked_prefill:
+            flags["chunked_prefill"] = False
         return flags
 
 
@@ -95,15 +114,41 @@ class ModelSpec(_Strict):
     served_name: str | None = None
 
 
-class WorkloadSpec(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    kind: Literal["fixed"] = "fixed"
-    prompt_tokens: int = Field(ge=1, le=131072)
-    output_tokens: int = Field(ge=1, le=131072)
+SLO_METRICS = ("ttft", "tpot", "e2e")  # time to first token, time per output token after it, end to end
+SLO_PERCENTILES = (50, 90, 95, 99)
+
+
+class Objective(_Strict):
+    """A service-level objective: `percentile` of a request latency within `max_ms`. A request that
+    is within every objective's max_ms counts toward goodput."""
+
+    metric: str
+    max_ms: float = Field(gt=0)
+    percentile: float = 99
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in SLO_METRICS:
+            raise ValueError(f"allowed: {', '.join(SLO_METRICS)} (time to first token, per output token after "
+                             "it, end to end)")
+        return v
+
+    @field_validator("percentile")
+    @classmethod
+    def _known_percentile(cls, v: float) -> float:
+        if v not in SLO_PERCENTILES:
+            raise ValueError(f"allowed: {', '.join(map(str, SLO_PERCENTILES))}")
+        return v
 
 
 class LoadSpec(_Strict):
-    """How each cell is measured: closed-loop users, and how long, how often and how precisely.
+    """How each cell is measured: closed-loop users or open-loop rates, and how long, how often
+    and how precisely.
+
+    Closed loop (`concurrency`): N users, each sending its next request when the last ends.
+    Open loop (`rates`): requests arrive at a seeded schedule of `arrival` gaps at that many
+    per second, whatever is in flight; a trial sends max(requests, rate x min_seconds) of them.
 
     A cell is measured in trials (each its own stored run). Trials of different cells are
     interleaved in rounds; a cell gets at least `trials` of them, and more, up to
@@ -112,7 +157,13 @@ class LoadSpec(_Strict):
     run less than `max_sweep_seconds`.
     """
 
-    concurrency: list[int] = Field(min_length=1)
+    concurrency: list[int] = []
+    rates: list[float] = Field([], description="open-loop request rates, per second")
+    arrival: Literal["poisson", "constant", "gamma"] = "poisson"
+    burstiness: float = Field(1.0, gt=0, description="gamma arrivals' shape: 1 is Poisson, below 1 burstier")
+    max_lag_ms: float = Field(10.0, gt=0, description="a trial whose p99 send lag behind its schedule exceeds "
+                              "this is flagged: the client, not the server, set its pace")
+    slo: list[Objective] = []
     requests: int = Field(8, ge=1, description="at least this many measured requests per trial")
     min_seconds: float = Field(4.0, ge=0, description="a trial keeps sending until at least this long")
     max_seconds: float = Field(120.0, gt=0, description="a trial stops sending after this long")
@@ -133,14 +184,21 @@ class LoadSpec(_Strict):
     @field_validator("concurrency")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
-        if any(c < 1 for c in v):
-            raise ValueError("every concurrency level must be 1 or more")
-        if len(set(v)) != len(v):
-            raise ValueError("concurrency levels must be distinct")
-        return v
+        return levels(v, "every concurrency level must be 1 or more", "concurrency levels")
+
+    @field_validator("rates")
+    @classmethod
+    def _positive_rates(cls, v: list[float]) -> list[float]:
+        return levels(v, "a rate is requests per second, above 0", "rates")
 
     @model_validator(mode="after")
     def _consistent(self) -> "LoadSpec":
+        if not self.concurrency and not self.rates:
+            raise ValueError("give concurrency (closed-loop users, e.g. [1, 4]) or rates (open-loop requests "
+                             "per second, e.g. [0.5, 1, 2]), or both")
+        metrics = [o.metric for o in self.slo]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("slo: one objective per metric")
         if self.max_trials < self.trials:
             raise ValueError(f"max_trials: got {self.max_trials}; it must be at least trials ({self.trials})")
         if self.max_seconds < self.min_seconds:
@@ -165,25 +223,38 @@ class Scenario(_Strict):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ValueError(f"{field}: names must be unique, '{dup[0]}' appears twice")
-        models = {m.name for m in self.models}
-        for i, rt in enumerate(self.runtimes):
-            unknown = [m for m in rt.models if m not in models]
-            if unknown:
-                raise ValueError(f"runtimes.{i}.models: {unknown[0]!r} is not one of the scenario's models "
-                                 f"({', '.join(sorted(models))})")
+        for field, names in (("models", {m.name for m in self.models}), ("workloads", {w.name for w in self.workloads})):
+            for i, rt in enumerate(self.runtimes):
+                unknown = [m for m in getattr(rt, field) if m not in names]
+                if unknown:
+                    raise ValueError(f"runtimes.{i}.{field}: {unknown[0]!r} is not one of the scenario's {field} "
+                                     f"({', '.join(sorted(names))})")
+        for i, wl in enumerate(self.workloads):
+            if wl.kind == "multi-turn" and self.levels(wl)[1]:
+                raise ValueError(f"workloads.{i}: a multi-turn workload runs with users (concurrency), not rates: "
+                                 "each user's next turn waits for the last answer")
         return self
+
+    def levels(self, workload) -> tuple[list[int], list[float]]:
+        """The load levels a workload is measured at: its own (concurrency, rates) when it names
+        either, else the scenario's."""
+        own_c, own_r = getattr(workload, "concurrency", None), getattr(workload, "rates", None)
+        if own_c is not None or own_r is not None:
+            return list(own_c or []), list(own_r or [])
+        return list(self.load.concurrency), list(self.load.rates)
 
     def cells(self) -> list["Cell"]:
         out = []
-        for rt, model, wl, conc in itertools.product(self.runtimes, self.models, self.workloads,
-                                                      self.load.concurrency):
-            if rt.models and model.name not in rt.models:
+        for rt, model, wl in itertools.product(self.runtimes, self.models, self.workloads):
+            if (rt.models and model.name not in rt.models) or (rt.workloads and wl.name not in rt.workloads):
                 continue
-            for quant in rt.quants or model.quants:
+            users, rates = self.levels(wl)
+            levels = [{"concurrency": c} for c in users] + [{"rate": r} for r in rates]
+            for quant, level in itertools.product(rt.quants or model.quants, levels):
                 out.append(Cell(scenario=self.name, runtime=rt, model=model, quant=quant,
-                                workload=wl, concurrency=conc, load=self.load, seed=self.seed))
+                                workload=wl, load=self.load, seed=self.seed, **level))
         # Group cells of one server together so a sweep starts each server once.
-        out.sort(key=lambda c: (c.server_key, c.workload.name, c.concurrency))
+        out.sort(key=lambda c: (c.server_key, c.workload.name, c.concurrency or 0, c.rate or 0))
         return out
 
 
@@ -195,13 +266,24 @@ class Cell(_Strict):
     model: ModelSpec
     quant: str
     workload: WorkloadSpec
-    concurrency: int
+    concurrency: int | None = None  # closed loop: this many users
+    rate: float | None = None  # open loop: this many requests per second
     load: LoadSpec
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _one_level(self) -> "Cell":
+        if (self.concurrency is None) == (self.rate is None):
+            raise ValueError("a cell has either concurrency or rate")
+        return self
+
+    @property
+    def level(self) -> str:
+        return f"c{self.concurrency}" if self.rate is None else f"r{self.rate:g}"
+
     @property
     def cell_id(self) -> str:
-        return f"{self.runtime.name}/{self.model.name}/{self.quant}/{self.workload.name}/c{self.concurrency}"
+        return f"{self.runtime.name}/{self.model.name}/{self.quant}/{self.workload.name}/{self.level}"
 
     @property
     def server_key(self) -> str:
@@ -210,9 +292,17 @@ class Cell(_Strict):
     def identity(self) -> dict:
         """Everything that changes what one request measures; hashed into cell_key. How long and how
         often a cell is measured (trials, precision) is not part of it: more trials refine one cell."""
-        return {"runtime": self.runtime.name, "kind": self.runtime.kind, "flags": self.runtime.launch_flags(),
-                "model": self.model.name, "api": self.model.api, "quant": self.quant,
-                "workload": self.workload.model_dump(), "concurrency": self.concurrency, "seed": self.seed}
+        # Unset fields and the workload's load levels are left out, so cells of a fixed workload
+        # at a concurrency keep the keys they had before rates and workload kinds existed.
+        workload = {k: v for k, v in self.workload.model_dump(exclude_none=True).items()
+                    if k not in ("concurrency", "rates")}
+        out = {"runtime": self.runtime.name, "kind": self.runtime.kind, "flags": self.runtime.launch_flags(),
+               "model": self.model.name, "api": self.model.api, "quant": self.quant,
+               "workload": workload, "concurrency": self.concurrency, "seed": self.seed}
+        if self.rate is not None:
+            out.update(rate=self.rate, arrival=self.load.arrival,
+                       **({"burstiness": self.load.burstiness} if self.load.arrival == "gamma" else {}))
+        return out
 
     @property
     def cell_key(self) -> str:
@@ -220,8 +310,13 @@ class Cell(_Strict):
 
 
 def _describe(err: dict) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+    # pydantic puts a workload's kind in the loc (workloads.0.distribution.prompt); the user wrote no such key
+    parts = err["loc"]
+    loc = ".".join(str(p) for i, p in enumerate(parts)
+                   if not (i and isinstance(parts[i - 1], int) and p in WORKLOAD_KINDS))
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "union_tag_invalid":  # an unknown workload kind
+        return f"{loc}.kind: got {err['ctx']['tag']!r}; input should be one of {', '.join(sorted(WORKLOAD_KINDS))}"
     if err["type"] == "extra_forbidden":
         msg = "unknown field; check the spelling against scenarios/local-cpu.yaml"
     elif err["type"] == "literal_error":
@@ -231,11 +326,12 @@ def _describe(err: dict) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def parse_scenario(data: object, source: str = "scenario") -> Scenario:
+def parse_scenario(data: object, source: str = "scenario", base_dir: str | Path = ".") -> Scenario:
+    """base_dir: where a workload's relative file path is read from (the scenario file's folder)."""
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: the file must hold a mapping with runtimes, models, workloads, load")
     try:
-        return Scenario.model_validate(data)
+        return Scenario.model_validate(data, context={"base_dir": Path(base_dir)})
     except ValidationError as exc:
         raise ScenarioError(f"{source}: {_describe(exc.errors()[0])}") from None
 
@@ -250,4 +346,4 @@ def load_scenario(path: str | Path) -> Scenario:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ScenarioError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_scenario(data, str(path))
+    return parse_scenario(data, str(path), path.parent)

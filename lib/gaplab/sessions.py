@@ -40,7 +40,8 @@ def run_identity(cell: Cell, server: Server | None, run_id: str, trial: int = 1,
              "runtime_version": server.runtime_version if server else "unknown", "model": cell.model.name,
              "quant": cell.quant, "workload": cell.workload.name, "concurrency": cell.concurrency,
              "threads": rt.threads if rt.started_here else None,
-             "parallel": rt.parallel if rt.started_here else None}
+             "parallel": rt.parallel if rt.started_here else None, "rate": cell.rate,
+             "workload_kind": cell.workload.kind}
     unknown = sorted(set(instead) - set(ident))
     if unknown:
         raise TypeError(f"run_identity: {unknown} are not identity fields (records.RunIdentity)")

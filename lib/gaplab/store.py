@@ -38,12 +38,14 @@ IDENTITY = pa.schema([
     ("runtime_kind", pa.string()), ("runtime_version", pa.string()), ("model", pa.string()),
     ("quant", pa.string()), ("workload", pa.string()), ("concurrency", pa.int32()),
     ("threads", pa.int32()), ("parallel", pa.int32()),
+    ("rate", pa.float64()), ("workload_kind", pa.string()),
 ])
 
 
 def _identity_row(identity: RunIdentity | dict) -> dict:
-    """A run identity as the column values it writes; a dict must name every IDENTITY column."""
-    row = identity.row() if isinstance(identity, RunIdentity) else dict(identity)
+    """A run identity as the column values it writes; a dict must name every IDENTITY column
+    but the load-level ones (rate, workload_kind: null outside speed runs)."""
+    row = identity.row() if isinstance(identity, RunIdentity) else {"rate": None, "workload_kind": None, **identity}
     missing = [n for n in IDENTITY.names if n not in row]
     if missing:
         raise ValueError(f"run identity lacks {missing}")
@@ -60,6 +62,8 @@ REQUESTS = pa.schema(list(IDENTITY) + [
     ("server_prompt_n", pa.int32()), ("server_prompt_ms", pa.float64()),
     ("server_predicted_n", pa.int32()), ("server_predicted_ms", pa.float64()),
     ("server_load_ms", pa.float64()), ("server_total_ms", pa.float64()),
+    ("target_prompt_tokens", pa.int32()), ("target_output_tokens", pa.int32()), ("tag", pa.string()),
+    ("max_gap_ns", pa.int64()),
 ])
 
 CHUNKS = pa.schema(list(IDENTITY) + [
@@ -102,7 +106,8 @@ ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target
          4: {"server_started_ns", "server_healthy_ns", "server_first_token_ns", "model_bytes_loaded",
              "model_bytes_gpu"},
          5: {"weight_bytes", "kv_bytes_per_token"},
-         6: {"device"}}
+         6: {"device"},
+         7: {"rate", "workload_kind", "target_prompt_tokens", "target_output_tokens", "tag", "max_gap_ns"}}
 
 
 def schema_for(name: str, version: int) -> pa.Schema:
@@ -144,6 +149,8 @@ def _request_row(rec: RequestRecord) -> dict:
         "n_chunks": len(rec.chunks), "n_token_chunks": rec.token_chunks,
         "output_chars": rec.output_chars, "finish_reason": rec.finish_reason,
         "http_status": rec.http_status, "error": rec.error, **server_figures(rec.server_timings),
+        "target_prompt_tokens": rec.target_prompt_tokens, "target_output_tokens": rec.target_output_tokens,
+        "tag": rec.tag, "max_gap_ns": rec.max_gap_ns,
     }
 
 

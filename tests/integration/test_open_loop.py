@@ -30,7 +30,7 @@ def run(url: str, offsets: list[float]) -> list:
         records: list = []
         async with StreamClient(url, "chat", timeout=30) as client:
             body = client.body("x", TOKENS, "fake")
-            return await open_loop(client, lambda i: body, offsets, records, first_index=5)
+            return await open_loop(client, lambda rec, seq: body, offsets, records, first_index=5)
     return run_sync(go)
 
 

@@ -42,8 +42,12 @@ def test_file_keeps_the_contract(path):
         f"{path.name}: schema differs from store.{table.upper()} as of schema version {version}"
     hw, runtime, model, quant, date = path.relative_to(ROOT / "data" / "raw").parts[:5]
     for name in store.schema_for("run", version).names:
-        if name in store.IDENTITY.names and name not in ("threads", "parallel"):
+        if name in store.IDENTITY.names and name not in ("threads", "parallel", "concurrency", "rate",
+                                                          "workload_kind"):
             assert t.column(name).null_count == 0, f"{path.name}: {name} has nulls"
+    levels = t.select([n for n in ("concurrency", "rate") if n in t.column_names]).to_pylist()
+    assert all((r["concurrency"] is None) != (r.get("rate") is None) for r in levels), \
+        f"{path.name}: each row has a concurrency (users) or a rate (open loop), not both or neither"
     expect = {"run_id": run_id, "hardware_id": hw, "runtime": runtime, "model": model, "quant": quant}
     for name, value in expect.items():
         assert set(t.column(name).to_pylist()) <= {value}, f"{path.name}: {name} does not match the path"

@@ -119,3 +119,70 @@ def test_runtime_kinds_come_from_the_adapter_modules():
     spec = parse_scenario(GOOD).runtimes[0]
     assert spec.launch_flags() == found["llamacpp"].identity_flags(spec)
     assert not found["vllm"].quick and found["llamacpp"].quick  # quality skips vLLM unless asked
+
+
+LOGNORMAL = {"dist": "lognormal", "mean": 180, "sd": 80}
+
+
+def _workload(**fields) -> dict:
+    return {"name": "w", "kind": "distribution", "prompt": dict(LOGNORMAL), "output": {"dist": "fixed", "value": 8},
+            **fields}
+
+
+def test_workload_kinds_parse_and_old_files_still_do():
+    data = copy.deepcopy(GOOD)
+    data["workloads"] += [
+        _workload(name="chat", seed=4),
+        {"name": "sp", "kind": "shared-prefix", "prefix_tokens": 512, "suffix_tokens": 32, "output_tokens": 8},
+        {"name": "mix", "kind": "long-prompt-mix", "short_prompt_tokens": 32, "long_prompt_tokens": 4096,
+         "long_every": 4, "output_tokens": 16},
+        {"name": "mt", "kind": "multi-turn", "turns": 4, "first_prompt_tokens": 200, "turn_prompt_tokens": 30,
+         "output_tokens": 40}]
+    w = {x.name: x for x in parse_scenario(data).workloads}
+    assert [w[n].kind for n in ("w", "chat", "sp", "mix", "mt")] == [
+        "fixed", "distribution", "shared-prefix", "long-prompt-mix", "multi-turn"]
+    assert (w["w"].prompt_tokens, w["w"].seed, w["chat"].seed, w["sp"].prefixes) == (32, None, 4, 1)
+    assert w["chat"].prompt.mean == 180 and w["mix"].long_every == 4 and w["mt"].turns == 4
+
+
+@pytest.mark.parametrize("workload, expected", [
+    (_workload(kind="fractal"), "workloads.0.kind: got 'fractal'; input should be one of distribution, file, "
+                                "fixed, long-prompt-mix, multi-turn, shared-prefix"),
+    (_workload(prompt={**LOGNORMAL, "sd": -1}),
+     "workloads.0.prompt.sd: got -1; input should be greater than or equal to 0"),
+    (_workload(prompt={**LOGNORMAL, "sd": 0}), "workloads.0.prompt: sd: got 0; a lognormal needs sd > 0"),
+    (_workload(prompt={**LOGNORMAL, "mean": 0}), "workloads.0.prompt.mean: got 0; input should be greater than 0"),
+    (_workload(prompt={"dist": "uniform", "min": 9, "max": 3}),
+     "workloads.0.prompt: min: got 9; it must be at most max (3)"),
+    (_workload(prompt={"dist": "uniform", "min": 0, "max": 3}),
+     "workloads.0.prompt.min: got 0; input should be greater"),
+    (_workload(prompt={**LOGNORMAL, "max": 100}), "workloads.0.prompt: mean: got 180; it must be within min and max"),
+    (_workload(prompt={"dist": "normal", "mean": 9}), "workloads.0.prompt: sd: dist 'normal' needs mean and sd"),
+    (_workload(prompt={"dist": "uniform", "max": 9}), "workloads.0.prompt: min: dist 'uniform' needs max and min"),
+    (_workload(output={"dist": "fixed", "value": 8, "mean": 8}), "workloads.0.output: mean: not a parameter of dist "
+                                                                 "'fixed', which takes value"),
+    (_workload(prompt={"dist": "gamma", "mean": 9}), "workloads.0.prompt.dist: got 'gamma'"),
+    (_workload(prompt={**LOGNORMAL, "median": 9}), "workloads.0.prompt.median: unknown field"),
+    (_workload(output=None), "workloads.0.output: got None"),
+    ({"name": "w", "prompt_tokens": 200000, "output_tokens": 8}, "workloads.0.prompt_tokens: got 200000; input should "
+                                                                  "be less than or equal to 131072"),
+    ({"name": "w", "kind": "shared-prefix", "prefix_tokens": 8, "suffix_tokens": 8, "output_tokens": 8,
+      "prefixes": 0}, "workloads.0.prefixes: got 0"),
+    ({"name": "w", "kind": "shared-prefix", "prefix_tokens": 131000, "suffix_tokens": 100, "output_tokens": 8},
+     "workloads.0: prefix_tokens + suffix_tokens is 131100 tokens, more than 131072"),
+    ({"name": "w", "kind": "long-prompt-mix", "short_prompt_tokens": 8, "long_prompt_tokens": 800, "long_every": 1,
+      "output_tokens": 8}, "workloads.0.long_every: got 1; input should be greater than or equal to 2"),
+    ({"name": "w", "kind": "long-prompt-mix", "short_prompt_tokens": 800, "long_prompt_tokens": 80, "long_every": 2,
+      "output_tokens": 8}, "workloads.0: long_prompt_tokens: got 80; it must be more than short_prompt_tokens (800)"),
+    ({"name": "w", "kind": "multi-turn", "turns": 1, "first_prompt_tokens": 8, "turn_prompt_tokens": 8,
+      "output_tokens": 8}, "workloads.0.turns: got 1; input should be greater than or equal to 2"),
+    ({"name": "w", "kind": "multi-turn", "turns": 200, "first_prompt_tokens": 1000, "turn_prompt_tokens": 500,
+      "output_tokens": 500}, "workloads.0: turns: the last turn with its answer is 200500 tokens, more than 131072"),
+    ({"name": "w", "kind": "multi-turn", "turns": 3, "first_prompt_tokens": 8, "turn_prompt_tokens": 8},
+     "workloads.0.output_tokens: field required"),
+    ({"name": "w", "kind": "file"}, "workloads.0.path: field required"),
+    ({"name": "w", "kind": "fixed", "prompt_tokens": 8, "output_tokens": 8, "turns": 2}, "workloads.0.turns: unknown"),
+])
+def test_each_bad_workload_field_names_itself(workload, expected):
+    msg = _error(lambda d: d.update(workloads=[workload]))
+    assert msg.lower().startswith(f"s.yaml: {expected}".lower()), msg

@@ -12,9 +12,11 @@ from gaplab.config import RAW_DIR
 from gaplab.metrics import CELL, METRICS, error_kind, selected_runs, trial_summary, with_latencies, with_run_keys
 
 
-def measured_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None) -> pl.DataFrame:
-    """Measured (non-warmup) request rows of the trials the report combines."""
-    runs = selected_runs(store.read_table(raw_dir, "run"))
+def measured_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None,
+                      study: str | None = "matrix") -> pl.DataFrame:
+    """Measured (non-warmup) request rows of the trials the report combines, of one study
+    (metrics.in_study: the matrix pages by default)."""
+    runs = selected_runs(store.read_table(raw_dir, "run"), study)
     req = with_run_keys(store.read_table(raw_dir, "requests")).join(runs.select("run_id"), on="run_id", how="semi")
     if machine_id:
         req = req.filter(pl.col("machine_id") == machine_id)
@@ -33,11 +35,11 @@ def trial_pools(trials: pl.DataFrame, metrics: list[str] = METRICS) -> dict:
     return out
 
 
-def estimates(trials: pl.DataFrame, precision: float | None = None) -> pl.DataFrame:
+def estimates(trials: pl.DataFrame, precision: float | None = None, metrics: list[str] = METRICS) -> pl.DataFrame:
     """One row per cell: each metric's mean over trials (m), its 95% interval (m_lo, m_hi) and
     the sd across trials (m_sd), with trial, request and error counts (methodology page).
     precision: the target half-width of aggregate tok/s; precision_met says whether it was reached."""
-    pools = trial_pools(trials)
+    pools = trial_pools(trials, metrics)
     rows = []
     for key, g in trials.group_by(CELL, maintain_order=True):
         row = dict(zip(CELL, key))
@@ -49,7 +51,7 @@ def estimates(trials: pl.DataFrame, precision: float | None = None) -> pl.DataFr
             for msg in msgs:
                 kinds[error_kind(msg)] = kinds.get(error_kind(msg), 0) + 1
         row["error_kinds"] = ", ".join(f"{k}×{n}" for k, n in sorted(kinds.items()))
-        for m in METRICS:
+        for m in metrics:
             iv = stats.mean_interval(g[m].to_list(), pools.get((row["machine_id"], row["runtime"], m)))
             row.update({m: iv.estimate if iv else None, f"{m}_lo": iv.lo if iv else None,
                         f"{m}_hi": iv.hi if iv else None, f"{m}_sd": iv.sd if iv else None})
@@ -61,7 +63,8 @@ def estimates(trials: pl.DataFrame, precision: float | None = None) -> pl.DataFr
         rows.append(row)
     if not rows:
         return pl.DataFrame()
-    return pl.DataFrame(rows, infer_schema_length=None).sort(["model", "runtime", "quant", "concurrency"])
+    return pl.DataFrame(rows, infer_schema_length=None).sort(["model", "runtime", "quant", "concurrency", "rate"],
+                                                             nulls_last=True)
 
 
 def cell_summary(requests: pl.DataFrame, precision: float | None = None) -> pl.DataFrame:

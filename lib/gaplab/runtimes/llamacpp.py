@@ -47,13 +47,19 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(),
-                         launch_command=shlex.join(cmd), extra_body={"ignore_eos": True, **runtime.extra_body},
+                         launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
                          pid=proc.pid, started_ns=started, healthy_ns=healthy, metrics_url=base + "/metrics",
                          slots_url=base + "/slots", weight_bytes=traffic.weight_bytes,
                          kv_bytes_per_token=traffic.kv_bytes_per_token)
         finally:
             proc.stop()
+
+
+def request_fields(runtime) -> dict:
+    """Fields every request carries: output forced to max_tokens; with prefix_cache off, no reuse of
+    a slot's earlier prompt (cache_prompt false also skips the host-memory prompt cache's match)."""
+    return {"ignore_eos": True, **({} if runtime.prefix_cache else {"cache_prompt": False}), **runtime.extra_body}
 
 
 def identity_flags(runtime) -> dict:

@@ -39,6 +39,10 @@ def server_command(runtime, model: str, dtype: str, port: int) -> list[str]:
            "--max-num-seqs", str(runtime.parallel)]
     if runtime.enforce_eager:
         cmd.append("--enforce-eager")
+    if not runtime.prefix_cache:
+        cmd.append("--no-enable-prefix-caching")
+    if not runtime.chunked_prefill:  # vLLM then batches up to max(max_model_len, 2048) tokens, whole prompts
+        cmd.append("--no-enable-chunked-prefill")
     return cmd + list(runtime.extra_args)
 
 
