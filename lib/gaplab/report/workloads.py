@@ -1,0 +1,231 @@
+"""The workloads page's frames: open-loop rate sweeps (keeping up, the knee, goodput within the
+scenario's SLO), and pairs of servers that differ in one switch (prefix cache, chunked prefill)
+on the workload meant to show it. Every figure is a mean over trials with its 95% interval
+(stats.py), and a claim is printed only where that interval supports it.
+
+Definitions (per trial, from its measured requests):
+- offered_rps: the rate the schedule actually drew, (n-1) / (last due - first due);
+- achieved_rps: the rate answers came back, (n-1) / (last end - first end) over answered
+  requests. A server that keeps up returns answers as fast as they arrive; an overloaded
+  one returns them at its own pace while its queue grows, so keep_up = achieved / offered
+  falls below 1. A rate is *sustained* when keep_up's interval lies above KEEP_UP;
+- lag_p99_ms: p99 of sent - due. Above the scenario's load.max_lag_ms the client, not the
+  server, set the pace, and the cell is flagged;
+- goodput: requests (and their output tokens) within every SLO objective's max_ms, per
+  second of the trial's span (vLLM's benchmark counts goodput the same way); slo_met: each
+  objective's percentile over the trial within its max_ms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import polars as pl
+
+from gaplab import metrics, stats, store
+from gaplab.report import speed
+from gaplab.report.claims import COLUMNS, _fmt, _ratio_text, users_text
+from gaplab.scenario import SLO_METRICS, SLO_PERCENTILES
+
+KEEP_UP = 0.9
+LAG_MS = 10.0  # load.max_lag_ms of runs that did not record one
+# the per-request column each SLO metric reads
+SLO_COLUMN = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2e": "e2e_ms"}
+PERCENTILE_COLUMNS = [f"{m}_p{p}_ms" for m in SLO_METRICS for p in SLO_PERCENTILES]
+METRICS = (["aggregate_tok_s", "offered_rps", "achieved_rps", "keep_up", "goodput_rps", "goodput_tok_s",
+            "lag_p99_ms", "short_ttft_p50_ms", "short_ttft_p99_ms", "short_gap_p99_ms", "long_ttft_p50_ms",
+            "prompt_seen", "prompt_computed"] + PERCENTILE_COLUMNS)
+HIGHER_IS_BETTER = {"aggregate_tok_s": True, "goodput_rps": True, "goodput_tok_s": True,
+                    **{m: False for m in METRICS if m.endswith("_ms")}}
+UNITS = {"ttft_p50_ms": "median TTFT", "ttft_p90_ms": "p90 TTFT", "aggregate_tok_s": "output tok/s (all users)",
+         "short_ttft_p50_ms": "short requests' median TTFT", "short_ttft_p99_ms": "short requests' p99 TTFT",
+         "short_gap_p99_ms": "short requests' p99 longest stall between tokens", "e2e_p50_ms": "median E2E"}
+# what each workload kind's switch pairs are compared on, in the page's order
+COMPARED = {"shared-prefix": ("ttft_p50_ms", "aggregate_tok_s"),
+            "long-prompt-mix": ("short_ttft_p50_ms", "short_gap_p99_ms", "long_ttft_p50_ms")}
+
+
+def run_settings(raw_dir: Path) -> pl.DataFrame:
+    """Per run: its SLO objectives (JSON), lag bound and launch flags, from the run's metadata."""
+    runs = store.read_table(raw_dir, "run").select("run_id", "meta_json")
+    rows = []
+    for run_id, meta in runs.iter_rows():
+        m = json.loads(meta or "{}")
+        load = m.get("load") or {}
+        rows.append({"run_id": run_id, "slo": json.dumps(load.get("slo") or []),
+                     "max_lag_ms": float(load.get("max_lag_ms") or LAG_MS),
+                     "flags": json.dumps((m.get("cell") or {}).get("flags") or {}, sort_keys=True)})
+    return pl.DataFrame(rows, schema={"run_id": pl.String, "slo": pl.String, "max_lag_ms": pl.Float64,
+                                      "flags": pl.String})
+
+
+def _within_slo(slo: list[dict]) -> pl.Expr:
+    good = pl.col("ok")
+    for o in slo:
+        good = good & (pl.col(SLO_COLUMN[o["metric"]]) <= o["max_ms"]).fill_null(False)
+    return good
+
+
+def trials(requests: pl.DataFrame, settings: pl.DataFrame) -> pl.DataFrame:
+    """One row per trial of the workloads study (requests: speed.measured_requests(study='workloads'))."""
+    if requests.is_empty():
+        return pl.DataFrame()
+    req = requests.join(settings, on="run_id", how="left")
+    parts = []
+    for (slo_json,), g in req.group_by("slo"):
+        parts.append(g.with_columns(good=_within_slo(json.loads(slo_json or "[]"))))
+    req = pl.concat(parts, how="diagonal_relaxed")
+    ok, short, long = pl.col("ok"), pl.col("tag") == "short", pl.col("tag") == "long"
+    n = pl.len()
+    per = req.group_by("run_id", "slo", "max_lag_ms", "flags", "workload_kind").agg(
+        offered_rps=(n - 1) / ((pl.col("scheduled_ns").max() - pl.col("scheduled_ns").min()) / 1e9),
+        achieved_rps=(ok.sum() - 1) / ((pl.col("end_ns").filter(ok).max() - pl.col("end_ns").filter(ok).min()) / 1e9),
+        good_requests=pl.col("good").sum(),
+        good_tokens=pl.col("completion_tokens").filter(pl.col("good")).sum(),
+        short_ttft_p50_ms=pl.col("ttft_ms").filter(ok & short).median(),
+        short_ttft_p99_ms=pl.col("ttft_ms").filter(ok & short).quantile(0.99, interpolation="linear"),
+        short_gap_p99_ms=pl.col("max_gap_ms").filter(ok & short).quantile(0.99, interpolation="linear"),
+        long_ttft_p50_ms=pl.col("ttft_ms").filter(ok & long).median(),
+        # what the server says it saw and computed, against what gaplab aimed for
+        prompt_seen=pl.col("prompt_tokens").filter(ok).sum() / pl.col("target_prompt_tokens").filter(ok).sum(),
+        prompt_computed=pl.col("server_prompt_n").filter(ok).sum() / pl.col("prompt_tokens").filter(ok).sum(),
+        **{f"{m}_p{p}_ms": pl.col(SLO_COLUMN[m]).filter(ok).quantile(p / 100, interpolation="linear")
+           for m in SLO_METRICS for p in SLO_PERCENTILES},
+    )
+    base = metrics.trial_summary(req)
+    out = base.join(per, on="run_id", how="left").with_columns(
+        keep_up=pl.col("achieved_rps") / pl.col("offered_rps"),
+        goodput_rps=pl.col("good_requests") / pl.col("span_s"),
+        goodput_tok_s=pl.col("good_tokens") / pl.col("span_s"),
+        lag_p99_ms=pl.col("queue_p99_ms"),
+    )
+    return out.with_columns(lagged=pl.col("lag_p99_ms") > pl.col("max_lag_ms"))
+
+
+def estimates(trial_rows: pl.DataFrame) -> pl.DataFrame:
+    """One row per cell: every METRICS figure with its interval, and the verdicts the page prints:
+    sustained (keep_up's interval above KEEP_UP; 'overloaded' below; else 'undecided'), slo
+    ('met' when every objective's percentile interval is within max_ms, 'missed' when one lies
+    above, else 'undecided'), lagged (a trial's client fell behind its schedule)."""
+    if trial_rows.is_empty():
+        return pl.DataFrame()
+    est = speed.estimates(trial_rows, metrics=[m for m in METRICS if m in trial_rows.columns])
+    extra = trial_rows.group_by("cell_key").agg(pl.col("slo").last(), pl.col("flags").last(),
+                                                pl.col("workload_kind").last(), pl.col("lagged").any())
+    est = est.join(extra, on="cell_key", how="left")
+    rows = []
+    for r in est.iter_rows(named=True):
+        keep = _against(r.get("keep_up_lo"), r.get("keep_up_hi"), KEEP_UP)
+        r["sustained"] = (None if r["rate"] is None else
+                          {"above": "sustained", "below": "overloaded"}.get(keep, keep))
+        verdicts = []
+        for o in json.loads(r["slo"] or "[]"):
+            col = f"{o['metric']}_p{o['percentile']:g}_ms"
+            side = _against(r.get(f"{col}_lo"), r.get(f"{col}_hi"), o["max_ms"])
+            verdicts.append({"above": "missed", "below": "met"}.get(side, side))
+        r["slo_verdict"] = (None if not verdicts else "missed" if "missed" in verdicts
+                            else "met" if all(v == "met" for v in verdicts) else "undecided")
+        rows.append(r)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _against(lo, hi, bound) -> str:
+    """Where a 95% interval lies against a bound: 'above', 'below', 'undecided' (it holds the
+    bound) or 'no interval' (one trial)."""
+    if lo is None or hi is None:
+        return "no interval"
+    return "above" if lo > bound else "below" if hi <= bound else "undecided"
+
+
+def knee(est: pl.DataFrame) -> pl.DataFrame:
+    """Per runtime (and model, quant, workload) of the rate cells: the highest rate sustained with
+    every lower rate sustained too, and the highest of those within the SLO, with its goodput."""
+    rates = est.filter(pl.col("rate").is_not_null()) if not est.is_empty() else est
+    rows = []
+    for key, g in rates.sort("rate").group_by(["model", "workload", "runtime", "quant"], maintain_order=True):
+        best = within = None
+        for r in g.iter_rows(named=True):
+            if r["sustained"] != "sustained":
+                break
+            best = r
+            if r["slo_verdict"] == "met":
+                within = r
+        rows.append(dict(zip(["model", "workload", "runtime", "quant"], key),
+                         max_sustained_rps=best["rate"] if best else None,
+                         slo_rps=within["rate"] if within else None,
+                         goodput_rps=within["goodput_rps"] if within else None,
+                         goodput_rps_lo=within["goodput_rps_lo"] if within else None,
+                         goodput_rps_hi=within["goodput_rps_hi"] if within else None,
+                         rates=", ".join(f"{x:g}" for x in g["rate"].to_list())))
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _flag_difference(a: str, b: str) -> str:
+    """How two cells' launch flags differ, in words (a's side)."""
+    fa, fb = json.loads(a), json.loads(b)
+    words = []
+    for k in sorted(set(fa) | set(fb)):
+        if fa.get(k) != fb.get(k):
+            va = fa.get(k, True if k in ("prefix_cache", "chunked_prefill") else None)
+            words.append(f"{k.replace('_', ' ')} {'on' if va is True else 'off' if va is False else va or 'default'}")
+    return "; ".join(words)
+
+
+def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
+    """Claims rows (claims.COLUMNS) of the workloads study: 'switch' compares two servers of one
+    kind that differ only in launch flags, on the workload's COMPARED metrics at one level;
+    'sustains' names the highest rate each runtime sustains within the SLO."""
+    rows = []
+    if trial_rows.is_empty():
+        return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
+    pools = speed.trial_pools(trial_rows, [m for m in METRICS if m in trial_rows.columns])
+    cells = trial_rows.group_by(["machine_id", "model", "workload", "workload_kind", "runtime_kind", "concurrency",
+                                 "runtime", "flags"], maintain_order=True).agg(pl.all())
+    for key, g in cells.group_by(["machine_id", "model", "workload", "workload_kind", "runtime_kind", "concurrency"],
+                                 maintain_order=True):
+        machine, model, workload, kind, _, users = key
+        for a, b in itertools.combinations(g.sort("runtime").iter_rows(named=True), 2):
+            if a["concurrency"] is None:
+                continue
+            # the switch's "on" side is a: the runtime's defaults (fewer flags set) first
+            if len(json.loads(a["flags"])) > len(json.loads(b["flags"])):
+                a, b = b, a
+            for m in COMPARED.get(kind, ()):
+                va, vb = a[m], b[m]
+                if not [v for v in va if v is not None] or not [v for v in vb if v is not None]:
+                    continue
+                pa, pb = pools.get((machine, a["runtime"], m)), pools.get((machine, b["runtime"], m))
+                ia, ib, ratio = stats.mean_interval(va, pa), stats.mean_interval(vb, pb), stats.ratio_interval(va, vb, pa, pb)
+                verdict = stats.verdict(ratio, HIGHER_IS_BETTER[m])
+                what = _flag_difference(b["flags"], a["flags"])
+                row = {"claim_id": f"switch|{model}|{workload}|{m}|{a['runtime']}|{b['runtime']}|{users}", "kind": "switch",
+                       "model": model, "workload": workload, "metric": m, "users": users, "users_b": users,
+                       "a": a["runtime"], "b": b["runtime"], "across_kinds": False, "value_a": ia.estimate,
+                       "value_b": ib.estimate, "ratio": ratio.estimate, "ratio_lo": ratio.lo, "ratio_hi": ratio.hi,
+                       "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict, "statement": verdict}
+                change = ("no measurable difference" if verdict == "no measurable difference" else
+                          "one trial each, no verdict" if verdict == "no interval" else
+                          f"**{a['runtime']}** is ahead")
+                row["text"] = (f"{workload}, {users_text(users)}, {UNITS.get(m, m)}: {a['runtime']} {_fmt(ia.estimate)} ms "
+                               f"vs {b['runtime']} ({what}) {_fmt(ib.estimate)}, {_ratio_text(row)}: {change}."
+                               if m.endswith("_ms") else
+                               f"{workload}, {users_text(users)}, {UNITS.get(m, m)}: {a['runtime']} {_fmt(ia.estimate)} "
+                               f"vs {b['runtime']} ({what}) {_fmt(ib.estimate)}, {_ratio_text(row)}: {change}.")
+                rows.append(row)
+    for r in knee(est).iter_rows(named=True):
+        rate = r["slo_rps"]
+        text = (f"{r['runtime']} sustains {rate:g} req/s within the SLO on {r['workload']} (goodput "
+                f"{r['goodput_rps']:.2f} req/s [{r['goodput_rps_lo'] or float('nan'):.2f}–{r['goodput_rps_hi'] or float('nan'):.2f}])"
+                if rate is not None else
+                f"{r['runtime']} meets the SLO at none of the rates tried on {r['workload']} ({r['rates']} req/s)")
+        rows.append({"claim_id": f"sustains|{r['model']}|{r['workload']}|slo|{r['runtime']}||", "kind": "sustains",
+                     "model": r["model"], "workload": r["workload"], "metric": "goodput_rps", "users": None,
+                     "users_b": None, "a": r["runtime"], "b": None, "across_kinds": False, "value_a": rate,
+                     "value_b": r["max_sustained_rps"], "ratio": None, "ratio_lo": None, "ratio_hi": None,
+                     "trials_a": None, "trials_b": None, "verdict": "within SLO" if rate is not None else "none",
+                     "statement": f"{rate:g}" if rate is not None else "none", "text": text + "."})
+    if not rows:
+        return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
+    return pl.DataFrame(rows, infer_schema_length=None).select(COLUMNS)
