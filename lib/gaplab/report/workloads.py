@@ -142,7 +142,9 @@ def _against(lo, hi, bound) -> str:
 def knee(est: pl.DataFrame) -> pl.DataFrame:
     """Per runtime (and model, quant, workload) of the rate cells: the highest rate sustained with
     every lower rate sustained too, and the highest of those within the SLO, with its goodput."""
-    rates = est.filter(pl.col("rate").is_not_null()) if not est.is_empty() else est
+    if est.is_empty() or "rate" not in est.columns:
+        return pl.DataFrame()
+    rates = est.filter(pl.col("rate").is_not_null())
     rows = []
     for key, g in rates.sort("rate").group_by(["model", "workload", "runtime", "quant"], maintain_order=True):
         best = within = None
@@ -181,11 +183,11 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
     if trial_rows.is_empty():
         return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
     pools = speed.trial_pools(trial_rows, [m for m in METRICS if m in trial_rows.columns])
-    cells = trial_rows.group_by(["machine_id", "model", "workload", "workload_kind", "runtime_kind", "concurrency",
-                                 "runtime", "flags"], maintain_order=True).agg(pl.all())
-    for key, g in cells.group_by(["machine_id", "model", "workload", "workload_kind", "runtime_kind", "concurrency"],
-                                 maintain_order=True):
-        machine, model, workload, kind, _, users = key
+    cells = trial_rows.group_by(["machine_id", "model", "quant", "workload", "workload_kind", "runtime_kind",
+                                 "concurrency", "runtime", "flags"], maintain_order=True).agg(pl.all())
+    for key, g in cells.group_by(["machine_id", "model", "quant", "workload", "workload_kind", "runtime_kind",
+                                  "concurrency"], maintain_order=True):
+        machine, model, quant, workload, kind, _, users = key
         for a, b in itertools.combinations(g.sort("runtime").iter_rows(named=True), 2):
             if a["concurrency"] is None:
                 continue
@@ -200,7 +202,8 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
                 ia, ib, ratio = stats.mean_interval(va, pa), stats.mean_interval(vb, pb), stats.ratio_interval(va, vb, pa, pb)
                 verdict = stats.verdict(ratio, HIGHER_IS_BETTER[m])
                 what = _flag_difference(b["flags"], a["flags"])
-                row = {"claim_id": f"switch|{model}|{workload}|{m}|{a['runtime']}|{b['runtime']}|{users}", "kind": "switch",
+                row = {"claim_id": f"switch|{model}|{workload}|{m}|{a['runtime']} · {quant}|{b['runtime']} · {quant}|{users}",
+                       "kind": "switch",
                        "model": model, "workload": workload, "metric": m, "users": users, "users_b": users,
                        "a": a["runtime"], "b": b["runtime"], "across_kinds": False, "value_a": ia.estimate,
                        "value_b": ib.estimate, "ratio": ratio.estimate, "ratio_lo": ratio.lo, "ratio_hi": ratio.hi,
@@ -220,7 +223,8 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
                 f"{r['goodput_rps']:.2f} req/s [{r['goodput_rps_lo'] or float('nan'):.2f}–{r['goodput_rps_hi'] or float('nan'):.2f}])"
                 if rate is not None else
                 f"{r['runtime']} meets the SLO at none of the rates tried on {r['workload']} ({r['rates']} req/s)")
-        rows.append({"claim_id": f"sustains|{r['model']}|{r['workload']}|slo|{r['runtime']}||", "kind": "sustains",
+        rows.append({"claim_id": f"sustains|{r['model']}|{r['workload']}|slo|{r['runtime']} · {r['quant']}||",
+                     "kind": "sustains",
                      "model": r["model"], "workload": r["workload"], "metric": "goodput_rps", "users": None,
                      "users_b": None, "a": r["runtime"], "b": None, "across_kinds": False, "value_a": rate,
                      "value_b": r["max_sustained_rps"], "ratio": None, "ratio_lo": None, "ratio_hi": None,
