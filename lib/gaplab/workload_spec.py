@@ -8,7 +8,6 @@ long-prompt-mix (head-of-line blocking), multi-turn (prefix reuse across turns),
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, field_validator, PrivateAttr, Tag, ValidationInfo,
                       model_serializer, model_validator)
+
+from gaplab import jsonl
 
 MAX_TOKENS = 131072
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
@@ -181,13 +182,7 @@ _LINE = ("each line must be a JSON object with prompt (a string) or messages (a 
 _ROLES = ("system", "user", "assistant")
 
 
-def _entry(line: str, where: str) -> tuple[str | list[dict], int | None]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not JSON ({exc.msg}); {_LINE}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: a JSON {type(obj).__name__}, not an object; {_LINE}")
+def _entry(obj: dict, where: str) -> tuple[str | list[dict], int | None]:
     unknown = sorted(set(obj) - {"prompt", "messages", "output_tokens"})
     if unknown:
         raise ValueError(f"{where}: unknown field {unknown[0]!r}; {_LINE}")
@@ -219,8 +214,7 @@ def read_prompts(file: Path) -> tuple[list[tuple[str | list[dict], int | None]],
         text = data.decode()
     except UnicodeDecodeError:
         raise ValueError(f"{file}: not UTF-8 text; {_LINE}") from None
-    # split on newlines only: JSON strings may hold other line separators (U+2028)
-    entries = [_entry(line, f"{file}:{n}") for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    entries = [_entry(obj, where) for where, _, obj in jsonl.objects(text, file, _LINE)]
     if not entries:
         raise ValueError(f"{file}: no prompts in it; {_LINE}")
     return entries, hashlib.sha256(data).hexdigest()

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gaplab import jsonl
 from gaplab.config import ROOT
 from gaplab.quality.evaltext import eval_text
 
@@ -130,6 +131,9 @@ def write_eval_set(path: Path = EVAL_SET, seed: int = EVAL_SEED, n: int = EVAL_S
     return path
 
 
+RULE = "each line must be one JSON object with question and answer"
+
+
 def load_eval_set(path: Path | str) -> list[Item]:
     """A JSONL file: one object a line with question, answer, and optional choices, tolerance, id, kind.
 
@@ -139,16 +143,7 @@ def load_eval_set(path: Path | str) -> list[Item]:
     if not path.exists():
         raise EvalSetError(f"{path}: no such evaluation file")
     items, seen = [], set()
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{no}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalSetError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-        if not isinstance(obj, dict):
-            raise EvalSetError(f"{where}: each line must be a JSON object with question and answer")
+    for where, no, obj in jsonl.objects(path.read_text(encoding="utf-8"), path, RULE, EvalSetError):
         q, a = obj.get("question"), obj.get("answer")
         if not isinstance(q, str) or not q.strip():
             raise EvalSetError(f"{where}: 'question' must be a non-empty string")
