@@ -147,14 +147,16 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
     req = speed.measured_requests(data_dir, machine)
     cells = req["cell_key"].n_unique()
     trials = req["run_id"].n_unique()
+    studied = speed.measured_requests(data_dir, machine, study="workloads")
     last = json.loads(LAST_SWEEP.read_text()) if LAST_SWEEP.exists() else None
     if last and last.get("data_dir") != str(data_dir.resolve()):
         last = None  # that sweep wrote elsewhere
     ran = f" ({last.get('trials', 0)} trials run by the last sweep, {last.get('skipped', 0)} cells reused)" if last else ""
     typer.echo(f"gaplab: site built with {builder}: open {(out / 'index.html').resolve()}")
     typer.echo(f"  cells:    {cells} measured on {machine} in {trials} trials{ran}")
-    typer.echo(f"  requests: {req.height} measured")
-    typer.echo(f"  errors:   {req.filter(pl.col('error').is_not_null()).height}")
+    typer.echo(f"  workloads: {studied['cell_key'].n_unique()} cells in {studied['run_id'].n_unique()} trials")
+    typer.echo(f"  requests: {req.height + studied.height} measured")
+    typer.echo(f"  errors:   {sum(f.filter(pl.col('error').is_not_null()).height for f in (req, studied))}")
 
 
 @app.command()

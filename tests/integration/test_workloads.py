@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from browser import draw, serve
 
 from gaplab import store
 from gaplab.load import arrival_offsets, open_loop_count
@@ -137,3 +138,23 @@ def test_a_long_prompt_mix_stores_each_requests_class_and_the_length_asked(measu
     assert row["short_ttft_p50_ms"] > 0 and row["long_ttft_p50_ms"] > 0
     assert row["prompt_seen"] == pytest.approx(
         rows.filter(~pl.col("warmup"))["prompt_tokens"].sum() / rows.filter(~pl.col("warmup"))["target_prompt_tokens"].sum())
+
+
+def test_the_site_draws_the_workloads_page_from_these_runs_alone(measured, gaplab_cli, tmp_path):
+    # a store holding only the workloads study: every page builds, and this one draws its charts
+    raw, _ = measured
+    site = tmp_path / "site"
+    res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(raw), "--out", str(site)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "workloads: 4 cells in 4 trials" in res.stdout and "cells:    0 measured" in res.stdout, res.stdout
+    html = (site / "notebooks" / "70-workloads.html").read_text()
+    # one trial per cell: figures are printed, no verdict is
+    assert f"{RATE:g} req/s one trial, no verdict" in html and "(prefix cache off)" in html
+    assert "no verdict" in html and "is better" not in html
+    httpd = serve(site)
+    try:
+        charts, drawn = draw(site, "notebooks/70-workloads.html", httpd)
+    finally:
+        httpd.shutdown()
+    assert charts == 2 and drawn == 2  # the rate sweep and the cache on/off pair (the mix has no pair)

@@ -132,9 +132,24 @@ def test_one_trial_gives_no_keep_up_verdict_and_closed_loop_cells_none(tmp_path)
     write(tmp_path, open_trial(4.0, 12, seed=1, service_ms=300), runtime="once", rate=4.0)
     write(tmp_path, open_trial(4.0, 12, seed=1, service_ms=300), runtime="users", concurrency=4,
           kind="long-prompt-mix", workload="mix")
-    _, est = frames(tmp_path)
+    tr, est = frames(tmp_path)
     assert by(est, runtime="once")["sustained"] == "no interval"
     assert by(est, runtime="users")["sustained"] is None
+    # users have no schedule to keep up with: no pace figures that could join a rate cell's pool
+    users = by(tr, runtime="users")
+    assert users["keep_up"] is None and users["offered_rps"] is None and users["achieved_rps"] is None
+    assert by(tr, runtime="once")["keep_up"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_prompt_computed_is_missing_where_the_server_does_not_count_it(tmp_path):
+    recs = open_trial(1.0, 6, seed=1, service_ms=300)
+    for r in recs:
+        r.server_timings = None  # vLLM reports no prompt_n
+    write(tmp_path, recs, runtime="vllm", rate=1.0)
+    write(tmp_path, open_trial(1.0, 6, seed=1, service_ms=300), runtime="llama", rate=1.0)
+    tr, _ = frames(tmp_path)
+    assert by(tr, runtime="vllm")["prompt_computed"] is None
+    assert by(tr, runtime="llama")["prompt_computed"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------ goodput and SLO
@@ -237,6 +252,31 @@ def test_knee_stops_at_the_first_overloaded_rate_and_the_slo_rate_is_sustained_a
     assert rows["claim_id"].n_unique() == rows.height
 
 
+
+def test_the_pages_panels_and_sentences_follow_the_verdicts(tmp_path):
+    from gaplab.report import workloads_prose
+
+    _sweep(tmp_path, "rt", {1.0: (400, None, 150), 4.0: (None, 600, 150)})
+    tr, est = frames(tmp_path)
+    panels = workloads.sweep_panels(est)
+    # per rate: keep-up, each SLO objective, goodput; the bounds drawn are 0.9 and the objectives' limits
+    assert panels.height == 2 * 4 and set(panels["rate"]) == {1.0, 4.0}
+    bound = {r["panel"]: r["bound"] for r in panels.filter(pl.col("rate") == 1.0).iter_rows(named=True)}
+    assert bound == {"keep-up (answers ÷ arrivals)": workloads.KEEP_UP, "TTFT p90 (ms)": 1000.0,
+                     "TPOT p90 (ms)": 100.0, "goodput (req/s within the SLO)": None}
+    keep4 = by(panels, rate=4.0, panel="keep-up (answers ÷ arrivals)")
+    assert keep4["verdict"] == "overloaded" and keep4["hi"] < workloads.KEEP_UP and "–" in keep4["interval"]
+    assert by(panels, rate=1.0, panel="TTFT p90 (ms)")["verdict"] == "within the bound"
+    story = workloads_prose.sweep_story(est, workloads.knee(est))
+    assert "1 req/s sustained" in story and "4 req/s overloaded" in story
+    assert "rt's knee: the highest rate it sustained, every lower one too, is 1 req/s" in story
+    assert "TTFT p90 ≤ 1,000 ms and TPOT p90 ≤ 100 ms" in story
+    assert "No trial passed" in workloads_prose.lag_story(est)
+    # nothing measured: the page says how to measure it
+    assert workloads_prose.sweep_story(pl.DataFrame(), pl.DataFrame()) == workloads_prose.NOTHING
+    assert workloads.sweep_panels(pl.DataFrame()).is_empty()
+
+
 # ------------------------------------------------------------------------------ short and long requests
 
 
@@ -309,7 +349,7 @@ def test_a_switch_pair_gets_a_directional_claim_when_the_trials_clearly_differ(t
     # the runtime's defaults (fewer flags set) are side a, though its name sorts second
     assert ttft["a"] == "llama-on" and ttft["b"] == "llama-off"
     assert ttft["verdict"] == "A better" and ttft["ratio_hi"] < 1 and ttft["trials_a"] == ttft["trials_b"] == 3
-    assert "(prefix cache off)" in ttft["text"] and "**llama-on** is ahead" in ttft["text"]
+    assert "(prefix cache off)" in ttft["text"] and "**llama-on** is better, 7" in ttft["text"]
     assert ttft["users"] == 4 and ttft["workload"] == "shared"
     # answers that start sooner finish sooner: more tokens per second over the trial too
     agg = by(rows, metric="aggregate_tok_s")
@@ -321,7 +361,7 @@ def test_a_switch_pair_whose_trials_overlap_has_no_measurable_difference(tmp_pat
     rows = workloads.claims(*frames(tmp_path))
     ttft = by(rows, metric="ttft_p50_ms")
     assert ttft["verdict"] == "no measurable difference" and ttft["ratio_lo"] < 1 < ttft["ratio_hi"]
-    assert "no measurable difference" in ttft["text"] and "is ahead" not in ttft["text"]
+    assert "no measurable difference" in ttft["text"] and "is better" not in ttft["text"]
 
 
 def test_long_prompt_mix_pairs_are_compared_on_short_requests(tmp_path):
@@ -341,7 +381,8 @@ def test_long_prompt_mix_pairs_are_compared_on_short_requests(tmp_path):
     gap = by(rows, metric="short_gap_p99_ms")
     # the chunked side stalls short requests less: b is better on a lower-is-better figure
     assert gap["a"] == "llamacpp" and gap["verdict"] == "B better" and gap["ratio_lo"] > 1
-    assert "extra args" in gap["text"]
+    # the sentence names the better side, b, and how much lower its figure is: 1/6 of a's
+    assert "extra args" in gap["text"] and "**llamacpp-b256** is better, 83% [82–84%] lower than llamacpp" in gap["text"]
 
 
 # ------------------------------------------------------------------------------ studies

@@ -34,7 +34,7 @@ def use_site_renderer() -> None:
 
 def _concurrency_axis(levels: list[int]) -> alt.X:
     return alt.X("concurrency:Q", title="concurrent users",
-                 scale=alt.Scale(type="log", base=2, domain=[min(levels), max(levels)]),
+                 scale=alt.Scale(type="log", base=2, domain=[min(levels or [1]), max(levels or [1])]),
                  axis=alt.Axis(values=levels, format="d"))
 
 
@@ -92,7 +92,8 @@ def ttft_long(summary: pl.DataFrame) -> pl.DataFrame:
 def with_intervals(frame: pl.DataFrame, metrics: list[str], digits: int = 1) -> pl.DataFrame:
     """Each metric as one text column, "12.3 [11.8–12.9]" (or "12.3 (1 trial)"), for tables."""
     def text(m: str) -> pl.Expr:
-        r = lambda c: pl.col(c).round(digits).cast(pl.String)  # noqa: E731
+        # cast first: a column of one-trial cells' bounds is all null, of no numeric type
+        r = lambda c: pl.col(c).cast(pl.Float64).round(digits).cast(pl.String)  # noqa: E731
         return (pl.when(pl.col(f"{m}_lo").is_null()).then(r(m) + " (1 trial)")
                 .otherwise(r(m) + " [" + r(f"{m}_lo") + "–" + r(f"{m}_hi") + "]")).alias(m)
     return frame.with_columns(text(m) for m in metrics)
@@ -232,3 +233,56 @@ def quality_size_speed(points: pl.DataFrame) -> alt.LayerChart:
     labels = base.mark_text(align="left", dx=9, dy=-6, fontSize=11).encode(y=y, text="label:N")
     return (line + whiskers + dots + labels).properties(
         width=520, height=300, title="What each quant keeps, what it weighs, how fast it decodes")
+
+
+# ---------------------------------------------------------------- workloads (report/workloads.py, notebooks/70-workloads)
+
+
+def rate_sweep(panels: pl.DataFrame) -> alt.FacetChart:
+    """workloads.sweep_panels as one row of panels per figure against the offered rate: a line
+    per runtime, each point's 95% interval as a rule, and the figure's bound (keep-up's 0.9, an
+    SLO objective's max_ms) as a dashed line."""
+    df = panels.to_pandas()
+    base = alt.Chart(df).encode(
+        x=alt.X("rate:Q", title="offered rate (requests per second)"),
+        color=alt.Color("runtime:N", title="runtime"),
+        tooltip=[alt.Tooltip("runtime:N"), alt.Tooltip("model:N"), alt.Tooltip("workload:N"),
+                 alt.Tooltip("rate:Q", title="offered req/s"), alt.Tooltip("panel:N", title="figure"),
+                 alt.Tooltip("value:Q", title="mean of trials", format=",.2f"),
+                 alt.Tooltip("interval:N", title="95% interval"), alt.Tooltip("verdict:N"),
+                 alt.Tooltip("trials:Q"), alt.Tooltip("run_ids:N", title="runs (raw rows in data/raw)")])
+    y = alt.Y("value:Q", title=None)
+    layers = (base.mark_line().encode(y=y)
+              + base.mark_rule(strokeWidth=2, opacity=0.6).encode(y="lo:Q", y2="hi:Q")
+              + base.mark_point(filled=True, size=50).encode(y=y)
+              + alt.Chart(df).mark_rule(strokeDash=[4, 4], color="gray").encode(y="bound:Q"))
+    return layers.properties(width=420, height=150).facet(
+        row=alt.Row("panel:N", title=None, sort=list(dict.fromkeys(df["panel"])),
+                    header=alt.Header(labelAngle=0, labelAlign="left")),
+        title="Latency and keep-up against the offered rate (dashed: the bound)").resolve_scale(y="independent")
+
+
+def switch_bars(rows: pl.DataFrame) -> alt.LayerChart:
+    """Switch claims (workloads.claims, kind 'switch') as ratio bars: a's figure over b's with its
+    95% interval, on a log axis around 1 (no difference)."""
+    df = rows.with_columns(label=pl.col("workload") + " · " + pl.col("metric") + " · " + pl.col("a") + " ÷ "
+                           + pl.col("b")).to_pandas()
+    # clamped: the interval of a pair with two wildly different trials would squash every other row
+    x = alt.X("ratio:Q", title="a ÷ b (log scale, clamped to 1/20–20; 1 = no difference)",
+              scale=alt.Scale(type="log", domain=[0.05, 20], clamp=True))
+    y = alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=480))
+    tip = [alt.Tooltip("label:N", title="comparison"), alt.Tooltip("value_a:Q", title="a", format=",.1f"),
+           alt.Tooltip("value_b:Q", title="b", format=",.1f"), alt.Tooltip("ratio:Q", format=".2f"),
+           alt.Tooltip("ratio_lo:Q", title="95% interval from", format=".2f"),
+           alt.Tooltip("ratio_hi:Q", title="to", format=".2f"), alt.Tooltip("verdict:N"),
+           alt.Tooltip("trials_a:Q"), alt.Tooltip("trials_b:Q")]
+    color = alt.Color("verdict:N", title=None, scale=alt.Scale(
+        domain=["A better", "B better", "no measurable difference", "no interval"],
+        range=["#1b9e77", "#d95f02", "#999999", "#cccccc"]))
+    points = alt.Chart(df).mark_point(filled=True, size=70).encode(x=x, y=y, color=color, tooltip=tip)
+    rules = alt.Chart(df).mark_rule(strokeWidth=2).encode(x="ratio_lo:Q", x2="ratio_hi:Q", y=y, color=color,
+                                                          tooltip=tip)
+    one = alt.Chart(pl.DataFrame({"one": [1.0]}).to_pandas()).mark_rule(strokeDash=[4, 4], color="gray").encode(
+        x="one:Q")
+    return (rules + points + one).properties(width=420, height=alt.Step(22),
+                                             title="One switch changed: a ÷ b with its 95% interval")

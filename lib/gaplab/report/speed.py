@@ -61,8 +61,12 @@ def estimates(trials: pl.DataFrame, precision: float | None = None, metrics: lis
         row["precision_met"] = (precision is not None and row["halfwidth_pct"] is not None
                                 and row["halfwidth_pct"] <= precision * 100)
         rows.append(row)
-    if not rows:
-        return pl.DataFrame()
+    if not rows:  # no cells: the columns still exist, so a page's filters and joins give empty frames
+        return pl.DataFrame(schema={**{c: trials.schema.get(c, pl.String) for c in CELL},
+                                    "trials": pl.Int64, "requests": pl.Int64, "errors": pl.Int64, "run_ids": pl.String,
+                                    "config": pl.String, "server_decode_tok_s": pl.Float64, "error_kinds": pl.String,
+                                    **{f"{m}{x}": pl.Float64 for m in metrics for x in ("", "_lo", "_hi", "_sd")},
+                                    "halfwidth_pct": pl.Float64, "precision_met": pl.Boolean})
     return pl.DataFrame(rows, infer_schema_length=None).sort(["model", "runtime", "quant", "concurrency", "rate"],
                                                              nulls_last=True)
 

@@ -41,7 +41,8 @@ HIGHER_IS_BETTER = {"aggregate_tok_s": True, "goodput_rps": True, "goodput_tok_s
                     **{m: False for m in METRICS if m.endswith("_ms")}}
 UNITS = {"ttft_p50_ms": "median TTFT", "ttft_p90_ms": "p90 TTFT", "aggregate_tok_s": "output tok/s (all users)",
          "short_ttft_p50_ms": "short requests' median TTFT", "short_ttft_p99_ms": "short requests' p99 TTFT",
-         "short_gap_p99_ms": "short requests' p99 longest stall between tokens", "e2e_p50_ms": "median E2E"}
+         "short_gap_p99_ms": "short requests' p99 longest stall between tokens", "e2e_p50_ms": "median E2E",
+         "long_ttft_p50_ms": "long requests' median TTFT"}
 # what each workload kind's switch pairs are compared on, in the page's order
 COMPARED = {"shared-prefix": ("ttft_p50_ms", "aggregate_tok_s"),
             "long-prompt-mix": ("short_ttft_p50_ms", "short_gap_p99_ms", "long_ttft_p50_ms")}
@@ -90,12 +91,20 @@ def trials(requests: pl.DataFrame, settings: pl.DataFrame) -> pl.DataFrame:
         long_ttft_p50_ms=pl.col("ttft_ms").filter(ok & long).median(),
         # what the server says it saw and computed, against what gaplab aimed for
         prompt_seen=pl.col("prompt_tokens").filter(ok).sum() / pl.col("target_prompt_tokens").filter(ok).sum(),
-        prompt_computed=pl.col("server_prompt_n").filter(ok).sum() / pl.col("prompt_tokens").filter(ok).sum(),
+        # null where the server does not say (vLLM), not 0
+        prompt_computed=pl.when(pl.col("server_prompt_n").filter(ok).count() > 0).then(
+            pl.col("server_prompt_n").filter(ok).sum() / pl.col("prompt_tokens").filter(ok).sum()),
         **{f"{m}_p{p}_ms": pl.col(SLO_COLUMN[m]).filter(ok).quantile(p / 100, interpolation="linear")
            for m in SLO_METRICS for p in SLO_PERCENTILES},
     )
     base = metrics.trial_summary(req)
+    # a pace against a schedule exists only where there was one: open-loop (rate) trials; a
+    # closed loop's figure would also widen the spread pooled over the runtime's rate cells
+    open_loop = pl.col("rate").is_not_null()
     out = base.join(per, on="run_id", how="left").with_columns(
+        offered_rps=pl.when(open_loop).then(pl.col("offered_rps")),
+        achieved_rps=pl.when(open_loop).then(pl.col("achieved_rps")),
+    ).with_columns(
         keep_up=pl.col("achieved_rps") / pl.col("offered_rps"),
         goodput_rps=pl.col("good_requests") / pl.col("span_s"),
         goodput_tok_s=pl.col("good_tokens") / pl.col("span_s"),
@@ -175,6 +184,23 @@ def _flag_difference(a: str, b: str) -> str:
     return "; ".join(words)
 
 
+def _change_text(row: dict) -> str:
+    """What a switch row says in words: the better side, and how far its figure is from the
+    other's in percent, with the ratio's 95% interval carried over."""
+    if row["verdict"] == "no interval":
+        return "one trial on a side, no verdict"
+    if row["verdict"] == "no measurable difference":
+        return "no measurable difference"
+    a_better = row["verdict"] == "A better"
+    better, worse = (row["a"], row["b"]) if a_better else (row["b"], row["a"])
+    # the better side's figure over the worse side's, and its interval
+    r, lo, hi = ((row["ratio"], row["ratio_lo"], row["ratio_hi"]) if a_better else
+                 (1 / row["ratio"], 1 / row["ratio_hi"], 1 / row["ratio_lo"]))
+    ends = sorted(abs(x - 1) * 100 for x in (lo, hi))
+    return (f"**{better}** is better, {abs(r - 1) * 100:.0f}% [{ends[0]:.0f}–{ends[1]:.0f}%] "
+            f"{'lower' if r < 1 else 'higher'} than {worse}")
+
+
 def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
     """Claims rows (claims.COLUMNS) of the workloads study: 'switch' compares two servers of one
     kind that differ only in launch flags, on the workload's COMPARED metrics at one level;
@@ -208,14 +234,9 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
                        "a": a["runtime"], "b": b["runtime"], "across_kinds": False, "value_a": ia.estimate,
                        "value_b": ib.estimate, "ratio": ratio.estimate, "ratio_lo": ratio.lo, "ratio_hi": ratio.hi,
                        "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict, "statement": verdict}
-                change = ("no measurable difference" if verdict == "no measurable difference" else
-                          "one trial each, no verdict" if verdict == "no interval" else
-                          f"**{a['runtime']}** is ahead")
-                row["text"] = (f"{workload}, {users_text(users)}, {UNITS.get(m, m)}: {a['runtime']} {_fmt(ia.estimate)} ms "
-                               f"vs {b['runtime']} ({what}) {_fmt(ib.estimate)}, {_ratio_text(row)}: {change}."
-                               if m.endswith("_ms") else
-                               f"{workload}, {users_text(users)}, {UNITS.get(m, m)}: {a['runtime']} {_fmt(ia.estimate)} "
-                               f"vs {b['runtime']} ({what}) {_fmt(ib.estimate)}, {_ratio_text(row)}: {change}.")
+                row["text"] = (f"{workload}, {users_text(users)}, {UNITS.get(m, m)}: {a['runtime']} "
+                               f"{_fmt(ia.estimate)}{' ms' if m.endswith('_ms') else ''} against {b['runtime']} ({what}) "
+                               f"{_fmt(ib.estimate)}, {_ratio_text(row)}: {_change_text(row)}.")
                 rows.append(row)
     for r in knee(est).iter_rows(named=True):
         rate = r["slo_rps"]
@@ -233,3 +254,28 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
     if not rows:
         return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
     return pl.DataFrame(rows, infer_schema_length=None).select(COLUMNS)
+
+
+def sweep_panels(est: pl.DataFrame) -> pl.DataFrame:
+    """The rate cells as a long frame for charts.rate_sweep: one row per cell and figure (keep-up,
+    each SLO objective's percentile, goodput), with its interval, bound and verdict."""
+    rates = est.filter(pl.col("rate").is_not_null()) if "rate" in est.columns else pl.DataFrame()
+    rows = []
+    for r in rates.iter_rows(named=True):
+        figures = [("keep-up (answers ÷ arrivals)", "keep_up", KEEP_UP, r["sustained"])]
+        for o in json.loads(r["slo"] or "[]"):
+            figures.append((f"{o['metric'].upper()} p{o['percentile']:g} (ms)", f"{o['metric']}_p{o['percentile']:g}_ms",
+                            o["max_ms"], _against(r.get(f"{o['metric']}_p{o['percentile']:g}_ms_lo"),
+                                                  r.get(f"{o['metric']}_p{o['percentile']:g}_ms_hi"), o["max_ms"])))
+        figures.append(("goodput (req/s within the SLO)", "goodput_rps", None, r["slo_verdict"]))
+        for panel, m, bound, verdict in figures:
+            lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
+            rows.append({"runtime": r["runtime"], "model": r["model"], "workload": r["workload"], "rate": r["rate"],
+                         "panel": panel, "value": r[m], "lo": lo, "hi": hi, "bound": bound,
+                         "interval": "1 trial, no interval" if lo is None else f"{lo:,.2f} – {hi:,.2f}",
+                         "verdict": {"above": "above the bound", "below": "within the bound"}.get(verdict, verdict),
+                         "trials": r["trials"], "run_ids": r["run_ids"]})
+    return pl.DataFrame(rows, schema={"runtime": pl.String, "model": pl.String, "workload": pl.String,
+                                      "rate": pl.Float64, "panel": pl.String, "value": pl.Float64, "lo": pl.Float64,
+                                      "hi": pl.Float64, "bound": pl.Float64, "interval": pl.String,
+                                      "verdict": pl.String, "trials": pl.Int64, "run_ids": pl.String})

@@ -1,0 +1,89 @@
+"""The workloads page's sentences, rendered from its frames (workloads.estimates, knee, claims):
+every number printed comes with its 95% interval, and a direction is stated only where the
+interval supports it."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from gaplab.report import charts
+from gaplab.report import claims as claims_mod
+from gaplab.report.workloads import KEEP_UP
+
+NOTHING = ("Nothing of this study is measured on this machine yet: `gaplab sweep scenarios/workloads-cpu.yaml` "
+           "(run by `make report`) measures it.")
+
+VERDICT_WORDS = {"no interval": "one trial, no verdict", "undecided": "undecided (the interval holds the bound)"}
+
+
+def _interval(r: dict, m: str, digits: int = 2) -> str:
+    if r.get(f"{m}_lo") is None:
+        return f"{r[m]:,.{digits}f} (1 trial)"
+    return f"{r[m]:,.{digits}f} [{r[f'{m}_lo']:,.{digits}f}–{r[f'{m}_hi']:,.{digits}f}]"
+
+
+def _slo_text(slo_json: str) -> str:
+    objectives = json.loads(slo_json or "[]")
+    return " and ".join(f"{o['metric'].upper()} p{o['percentile']:g} ≤ {o['max_ms']:,.0f} ms" for o in objectives) or "none"
+
+
+def sweep_story(est: pl.DataFrame, knee_rows: pl.DataFrame) -> str:
+    """Per runtime of the rate cells: which rates it kept up with, the knee, and the SLO."""
+    rates = est.filter(pl.col("rate").is_not_null()) if not est.is_empty() else est
+    if rates.is_empty():
+        return NOTHING
+    lines = [f"The SLO: {_slo_text(rates['slo'][0])}. A rate is *sustained* when keep-up's interval lies above "
+             f"{KEEP_UP:g} (answers come back at least {KEEP_UP:.0%} as fast as requests arrive), *overloaded* when "
+             "it lies below, and undecided otherwise.", ""]
+    for (runtime, workload), g in rates.sort("rate").group_by(["runtime", "workload"], maintain_order=True):
+        cells = "; ".join(f"{r['rate']:g} req/s {VERDICT_WORDS.get(r['sustained'], r['sustained'])} (keep-up {_interval(r, 'keep_up')}, "
+                          f"SLO {VERDICT_WORDS.get(r['slo_verdict'], r['slo_verdict'] or 'not stated')})" for r in g.iter_rows(named=True))
+        lines.append(f"- **{runtime}**, {workload}: {cells}.")
+    lines.append("")
+    for r in knee_rows.iter_rows(named=True):
+        if r["max_sustained_rps"] is None:
+            lines.append(f"- {r['runtime']} sustained none of the rates tried ({r['rates']} req/s).")
+        else:
+            lines.append(f"- {r['runtime']}'s knee: the highest rate it sustained, every lower one too, is "
+                         f"{r['max_sustained_rps']:g} req/s.")
+    return "\n".join(lines)
+
+
+def lag_story(est: pl.DataFrame) -> str:
+    """Whether the client kept to its schedule (no coordinated omission) in every rate cell."""
+    rates = est.filter(pl.col("rate").is_not_null()) if not est.is_empty() else est
+    if rates.is_empty():
+        return ""
+    worst = rates.sort("lag_p99_ms", descending=True).row(0, named=True)
+    lagged = rates.filter(pl.col("lagged"))
+    head = (f"The client sent each request when its schedule said: the p99 of (sent − due) was at most "
+            f"{worst['lag_p99_ms']:.1f} ms (mean of trials, {worst['runtime']} at {worst['rate']:g} req/s).")
+    if lagged.is_empty():
+        return head + " No trial passed the scenario's bound (`load.max_lag_ms`)."
+    names = ", ".join(f"{r['runtime']} at {r['rate']:g} req/s" for r in lagged.iter_rows(named=True))
+    return head + f" Flagged, a trial's client fell behind its bound: {names}; read their latencies with care."
+
+
+def switch_story(claim_rows: pl.DataFrame, est: pl.DataFrame, kind: str) -> str:
+    """The switch claims of the workloads of one kind, as bullets."""
+    if est.is_empty():
+        return NOTHING
+    names = est.filter(pl.col("workload_kind") == kind)["workload"].unique().to_list()
+    rows = claim_rows.filter(pl.col("workload").is_in(names)) if not claim_rows.is_empty() else claim_rows
+    if rows.is_empty():
+        return f"No pair of servers differing in one switch has measured a `{kind}` workload here."
+    return claims_mod.render(rows, "switch")
+
+
+def token_check(est: pl.DataFrame) -> pl.DataFrame:
+    """Per cell: the prompt tokens the server counted over those gaplab aimed for, and the share
+    of them it computed (llama.cpp's prompt_n; the rest came from its cache)."""
+    if est.is_empty():
+        return pl.DataFrame()
+    cols = [m for m in ("prompt_seen", "prompt_computed") if m in est.columns]
+    return charts.with_intervals(est, cols, digits=2).select(
+        "runtime", "workload", pl.coalesce(pl.col("rate").cast(pl.String) + " req/s",
+                                           pl.col("concurrency").cast(pl.String) + " users").alias("load"),
+        "trials", *cols).sort("workload", "runtime", "load")
