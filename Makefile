@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SCENARIO ?= scenarios/local-cpu.yaml
+WORKLOADS ?= scenarios/workloads-cpu.yaml
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: setup toolchain browser report test bench clean
@@ -24,11 +25,12 @@ toolchain:
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && $(APT) chromium; }
 
-# Measure the scenario (cells already measured on this machine are skipped; FORCE=1 reruns them)
-# and build the site into _site/.
+# Measure the scenario and the workloads study (cells already measured on this machine are
+# skipped; FORCE=1 reruns them) and build the site into _site/. WORKLOADS= skips the study.
 report: setup toolchain
 	$(BIN)/gaplab local setup --runtime llamacpp --runtime vllm
 	$(BIN)/gaplab sweep $(SCENARIO) $(if $(FORCE),--force)
+	$(if $(WORKLOADS),$(BIN)/gaplab sweep $(WORKLOADS) $(if $(FORCE),--force))
 	$(BIN)/gaplab capabilities $(SCENARIO) $(if $(FORCE),--force)
 	$(BIN)/gaplab quality $(SCENARIO) $(if $(FORCE),--force)
 	$(BIN)/gaplab report
@@ -40,6 +42,7 @@ test: setup toolchain browser
 bench: setup
 	$(BIN)/python bench/client_capacity.py
 	$(BIN)/python bench/client_accuracy.py
+	$(BIN)/python bench/open_loop_lag.py
 
 clean:
 	rm -rf build _site .quarto
