@@ -2,7 +2,8 @@
 arrivals (load.open_loop) to tests/support/sse_server.py, whose responses take a known time
 (first token after 200 ms, then one every 20 ms), so the number in flight follows from the
 rate. Prints how late each request went out against the time it was due (sent - scheduled:
-the connection to the server included), and how many were in flight at most. With
+the connection is opened load.CONNECT_AHEAD_NS before the due time, and the request written
+at it), and how many were in flight at most. With
 --gc-on the cyclic garbage collector is left running, to show what pausing it buys.
 
 Server and client are pinned to different cores, as in client_accuracy.py.

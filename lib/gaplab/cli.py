@@ -153,10 +153,11 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
         last = None  # that sweep wrote elsewhere
     ran = f" ({last.get('trials', 0)} trials run by the last sweep, {last.get('skipped', 0)} cells reused)" if last else ""
     typer.echo(f"gaplab: site built with {builder}: open {(out / 'index.html').resolve()}")
-    typer.echo(f"  cells:    {cells} measured on {machine} in {trials} trials{ran}")
-    typer.echo(f"  workloads: {studied['cell_key'].n_unique()} cells in {studied['run_id'].n_unique()} trials")
-    typer.echo(f"  requests: {req.height + studied.height} measured")
-    typer.echo(f"  errors:   {sum(f.filter(pl.col('error').is_not_null()).height for f in (req, studied))}")
+    for label, text in (("cells", f"{cells} measured on {machine} in {trials} trials{ran}"),
+                        ("workloads", f"{studied['cell_key'].n_unique()} cells in {studied['run_id'].n_unique()} trials"),
+                        ("requests", f"{req.height + studied.height} measured"),
+                        ("errors", sum(f.filter(pl.col("error").is_not_null()).height for f in (req, studied)))):
+        typer.echo(f"  {label + ':':<11}{text}")
 
 
 @app.command()

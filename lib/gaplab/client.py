@@ -156,6 +156,19 @@ def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: st
     return finished
 
 
+SPIN_NS = 1_500_000  # the last stretch before a due time is waited by yielding, not by a timer (ms granularity)
+
+
+async def wait_until(ns: int) -> None:
+    """Return at perf_counter_ns() >= ns: a timer for most of the wait, then yielding to the loop
+    (other streams' reads are served meanwhile), since a timer may fire a millisecond late."""
+    early = (ns - time.perf_counter_ns() - SPIN_NS) / 1e9
+    if early > 0:
+        await asyncio.sleep(early)
+    while time.perf_counter_ns() < ns:
+        await asyncio.sleep(0)
+
+
 class StreamClient:
     """Async streaming client for one OpenAI-compatible endpoint (chat or text completions).
 
@@ -210,8 +223,10 @@ class StreamClient:
         body.update(extra or {})
         return orjson.dumps(body)
 
-    async def stream(self, payload: bytes, rec: RequestRecord) -> RequestRecord:
-        """Send one streamed request and fill rec; failures are stored in rec.error, never raised."""
+    async def stream(self, payload: bytes, rec: RequestRecord, send_at_ns: int | None = None) -> RequestRecord:
+        """Send one streamed request and fill rec; failures are stored in rec.error, never raised.
+        send_at_ns: the connection is made at once and the request written at that time (an
+        open-loop arrival: the connect, up to a few ms on a busy loop, is not a late send)."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         proto = _Reads(done)
@@ -222,6 +237,8 @@ class StreamClient:
         try:
             async with asyncio.timeout(self.timeout):
                 transport, _ = await loop.create_connection(lambda: proto, self.host, self.port, ssl=self.ssl)
+                if send_at_ns is not None:
+                    await wait_until(send_at_ns)
                 rec.sent_ns = time.perf_counter_ns()  # the request goes out now, connection made
                 transport.write(request)
                 await done

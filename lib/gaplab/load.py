@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from gaplab.client import StreamClient
+from gaplab.client import StreamClient, wait_until
 from gaplab.records import RequestRecord
 
 # payload(record, seq) -> the request body; it may note in the record what the workload asked
@@ -33,11 +33,12 @@ Payload = Callable[[RequestRecord, int], bytes]
 
 
 async def _send(client: StreamClient, payload: Payload, rec: RequestRecord, seq: int,
-                records: list[RequestRecord], on_done: Callable[[RequestRecord], None] | None) -> RequestRecord:
-    """One request of a load: streamed into rec, appended to records (also when interrupted: it is
-    still a row), then handed to on_done."""
+                records: list[RequestRecord], on_done: Callable[[RequestRecord], None] | None,
+                send_at_ns: int | None = None) -> RequestRecord:
+    """One request of a load: streamed into rec (written at send_at_ns when given), appended to
+    records (also when interrupted: it is still a row), then handed to on_done."""
     try:
-        await client.stream(payload(rec, seq), rec)
+        await client.stream(payload(rec, seq), rec, send_at_ns)
     finally:
         records.append(rec)
     if on_done:
@@ -80,7 +81,8 @@ async def closed_loop(client: StreamClient, payload: Payload, concurrency: int, 
 
 
 ARRIVALS = ("poisson", "constant", "gamma")
-SPIN_NS = 1_500_000  # the last stretch before a due time is waited by yielding, not by a timer (ms granularity)
+# an arrival's connection is opened this long before it is due, and the request written on time
+CONNECT_AHEAD_NS = 5_000_000
 
 
 def arrival_offsets(rate: float, n: int, kind: str = "poisson", seed: int | str = 0, shape: float = 1.0) -> list[float]:
@@ -112,17 +114,13 @@ async def open_loop(client: StreamClient, payload: Payload, offsets: list[float]
     async def one(k: int, due_ns: int) -> None:
         i = first_index + k  # each arrival is its own user
         await _send(client, payload, RequestRecord(index=i, user=i, warmup=warmup, scheduled_ns=due_ns), 0,
-                    records, on_done)
+                    records, on_done, send_at_ns=due_ns)
 
-    start_ns = time.perf_counter_ns()
+    start_ns = time.perf_counter_ns() + CONNECT_AHEAD_NS
     tasks = []
     for k, offset in enumerate(offsets):
         due_ns = start_ns + int(offset * 1e9)
-        early = (due_ns - time.perf_counter_ns() - SPIN_NS) / 1e9
-        if early > 0:
-            await asyncio.sleep(early)
-        while time.perf_counter_ns() < due_ns:  # other streams' reads are served meanwhile
-            await asyncio.sleep(0)
+        await wait_until(due_ns - CONNECT_AHEAD_NS)
         tasks.append(asyncio.create_task(one(k, due_ns)))
     await asyncio.gather(*tasks)
     return records
