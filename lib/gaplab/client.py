@@ -233,7 +233,8 @@ class StreamClient:
         transport = None
         request = (f"POST {self.path} HTTP/1.1\r\n{self.head}Content-Length: {len(payload)}\r\n\r\n"
                    ).encode() + payload
-        rec.sent_ns = time.perf_counter_ns()
+        # until the request is written: the due time, so a connect that fails before it is no early send
+        rec.sent_ns = max(time.perf_counter_ns(), send_at_ns or 0)
         try:
             async with asyncio.timeout(self.timeout):
                 transport, _ = await loop.create_connection(lambda: proto, self.host, self.port, ssl=self.ssl)

@@ -57,3 +57,16 @@ def test_the_collector_is_paused_while_a_load_runs_and_resumed_after(server):
     assert gc.isenabled()
     run_sync(probe)
     assert seen == [False] and gc.isenabled()
+
+
+def test_a_refused_connection_is_an_error_row_that_was_not_sent_early():
+    # nothing listens: every connect fails before the request's due time; the row says so, and
+    # its send time is the due time, never the moment the early connect was tried
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        recs = run(f"http://127.0.0.1:{port}/v1", [0.0, 0.05, 0.1])
+    assert len(recs) == 3 and all(r.error and "Connect" in r.error for r in recs), [r.error for r in recs]
+    assert all(r.sent_ns >= r.scheduled_ns for r in recs), [(r.sent_ns - r.scheduled_ns) / 1e6 for r in recs]

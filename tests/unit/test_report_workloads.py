@@ -141,15 +141,29 @@ def test_one_trial_gives_no_keep_up_verdict_and_closed_loop_cells_none(tmp_path)
     assert by(tr, runtime="once")["keep_up"] == pytest.approx(1.0, abs=0.05)
 
 
+def test_without_objectives_no_rate_is_claimed_within_an_slo(tmp_path):
+    for t in (1, 2, 3):
+        write(tmp_path, open_trial(1.0, 12, seed=t, service_ms=300), runtime="rt", trial=t, rate=1.0, slo=[])
+    tr, est = frames(tmp_path)
+    assert by(est, runtime="rt")["sustained"] == "sustained" and by(est, runtime="rt")["slo_verdict"] is None
+    assert workloads.claims(tr, est).filter(pl.col("kind") == "sustains").is_empty()
+    assert "goodput (req/s answered; no SLO stated)" in set(workloads.sweep_panels(est)["panel"])
+
+
 def test_prompt_computed_is_missing_where_the_server_does_not_count_it(tmp_path):
     recs = open_trial(1.0, 6, seed=1, service_ms=300)
     for r in recs:
         r.server_timings = None  # vLLM reports no prompt_n
     write(tmp_path, recs, runtime="vllm", rate=1.0)
     write(tmp_path, open_trial(1.0, 6, seed=1, service_ms=300), runtime="llama", rate=1.0)
+    half = open_trial(1.0, 6, seed=1, service_ms=300)
+    for r in half[::2]:
+        r.server_timings = None  # some rows counted, some not: the share is of the counted rows only
+    write(tmp_path, half, runtime="some", rate=1.0)
     tr, _ = frames(tmp_path)
     assert by(tr, runtime="vllm")["prompt_computed"] is None
     assert by(tr, runtime="llama")["prompt_computed"] == pytest.approx(1.0)
+    assert by(tr, runtime="some")["prompt_computed"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------ goodput and SLO
@@ -247,7 +261,7 @@ def test_knee_stops_at_the_first_overloaded_rate_and_the_slo_rate_is_sustained_a
     assert s["value_a"] == 2.0 and s["value_b"] == 3.0 and s["verdict"] == "within SLO"
     assert "rt sustains 2 req/s within the SLO" in s["text"]
     n = by(sustains, a="never")
-    assert n["verdict"] == "none" and "meets the SLO at none of the rates tried" in n["text"] and "1, 2" in n["text"]
+    assert n["verdict"] == "none" and "no rate tried on chat (1, 2 req/s) is both sustained" in n["text"]
     assert rows.filter(pl.col("kind") == "switch").height == 0  # a rate sweep is no switch pair
     assert rows["claim_id"].n_unique() == rows.height
 
@@ -272,6 +286,11 @@ def test_the_pages_panels_and_sentences_follow_the_verdicts(tmp_path):
     assert "rt's knee: the highest rate it sustained, every lower one too, is 1 req/s" in story
     assert "TTFT p90 ≤ 1,000 ms and TPOT p90 ≤ 100 ms" in story
     assert "No trial passed" in workloads_prose.lag_story(est)
+    # a runtime whose lowest rate is overloaded has no knee, and the page says why, not "none sustained"
+    _sweep(tmp_path, "slow", {1.0: (None, 1500, 150), 2.0: (400, None, 150)})
+    tr, est = frames(tmp_path)
+    story = workloads_prose.sweep_story(est, workloads.knee(est))
+    assert "slow: no knee, since its lowest rate (1 req/s) is overloaded" in story and "2 req/s sustained" in story
     # nothing measured: the page says how to measure it
     assert workloads_prose.sweep_story(pl.DataFrame(), pl.DataFrame()) == workloads_prose.NOTHING
     assert workloads.sweep_panels(pl.DataFrame()).is_empty()

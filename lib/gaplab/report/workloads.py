@@ -93,7 +93,8 @@ def trials(requests: pl.DataFrame, settings: pl.DataFrame) -> pl.DataFrame:
         prompt_seen=pl.col("prompt_tokens").filter(ok).sum() / pl.col("target_prompt_tokens").filter(ok).sum(),
         # null where the server does not say (vLLM), not 0
         prompt_computed=pl.when(pl.col("server_prompt_n").filter(ok).count() > 0).then(
-            pl.col("server_prompt_n").filter(ok).sum() / pl.col("prompt_tokens").filter(ok).sum()),
+            pl.col("server_prompt_n").filter(ok).sum()
+            / pl.col("prompt_tokens").filter(ok & pl.col("server_prompt_n").is_not_null()).sum()),
         **{f"{m}_p{p}_ms": pl.col(SLO_COLUMN[m]).filter(ok).quantile(p / 100, interpolation="linear")
            for m in SLO_METRICS for p in SLO_PERCENTILES},
     )
@@ -238,12 +239,14 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
                                f"{_fmt(ia.estimate)}{' ms' if m.endswith('_ms') else ''} against {b['runtime']} ({what}) "
                                f"{_fmt(ib.estimate)}, {_ratio_text(row)}: {_change_text(row)}.")
                 rows.append(row)
-    for r in knee(est).iter_rows(named=True):
+    stated = est.filter(pl.col("rate").is_not_null() & (pl.col("slo") != "[]")) if "rate" in est.columns else est
+    for r in knee(stated).iter_rows(named=True):  # without objectives there is no SLO to sustain a rate within
         rate = r["slo_rps"]
         text = (f"{r['runtime']} sustains {rate:g} req/s within the SLO on {r['workload']} (goodput "
                 f"{r['goodput_rps']:.2f} req/s [{r['goodput_rps_lo'] or float('nan'):.2f}–{r['goodput_rps_hi'] or float('nan'):.2f}])"
                 if rate is not None else
-                f"{r['runtime']} meets the SLO at none of the rates tried on {r['workload']} ({r['rates']} req/s)")
+                f"{r['runtime']}: no rate tried on {r['workload']} ({r['rates']} req/s) is both sustained, with every "
+                f"lower rate, and within the SLO")
         rows.append({"claim_id": f"sustains|{r['model']}|{r['workload']}|slo|{r['runtime']} · {r['quant']}||",
                      "kind": "sustains",
                      "model": r["model"], "workload": r["workload"], "metric": "goodput_rps", "users": None,
@@ -267,7 +270,8 @@ def sweep_panels(est: pl.DataFrame) -> pl.DataFrame:
             figures.append((f"{o['metric'].upper()} p{o['percentile']:g} (ms)", f"{o['metric']}_p{o['percentile']:g}_ms",
                             o["max_ms"], _against(r.get(f"{o['metric']}_p{o['percentile']:g}_ms_lo"),
                                                   r.get(f"{o['metric']}_p{o['percentile']:g}_ms_hi"), o["max_ms"])))
-        figures.append(("goodput (req/s within the SLO)", "goodput_rps", None, r["slo_verdict"]))
+        figures.append(("goodput (req/s within the SLO)" if r["slo"] not in (None, "[]") else
+                        "goodput (req/s answered; no SLO stated)", "goodput_rps", None, r["slo_verdict"]))
         for panel, m, bound, verdict in figures:
             lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
             rows.append({"runtime": r["runtime"], "model": r["model"], "workload": r["workload"], "rate": r["rate"],

@@ -33,7 +33,7 @@ def sweep_story(est: pl.DataFrame, knee_rows: pl.DataFrame) -> str:
     """Per runtime of the rate cells: which rates it kept up with, the knee, and the SLO."""
     rates = est.filter(pl.col("rate").is_not_null()) if not est.is_empty() else est
     if rates.is_empty():
-        return NOTHING
+        return NOTHING if est.is_empty() else "No open-loop rates (`load.rates`) in this study's runs."
     lines = [f"The SLO: {_slo_text(rates['slo'][0])}. A rate is *sustained* when keep-up's interval lies above "
              f"{KEEP_UP:g} (answers come back at least {KEEP_UP:.0%} as fast as requests arrive), *overloaded* when "
              "it lies below, and undecided otherwise.", ""]
@@ -44,7 +44,10 @@ def sweep_story(est: pl.DataFrame, knee_rows: pl.DataFrame) -> str:
     lines.append("")
     for r in knee_rows.iter_rows(named=True):
         if r["max_sustained_rps"] is None:
-            lines.append(f"- {r['runtime']} sustained none of the rates tried ({r['rates']} req/s).")
+            lowest = rates.filter(pl.col("runtime") == r["runtime"], pl.col("workload") == r["workload"]).sort("rate").row(0, named=True)
+            lines.append(f"- {r['runtime']}: no knee, since its lowest rate ({lowest['rate']:g} req/s) is "
+                         f"{VERDICT_WORDS.get(lowest['sustained'], lowest['sustained'])}; a rate counts as sustained "
+                         "only with every lower rate sustained too.")
         else:
             lines.append(f"- {r['runtime']}'s knee: the highest rate it sustained, every lower one too, is "
                          f"{r['max_sustained_rps']:g} req/s.")
