@@ -56,24 +56,33 @@ def _ratio_text(r: dict) -> str:
     return f"×{r['ratio']:.2f} [{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}]"
 
 
+def compare(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
+            va: list, vb: list, pa, pb, higher_is_better: bool, across: bool = False) -> dict:
+    """A claims row but its text: a's and b's trial values (pa, pb: their runtimes' pooled
+    spreads) as estimates, their ratio with its interval, and the verdict."""
+    ia, ib, ratio = stats.mean_interval(va, pa), stats.mean_interval(vb, pb), stats.ratio_interval(va, vb, pa, pb)
+    verdict = stats.verdict(ratio, higher_is_better)
+    return {"claim_id": f"{kind}|{model}|{workload}|{metric}|{a}|{b}|{users}", "kind": kind, "model": model,
+            "workload": workload, "metric": metric, "users": users, "users_b": users_b, "a": a, "b": b,
+            "across_kinds": across, "value_a": ia.estimate, "value_b": ib.estimate, "ratio": ratio.estimate,
+            "ratio_lo": ratio.lo, "ratio_hi": ratio.hi, "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict,
+            "statement": verdict}
+
+
 def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
          va: list, vb: list, across: bool = False, pools: dict | None = None) -> dict:
     pa, pb = ((pools or {}).get((x.split(" · ")[0], metric)) for x in (a, b))
-    ia, ib, ratio = stats.mean_interval(va, pa), stats.mean_interval(vb, pb), stats.ratio_interval(va, vb, pa, pb)
-    verdict = stats.verdict(ratio, HIGHER_IS_BETTER[metric])
-    row = {"claim_id": f"{kind}|{model}|{workload}|{metric}|{a}|{b}|{users}", "kind": kind, "model": model,
-           "workload": workload, "metric": metric, "users": users, "users_b": users_b, "a": a, "b": b, "across_kinds": across,
-           "value_a": ia.estimate, "value_b": ib.estimate, "ratio": ratio.estimate, "ratio_lo": ratio.lo,
-           "ratio_hi": ratio.hi, "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict, "statement": verdict}
+    row = compare(kind, model, workload, metric, a, b, users, users_b, va, vb, pa, pb, HIGHER_IS_BETTER[metric], across)
+    verdict, value_a, value_b = row["verdict"], row["value_a"], row["value_b"]
     what = UNITS[metric]
     if kind == "faster":
         lead = {"A better": f"**{a}** is ahead", "B better": f"**{b}** is ahead"}.get(
             verdict, "no measurable difference" if verdict != "no interval" else "one trial each, no verdict")
-        row["text"] = (f"At {users_text(users)}, {what}: {a} {_fmt(ia.estimate)} vs {b} {_fmt(ib.estimate)}, "
+        row["text"] = (f"At {users_text(users)}, {what}: {a} {_fmt(value_a)} vs {b} {_fmt(value_b)}, "
                        f"{_ratio_text(row)}: {lead}.")
     else:  # scales
         change = {"A better": "better", "B better": "worse"}.get(verdict, "not measurably different")
-        row["text"] = (f"{a}: {what} {_fmt(ib.estimate)} at {users_text(users_b)}, {_fmt(ia.estimate)} at {users_text(users)} "
+        row["text"] = (f"{a}: {what} {_fmt(value_b)} at {users_text(users_b)}, {_fmt(value_a)} at {users_text(users)} "
                        f"({_ratio_text(row)}): {change} with more users.")
     return row
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import metrics, stats, store
+from gaplab import metrics, store
 from gaplab.report import speed
-from gaplab.report.claims import COLUMNS, _fmt, _ratio_text, users_text
+from gaplab.report.claims import COLUMNS, _fmt, _ratio_text, compare, users_text
 from gaplab.scenario import SLO_METRICS, SLO_PERCENTILES
 
 KEEP_UP = 0.9
@@ -226,18 +226,13 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
                 if not [v for v in va if v is not None] or not [v for v in vb if v is not None]:
                     continue
                 pa, pb = pools.get((machine, a["runtime"], m)), pools.get((machine, b["runtime"], m))
-                ia, ib, ratio = stats.mean_interval(va, pa), stats.mean_interval(vb, pb), stats.ratio_interval(va, vb, pa, pb)
-                verdict = stats.verdict(ratio, HIGHER_IS_BETTER[m])
+                row = compare("switch", model, workload, m, a["runtime"], b["runtime"], users, users, va, vb, pa, pb,
+                              HIGHER_IS_BETTER[m])
+                row["claim_id"] = f"switch|{model}|{workload}|{m}|{a['runtime']} · {quant}|{b['runtime']} · {quant}|{users}"
                 what = _flag_difference(b["flags"], a["flags"])
-                row = {"claim_id": f"switch|{model}|{workload}|{m}|{a['runtime']} · {quant}|{b['runtime']} · {quant}|{users}",
-                       "kind": "switch",
-                       "model": model, "workload": workload, "metric": m, "users": users, "users_b": users,
-                       "a": a["runtime"], "b": b["runtime"], "across_kinds": False, "value_a": ia.estimate,
-                       "value_b": ib.estimate, "ratio": ratio.estimate, "ratio_lo": ratio.lo, "ratio_hi": ratio.hi,
-                       "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict, "statement": verdict}
                 row["text"] = (f"{workload}, {users_text(users)}, {UNITS.get(m, m)}: {a['runtime']} "
-                               f"{_fmt(ia.estimate)}{' ms' if m.endswith('_ms') else ''} against {b['runtime']} ({what}) "
-                               f"{_fmt(ib.estimate)}, {_ratio_text(row)}: {_change_text(row)}.")
+                               f"{_fmt(row['value_a'])}{' ms' if m.endswith('_ms') else ''} against {b['runtime']} ({what}) "
+                               f"{_fmt(row['value_b'])}, {_ratio_text(row)}: {_change_text(row)}.")
                 rows.append(row)
     stated = est.filter(pl.col("rate").is_not_null() & (pl.col("slo") != "[]")) if "rate" in est.columns else est
     for r in knee(stated).iter_rows(named=True):  # without objectives there is no SLO to sustain a rate within
