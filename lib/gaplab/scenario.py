@@ -49,9 +49,6 @@ class RuntimeSpec(_Strict):
     quants: list[str] = []
     # attach: the name this server knows a model by, when it differs from models[].served_name
     served_names: dict[str, str] = {}
-
-    def served_name(self, model: "ModelSpec") -> str:
-        return self.served_names.get(model.name) or model.served_name or model.name
     # Restrict this runtime to some workloads (names); empty means every workload.
     workloads: list[str] = []
     # The server's prefix (prompt) cache: llama.cpp turns it off per request (cache_prompt),
@@ -65,6 +62,9 @@ class RuntimeSpec(_Strict):
     # openai (attach)
     base_url: str | None = None
     api_key_env: str | None = None
+
+    def served_name(self, model: "ModelSpec") -> str:
+        return self.served_names.get(model.name) or model.served_name or model.name
 
     @field_validator("kind")
     @classmethod
