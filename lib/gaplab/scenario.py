@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gaplab import runtimes
-from gaplab.workload_spec import WORKLOAD_KINDS, WorkloadSpec, levels  # kinds: fixed, distribution, ...
+from gaplab.workload_spec import WORKLOAD_KINDS, Strict, WorkloadSpec, levels  # kinds: fixed, distribution, ...
 
 
 def stable_key(spec: dict) -> str:
@@ -28,11 +28,7 @@ class ScenarioError(ValueError):
     """A user mistake in a scenario file; its message is one line meant for the user."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RuntimeSpec(_Strict):
+class RuntimeSpec(Strict):
     """One runtime configuration: a server gaplab starts, or one it attaches to by URL."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
@@ -106,7 +102,7 @@ class RuntimeSpec(_Strict):
         return flags
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     api: Literal["chat", "completions"] = "chat"
     quants: list[str] = Field(min_length=1)
@@ -118,7 +114,7 @@ SLO_METRICS = ("ttft", "tpot", "e2e")  # time to first token, time per output to
 SLO_PERCENTILES = (50, 90, 95, 99)
 
 
-class Objective(_Strict):
+class Objective(Strict):
     """A service-level objective: `percentile` of a request latency within `max_ms`. A request that
     is within every objective's max_ms counts toward goodput."""
 
@@ -142,7 +138,7 @@ class Objective(_Strict):
         return v
 
 
-class LoadSpec(_Strict):
+class LoadSpec(Strict):
     """How each cell is measured: closed-loop users or open-loop rates, and how long, how often
     and how precisely.
 
@@ -207,7 +203,7 @@ class LoadSpec(_Strict):
         return self
 
 
-class Scenario(_Strict):
+class Scenario(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
     runtimes: list[RuntimeSpec] = Field(min_length=1)
@@ -258,7 +254,7 @@ class Scenario(_Strict):
         return out
 
 
-class Cell(_Strict):
+class Cell(Strict):
     """One point of the matrix: what one papermill run of notebooks/10-measure.ipynb measures."""
 
     scenario: str

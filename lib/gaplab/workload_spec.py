@@ -22,7 +22,10 @@ MAX_TOKENS = 131072
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 
 
-class _Strict(BaseModel):  # as scenario._Strict; its own copy because scenario imports this module
+class Strict(BaseModel):
+    """The base of every scenario model (here, since scenario imports this module): an unknown
+    field is refused, and a loaded scenario cannot change."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -31,7 +34,7 @@ _PARAMS = {"fixed": ({"value"}, set()), "uniform": ({"min", "max"}, set()),
            "normal": ({"mean", "sd"}, {"min", "max"}), "lognormal": ({"mean", "sd"}, {"min", "max"})}
 
 
-class LengthSpec(_Strict):
+class LengthSpec(Strict):
     """A distribution of token lengths. mean and sd are those of the lengths themselves (for
     lognormal too, not of their log); draws are rounded and clipped to [min, max]."""
 
@@ -87,7 +90,7 @@ def levels(v: list | None, below: str, what: str) -> list | None:
     return v
 
 
-class _WorkloadBase(_Strict):
+class _WorkloadBase(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     seed: int | None = None  # None: the scenario's seed
     # The load levels this workload is measured at, instead of load.concurrency / load.rates
