@@ -254,6 +254,14 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None).select(COLUMNS)
 
 
+
+def switch_claims(claim_rows: pl.DataFrame, est: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """The switch claims of the workloads of one kind (shared-prefix, long-prompt-mix)."""
+    if est.is_empty() or claim_rows.is_empty():
+        return claim_rows.clear()
+    names = est.filter(pl.col("workload_kind") == kind)["workload"].unique().to_list()
+    return claim_rows.filter(pl.col("kind") == "switch", pl.col("workload").is_in(names))
+
 def sweep_panels(est: pl.DataFrame) -> pl.DataFrame:
     """The rate cells as a long frame for charts.rate_sweep: one row per cell and figure (keep-up,
     each SLO objective's percentile, goodput), with its interval, bound and verdict."""

@@ -10,18 +10,12 @@ import polars as pl
 
 from gaplab.report import charts
 from gaplab.report import claims as claims_mod
-from gaplab.report.workloads import KEEP_UP
+from gaplab.report.workloads import KEEP_UP, switch_claims
 
 NOTHING = ("Nothing of this study is measured on this machine yet: `gaplab sweep scenarios/workloads-cpu.yaml` "
            "(run by `make report`) measures it.")
 
 VERDICT_WORDS = {"no interval": "one trial, no verdict", "undecided": "undecided (the interval holds the bound)"}
-
-
-def _interval(r: dict, m: str, digits: int = 2) -> str:
-    if r.get(f"{m}_lo") is None:
-        return f"{r[m]:,.{digits}f} (1 trial)"
-    return f"{r[m]:,.{digits}f} [{r[f'{m}_lo']:,.{digits}f}–{r[f'{m}_hi']:,.{digits}f}]"
 
 
 def _slo_text(slo_json: str) -> str:
@@ -37,8 +31,10 @@ def sweep_story(est: pl.DataFrame, knee_rows: pl.DataFrame) -> str:
     lines = [f"The SLO: {_slo_text(rates['slo'][0])}. A rate is *sustained* when keep-up's interval lies above "
              f"{KEEP_UP:g} (answers come back at least {KEEP_UP:.0%} as fast as requests arrive), *overloaded* when "
              "it lies below, and undecided otherwise.", ""]
+    keep_up_text = charts.with_intervals(rates, ["keep_up"], digits=2)["keep_up"]
+    rates = rates.with_columns(keep_up_text=keep_up_text)
     for (runtime, workload), g in rates.sort("rate").group_by(["runtime", "workload"], maintain_order=True):
-        cells = "; ".join(f"{r['rate']:g} req/s {VERDICT_WORDS.get(r['sustained'], r['sustained'])} (keep-up {_interval(r, 'keep_up')}, "
+        cells = "; ".join(f"{r['rate']:g} req/s {VERDICT_WORDS.get(r['sustained'], r['sustained'])} (keep-up {r['keep_up_text']}, "
                           f"SLO {VERDICT_WORDS.get(r['slo_verdict'], r['slo_verdict'] or 'not stated')})" for r in g.iter_rows(named=True))
         lines.append(f"- **{runtime}**, {workload}: {cells}.")
     lines.append("")
@@ -73,8 +69,7 @@ def switch_story(claim_rows: pl.DataFrame, est: pl.DataFrame, kind: str) -> str:
     """The switch claims of the workloads of one kind, as bullets."""
     if est.is_empty():
         return NOTHING
-    names = est.filter(pl.col("workload_kind") == kind)["workload"].unique().to_list()
-    rows = claim_rows.filter(pl.col("workload").is_in(names)) if not claim_rows.is_empty() else claim_rows
+    rows = switch_claims(claim_rows, est, kind)
     if rows.is_empty():
         return f"No pair of servers differing in one switch has measured a `{kind}` workload here."
     return claims_mod.render(rows, "switch")
