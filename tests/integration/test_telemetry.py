@@ -18,6 +18,9 @@ from gaplab.telemetry import Sampler, background, prometheus_rows
 
 pytestmark = pytest.mark.slow
 INTERVAL = 0.2
+# A sampler that stalls (the defect) misses seconds of the cell; with another process keeping a
+# core busy, one sample of a fresh-clone make test came 0.69 s after the last, so 1 s has room.
+STALL_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def test_samples_cover_the_whole_cell(run):
     t = sorted(tele["t_ns"].unique().to_list())
     assert t[0] <= req["sent_ns"].min() + INTERVAL * 1e9 and t[-1] >= req["end_ns"].max() - INTERVAL * 1e9
     gaps = [(b - a) / 1e9 for a, b in zip(t, t[1:])]
-    assert max(gaps) < 3 * INTERVAL
+    assert max(gaps) < STALL_S, gaps
     metrics = set(tele["metric"])
     assert {"llamacpp:requests_processing", "llamacpp:requests_deferred", "cpu_pct", "rss_bytes",
             "slots_processing"} <= metrics
