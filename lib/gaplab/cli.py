@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from gaplab.config import BUILD_DIR, RAW_DIR, SITE_DIR
+from gaplab.config import BUILD_DIR, SITE_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 local_app = typer.Typer(no_args_is_help=True, help="The embedded default: llama.cpp and small models.")
@@ -30,6 +30,19 @@ def _done(summary: str, failed: list[str]) -> None:
         typer.echo(f"  failed: {line}", err=True)
     if failed:
         raise typer.Exit(1)
+
+
+def _store(data_dir: str):
+    """The store a --data-dir names (a folder or a URL), opened once so that a missing package,
+    an unknown scheme or refused credentials stop the command here, in one line."""
+    from gaplab import storage
+
+    root = storage.location(data_dir)
+    _guard(storage.check, root)
+    return root
+
+
+DATA_DIR_HELP = "where raw Parquet files are: a folder or a URL (s3://bucket/prefix, ...); default: data/raw"
 
 
 def _guard(fn, *args, **kwargs):
@@ -68,15 +81,19 @@ def local_setup(model: list[str] = typer.Option(None, help="only these local mod
 @app.command()
 def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every cell again, in a new series"),
           list_cells: bool = typer.Option(False, "--list", help="print the cells and stop"),
-          data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files go")):
-    """Measure every cell of SCENARIO that still needs trials on this machine."""
+          data_dir: str = typer.Option("", help=DATA_DIR_HELP),
+          ray: str = typer.Option("", help="a Ray cluster's address (HOST:PORT): each server group runs there as "
+                                  "a task; give a --data-dir every worker can reach")):
+    """Measure every cell of SCENARIO that still needs trials on this machine (or, with --ray,
+    that the store lacks)."""
     from gaplab.scenario import load_scenario
     from gaplab.sweep import Interrupted, cell_trials, pools
     from gaplab.sweep import sweep as run_sweep
 
     sc = _guard(load_scenario, scenario)
+    data_dir = _store(data_dir)
     if list_cells:
-        cells = cell_trials(sc.cells(), data_dir)
+        cells = cell_trials(sc.cells(), data_dir, anywhere=bool(ray))
         pooled = pools(cells)
         for ct in cells.values():
             p = pooled[ct.cell.runtime.name]
@@ -85,12 +102,12 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
                        + (f", ±{half:.1f}%" if half is not None else ""))
         return
     try:
-        result = _guard(run_sweep, scenario, force=force, raw_dir=data_dir)
+        result = _guard(run_sweep, scenario, force=force, raw_dir=data_dir, ray=ray or None)
     except Interrupted as exc:
         typer.echo(f"gaplab: {exc}", err=True)
         raise typer.Exit(130)
     LAST_SWEEP.parent.mkdir(parents=True, exist_ok=True)
-    LAST_SWEEP.write_text(json.dumps({**result.__dict__, "data_dir": str(data_dir.resolve())}))
+    LAST_SWEEP.write_text(json.dumps({**result.__dict__, "data_dir": _where(data_dir)}))
     halves = sorted(result.halfwidths_pct)
     capped = (f"{len(result.capped)} capped before reaching {sc.load.precision:.0%}"
               + (f" ({result.out_of_time} by load.max_sweep_seconds)" if result.out_of_time else ""))
@@ -108,12 +125,18 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
           f"{result.skipped} cells reused, {len(result.failed)} failed", result.failed)
 
 
+def _where(root) -> str:
+    """A store root as one string, for telling whether two commands used the same store."""
+    return str(root if isinstance(root, str) else root.resolve())
+
+
 @app.command()
 def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --list); default: the first"),
-        data_dir: Path = typer.Option(RAW_DIR)):
+        data_dir: str = typer.Option("", help=DATA_DIR_HELP)):
     """Measure one trial of one cell in this process (no papermill), starting its server."""
     from gaplab.measure import run_cell
 
+    data_dir = _store(data_dir)
     try:
         typer.echo(json.dumps(_guard(run_cell, scenario, cell, raw_dir=data_dir)))
     except KeyboardInterrupt:
@@ -122,7 +145,7 @@ def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --
 
 
 @app.command()
-def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files are"),
+def report(data_dir: str = typer.Option("", help=DATA_DIR_HELP),
            out: Path = typer.Option(SITE_DIR, help="site folder (the nbconvert build)"),
            price_per_hour: str = typer.Option("", help="dollars per hour of the machine (or hardware_id=price "
                                               "pairs): the throughput page then prices a million tokens"),
@@ -132,13 +155,15 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
 
     from gaplab.report import capability, checker, cost, speed
     from gaplab.report.site import build_site
+    from gaplab.storage import glob
 
+    data_dir = _store(data_dir)
     _guard(checker.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
     _guard(capability.load_published)
     _guard(cost.parse_prices, price_per_hour)
     if slo_ttft_p99_ms < 0:
         _fail(f"--slo-ttft-p99-ms: {slo_ttft_p99_ms:g} is below 0; give a target in ms, or 0 for none")
-    if not list(Path(data_dir).glob("**/*.run.parquet")):
+    if not glob(data_dir, "**/*.run.parquet"):
         _fail(f"--data-dir: {data_dir} holds no runs; measure first with 'gaplab sweep SCENARIO' "
               f"(or point --data-dir at a folder of runs)")
     builder = build_site(data_dir, out, parameters={"price_per_hour": price_per_hour,
@@ -149,7 +174,7 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
     trials = req["run_id"].n_unique()
     studied = speed.measured_requests(data_dir, machine, study="workloads")
     last = json.loads(LAST_SWEEP.read_text()) if LAST_SWEEP.exists() else None
-    if last and last.get("data_dir") != str(data_dir.resolve()):
+    if last and last.get("data_dir") != _where(data_dir):
         last = None  # that sweep wrote elsewhere
     ran = f" ({last.get('trials', 0)} trials run by the last sweep, {last.get('skipped', 0)} cells reused)" if last else ""
     typer.echo(f"gaplab: site built with {builder}: open {(out / 'index.html').resolve()}")
@@ -162,7 +187,7 @@ def report(data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files 
 
 @app.command()
 def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe again servers already probed here"),
-                 data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files go"),
+                 data_dir: str = typer.Option("", help=DATA_DIR_HELP),
                  runtime: list[str] = typer.Option(None, help="only these runtimes (default: all of the scenario)"),
                  every_model: bool = typer.Option(False, help="probe every model and quant, not one per runtime")):
     """Probe what each runtime of SCENARIO can do, with real requests: streamed usage, forced output
@@ -170,7 +195,7 @@ def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe a
     models. Stores pass / fail / not offered with the evidence, one server per runtime by default."""
     from gaplab import capability, probes
 
-    found, skipped = _guard(probes.measure, scenario, data_dir, force, every_model, runtime or None)
+    found, skipped = _guard(probes.measure, scenario, _store(data_dir), force, every_model, runtime or None)
     failed = []
     for server, findings in found:
         verdicts = [f.verdict for f in findings]
@@ -199,7 +224,7 @@ def doctor():
 
 @app.command()
 def quality(scenario: Path, force: bool = typer.Option(False, help="measure again what is already stored here"),
-            data_dir: Path = typer.Option(RAW_DIR, help="where raw Parquet files go"),
+            data_dir: str = typer.Option("", help=DATA_DIR_HELP),
             chunks: int = typer.Option(4, min=1, help="512-token chunks of the evaluation text llama-perplexity scores"),
             eval_set: Path = typer.Option(None, "--eval", help="your own JSONL question set (question, answer, "
                                           "optional choices); default: data/eval/gaplab-basic-seed0.jsonl"),
@@ -212,7 +237,7 @@ def quality(scenario: Path, force: bool = typer.Option(False, help="measure agai
     (llama-perplexity), task accuracy through the runtime's API, and agreement between runtimes."""
     from gaplab import quality as q
 
-    res = _guard(q.measure, scenario, raw_dir=data_dir, force=force, chunks=chunks, eval_path=eval_set,
+    res = _guard(q.measure, scenario, raw_dir=_store(data_dir), force=force, chunks=chunks, eval_path=eval_set,
                  runtimes=runtime or None, task_on_all=task_on_all)
     _done(f"gaplab: quality done in {res.seconds:.0f} s: {res.fidelity_runs} fidelity, {res.task_runs} task "
           f"and {res.agreement_runs} agreement runs; {res.skipped} reused, {len(res.failed)} failed", res.failed)

@@ -19,6 +19,7 @@ from gaplab import store
 from gaplab.config import BUILD_DIR, NOTEBOOKS_DIR, ROOT
 from gaplab.runtimes import Server
 from gaplab.scenario import Cell
+from gaplab.storage import Root
 
 MEASURE = NOTEBOOKS_DIR / "10-measure.ipynb"
 
@@ -81,11 +82,12 @@ class Kernel:
         self.pool.shutdown()
 
 
-def measure_trial(kernel: Kernel, scenario: Path, cell: Cell, raw_dir: Path, server: Server | None = None,
-                  trial: int = 1, series_id: str = "", out_dir: Path = BUILD_DIR / "runs") -> str:
+def measure_trial(kernel: Kernel, scenario: Path, cell: Cell, raw_dir: Root, server: Server | None = None,
+                  trial: int = 1, series_id: str = "", out_dir: Path = BUILD_DIR / "runs", run_id: str = "") -> str:
     """One papermill run of the measure notebook for one trial of a cell; returns its run id.
-    server: the session's server to measure (None: the notebook starts the cell's own)."""
-    run_id = store.new_run_id()
+    server: the session's server to measure (None: the notebook starts the cell's own).
+    run_id: the id to store it under (a sweep on Ray names it ahead); empty: a new one."""
+    run_id = run_id or store.new_run_id()
     params = {"scenario": str(scenario), "cell_id": cell.cell_id,
               "server": json.dumps(server.to_dict()) if server else "",
               "data_dir": str(raw_dir), "trial": trial, "series_id": series_id, "run_id": run_id}
@@ -93,3 +95,20 @@ def measure_trial(kernel: Kernel, scenario: Path, cell: Cell, raw_dir: Path, ser
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb"
     kernel.execute(MEASURE, out_dir / name, params)
     return run_id
+
+
+def trial_outcome(kernel: Kernel, scenario: Path, cell: Cell, raw_dir: Root, server: Server | None, trial: int,
+                  series_id: str, out_dir: Path, run_id: str) -> tuple[Kernel, str | None]:
+    """measure_trial, with what went wrong as text: returns (the kernel for the next trial, the error
+    or None). Either way the notebook has stored the run, with its status; a kernel that died is
+    replaced."""
+    import papermill as pm
+
+    try:
+        measure_trial(kernel, scenario, cell, raw_dir, server, trial, series_id, out_dir, run_id)
+    except pm.PapermillExecutionError as exc:
+        return kernel, f"{exc.ename}: {exc.evalue}"
+    except Exception as exc:  # the kernel itself died: a new one for the next trial
+        kernel.close()
+        return Kernel(), f"{type(exc).__name__}: {exc}"
+    return kernel, None

@@ -58,6 +58,10 @@ class RuntimeSpec(Strict):
     # openai (attach)
     base_url: str | None = None
     api_key_env: str | None = None
+    # what one server of this runtime takes on a Ray cluster's node (gaplab sweep --ray)
+    cpus: float = Field(1, gt=0, description="CPUs a server group's task reserves on a Ray node")
+    gpus: float = Field(0, ge=0, description="GPUs it reserves (vLLM's tensor parallel size, say)")
+    accelerator: str | None = Field(None, description="Ray accelerator type its node must have, e.g. A100")
 
     def served_name(self, model: "ModelSpec") -> str:
         return self.served_names.get(model.name) or model.served_name or model.name

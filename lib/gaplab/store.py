@@ -19,17 +19,17 @@ with those columns null: one trial, from an unknown machine of their class.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from gaplab import storage
 from gaplab.records import RequestRecord, RunIdentity
 from gaplab.config import SCHEMA_VERSION
+from gaplab.storage import Root
 
 IDENTITY = pa.schema([
     ("run_id", pa.string()), ("cell_id", pa.string()), ("cell_key", pa.string()),
@@ -121,10 +121,10 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def run_dir(raw_dir: Path, identity: dict, run_id: str) -> Path:
+def run_dir(raw_dir: Root, identity: dict, run_id: str) -> Root:
     date = f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]}"
-    return Path(raw_dir, identity["hardware_id"], identity["runtime"], identity["model"],
-                identity["quant"], date)
+    return storage.join(raw_dir, identity["hardware_id"], identity["runtime"], identity["model"],
+                        identity["quant"], date)
 
 
 def server_figures(timings: dict | None) -> dict:
@@ -161,24 +161,17 @@ def _table(rows: list[dict], identity: dict, schema: pa.Schema, meta: dict) -> p
     return table.replace_schema_metadata({b"gaplab": json.dumps(meta, default=str).encode()})
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-def _write_tables(raw_dir: Path, identity: RunIdentity | dict, meta: dict,
+def _write_tables(raw_dir: Root, identity: RunIdentity | dict, meta: dict,
                   tables: list[tuple[str, list[dict]]]) -> dict:
     """Write one run's tables in order, each atomically; refuses to overwrite any of them."""
     identity = _identity_row(identity)
     folder = run_dir(raw_dir, identity, identity["run_id"])
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / f"{identity['run_id']}.{name}.parquet" for name, _ in tables}
+    paths = {name: storage.join(folder, f"{identity['run_id']}.{name}.parquet") for name, _ in tables}
     for path in paths.values():
-        if path.exists():
+        if storage.exists(path):
             raise FileExistsError(f"{path} exists: runs are immutable, use a new run id")
     for name, rows in tables:
-        _write_atomic(_table(rows, identity, TABLES[name], meta), paths[name])
+        storage.write_parquet(_table(rows, identity, TABLES[name], meta), paths[name])
     return paths
 
 
@@ -199,8 +192,8 @@ def _run_row(meta: dict, requests: list[dict]) -> dict:
             "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}
 
 
-def write_run(raw_dir: Path, identity: RunIdentity | dict, meta: dict, records: list[RequestRecord],
-              telemetry: list[dict] | None = None) -> Path:
+def write_run(raw_dir: Root, identity: RunIdentity | dict, meta: dict, records: list[RequestRecord],
+              telemetry: list[dict] | None = None) -> Root:
     """Write the run's tables (run, requests, chunks, and telemetry when sampled); returns the
     run table's path. Never overwrites a file; removes the run's part files once written."""
     identity = _identity_row(identity)
@@ -209,7 +202,7 @@ def write_run(raw_dir: Path, identity: RunIdentity | dict, meta: dict, records: 
     tables = [("requests", requests), ("chunks", chunks)] + ([("telemetry", telemetry)] if telemetry else [])
     # the run table last: it marks the run written
     path = _write_tables(raw_dir, identity, meta, tables + [("run", [_run_row(meta, requests)])])["run"]
-    _remove_parts(path.parent, identity["run_id"])
+    _remove_parts(storage.parent(path), identity["run_id"])
     return path
 
 
@@ -217,7 +210,7 @@ class RunWriter:
     """The part files of a run being measured: `flush` writes the records completed since the
     last call (requests and their chunks), each part atomically; `write_run` ends the run."""
 
-    def __init__(self, raw_dir: Path, identity: RunIdentity | dict, meta: dict):
+    def __init__(self, raw_dir: Root, identity: RunIdentity | dict, meta: dict):
         identity = _identity_row(identity)
         self.folder = run_dir(raw_dir, identity, identity["run_id"])
         self.identity, self.meta = identity, {**meta, "schema_version": SCHEMA_VERSION}
@@ -228,33 +221,42 @@ class RunWriter:
         new = records[self.done:len(records)]  # the caller only appends finished records
         if not new:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.parts += 1
         requests, chunks = _rows(new)
         for name, rows in (("chunks", chunks), ("requests", requests)):
-            part = self.folder / f"{self.identity['run_id']}.{name}.part-{self.parts:04d}.parquet"
-            _write_atomic(_table(rows, self.identity, TABLES[name], self.meta), part)
+            part = storage.join(self.folder, f"{self.identity['run_id']}.{name}.part-{self.parts:04d}.parquet")
+            storage.write_parquet(_table(rows, self.identity, TABLES[name], self.meta), part)
         self.done += len(new)
 
 
-def _remove_parts(folder: Path, run_id: str) -> None:
-    for part in folder.glob(f"{run_id}.*.part-*.parquet"):
-        part.unlink(missing_ok=True)
+def _remove_parts(folder: Root, run_id: str) -> None:
+    for part in storage.glob(folder, f"{run_id}.*.part-*.parquet"):
+        storage.remove(part)
 
 
-def recover(raw_dir: Path) -> list[str]:
+def recover(raw_dir: Root) -> list[str]:
     """Turn the part files of runs whose process died into runs marked "interrupted"; returns
-    their run ids. Part files of runs that were written after all are removed."""
-    found: dict[tuple[Path, str], list[Path]] = {}
-    for part in Path(raw_dir).glob("**/*.part-*.parquet"):
-        found.setdefault((part.parent, part.name.split(".")[0]), []).append(part)
+    their run ids. Part files of runs that were written after all are removed. Only the command
+    that owns the store calls it (a sweep's driver), never a worker: another worker's live run
+    has part files too."""
+    found: dict[tuple[str, str], list] = {}
+    for part in storage.glob(raw_dir, "**/*.part-*.parquet"):
+        found.setdefault((str(storage.parent(part)), storage.name(part).split(".")[0]), []).append(part)
+    # a run written after all, maybe in another machine's folder (a cluster task retried elsewhere)
+    written = {storage.name(p).split(".")[0] for p in storage.glob(raw_dir, "**/*.run.parquet")} if found else set()
     recovered = []
-    for (folder, run_id), parts in sorted(found.items()):
-        if not (folder / f"{run_id}.run.parquet").exists():
-            tables = {name: pa.concat_tables([pq.read_table(p) for p in sorted(parts) if f".{name}.part-" in p.name]
+    for (_, run_id), parts in sorted(found.items()):
+        parts = sorted(parts)
+        folder = storage.parent(parts[0])
+        # a requests part always has rows (a chunks part is empty when no request got a chunk, and
+        # alone when the process died between the two)
+        first = next((p for p in parts if ".requests.part-" in storage.name(p)), None)
+        if run_id not in written and first is not None:
+            tables = {name: pa.concat_tables([storage.read_parquet(p) for p in parts
+                                              if f".{name}.part-" in storage.name(p)]
                                              or [TABLES[name].empty_table()])
                       for name in ("requests", "chunks")}
-            first = pq.read_table(sorted(parts)[0])
+            first = storage.read_parquet(first)
             meta = json.loads(first.schema.metadata[b"gaplab"])
             identity = {k: first.column(k)[0].as_py() for k in IDENTITY.names}
             requests = tables["requests"].to_pylist()
@@ -274,33 +276,30 @@ def recover(raw_dir: Path) -> list[str]:
 _READ: dict[tuple[str, str], tuple[tuple, pl.DataFrame]] = {}
 
 
-def scan_table(raw_dir: Path, name: str) -> pl.LazyFrame:
-    """All files of one table below raw_dir as one lazy scan, in the current schema: files of an
-    older schema lack the newer columns, which read as null."""
-    files = sorted(Path(raw_dir).glob(f"**/*.{name}.parquet"))
-    schema = pl.from_arrow(TABLES[name].empty_table()).schema
-    if not files:
-        return pl.LazyFrame(schema=schema)
-    return pl.scan_parquet(files, schema=schema, missing_columns="insert", extra_columns="ignore")
+def scan_table(raw_dir: Root, name: str, files: list[Root] | None = None) -> pl.LazyFrame:
+    """All files of one table below raw_dir (or the given ones) as one lazy scan, in the current
+    schema: files of an older schema lack the newer columns, which read as null."""
+    files = storage.glob(raw_dir, f"**/*.{name}.parquet") if files is None else files
+    return storage.scan(files, TABLES[name])
 
 
-def read_table(raw_dir: Path, name: str) -> pl.DataFrame:
+def read_table(raw_dir: Root, name: str) -> pl.DataFrame:
     """All files of one table ('run', 'requests', 'chunks', ...) below raw_dir, as one frame;
     read once while its files are unchanged."""
-    files = sorted(Path(raw_dir).glob(f"**/*.{name}.parquet"))
-    signature = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
-    key = (str(Path(raw_dir).resolve()), name)
+    files = storage.glob(raw_dir, f"**/*.{name}.parquet")
+    signature = storage.signature(files)
+    key = (str(raw_dir if storage.is_url(raw_dir) else Path(raw_dir).resolve()), name)
     if key not in _READ or _READ[key][0] != signature:
-        _READ[key] = (signature, scan_table(raw_dir, name).collect())
+        _READ[key] = (signature, scan_table(raw_dir, name, files).collect())
     return _READ[key][1]
 
 
-def read_run(raw_dir: Path, run_id: str, name: str) -> pl.DataFrame:
+def read_run(raw_dir: Root, run_id: str, name: str) -> pl.DataFrame:
     """One table of one run."""
-    files = list(Path(raw_dir).glob(f"**/{run_id}.{name}.parquet"))
+    files = storage.glob(raw_dir, f"**/{run_id}.{name}.parquet")
     if not files:
         raise FileNotFoundError(f"run {run_id} has no {name} table under {raw_dir}")
-    return pl.read_parquet(files[0])
+    return pl.from_arrow(storage.read_parquet(files[0]))
 
 
 # ---------------------------------------------------------------- quality tables (gaplab.quality)
@@ -332,15 +331,15 @@ TABLES["quality"] = QUALITY
 TABLES["answers"] = ANSWERS
 
 
-def write_quality(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict], meta: dict,
-                  answers: list[dict] | None = None) -> Path:
+def write_quality(raw_dir: Root, identity: RunIdentity | dict, rows: list[dict], meta: dict,
+                  answers: list[dict] | None = None) -> Root:
     """Write one quality run (answers first, then its figures); returns the quality table's path."""
     before = [("answers", answers)] if answers is not None else []
     return _write_figures(raw_dir, identity, meta, "quality", rows, before)
 
 
-def _write_figures(raw_dir: Path, identity: RunIdentity | dict, meta: dict, name: str, rows: list[dict],
-                   before: list[tuple[str, list[dict]]] = ()) -> Path:
+def _write_figures(raw_dir: Root, identity: RunIdentity | dict, meta: dict, name: str, rows: list[dict],
+                   before: list[tuple[str, list[dict]]] = ()) -> Root:
     """A run of figures (quality, bandwidth, capability): `before`'s tables, then table `name`, whose
     rows carry the schema version as a column; returns that table's path."""
     rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
@@ -360,7 +359,7 @@ BANDWIDTH = pa.schema(list(IDENTITY) + [
 TABLES["bandwidth"] = BANDWIDTH
 
 
-def write_bandwidth(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict]) -> Path:
+def write_bandwidth(raw_dir: Root, identity: RunIdentity | dict, rows: list[dict]) -> Root:
     return _write_figures(raw_dir, identity, {}, "bandwidth", rows)
 
 
@@ -378,11 +377,11 @@ CAPABILITY = pa.schema(list(IDENTITY) + [
 TABLES["capability"] = CAPABILITY
 
 
-def write_capability(raw_dir: Path, identity: RunIdentity | dict, rows: list[dict], meta: dict) -> Path:
+def write_capability(raw_dir: Root, identity: RunIdentity | dict, rows: list[dict], meta: dict) -> Root:
     return _write_figures(raw_dir, identity, meta, "capability", rows)
 
 
-def completed_quality(raw_dir: Path, machine_id: str) -> set[str]:
+def completed_quality(raw_dir: Root, machine_id: str) -> set[str]:
     """cell_keys of quality runs completed on this machine."""
     q = read_table(raw_dir, "quality")
     done = q.filter((pl.col("machine_id") == machine_id) & (pl.col("status") == "complete"))

@@ -12,6 +12,10 @@ What counts as already measured is read from the store: the trials of this machi
 newest series of each cell, so a killed sweep resumes where it stopped; `force` starts a
 new series for every cell. Ctrl-C ends the trial in flight (its finished requests are
 kept, marked "interrupted") and the sweep, with one line and exit code 130.
+
+On a Ray cluster (`ray`, cluster.py) each round's server groups run at once as tasks on its
+workers, all writing to one shared store; what is measured is then read from every machine's
+runs, and the memory bandwidth (roofline) is not measured, as the driver is not where cells run.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from gaplab import bandwidth, metrics, stats, store
+from gaplab import bandwidth, cluster, metrics, stats, store
 from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
-from gaplab.kernel import CtrlC, Kernel, measure_trial
+from gaplab.kernel import CtrlC, Kernel, trial_outcome
 from gaplab.measure import write_failed
 from gaplab.runtimes import Server
 from gaplab.scenario import Cell, LoadSpec, load_scenario
 from gaplab.sessions import Sessions
+from gaplab.storage import Root
 
 
 class Interrupted(Exception):
@@ -87,7 +92,7 @@ def pending(cells: dict[str, CellTrials], load: LoadSpec) -> list[CellTrials]:
     return [ct for ct in cells.values() if ct.state(load, p[ct.cell.runtime.name]) == "needs trials"]
 
 
-def trial_values(raw_dir: Path, run_ids: list[str]) -> dict[str, tuple[float, float]]:
+def trial_values(raw_dir: Root, run_ids: list[str]) -> dict[str, tuple[float, float]]:
     """run_id -> (aggregate tok/s, measured seconds) of those runs' measured requests."""
     if not run_ids:
         return {}
@@ -99,10 +104,13 @@ def trial_values(raw_dir: Path, run_ids: list[str]) -> dict[str, tuple[float, fl
     return {r["run_id"]: (r["aggregate_tok_s"], r["span_s"]) for r in t.iter_rows(named=True)}
 
 
-def cell_trials(cells: list[Cell], raw_dir: Path, force: bool = False) -> dict[str, CellTrials]:
-    """cell_key -> its trials so far on this machine (a new, empty series for each with force)."""
-    here = machine_id()
-    runs = metrics.with_run_keys(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == here)
+def cell_trials(cells: list[Cell], raw_dir: Root, force: bool = False, anywhere: bool = False
+                ) -> dict[str, CellTrials]:
+    """cell_key -> its trials so far on this machine, or on any machine of the store when anywhere
+    (a sweep on a cluster); a new, empty series for each with force."""
+    runs = metrics.with_run_keys(store.read_table(raw_dir, "run"))
+    if not anywhere:
+        runs = runs.filter(pl.col("machine_id") == machine_id())
     out = {c.cell_key: CellTrials(c, series_id=store.new_run_id()) for c in cells}
     if force or runs.is_empty():
         return out
@@ -137,26 +145,29 @@ class SweepResult:
     out_of_time: int = 0  # capped cells stopped by load.max_sweep_seconds
 
 
-def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
-          out_dir: Path = BUILD_DIR / "runs", progress: bool = True) -> SweepResult:
-    """Measure every cell of the scenario that still needs trials on this machine."""
-    import papermill as pm
-
+def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
+          out_dir: Path = BUILD_DIR / "runs", progress: bool = True, ray: str | None = None) -> SweepResult:
+    """Measure every cell of the scenario that still needs trials on this machine, or, with ray
+    (a cluster's address), every cell the store lacks, each server group as a task on the cluster."""
     t0 = time.monotonic()
     scenario = Path(scenario)
     sc = load_scenario(scenario)
     load = sc.load
-    recovered = store.recover(raw_dir)
     cells = sc.cells()
-    progress_by_key = cell_trials(cells, raw_dir, force)
+    if ray:  # before anything runs: an unreachable cluster or a runtime no node can place stops here
+        cluster.connect(ray)
+        cluster.check_resources({c.runtime.name: c.runtime for c in cells}.values())
+    recovered = store.recover(raw_dir)
+    progress_by_key = cell_trials(cells, raw_dir, force, anywhere=bool(ray))
     result = SweepResult(cells=len(cells))
     todo = pending(progress_by_key, load)
     result.skipped = len(cells) - len(todo)
     need = sum(max(load.trials - len(ct.values), 1) for ct in todo)
-    print(f"gaplab: {len(cells)} cells in {scenario}; {result.skipped} already measured on this machine "
-          f"({machine_id()}), {len(todo)} to run: at least {need} trials in rounds"
+    where = "in the store" if ray else f"on this machine ({machine_id()})"
+    print(f"gaplab: {len(cells)} cells in {scenario}; {result.skipped} already measured {where}, "
+          f"{len(todo)} to run: at least {need} trials in rounds" + (f" on the Ray cluster at {ray}" if ray else "")
           + (f"; {len(recovered)} killed run(s) kept as interrupted" if recovered else ""), flush=True)
-    if todo:  # what bounds every decode step here, measured beside the trials (report: roofline)
+    if todo and not ray:  # what bounds every decode step here, measured beside the trials (report: roofline)
         print(f"gaplab: memory bandwidth here: {bandwidth.summary(bandwidth.record(raw_dir, sc.name))}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=need, desc="sweep", unit="trial", file=sys.stdout, disable=not progress)
@@ -171,6 +182,26 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
         bar.total -= 1
         return True
 
+    def settle(ct: CellTrials, run_id: str | None, error: str | None) -> None:
+        """Count one trial of ct. run_id None: nothing was stored (its server never started), so
+        the trial is stored here as a failed run with the reason."""
+        if error is None:
+            got = trial_values(raw_dir, [run_id]).get(run_id)
+            result.trials += 1
+            result.run_ids.append(run_id)
+            if got:
+                ct.values.append(got[0])
+                ct.measured_s += got[1]
+            else:
+                error = f"trial {ct.next_trial} measured nothing"
+        if error is not None:
+            if run_id is None:
+                write_failed(raw_dir, ct.cell, error, ct.next_trial, ct.series_id)
+            ct.failed = True
+            result.failed.append(f"{ct.cell.cell_id}: {error}"[:300])
+        ct.next_trial += 1
+        bar.update()
+
     class Trial:
         """The next trial of a cell, as a measurement of the server session."""
 
@@ -181,40 +212,18 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
             nonlocal kernel, current
             ct = current = self.ct
             bar.set_postfix_str(f"round {result.rounds} · {ct.cell.cell_id}")
-            try:
-                run_id = measure_trial(kernel, scenario, ct.cell, raw_dir, server, ct.next_trial, ct.series_id,
-                                       out_dir)
-                result.run_ids.append(run_id)
-            except pm.PapermillExecutionError as exc:
-                if ctrl_c.pressed:
-                    raise KeyboardInterrupt from None
-                self.fail(f"{exc.ename}: {exc.evalue}", stored=True)
-            except Exception as exc:  # the kernel itself died: a new one for the next trial
-                self.fail(f"{type(exc).__name__}: {exc}", stored=True)
-                kernel.close()
-                kernel = Kernel()
-            else:
-                got = trial_values(raw_dir, [run_id]).get(run_id)
-                if got:
-                    ct.values.append(got[0])
-                    ct.measured_s += got[1]
-                else:
-                    self.fail(f"trial {ct.next_trial} measured nothing", stored=True)
-                result.trials += 1
-            ct.next_trial += 1
+            run_id = store.new_run_id()
+            kernel, error = trial_outcome(kernel, scenario, ct.cell, raw_dir, server, ct.next_trial, ct.series_id,
+                                          out_dir, run_id)
+            if error and ctrl_c.pressed:
+                raise KeyboardInterrupt
+            settle(ct, run_id, error)
             current = None
-            bar.update()
             if ctrl_c.pressed:
                 raise KeyboardInterrupt
 
-        def fail(self, error: str, stored: bool = False) -> None:
-            """stored: the notebook wrote the run (with its status) before it failed."""
-            ct = self.ct
-            if not stored:  # the server would not start: the trial is a failed run with no requests
-                write_failed(raw_dir, ct.cell, error, ct.next_trial, ct.series_id)
-                bar.update()
-            ct.failed = True
-            result.failed.append(f"{ct.cell.cell_id}: {error}"[:300])
+        def fail(self, error: str) -> None:
+            settle(self.ct, None, error)
 
     current: CellTrials | None = None
     try:
@@ -232,6 +241,10 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Path = RAW_DIR,
                     groups.setdefault(ct.cell.server_key, []).append(ct)
                 order = sorted(groups)
                 rng.shuffle(order)
+                if ray:
+                    bar.set_postfix_str(f"round {result.rounds} · {len(order)} server groups on the cluster")
+                    cluster.run_round(scenario, raw_dir, [groups[key] for key in order], settle)
+                    continue
                 for key in order:
                     group = groups[key]
                     rng.shuffle(group)

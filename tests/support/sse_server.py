@@ -37,6 +37,11 @@ def chunk(obj: dict) -> bytes:
 async def handle(reader, writer, ttft: float, itl: float, tokens: int) -> None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET "):  # /v1/models, which attaching to a server asks first: no list
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
+                         b"Connection: close\r\n\r\n{\"data\": []}")
+            await writer.drain()
+            return
         arrived_ns = time.perf_counter_ns()  # CLOCK_MONOTONIC: the client's clock too
         arrived = time.monotonic()
         length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")

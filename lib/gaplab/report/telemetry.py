@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import store
+from gaplab import storage, store
 
 
 # The same quantity under each runtime's own metric name.
@@ -44,7 +44,7 @@ def timeline(raw_dir: Path, run_id: str) -> pl.DataFrame:
 def pick_timeline_run(summary: pl.DataFrame, raw_dir: Path) -> str | None:
     """The run to show over time: the newest trial at the highest load, preferring a server with
     slots for everyone."""
-    sampled = {p.name.split(".")[0] for p in Path(raw_dir).glob("**/*.telemetry.parquet")}
+    sampled = {storage.name(p).split(".")[0] for p in storage.glob(raw_dir, "**/*.telemetry.parquet")}
     rows = summary.with_columns(run_id=pl.col("run_ids").str.split(",").list.last())
     rows = rows.filter(pl.col("run_id").is_in(list(sampled)))
     if rows.is_empty():
