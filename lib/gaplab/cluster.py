@@ -54,6 +54,18 @@ def connect(address: str) -> None:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
 
 
+def shared_store_note(raw_dir: Root) -> str | None:
+    """A warning when a cluster of several nodes would write to a local folder: each node's runs
+    would land on its own disk, out of the driver's sight, unless the folder is a shared mount."""
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if storage.is_url(raw_dir) or nodes < 2:
+        return None
+    return (f"gaplab: note: --data-dir {raw_dir} is a local folder and the cluster has {nodes} nodes; unless every "
+            "node mounts it at that path, give a URL (s3://...) or a shared file system")
+
+
 def needs(runtime) -> dict:
     """The Ray task options that place a server of this runtime."""
     out = {"num_cpus": runtime.cpus, "num_gpus": runtime.gpus}

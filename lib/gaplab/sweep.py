@@ -157,6 +157,9 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
     if ray:  # before anything runs: an unreachable cluster or a runtime no node can place stops here
         cluster.connect(ray)
         cluster.check_resources({c.runtime.name: c.runtime for c in cells}.values())
+        note = cluster.shared_store_note(raw_dir)
+        if note:
+            print(note, flush=True)
     recovered = store.recover(raw_dir)
     progress_by_key = cell_trials(cells, raw_dir, force, anywhere=bool(ray))
     result = SweepResult(cells=len(cells))
