@@ -12,15 +12,26 @@ from gaplab.config import RAW_DIR
 from gaplab.metrics import CELL, METRICS, error_kind, selected_runs, trial_summary, with_latencies, with_run_keys
 
 
-def measured_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None,
-                      study: str | None = "matrix") -> pl.DataFrame:
+def scan_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None,
+                  study: str | None = "matrix") -> pl.LazyFrame:
     """Measured (non-warmup) request rows of the trials the report combines, of one study
-    (metrics.in_study: the matrix pages by default)."""
+    (metrics.in_study: the matrix pages by default), as a lazy scan of the store: nothing is
+    read until it is collected, and then only the columns asked for, of those runs' files."""
     runs = selected_runs(store.read_table(raw_dir, "run"), study)
-    req = with_run_keys(store.read_table(raw_dir, "requests")).join(runs.select("run_id"), on="run_id", how="semi")
     if machine_id:
-        req = req.filter(pl.col("machine_id") == machine_id)
-    return with_latencies(req.filter(~pl.col("warmup")))
+        runs = runs.filter(pl.col("machine_id") == machine_id)
+    # the runs by id, not a join: the filter reaches the scan, and every file of another run (one
+    # run_id per file, in its statistics) or another machine is skipped unread
+    req = store.scan_table(raw_dir, "requests").filter(pl.col("run_id").is_in(runs["run_id"].implode())
+                                                        & ~pl.col("warmup"))
+    return with_latencies(with_run_keys(req))
+
+
+def measured_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None, study: str | None = "matrix",
+                      columns: list[str] | None = None) -> pl.DataFrame:
+    """scan_requests, read: every column (the store's and with_latencies'), or only `columns`."""
+    scan = scan_requests(raw_dir, machine_id, study)
+    return (scan.select(columns) if columns else scan).collect()
 
 
 def trial_pools(trials: pl.DataFrame, metrics: list[str] = METRICS) -> dict:
@@ -71,8 +82,9 @@ def estimates(trials: pl.DataFrame, precision: float | None = None, metrics: lis
                                                              nulls_last=True)
 
 
-def cell_summary(requests: pl.DataFrame, precision: float | None = None) -> pl.DataFrame:
-    """Requests -> per-cell estimates over their trials (trial_summary, then estimates)."""
+def cell_summary(requests: pl.DataFrame | pl.LazyFrame, precision: float | None = None) -> pl.DataFrame:
+    """Requests (measured_requests, or scan_requests unread) -> per-cell estimates over their
+    trials (trial_summary, then estimates)."""
     return estimates(trial_summary(requests), precision)
 
 
