@@ -154,15 +154,21 @@ def _request_row(rec: RequestRecord) -> dict:
     }
 
 
-def _table(rows: list[dict], identity: dict, schema: pa.Schema, meta: dict) -> pa.Table:
-    cols = {name: [identity.get(name)] * len(rows) if name in identity else [r.get(name) for r in rows]
-            for name in schema.names}
-    table = pa.Table.from_pydict(cols, schema=schema)
+def _table(rows: list[dict] | dict[str, list], identity: dict, schema: pa.Schema, meta: dict) -> pa.Table:
+    """A table of rows (dicts) or of columns (a dict of lists), every row carrying the identity."""
+    n = len(next(iter(rows.values()))) if isinstance(rows, dict) else len(rows)
+    column = rows.get if isinstance(rows, dict) else lambda name: [r.get(name) for r in rows]
+    # The identity's values are repeated in C: converted from Python once per row, its columns
+    # cost 2.7 us a chunk row, more than the client spends reading the chunk, and a flush runs
+    # beside the load (bench/client_capacity.py prints what it costs).
+    cols = [pa.repeat(pa.scalar(identity.get(f.name), f.type), n) if f.name in identity
+            else pa.array(column(f.name), f.type) for f in schema]
+    table = pa.Table.from_arrays(cols, schema=schema)
     return table.replace_schema_metadata({b"gaplab": json.dumps(meta, default=str).encode()})
 
 
 def _write_tables(raw_dir: Root, identity: RunIdentity | dict, meta: dict,
-                  tables: list[tuple[str, list[dict]]]) -> dict:
+                  tables: list[tuple[str, list[dict] | dict[str, list]]]) -> dict:
     """Write one run's tables in order, each atomically; refuses to overwrite any of them."""
     identity = _identity_row(identity)
     folder = run_dir(raw_dir, identity, identity["run_id"])
@@ -175,11 +181,22 @@ def _write_tables(raw_dir: Root, identity: RunIdentity | dict, meta: dict,
     return paths
 
 
-def _rows(records: list[RequestRecord]) -> tuple[list[dict], list[dict]]:
-    """Request rows and chunk rows of some records."""
+def _rows(records: list[RequestRecord]) -> tuple[list[dict], dict[str, list]]:
+    """Request rows, and the chunk table's columns, of some records (columns: a trial has
+    thousands of chunks a second, and a dict per chunk cost more than reading it)."""
     requests = [_request_row(r) for r in records]
-    chunks = [{"request_index": r.index, "warmup": r.warmup, "chunk_index": k, "arrival_ns": c[0],
-               "kind": c[1], "n_chars": c[2]} for r in records for k, c in enumerate(r.chunks)]
+    chunks: dict[str, list] = {k: [] for k in ("request_index", "warmup", "chunk_index", "arrival_ns", "kind",
+                                                "n_chars")}
+    for r in records:
+        if r.chunks:
+            n = len(r.chunks)
+            arrival, kind, chars = zip(*r.chunks)
+            chunks["request_index"] += [r.index] * n
+            chunks["warmup"] += [r.warmup] * n
+            chunks["chunk_index"] += range(n)
+            chunks["arrival_ns"] += arrival
+            chunks["kind"] += kind
+            chunks["n_chars"] += chars
     return requests, chunks
 
 
@@ -263,7 +280,7 @@ def recover(raw_dir: Root) -> list[str]:
             n = sum(not r["warmup"] for r in requests)
             meta.update(status="interrupted", error=f"the process was killed; {n} measured requests kept")
             _write_tables(raw_dir, identity, meta, [("requests", requests),
-                                                    ("chunks", tables["chunks"].to_pylist()),
+                                                    ("chunks", tables["chunks"].to_pydict()),
                                                     ("run", [_run_row(meta, requests)])])
             recovered.append(run_id)
         _remove_parts(folder, run_id)
