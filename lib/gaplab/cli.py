@@ -32,13 +32,13 @@ def _done(summary: str, failed: list[str]) -> None:
         raise typer.Exit(1)
 
 
-def _store(data_dir: str):
+def _store(data_dir: str, write: bool = True):
     """The store a --data-dir names (a folder or a URL), opened once so that a missing package,
     an unknown scheme or refused credentials stop the command here, in one line."""
     from gaplab import storage
 
-    root = storage.location(data_dir)
-    _guard(storage.check, root)
+    root = _guard(storage.location, data_dir)
+    _guard(storage.check, root, write)
     return root
 
 
@@ -157,7 +157,7 @@ def report(data_dir: str = typer.Option("", help=DATA_DIR_HELP),
     from gaplab.report.site import build_site
     from gaplab.storage import glob
 
-    data_dir = _store(data_dir)
+    data_dir = _store(data_dir, write=False)
     _guard(checker.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
     _guard(capability.load_published)
     _guard(cost.parse_prices, price_per_hour)

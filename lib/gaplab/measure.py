@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import gaplab
-from gaplab import store
+from gaplab import partfiles, store
 from gaplab.client import StreamClient
 from gaplab.config import RAW_DIR
 from gaplab.hardware import hardware
@@ -120,7 +120,7 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
     status, error = "complete", None
     try:
         with open_server(cell, attach=attach) as srv:
-            writer = store.RunWriter(raw_dir, run_identity(cell, srv, run_id, trial, series_id),
+            writer = partfiles.RunWriter(raw_dir, run_identity(cell, srv, run_id, trial, series_id),
                                      run_meta(cell, srv, started, "interrupted", "the process was killed"))
             if kind.trial_facts:
                 facts["before"] = kind.trial_facts(srv)

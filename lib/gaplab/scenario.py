@@ -59,7 +59,8 @@ class RuntimeSpec(Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     # what one server of this runtime takes on a Ray cluster's node (gaplab sweep --ray)
-    cpus: float = Field(1, gt=0, description="CPUs a server group's task reserves on a Ray node")
+    cpus: float | None = Field(None, gt=0, description="CPUs a server group's task reserves on a Ray node "
+                               "(default: threads + 1 for a server gaplab starts, 1 for one it attaches to)")
     gpus: float = Field(0, ge=0, description="GPUs it reserves (vLLM's tensor parallel size, say)")
     accelerator: str | None = Field(None, description="Ray accelerator type its node must have, e.g. A100")
 

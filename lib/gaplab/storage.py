@@ -15,6 +15,7 @@ unknown scheme or refused credentials end a command in one line before anything 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 Root = Path | str  # a local folder, or a URL
+# the package each common scheme's file system comes in
+PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+            "adl": "adlfs", "hf": "huggingface_hub"}
 
 
 def location(data_dir: str | Path | None, default: Path | None = None) -> Root:
@@ -35,7 +39,13 @@ def location(data_dir: str | Path | None, default: Path | None = None) -> Root:
         return Path(default)
     if text.startswith("file://"):
         return Path(text[len("file://"):])
-    return text.rstrip("/") if "://" in text else Path(text)
+    scheme, sep, rest = text.partition("://")
+    if sep and not rest.strip("/"):
+        raise ValueError(f"--data-dir: {text} names no bucket or folder; give one, e.g. {scheme}://bucket/study")
+    if not sep and re.match(r"^[A-Za-z][\w+.-]+:/?[^/]", text):  # s3:/bucket, s3:bucket
+        fixed = re.sub(r"^([^:]+):/?", r"\1://", text)
+        raise ValueError(f"--data-dir: {text} is not a URL; did you mean {fixed}?")
+    return text.rstrip("/") if sep else Path(text)
 
 
 def is_url(root: Root) -> bool:
@@ -48,18 +58,20 @@ def filesystem(url: str):
     import fsspec
 
     scheme = url.split("://", 1)[0]
+    if scheme not in fsspec.available_protocols():
+        raise ValueError(f"--data-dir: {url}: no file system is known for {scheme}://; use a local folder, "
+                         f"s3://, gs://, az:// or another scheme fsspec lists (fsspec.available_protocols())")
     try:
         fs = fsspec.filesystem(scheme)
-        fs.invalidate_cache()
-        return fs
-    except ValueError:
-        raise ValueError(f"--data-dir: {url}: no file system is known for {scheme}://; use a local folder, "
-                         f"s3://, gs://, az:// or another scheme fsspec lists (fsspec.available_protocols())") from None
-    except ImportError as exc:
-        package = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(
-            scheme, str(exc).split("Install ")[-1].split(" ")[0] or "its fsspec package")
+    except ImportError:
+        package = PACKAGES.get(scheme, "the package fsspec names for it")
         raise ValueError(f"--data-dir: {url}: {scheme}:// needs the package {package}; install it "
                          f"(pip install {package}) or use a local folder") from None
+    except Exception as exc:  # a scheme that needs arguments or a native library (hdfs, zip, ...)
+        raise ValueError(f"--data-dir: {url}: {scheme}:// cannot be opened as a store ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:150]}); use a local folder, s3://, gs:// or az://") from None
+    fs.invalidate_cache()
+    return fs
 
 
 def _path(url: str) -> str:
@@ -67,22 +79,27 @@ def _path(url: str) -> str:
     return url.split("://", 1)[1]
 
 
-def check(root: Root) -> None:
-    """Open the store once: a URL's file system must be installed, answer, and let us write."""
+def check(root: Root, write: bool = True) -> None:
+    """Open the store once: a URL's file system must be installed and answer, and with write let
+    us write (a probe object, removed); without, list the root (a report of a read-only bucket)."""
     if not is_url(root):
         return
     fs = filesystem(root)
     probe = f"{_path(root)}/.gaplab-write-check-{os.getpid()}"
     try:
-        fs.pipe_file(probe, b"ok")
-        fs.rm_file(probe)
+        if write:
+            fs.pipe_file(probe, b"ok")
+            fs.rm_file(probe)
+        elif not fs.exists(_path(root)):
+            raise FileNotFoundError(f"{root} does not exist")
     except Exception as exc:  # each library raises its own kinds; the message says which
-        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
         hint = ("create the bucket (or folder) first, or fix the URL" if isinstance(exc, FileNotFoundError) else
                 "set the library's credentials in its usual environment or config (for S3: AWS_ACCESS_KEY_ID "
                 "and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials; AWS_ENDPOINT_URL for an "
                 "S3-compatible server)")
-        raise ValueError(f"--data-dir: cannot write to {root} ({type(exc).__name__}: {why}); {hint}") from None
+        raise ValueError(f"--data-dir: cannot {'write to' if write else 'read'} {root} ({type(exc).__name__}: "
+                         f"{why}); {hint}") from None
 
 
 def join(root: Root, *parts: str) -> Root:

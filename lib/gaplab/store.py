@@ -7,8 +7,8 @@ crash never leaves half a file; a rerun adds files and never rewrites old ones.
 
 While a run is measured, its completed requests are written every few seconds as part
 files (<run_id>.requests.part-NNNN.parquet, ...), each complete and readable. The run's
-final tables replace them when it ends; if the process is killed first, `recover` turns
-the part files into a normal run marked "interrupted", so at most one flush interval of
+final tables replace them when it ends; if the process is killed first, `partfiles.recover`
+turns the part files into a normal run marked "interrupted", so at most one flush interval of
 finished requests is lost.
 
 Schema 2 added machine_id (the machine that measured, beside hardware_id, its class),
@@ -223,68 +223,9 @@ def write_run(raw_dir: Root, identity: RunIdentity | dict, meta: dict, records: 
     return path
 
 
-class RunWriter:
-    """The part files of a run being measured: `flush` writes the records completed since the
-    last call (requests and their chunks), each part atomically; `write_run` ends the run."""
-
-    def __init__(self, raw_dir: Root, identity: RunIdentity | dict, meta: dict):
-        identity = _identity_row(identity)
-        self.folder = run_dir(raw_dir, identity, identity["run_id"])
-        self.identity, self.meta = identity, {**meta, "schema_version": SCHEMA_VERSION}
-        self.done = 0  # records already in part files
-        self.parts = 0
-
-    def flush(self, records: list[RequestRecord]) -> None:
-        new = records[self.done:len(records)]  # the caller only appends finished records
-        if not new:
-            return
-        self.parts += 1
-        requests, chunks = _rows(new)
-        for name, rows in (("chunks", chunks), ("requests", requests)):
-            part = storage.join(self.folder, f"{self.identity['run_id']}.{name}.part-{self.parts:04d}.parquet")
-            storage.write_parquet(_table(rows, self.identity, TABLES[name], self.meta), part)
-        self.done += len(new)
-
-
 def _remove_parts(folder: Root, run_id: str) -> None:
     for part in storage.glob(folder, f"{run_id}.*.part-*.parquet"):
         storage.remove(part)
-
-
-def recover(raw_dir: Root) -> list[str]:
-    """Turn the part files of runs whose process died into runs marked "interrupted"; returns
-    their run ids. Part files of runs that were written after all are removed. Only the command
-    that owns the store calls it (a sweep's driver), never a worker: another worker's live run
-    has part files too."""
-    found: dict[tuple[str, str], list] = {}
-    for part in storage.glob(raw_dir, "**/*.part-*.parquet"):
-        found.setdefault((str(storage.parent(part)), storage.name(part).split(".")[0]), []).append(part)
-    # a run written after all, maybe in another machine's folder (a cluster task retried elsewhere)
-    written = {storage.name(p).split(".")[0] for p in storage.glob(raw_dir, "**/*.run.parquet")} if found else set()
-    recovered = []
-    for (_, run_id), parts in sorted(found.items()):
-        parts = sorted(parts)
-        folder = storage.parent(parts[0])
-        # a requests part always has rows (a chunks part is empty when no request got a chunk, and
-        # alone when the process died between the two)
-        first = next((p for p in parts if ".requests.part-" in storage.name(p)), None)
-        if run_id not in written and first is not None:
-            tables = {name: pa.concat_tables([storage.read_parquet(p) for p in parts
-                                              if f".{name}.part-" in storage.name(p)]
-                                             or [TABLES[name].empty_table()])
-                      for name in ("requests", "chunks")}
-            first = storage.read_parquet(first)
-            meta = json.loads(first.schema.metadata[b"gaplab"])
-            identity = {k: first.column(k)[0].as_py() for k in IDENTITY.names}
-            requests = tables["requests"].to_pylist()
-            n = sum(not r["warmup"] for r in requests)
-            meta.update(status="interrupted", error=f"the process was killed; {n} measured requests kept")
-            _write_tables(raw_dir, identity, meta, [("requests", requests),
-                                                    ("chunks", tables["chunks"].to_pydict()),
-                                                    ("run", [_run_row(meta, requests)])])
-            recovered.append(run_id)
-        _remove_parts(folder, run_id)
-    return recovered
 
 
 # The last frame read of each table in each folder, with the files it came from. A page asks
@@ -317,6 +258,12 @@ def read_run(raw_dir: Root, run_id: str, name: str) -> pl.DataFrame:
     if not files:
         raise FileNotFoundError(f"run {run_id} has no {name} table under {raw_dir}")
     return pl.from_arrow(storage.read_parquet(files[0]))
+
+
+def stored(raw_dir: Root, run_ids: list[str]) -> set[str]:
+    """Those of the run ids whose run table is in the store, in any machine's folder."""
+    wanted = set(run_ids)
+    return {rid for p in storage.glob(raw_dir, "**/*.run.parquet") if (rid := storage.name(p).split(".")[0]) in wanted}
 
 
 # ---------------------------------------------------------------- quality tables (gaplab.quality)

@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from gaplab import bandwidth, cluster, metrics, stats, store
+from gaplab import bandwidth, cluster, metrics, partfiles, stats, storage, store
 from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
 from gaplab.kernel import CtrlC, Kernel, trial_outcome
@@ -96,8 +96,10 @@ def trial_values(raw_dir: Root, run_ids: list[str]) -> dict[str, tuple[float, fl
     """run_id -> (aggregate tok/s, measured seconds) of those runs' measured requests."""
     if not run_ids:
         return {}
-    # scanned, not read: only those runs' files and the columns the summary uses
-    req = store.scan_table(raw_dir, "requests").filter(pl.col("run_id").is_in(run_ids) & ~pl.col("warmup"))
+    # only those runs' files, and of them the columns the summary uses
+    wanted = set(run_ids)
+    files = [f for f in storage.glob(raw_dir, "**/*.requests.parquet") if storage.name(f).split(".")[0] in wanted]
+    req = store.scan_table(raw_dir, "requests", files).filter(pl.col("run_id").is_in(run_ids) & ~pl.col("warmup"))
     t = metrics.trial_summary(metrics.with_latencies(metrics.with_run_keys(req)))
     return {r["run_id"]: (r["aggregate_tok_s"], r["span_s"]) for r in t.iter_rows(named=True)}
 
@@ -158,7 +160,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         note = cluster.shared_store_note(raw_dir)
         if note:
             print(note, flush=True)
-    recovered = store.recover(raw_dir)
+    recovered = partfiles.recover(raw_dir, machine_id=machine_id())  # others may be measuring now
     progress_by_key = cell_trials(cells, raw_dir, force, anywhere=bool(ray))
     result = SweepResult(cells=len(cells))
     todo = pending(progress_by_key, load)

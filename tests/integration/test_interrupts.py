@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from conftest import write_scenario
-from gaplab import store
+from gaplab import partfiles, store
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_sigkill_loses_at_most_the_last_flush_interval(llama_ready, tmp_path, ga
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not list(raw.rglob("*.run.parquet"))  # nothing had ended the run
-    assert len(store.recover(raw)) == 1
+    assert len(partfiles.recover(raw)) == 1
     run = store.read_table(raw, "run").row(0, named=True)
     assert run["status"] == "interrupted" and "measured requests kept" in run["error"]
     req = store.read_table(raw, "requests").filter(pl.col("error").is_null())

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import sse_server
-from gaplab import metrics, storage, store
+from gaplab import metrics, partfiles, storage, store
 from gaplab.hardware import machine_id
 from gaplab.report import speed
 
@@ -96,12 +96,12 @@ def test_part_files_in_a_bucket_are_recovered(s3_env):
     ident.update(run_id=store.new_run_id(), cell_id="c", cell_key="k", scenario="s", hardware_id="hw",
                  machine_id="m", series_id="s1", trial=1, runtime="rt", runtime_kind="openai", model="m", quant="q",
                  workload="w")
-    writer = store.RunWriter(s3_env, ident, {"status": "interrupted"})
+    writer = partfiles.RunWriter(s3_env, ident, {"status": "interrupted"})
     recs = [RequestRecord(index=i, user=0, warmup=False, scheduled_ns=i, sent_ns=i, end_ns=i + 5) for i in range(3)]
     writer.flush(recs[:2])
     writer.flush(recs)
     assert len(storage.glob(s3_env, "**/*.part-*.parquet")) == 4  # two flushes, requests and chunks each
-    assert store.recover(s3_env) == [ident["run_id"]]
+    assert partfiles.recover(s3_env) == [ident["run_id"]]
     run = store.read_table(s3_env, "run").row(0, named=True)
     assert run["status"] == "interrupted" and run["n_requests"] == 3
     assert store.read_run(s3_env, ident["run_id"], "requests")["request_index"].to_list() == [0, 1, 2]

@@ -8,7 +8,7 @@ import fsspec
 import polars as pl
 import pytest
 
-from gaplab import storage, store
+from gaplab import partfiles, storage, store
 from gaplab.config import RAW_DIR
 from test_store import identity, records  # noqa: E402
 
@@ -55,19 +55,19 @@ def test_a_url_scan_pushes_the_filter_and_selection_down(memory_root):
 
 
 def test_a_killed_run_at_a_url_is_recovered(memory_root):
-    writer = store.RunWriter(memory_root, identity(), {"status": "interrupted"})
+    writer = partfiles.RunWriter(memory_root, identity(), {"status": "interrupted"})
     writer.flush(records())
     assert len(storage.glob(memory_root, "**/*.part-*.parquet")) == 2
-    assert store.recover(memory_root) == ["20260101T000000Z-abc123"]
+    assert partfiles.recover(memory_root) == ["20260101T000000Z-abc123"]
     assert store.read_table(memory_root, "run")["status"].to_list() == ["interrupted"]
     assert not storage.glob(memory_root, "**/*.part-*.parquet")
 
 
 def test_a_part_file_of_a_run_written_elsewhere_is_dropped_not_recovered(tmp_path):
     store.write_run(tmp_path, identity(hardware_id="other"), {"status": "complete"}, records())
-    writer = store.RunWriter(tmp_path, identity(), {"status": "interrupted"})  # the same run id, another folder
+    writer = partfiles.RunWriter(tmp_path, identity(), {"status": "interrupted"})  # the same run id, another folder
     writer.flush(records())
-    assert store.recover(tmp_path) == []
+    assert partfiles.recover(tmp_path) == []
     assert store.read_table(tmp_path, "run").height == 1 and not list(tmp_path.rglob("*.part-*"))
 
 

@@ -4,7 +4,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from gaplab import store
+from gaplab import partfiles, store
 from gaplab.records import RequestRecord
 
 
@@ -62,7 +62,7 @@ def test_missing_identity_is_refused(tmp_path):
 
 def test_part_files_of_a_killed_run_become_an_interrupted_run(tmp_path):
     recs = records()
-    writer = store.RunWriter(tmp_path, identity(), {"status": "interrupted", "started_at": "t0"})
+    writer = partfiles.RunWriter(tmp_path, identity(), {"status": "interrupted", "started_at": "t0"})
     writer.flush(recs[:1])
     writer.flush(recs[:1])  # nothing new: no new part
     parts = sorted(p.name for p in tmp_path.rglob("*.part-*.parquet"))
@@ -70,7 +70,7 @@ def test_part_files_of_a_killed_run_become_an_interrupted_run(tmp_path):
                      "20260101T000000Z-abc123.requests.part-0001.parquet"]
     assert store.read_table(tmp_path, "requests").is_empty()  # readers see finished runs only
     writer.flush(recs)
-    assert store.recover(tmp_path) == ["20260101T000000Z-abc123"]
+    assert partfiles.recover(tmp_path) == ["20260101T000000Z-abc123"]
     assert not list(tmp_path.rglob("*.part-*"))
     run = store.read_table(tmp_path, "run")
     assert run["status"].to_list() == ["interrupted"] and run["n_requests"][0] == 2
@@ -78,14 +78,14 @@ def test_part_files_of_a_killed_run_become_an_interrupted_run(tmp_path):
     req = store.read_table(tmp_path, "requests")
     assert req["request_index"].to_list() == [0, 1] and set(req["machine_id"]) == {"m-1"}
     assert store.read_table(tmp_path, "chunks").height == 4
-    assert store.recover(tmp_path) == []
+    assert partfiles.recover(tmp_path) == []
 
 
 def test_a_finished_run_removes_its_part_files(tmp_path):
-    writer = store.RunWriter(tmp_path, identity(), {})
+    writer = partfiles.RunWriter(tmp_path, identity(), {})
     writer.flush(records())
     store.write_run(tmp_path, identity(), {"status": "complete"}, records())
-    assert not list(tmp_path.rglob("*.part-*")) and store.recover(tmp_path) == []
+    assert not list(tmp_path.rglob("*.part-*")) and partfiles.recover(tmp_path) == []
 
 
 def test_files_of_schema_1_read_with_the_new_columns_null(tmp_path):
@@ -106,7 +106,7 @@ def test_files_of_schema_1_read_with_the_new_columns_null(tmp_path):
 def test_empty_store_reads_as_empty_frames(tmp_path):
     assert store.read_table(tmp_path, "requests").is_empty()
     assert "ttft" not in store.read_table(tmp_path, "requests").columns
-    assert store.recover(tmp_path) == []
+    assert partfiles.recover(tmp_path) == []
 
 
 def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path):
