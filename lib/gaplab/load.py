@@ -22,7 +22,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from gaplab.client import StreamClient, wait_until
 from gaplab.records import RequestRecord
@@ -48,16 +48,22 @@ async def _send(client: StreamClient, payload: Payload, rec: RequestRecord, seq:
 
 async def closed_loop(client: StreamClient, payload: Payload, concurrency: int, warmup: int,
                       min_requests: int, min_seconds: float, max_seconds: float, records: list[RequestRecord],
-                      on_done: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
+                      on_done: Callable[[RequestRecord], None] | None = None, part: tuple[int, int] = (0, 1),
+                      count: Callable[[int], Iterator[int]] = itertools.count,
+                      between: Callable[[], Awaitable[None]] | None = None) -> list[RequestRecord]:
     """Run `warmup` flagged requests, then the measured phase; payload(rec, seq) is a request's body.
 
     Appends every record to `records` (the caller's, so an interrupted run keeps what it
     measured, and a writer can flush it while the load runs), warmup first, in the order
     they finished; returns it.
+
+    A share of a load split across processes (load_processes): part (p, P) runs the users u
+    with u % P == p, count(first) gives a phase's request indices from a counter all parts
+    share, and between() is awaited before the measured phase (until every part is ready).
     """
 
     async def phase(first: int, users: int, enough: Callable[[int, float], bool], is_warmup: bool) -> None:
-        counter = itertools.count(first)
+        counter = count(first)
         start_ns = time.perf_counter_ns()
         start = time.monotonic()
 
@@ -71,10 +77,12 @@ async def closed_loop(client: StreamClient, payload: Payload, concurrency: int, 
                                                                  scheduled_ns=scheduled), seq, records, on_done)
                 scheduled = rec.end_ns
 
-        await asyncio.gather(*(user(u) for u in range(users)))
+        await asyncio.gather(*(user(u) for u in range(part[0], users, part[1])))
 
     if warmup:
         await phase(0, min(concurrency, warmup), lambda n, _: n >= warmup, True)
+    if between:
+        await between()
     await phase(warmup, concurrency,
                 lambda n, t: t >= max_seconds or (n >= min_requests and t >= min_seconds), False)
     return records
@@ -107,19 +115,25 @@ def arrival_offsets(rate: float, n: int, kind: str = "poisson", seed: int | str 
 
 async def open_loop(client: StreamClient, payload: Payload, offsets: list[float],
                     records: list[RequestRecord], on_done: Callable[[RequestRecord], None] | None = None,
-                    first_index: int = 0, warmup: bool = False) -> list[RequestRecord]:
+                    first_index: int = 0, warmup: bool = False, part: tuple[int, int] = (0, 1),
+                    start_ns: int | None = None) -> list[RequestRecord]:
     """Send request first_index + k when offsets[k] seconds have passed, however many are in flight
-    (no cap: the client never queues). Appends each record to `records` as it finishes; returns it."""
+    (no cap: the client never queues). Appends each record to `records` as it finishes; returns it.
+
+    A share of a schedule split across processes (load_processes): part (p, P) sends the arrivals
+    k with k % P == p, and start_ns, when given, is the schedule's start (offset 0's due time),
+    chosen once for every part."""
 
     async def one(k: int, due_ns: int) -> None:
         i = first_index + k  # each arrival is its own user
         await _send(client, payload, RequestRecord(index=i, user=i, warmup=warmup, scheduled_ns=due_ns), 0,
                     records, on_done, send_at_ns=due_ns)
 
-    start_ns = time.perf_counter_ns() + CONNECT_AHEAD_NS
+    if start_ns is None:
+        start_ns = time.perf_counter_ns() + CONNECT_AHEAD_NS
     tasks = []
-    for k, offset in enumerate(offsets):
-        due_ns = start_ns + int(offset * 1e9)
+    for k in range(part[0], len(offsets), part[1]):
+        due_ns = start_ns + int(offsets[k] * 1e9)
         await wait_until(due_ns - CONNECT_AHEAD_NS)
         tasks.append(asyncio.create_task(one(k, due_ns)))
     await asyncio.gather(*tasks)

@@ -23,11 +23,11 @@ from gaplab.client import StreamClient
 from gaplab.config import RAW_DIR
 from gaplab.hardware import hardware
 from gaplab.load import arrival_offsets, closed_loop, one_by_one, open_loop, open_loop_count, run_sync
+from gaplab.load_processes import Job, Requests, drive_processes
 from gaplab.runtimes import Server, kinds, open_server
 from gaplab.scenario import Cell, ScenarioError, load_scenario
 from gaplab.sessions import run_identity
 from gaplab.telemetry import Sampler, background
-from gaplab.workload import request
 
 PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
 
@@ -80,23 +80,27 @@ def write_failed(raw_dir: Path, cell: Cell, error: str, trial: int = 1, series_i
 
 async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records: list) -> list:
     load = cell.load
-    async with StreamClient(server.base_url, cell.model.api, server.api_key, load.request_timeout,
-                            protocol=server.protocol) as client:
-        def payload(rec, seq: int) -> bytes:
-            req = request(cell.workload, cell.seed, salt, rec.index, rec.user, seq)
-            rec.target_prompt_tokens, rec.target_output_tokens, rec.tag = req.prompt_tokens, req.output_tokens, req.tag
-            return client.body(req.prompt, req.output_tokens, server.served_model, server.extra_body)
-
-        with tqdm(desc=cell.cell_id, unit="req", disable=not progress, file=sys.stdout) as bar:
-            done = lambda r: bar.update()  # noqa: E731
-            if cell.rate is None:
+    requests = Requests(cell.workload, cell.seed, salt, server.served_model, server.extra_body)
+    client_args = {"base_url": server.base_url, "api": cell.model.api, "api_key": server.api_key,
+                   "timeout": load.request_timeout, "protocol": server.protocol}
+    offsets = None
+    if cell.rate is not None:  # open loop: the seeded schedule, its own per trial (salt)
+        n = open_loop_count(cell.rate, load.requests, load.min_seconds, load.max_seconds)
+        offsets = arrival_offsets(cell.rate, n, load.arrival, f"{cell.seed}:{salt}", load.burstiness)
+    job = Job(client_args, requests, load.warmup, cell.concurrency, load.requests, load.min_seconds,
+              load.max_seconds, offsets)
+    with tqdm(desc=cell.cell_id, unit="req", disable=not progress, file=sys.stdout,
+              total=None if offsets is None else load.warmup + len(offsets)) as bar:
+        done = lambda r: bar.update()  # noqa: E731
+        if job.parts(load.processes) > 1:  # users (arrivals) split across client processes
+            return await drive_processes(job, load.processes, records, on_done=done)
+        async with StreamClient(**client_args) as client:
+            payload = requests.payload(client)
+            if offsets is None:
                 return await closed_loop(client, payload, cell.concurrency, load.warmup, load.requests,
                                          load.min_seconds, load.max_seconds, records, on_done=done)
-            # open loop: warmup one by one, then the seeded schedule (its own per trial: salt)
+            # open loop: warmup one by one, then the schedule
             await one_by_one(client, payload, load.warmup, records, on_done=done)
-            n = open_loop_count(cell.rate, load.requests, load.min_seconds, load.max_seconds)
-            bar.total = load.warmup + n
-            offsets = arrival_offsets(cell.rate, n, load.arrival, f"{cell.seed}:{salt}", load.burstiness)
             return await open_loop(client, payload, offsets, records, on_done=done, first_index=load.warmup)
 
 

@@ -180,6 +180,9 @@ class LoadSpec(Strict):
                                "on a GPU, servers that each take most of its memory cannot)")
     flush_seconds: float = Field(2.0, gt=0, le=60, description="completed requests are written this often")
     request_timeout: float = Field(300.0, gt=0)
+    processes: int = Field(1, ge=1, le=256, description="client processes a trial's users (or arrivals) are "
+                           "split across, each with its own event loop: more than 1 when one core cannot "
+                           "read every stream (bench/client_capacity.py)")
     telemetry_interval: float = Field(0.5, gt=0, description="seconds between telemetry samples")
 
     @field_validator("concurrency")

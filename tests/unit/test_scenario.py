@@ -186,3 +186,15 @@ def test_workload_kinds_parse_and_old_files_still_do():
 def test_each_bad_workload_field_names_itself(workload, expected):
     msg = _error(lambda d: d.update(workloads=[workload]))
     assert msg.lower().startswith(f"s.yaml: {expected}".lower()), msg
+
+
+def test_load_processes_defaults_to_one_and_names_itself_when_bad():
+    load = parse_scenario(GOOD).load
+    assert load.processes == 1  # one process: the client as it always ran
+    more = copy.deepcopy(GOOD)
+    more["load"]["processes"] = 2
+    assert parse_scenario(more).load.processes == 2
+    assert parse_scenario(more).cells()[0].cell_key == parse_scenario(GOOD).cells()[0].cell_key
+    for bad, expected in ((0, "greater than or equal to 1"), ("two", "valid integer")):
+        msg = _error(lambda d: d["load"].update(processes=bad))
+        assert msg.startswith(f"s.yaml: load.processes: got {bad!r}") and expected in msg, msg
