@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python bench/client_accuracy.py
 	$(BIN)/python bench/open_loop_lag.py
 	$(BIN)/python bench/store_scale.py --no-eager  # the eager reference: 15 GB, a minute more
+	$(BIN)/python bench/cluster_sweep.py
 
 clean:
 	rm -rf build _site .quarto
