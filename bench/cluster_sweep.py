@@ -15,6 +15,7 @@ rather than compute, so the two worker slots overlap their waits.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -65,21 +66,18 @@ def timed_sweep(path: Path, raw: Path, ray: str | None) -> float:
 def main() -> None:
     n_servers = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    servers = [sse_server.start(0.3, 0.05, 20, cpu=None, log=False) for _ in range(n_servers)]
     work = Path(tempfile.mkdtemp(prefix="gaplab-cluster-bench-"))
-    path = scenario(work, [url for _, url in servers])
     serial, ray = [], []
-    try:
-        with local_cluster(cpus=2) as address:
-            print(f"cluster at {address}: 2 worker slots; {2 * n_servers} cells in {n_servers} server groups")
-            for k in range(rounds):
-                serial.append(timed_sweep(path, work / f"serial-{k}", None))
-                ray.append(timed_sweep(path, work / f"ray-{k}", address))
-                print(f"round {k + 1}: serial {serial[-1]:.1f} s, Ray {ray[-1]:.1f} s, "
-                      f"speed-up {serial[-1] / ray[-1]:.2f}x", flush=True)
-    finally:
-        for server, _ in servers:
-            server.stop()
+    with contextlib.ExitStack() as stack:
+        path = scenario(work, [stack.enter_context(sse_server.serving(0.3, 0.05, 20, cpu=None))
+                               for _ in range(n_servers)])
+        address = stack.enter_context(local_cluster(cpus=2))
+        print(f"cluster at {address}: 2 worker slots; {2 * n_servers} cells in {n_servers} server groups")
+        for k in range(rounds):
+            serial.append(timed_sweep(path, work / f"serial-{k}", None))
+            ray.append(timed_sweep(path, work / f"ray-{k}", address))
+            print(f"round {k + 1}: serial {serial[-1]:.1f} s, Ray {ray[-1]:.1f} s, "
+                  f"speed-up {serial[-1] / ray[-1]:.2f}x", flush=True)
     ratios = [s / r for s, r in zip(serial, ray)]
     print(f"serial: median {statistics.median(serial):.1f} s; Ray (2 workers): median {statistics.median(ray):.1f} s; "
           f"speed-up median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x over "

@@ -33,9 +33,8 @@ HANG_S = 60
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = sse_server.start(TTFT_S, ITL_S, TOKENS, log=False)
-    yield url
-    proc.stop()
+    with sse_server.serving(TTFT_S, ITL_S, TOKENS) as url:
+        yield url
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ a worker killed mid-trial costs only its own cell (retried, or recorded as faile
 retries are spent), a second sweep resumes from the store, and bad input stops before any
 cell runs."""
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -32,10 +33,8 @@ def ray_address():
 @pytest.fixture(scope="module")
 def servers():
     """Four servers that each take 0.3 s to a first token and 50 ms per token."""
-    started = [sse_server.start(0.3, 0.05, 20, cpu=None, log=False) for _ in range(4)]
-    yield [url for _, url in started]
-    for server, _ in started:
-        server.stop()
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(sse_server.serving(0.3, 0.05, 20, cpu=None)) for _ in range(4)]
 
 
 def _scenario(folder: Path, urls: list[str], **runtime) -> Path:

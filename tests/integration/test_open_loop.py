@@ -20,9 +20,8 @@ LATE_MS = 100
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = sse_server.start(TTFT_S, ITL_S, TOKENS, log=False)
-    yield url
-    proc.stop()
+    with sse_server.serving(TTFT_S, ITL_S, TOKENS) as url:
+        yield url
 
 
 def run(url: str, offsets: list[float]) -> list:

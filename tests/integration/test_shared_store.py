@@ -52,9 +52,8 @@ def s3_env(s3_endpoint, monkeypatch):
 
 @pytest.fixture(scope="module")
 def server_url():
-    server, url = sse_server.start(0.05, 0.01, 12, cpu=None, log=False)
-    yield url
-    server.stop()
+    with sse_server.serving(0.05, 0.01, 12, cpu=None) as url:
+        yield url
 
 
 def _scenario(folder, url):

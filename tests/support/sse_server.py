@@ -104,6 +104,16 @@ def start(ttft_s: float, itl_s: float, tokens: int, cpu: int | None = 1, log: bo
 
 
 @contextlib.contextmanager
+def serving(ttft_s: float, itl_s: float, tokens: int, cpu: int | None = 1, log: bool = False):
+    """start(), stopped on leaving; yields the base URL (a test's module fixture)."""
+    server, url = start(ttft_s, itl_s, tokens, cpu, log)
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
 def pinned(cpu: int = 0):
     """Run this process on core `cpu` while inside (no-op on one core or without affinity)."""
     pin = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1
