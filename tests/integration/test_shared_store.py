@@ -86,6 +86,12 @@ def test_a_sweep_writes_to_object_storage_and_the_report_reads_it(s3_env, server
     again = subprocess.run([*gaplab_cli, "sweep", str(path), "--data-dir", s3_env], capture_output=True, text=True,
                            timeout=120)
     assert "2 already measured" in again.stdout, again.stdout + again.stderr
+    # every page, its notebook given the URL as data_dir (papermill), built from the bucket
+    site = subprocess.run([*gaplab_cli, "report", "--data-dir", s3_env, "--out", str(tmp_path / "site")],
+                          capture_output=True, text=True, timeout=600)
+    assert site.returncode == 0 and "requests:  " in site.stdout, site.stdout + site.stderr
+    page = (tmp_path / "site" / "notebooks" / "20-throughput-latency.html").read_text()
+    assert "fake · fp16" in page and "Traceback" not in page
 
 
 def test_part_files_in_a_bucket_are_recovered(s3_env):
