@@ -18,7 +18,7 @@ from gaplab.config import SCHEMA_VERSION
 from gaplab.records import RequestRecord, RunIdentity
 from gaplab.storage import Root
 from gaplab.store import (IDENTITY, TABLES, _identity_row, _remove_parts, _rows, _run_row, _table, _write_tables,
-                          run_dir)
+                          run_dir, stored)
 
 
 class RunWriter:
@@ -57,7 +57,7 @@ def recover(raw_dir: Root, machine_id: str | None = None, run_ids: set[str] | No
         if run_ids is None or run_id in run_ids:
             found.setdefault((str(storage.parent(part)), run_id), []).append(part)
     # a run written after all, maybe in another machine's folder (a cluster task retried elsewhere)
-    written = {storage.name(p).split(".")[0] for p in storage.glob(raw_dir, "**/*.run.parquet")} if found else set()
+    written = stored(raw_dir, {run_id for _, run_id in found}) if found else set()
     recovered = []
     for (_, run_id), parts in sorted(found.items()):
         parts = sorted(parts)

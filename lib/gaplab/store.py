@@ -260,10 +260,15 @@ def read_run(raw_dir: Root, run_id: str, name: str) -> pl.DataFrame:
     return pl.from_arrow(storage.read_parquet(files[0]))
 
 
-def stored(raw_dir: Root, run_ids: list[str]) -> set[str]:
-    """Those of the run ids whose run table is in the store, in any machine's folder."""
+def run_files(raw_dir: Root, name: str, run_ids) -> list[Root]:
+    """The files of table `name` of those runs, in any machine's folder (one listing of the store)."""
     wanted = set(run_ids)
-    return {rid for p in storage.glob(raw_dir, "**/*.run.parquet") if (rid := storage.name(p).split(".")[0]) in wanted}
+    return [p for p in storage.glob(raw_dir, f"**/*.{name}.parquet") if storage.name(p).split(".")[0] in wanted]
+
+
+def stored(raw_dir: Root, run_ids) -> set[str]:
+    """Those of the run ids whose run table is in the store."""
+    return {storage.name(p).split(".")[0] for p in run_files(raw_dir, "run", run_ids)}
 
 
 # ---------------------------------------------------------------- quality tables (gaplab.quality)

@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from gaplab import bandwidth, cluster, metrics, partfiles, stats, storage, store
+from gaplab import bandwidth, cluster, metrics, partfiles, stats, store
 from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
 from gaplab.kernel import CtrlC, Kernel, trial_outcome
@@ -97,9 +97,7 @@ def trial_values(raw_dir: Root, run_ids: list[str]) -> dict[str, tuple[float, fl
     if not run_ids:
         return {}
     # only those runs' files, and of them the columns the summary uses
-    wanted = set(run_ids)
-    files = [f for f in storage.glob(raw_dir, "**/*.requests.parquet") if storage.name(f).split(".")[0] in wanted]
-    req = store.scan_table(raw_dir, "requests", files).filter(pl.col("run_id").is_in(run_ids) & ~pl.col("warmup"))
+    req = store.scan_table(raw_dir, "requests", store.run_files(raw_dir, "requests", run_ids)).filter(pl.col("run_id").is_in(run_ids) & ~pl.col("warmup"))
     t = metrics.trial_summary(metrics.with_latencies(metrics.with_run_keys(req)))
     return {r["run_id"]: (r["aggregate_tok_s"], r["span_s"]) for r in t.iter_rows(named=True)}
 
