@@ -20,6 +20,7 @@ framing said. The chunks that did arrive are kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from urllib.parse import urlsplit
@@ -29,6 +30,23 @@ import orjson
 
 from gaplab.http1 import body_lines, parse_response
 from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOKEN_KINDS, TOOL, USAGE, RequestRecord
+
+# Request fields StreamClient.body sets to force each request's output length and to stream it, by
+# protocol: a scenario's extra_body may not set them (runtimes.RuntimeKind.reserved). A dotted name is
+# a nested field; max_completion_tokens would override max_tokens on OpenAI-compatible servers.
+LENGTH_FIELDS = {"openai": ("max_tokens", "max_completion_tokens", "stream", "stream_options"),
+                 "ollama": ("options.num_predict", "stream")}
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """base with extra's fields laid over it, nested mappings merged key by key: a user's
+    {"options": {"num_thread": 1}} keeps the {"options": {"num_predict": 48}} gaplab set."""
+    out = dict(base)
+    for key, value in extra.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
+
 
 def classify(event: dict, api: str) -> tuple[str, int]:
     """Kind of one parsed SSE event and how many output characters it carries."""
@@ -96,14 +114,34 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
     return finished
 
 
-class _Reads(asyncio.Protocol):
-    """Collects (arrival_ns, bytes) per network read; nothing else happens on arrival."""
+# what one stream event holds once, by protocol: an SSE event's field name; every line of
+# Ollama's native stream carries its "done" flag (a newline would also count HTTP framing)
+EVENT_MARKERS = {"openai": b"data:", "ollama": b'"done":'}
 
-    def __init__(self, done: asyncio.Future):
+
+def runaway_events(target_tokens: int | None) -> int | None:
+    """How many stream events a request with this target output length may receive before the
+    client cuts it: twice the target and 16 more (room for the role, finish and usage events, and
+    for a server that stops a little late); None, no cut, where no target was set."""
+    return None if target_tokens is None else 2 * target_tokens + 16
+
+
+class _Reads(asyncio.Protocol):
+    """Collects (arrival_ns, bytes) per network read; nothing else happens on arrival but a count of
+    the events read, so that a stream running far past its target length is cut (limit: events;
+    marker: what starts or ends one event in this protocol)."""
+
+    def __init__(self, done: asyncio.Future, limit: int | None = None, marker: bytes = b"data:"):
         self.reads: list[tuple[int, bytes]] = []
         self.done = done
         self.parsed: tuple | None = None  # parse_response of a complete body, when seen
         self.lost: Exception | None = None  # why the connection dropped before the response ended
+        self.limit, self.marker, self.events = limit, marker, 0
+        self.runaway = False  # cut by the client: the server ignored the output length
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.reads.append((time.perf_counter_ns(), data))
@@ -112,6 +150,12 @@ class _Reads(asyncio.Protocol):
             self.parsed = parse_response(self.reads)
             if self.parsed[3]:
                 self.done.set_result(None)
+        if self.limit is not None:
+            self.events += data.count(self.marker)
+            if self.events > self.limit and not self.done.done():
+                self.runaway = True
+                self.done.set_result(None)
+                self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -159,12 +203,19 @@ def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: st
 SPIN_NS = 1_500_000  # the last stretch before a due time is waited by yielding, not by a timer (ms granularity)
 
 
-async def wait_until(ns: int) -> None:
+async def wait_until(ns: int, halt: asyncio.Event | None = None) -> None:
     """Return at perf_counter_ns() >= ns: a timer for most of the wait, then yielding to the loop
-    (other streams' reads are served meanwhile), since a timer may fire a millisecond late."""
+    (other streams' reads are served meanwhile), since a timer may fire a millisecond late. Return
+    early once halt is set."""
     early = (ns - time.perf_counter_ns() - SPIN_NS) / 1e9
     if early > 0:
-        await asyncio.sleep(early)
+        if halt is None:
+            await asyncio.sleep(early)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(halt.wait(), early)
+            if halt.is_set():
+                return
     while time.perf_counter_ns() < ns:
         await asyncio.sleep(0)
 
@@ -220,8 +271,7 @@ class StreamClient:
             body["messages"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         else:  # text completion: messages go as plain text, one per line
             body["prompt"] = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        body.update(extra or {})
-        return orjson.dumps(body)
+        return orjson.dumps(merged(body, extra) if extra else body)
 
     async def stream(self, payload: bytes, rec: RequestRecord, send_at_ns: int | None = None) -> RequestRecord:
         """Send one streamed request and fill rec; failures are stored in rec.error, never raised.
@@ -229,7 +279,7 @@ class StreamClient:
         open-loop arrival: the connect, up to a few ms on a busy loop, is not a late send)."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        proto = _Reads(done)
+        proto = _Reads(done, runaway_events(rec.target_output_tokens), EVENT_MARKERS[self.protocol])
         transport = None
         request = (f"POST {self.path} HTTP/1.1\r\n{self.head}Content-Length: {len(payload)}\r\n\r\n"
                    ).encode() + payload
@@ -255,14 +305,15 @@ class StreamClient:
                 transport.close()
             rec.end_ns = time.perf_counter_ns()
             self._fill(rec, proto.parsed if proto.parsed and proto.parsed[3] else parse_response(proto.reads),
-                       proto.lost)
+                       proto.lost, proto.runaway)
         return rec
 
-    def _fill(self, rec: RequestRecord, parsed: tuple, lost: Exception | None) -> None:
+    def _fill(self, rec: RequestRecord, parsed: tuple, lost: Exception | None, runaway: bool = False) -> None:
         """Fill rec from the response. One error per request, the most telling first: what the
         client saw before parsing (timeout, refused, cancelled), the HTTP status, an error event,
-        a stream cut off before its end marker (reset or clean close), a malformed event, an
-        incomplete HTTP body, no output token."""
+        a stream the client cut for running past its target length, a stream cut off before its
+        end marker (reset or clean close), a malformed event, an incomplete HTTP body, no output
+        token."""
         status, headers, body, complete = parsed
         rec.http_status = status
         if isinstance(lost, ConnectionResetError):
@@ -274,7 +325,8 @@ class StreamClient:
             return
         if status != 200:
             text = b"".join(d for _, d in body).decode(errors="replace")
-            rec.error = rec.error or f"HTTP {status}: {text[:500]}"
+            wait = headers.get("retry-after")  # the server's own answer to load (429, 503): kept in its words
+            rec.error = rec.error or f"HTTP {status}: {text[:500]}" + (f" [Retry-After: {wait[:40]}]" if wait else "")
             return
         before = rec.error
         if self.protocol == "ollama":
@@ -284,6 +336,9 @@ class StreamClient:
         if before is not None:
             return
         tokens = rec.token_chunks
+        if runaway:
+            rec.error = f"server ignored the output length: {tokens} tokens for a target of {rec.target_output_tokens}"
+            return
         framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
         if not finished:  # beats "malformed": a connection cut mid-line leaves half an event
             rec.error = f"{cut} after {tokens} tokens"

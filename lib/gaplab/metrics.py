@@ -81,7 +81,9 @@ def error_kind(message: str) -> str:
     m = message.lower()
     for key, kind in (("truncated", "truncated"), ("reset", "connection reset"), ("no complete response", "timeout"),
                       ("malformed", "malformed stream"), ("cancelled", "cancelled"), ("refused", "refused"),
-                      ("before its body was complete", "incomplete body")):
+                      ("before its body was complete", "incomplete body"),
+                      ("ignored the output length", "ignored output length"), ("cut at trial end", "cut at trial end"),
+                      ("cut when the trial stopped", "cut when the trial stopped")):
         if key in m:
             return kind
     if m.startswith("http "):

@@ -24,6 +24,9 @@ def stable_key(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_ABSENT = object()
+
+
 class ScenarioError(ValueError):
     """A user mistake in a scenario file; its message is one line meant for the user."""
 
@@ -74,6 +77,19 @@ class RuntimeSpec(Strict):
         if kind not in known:
             raise ValueError(f"input should be one of {', '.join(sorted(known))}")
         return kind
+
+    @field_validator("extra_body")
+    @classmethod
+    def _no_reserved(cls, extra: dict, info) -> dict:
+        kind = runtimes.kinds().get(info.data.get("kind", ""))
+        for path in kind.reserved if kind else ():
+            node: object = extra
+            for part in path.split("."):
+                node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+            if node is not _ABSENT:
+                raise ValueError(f"{path} is set by gaplab for kind '{kind.name}', to force each request's output "
+                                 "length and stream it; remove it (a workload's output_tokens sets the length)")
+        return extra
 
     @property
     def started_here(self) -> bool:
@@ -180,6 +196,13 @@ class LoadSpec(Strict):
                                "on a GPU, servers that each take most of its memory cannot)")
     flush_seconds: float = Field(2.0, gt=0, le=60, description="completed requests are written this often")
     request_timeout: float = Field(300.0, gt=0)
+    grace_seconds: float | None = Field(None, ge=0, description="after max_seconds, requests in flight get this "
+                                        "long before they are cut and stored as 'cut at trial end' (none: twice "
+                                        "the trial's median latency, at least 1 s)")
+    stop_after_errors: int = Field(20, ge=1, description="this many failed requests in a row stop a trial as failed "
+                                   "(so do more than half of the requests that ended in 5 s)")
+    max_restarts: int = Field(2, ge=0, description="a server gaplab started that dies is started again for the "
+                              "next trial this many times at most; then its remaining trials are stored as failed")
     processes: int = Field(1, ge=1, le=256, description="client processes a trial's users (or arrivals) are "
                            "split across, each with its own event loop: more than 1 when one core cannot "
                            "read every stream (bench/client_capacity.py)")

@@ -1,4 +1,4 @@
-"""Every way a stream goes wrong is recorded as what it is: 40 requests from 4 concurrent
+"""Every way a stream goes wrong is recorded as what it is: requests from 4 concurrent
 users through StreamClient against tests/support/fault_server.py, cycling through its
 faults (each fault twice). A stream cut before its end marker must never pass as a
 success, and it keeps the chunks that did arrive."""
@@ -15,7 +15,8 @@ from gaplab.metrics import error_kind
 from gaplab.client import StreamClient
 from gaplab.records import CONTENT, ROLE, TOKEN_KINDS, RequestRecord
 
-REQUESTS, USERS, TIMEOUT_S = 40, 4, 1.0
+USERS, TIMEOUT_S = 4, 1.0
+REQUESTS = 2 * len(FAULTS)
 
 
 async def drive() -> list[tuple[str, RequestRecord]]:
@@ -29,7 +30,8 @@ async def drive() -> list[tuple[str, RequestRecord]]:
             while (i := next(counter)) < REQUESTS:
                 fault = names[i % len(names)]
                 client = ollama_client if fault.startswith("ollama") else openai_client
-                rec = RequestRecord(index=i, user=u, warmup=False, scheduled_ns=time.perf_counter_ns())
+                rec = RequestRecord(index=i, user=u, warmup=False, scheduled_ns=time.perf_counter_ns(),
+                                    target_output_tokens=TOKENS)
                 done.append((fault, await client.stream(client.body(fault, TOKENS, "fake"), rec)))
 
         await asyncio.gather(*(user(u) for u in range(USERS)))
@@ -95,3 +97,13 @@ def test_malformed_event_error_events_and_missing_final_chunk(records):
             assert rec.error == FAULTS[fault] and [c[1] for c in rec.chunks] == [CONTENT]
         elif fault == "no-final-chunk":  # all of the stream, but the HTTP body never ended
             assert rec.error == FAULTS[fault] and rec.completion_tokens == TOKENS
+
+
+@pytest.mark.parametrize("fault", ["endless", "ollama-endless"])
+def test_a_stream_that_ignores_its_length_is_cut_and_named(records, fault):
+    for _, rec in (r for r in records if r[0] == fault):
+        tokens = sum(c[1] in TOKEN_KINDS for c in rec.chunks)
+        assert rec.error == f"server ignored the output length: {tokens} tokens for a target of {TOKENS}"
+        assert error_kind(rec.error) == "ignored output length"
+        # cut once it had sent 2 x 5 + 16 events, long before the 1 s timeout
+        assert 2 * TOKENS <= tokens <= 200 and (rec.end_ns - rec.sent_ns) / 1e9 < TIMEOUT_S / 2

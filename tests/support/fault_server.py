@@ -36,6 +36,8 @@ FAULTS = {
     "truncated-close": "truncated after 3 tokens",
     "no-final-chunk": "the response ended before its body was complete (after 5 tokens)",
     "ollama-ok": None, "ollama-truncated": "truncated after 3 tokens", "ollama-error": "model runner crashed",
+    # tokens until the client gives up: one that asked for TOKENS cuts it at 2 x TOKENS + 16 events
+    "endless": "server ignored the output length: ", "ollama-endless": "server ignored the output length: ",
 }
 
 
@@ -72,6 +74,17 @@ def frame(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+async def endless(writer: asyncio.StreamWriter, ollama: bool) -> None:
+    """A stream that ignores the asked length: a token every ms until the client closes."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                 b"Connection: close\r\n\r\n")
+    piece = ollama_lines("ollama-ok")[0] if ollama else openai_events("ok")[1]
+    while not writer.is_closing():
+        writer.write(frame(piece))
+        await writer.drain()
+        await asyncio.sleep(0.001)
+
+
 async def respond(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, fault: str, path: str) -> None:
     if fault.startswith("http-"):
         status = int(fault[5:])
@@ -85,6 +98,9 @@ async def respond(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, fa
     if fault == "slow-headers":
         await asyncio.sleep(SLOW_HEADERS_S)
     ollama = path.startswith("/api/")
+    if fault.endswith("endless"):
+        await endless(writer, ollama)
+        return
     pieces = ollama_lines(fault) if ollama else openai_events(fault)
     cut = fault.removeprefix("ollama-").startswith(("reset", "truncated"))
     sent = pieces[:CUT_AFTER + (0 if ollama else 1)] if cut else pieces  # + the role chunk
@@ -116,7 +132,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                        if line.lower().startswith(b"content-length:")), 0)
         body = json.loads(await reader.readexactly(length))
-        fault = body["messages"][0]["content"] if "messages" in body else body["prompt"]
+        fault = EVERY or (body["messages"][0]["content"] if "messages" in body else body["prompt"])
         if fault not in FAULTS:
             writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         else:
@@ -128,7 +144,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def start(port: int = 0) -> asyncio.Server:
+EVERY = ""  # a fault for every request, whatever it asks (set by start)
+
+
+async def start(port: int = 0, every: str = "") -> asyncio.Server:
+    """every: answer every request with this fault (a server that always fails, say)."""
+    global EVERY
+    EVERY = every
     return await asyncio.start_server(handle, "127.0.0.1", port, backlog=256)
 
 

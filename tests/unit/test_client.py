@@ -1,7 +1,9 @@
 import orjson
 import pytest
 
-from gaplab.client import classify, fill_from_events, fill_from_ollama
+from gaplab.client import StreamClient, classify, fill_from_events, fill_from_ollama, merged
+from gaplab.runtimes import llamacpp, vllm
+from gaplab.scenario import RuntimeSpec
 from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord
 
 
@@ -98,3 +100,31 @@ def test_a_bad_schedule_is_refused_in_one_line(args, error):
 
     with pytest.raises(ValueError, match=error):
         arrival_offsets(*args)
+
+
+def test_merged_lays_nested_fields_over_without_dropping_siblings():
+    base = {"model": "m", "options": {"num_predict": 48, "temperature": 0}, "stream": True}
+    extra = {"options": {"num_thread": 1, "temperature": 0.5}, "keep_alive": "1m"}
+    assert merged(base, extra) == {"model": "m", "options": {"num_predict": 48, "temperature": 0.5, "num_thread": 1},
+                                   "stream": True, "keep_alive": "1m"}
+    assert base["options"] == {"num_predict": 48, "temperature": 0}  # not changed in place
+    assert merged({"a": {"b": 1}}, {"a": 2}) == {"a": 2}  # a value replaces a mapping
+
+
+def _body(protocol: str, extra: dict, api: str = "chat") -> dict:
+    client = StreamClient("http://127.0.0.1:9/v1", api, protocol=protocol)
+    return orjson.loads(client.body("hi", 48, "m", extra))
+
+
+def test_each_adapters_request_fields_keep_the_forced_length():
+    user = {"options": {"num_thread": 1, "num_ctx": 2048}, "chat_template_kwargs": {"enable_thinking": False}}
+    ollama = _body("ollama", user)  # Ollama's adapter passes the scenario's extra_body as it is
+    assert ollama["options"] == {"num_predict": 48, "temperature": 0, "num_thread": 1, "num_ctx": 2048}
+    assert ollama["stream"] is True and ollama["chat_template_kwargs"] == {"enable_thinking": False}
+    for adapter in (llamacpp, vllm):
+        spec = RuntimeSpec(name="r", kind=adapter.KIND.name, extra_body=user)
+        body = _body("openai", adapter.request_fields(spec))
+        assert (body["max_tokens"], body["ignore_eos"], body["stream"]) == (48, True, True)
+        assert body["stream_options"] == {"include_usage": True} and body["options"] == user["options"]
+    attached = _body("openai", {"ignore_eos": True, "top_k": 1}, "completions")  # kind openai: extra_body as given
+    assert (attached["max_tokens"], attached["ignore_eos"], attached["top_k"], attached["prompt"]) == (48, True, 1, "hi")

@@ -82,6 +82,9 @@ def _error(mutate) -> str:
     (lambda d: d["runtimes"][0].update(name="Has Space"), "runtimes.0.name: got 'Has Space'"),
     (lambda d: d["runtimes"][0].update(models=["nope"]), "runtimes.0.models: 'nope' is not one of the scenario's models (m)"),
     (lambda d: d["runtimes"][0].update(base_url="http://x/v1"), "base_url is only for kinds 'ollama' and 'openai'"),
+    (lambda d: d["load"].update(grace_seconds=-1), "load.grace_seconds: got -1"),
+    (lambda d: d["load"].update(stop_after_errors=0), "load.stop_after_errors: got 0"),
+    (lambda d: d["load"].update(max_restarts=-1), "load.max_restarts: got -1"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()
@@ -198,3 +201,31 @@ def test_load_processes_defaults_to_one_and_names_itself_when_bad():
     for bad, expected in ((0, "greater than or equal to 1"), ("two", "valid integer")):
         msg = _error(lambda d: d["load"].update(processes=bad))
         assert msg.startswith(f"s.yaml: load.processes: got {bad!r}") and expected in msg, msg
+
+
+OLLAMA = {"name": "o", "kind": "ollama", "base_url": "http://127.0.0.1:11434"}
+OPENAI = {"name": "o", "kind": "openai", "base_url": "http://127.0.0.1:8000/v1"}
+
+
+@pytest.mark.parametrize("runtime, extra, field", [
+    (OLLAMA, {"options": {"num_thread": 1, "num_predict": 5}}, "options.num_predict"),
+    (OLLAMA, {"stream": False}, "stream"),
+    ({"name": "l", "kind": "llamacpp"}, {"ignore_eos": False}, "ignore_eos"),
+    ({"name": "l", "kind": "llamacpp"}, {"max_tokens": 8}, "max_tokens"),
+    ({"name": "v", "kind": "vllm"}, {"max_completion_tokens": 8}, "max_completion_tokens"),
+    (OPENAI, {"stream_options": {"include_usage": False}}, "stream_options"),
+])
+def test_extra_body_may_not_undo_the_forced_length_or_the_stream(runtime, extra, field):
+    msg = _error(lambda d: d.update(runtimes=[{**runtime, "extra_body": extra}]))
+    assert f"runtimes.0.extra_body: {field} is set by gaplab for kind '{runtime['kind']}'" in msg
+    assert "output_tokens" in msg
+
+
+@pytest.mark.parametrize("runtime, extra", [
+    (OLLAMA, {"options": {"num_thread": 1, "num_ctx": 2048}, "keep_alive": "1m"}),
+    (OPENAI, {"ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}}),  # attached: its to set
+    ({"name": "l", "kind": "llamacpp"}, {"min_tokens": 4, "options": {"num_predict": 3}}),  # not ollama's field here
+])
+def test_extra_body_takes_every_other_field(runtime, extra):
+    sc = parse_scenario({**copy.deepcopy(GOOD), "runtimes": [{**runtime, "extra_body": extra}]})
+    assert sc.runtimes[0].extra_body == extra

@@ -28,6 +28,19 @@ class RuntimeKind:
     # "size_vram" (the model's bytes in memory and in GPU memory) also become run columns
     trial_facts: Callable | None = None
     facts_key: str = ""  # the run metadata key those facts are stored under
+    protocol: str = "openai"  # how its streams are read: "openai" (SSE) or "ollama" (native NDJSON)
+    forcing: tuple[str, ...] = ()  # request fields its adapter sets to force the output length
+    # server pid -> the pids of processes it runs the model in (Ollama's runner), found once the
+    # server has answered: one of them that exits is a dead server, as the server itself is
+    runners: Callable | None = None
+
+    @property
+    def reserved(self) -> tuple[str, ...]:
+        """Request fields gaplab sets for this kind (dotted: nested), which extra_body may not set:
+        those that force each request's output length and stream it."""
+        from gaplab.client import LENGTH_FIELDS
+
+        return LENGTH_FIELDS[self.protocol] + self.forcing
 
 
 def attached_flags(runtime) -> dict:
@@ -67,6 +80,9 @@ class Server:
     protocol: str = "openai"  # how streams are read: "openai" (SSE) or "ollama" (native NDJSON)
     weight_bytes: int | None = None  # the weights a decode step reads (modelfile.Traffic)
     kv_bytes_per_token: int | None = None  # K and V cache per token of one sequence's context
+    log_file: str = ""  # the server's log (servers gaplab starts): its last lines tell why it died
+    watch_pids: list[int] = field(default_factory=list)  # its processes: one that exits is a dead server
+    restarts: int = 0  # how many times gaplab started this server again after it died
 
     @property
     def openai_url(self) -> str:
@@ -89,6 +105,7 @@ def open_server(cell, attach: dict | None = None) -> Iterator[Server]:
     with kind.open(cell, _api_key(cell.runtime)) as server:
         if kind.started_here:  # the cold start ends at the first token of a probe request
             server.first_token_ns = probe(server, cell.model.api)
+            server.watch_pids = [server.pid] + (kind.runners(server.pid) if kind.runners else [])
         yield server
 
 

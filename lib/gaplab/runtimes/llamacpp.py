@@ -50,7 +50,8 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
                          launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
                          pid=proc.pid, started_ns=started, healthy_ns=healthy, metrics_url=base + "/metrics",
-                         slots_url=base + "/slots", weight_bytes=traffic.weight_bytes,
+                         slots_url=base + "/slots", log_file=str(log),
+                         weight_bytes=traffic.weight_bytes,
                          kv_bytes_per_token=traffic.kv_bytes_per_token)
         finally:
             proc.stop()
@@ -67,5 +68,5 @@ def identity_flags(runtime) -> dict:
             "kv_unified": runtime.kv_unified, "extra_args": list(runtime.extra_args)}
 
 
-KIND = RuntimeKind("llamacpp", started_here=True, quick=True, identity_flags=identity_flags,
+KIND = RuntimeKind("llamacpp", started_here=True, quick=True, identity_flags=identity_flags, forcing=("ignore_eos",),
                    open=lambda cell, api_key: llama_server(cell.runtime, cell.model.name, cell.quant))

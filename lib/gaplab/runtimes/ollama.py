@@ -68,4 +68,4 @@ def describe(p: dict | None) -> str:
 KIND = RuntimeKind("ollama", started_here=False, quick=True, identity_flags=attached_flags,
                    open=lambda cell, api_key: nullcontext(attach_ollama(cell.runtime, cell.model)),
                    trial_facts=lambda server: placement(server.base_url, server.served_model),
-                   facts_key="ollama_placement")
+                   facts_key="ollama_placement", protocol="ollama")
