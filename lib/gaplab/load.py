@@ -4,7 +4,8 @@ Closed loop: N users, each sends its next request when the last one ends. Warmup
 requests run first, at the same concurrency, and are stored flagged. The measured phase
 keeps sending until it has sent at least `min_requests` and run for at least
 `min_seconds` (minimums in the spirit of MLPerf LoadGen's), and never sends after
-`max_seconds`; a request in flight finishes (or times out).
+`max_seconds`; a request in flight then gets a grace before it is cut (guard.py, which also
+stops a trial whose server died or fails every request).
 
 Open loop: requests arrive on a seeded schedule at a stated rate (constant, Poisson, or
 gamma gaps, burstier than Poisson below shape 1, as vLLM's benchmark client offers),
@@ -25,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from gaplab.client import StreamClient, wait_until
+from gaplab.guard import TrialGuard
 from gaplab.records import RequestRecord
 
 # payload(record, seq) -> the request body; it may note in the record what the workload asked
@@ -34,23 +36,41 @@ Payload = Callable[[RequestRecord, int], bytes]
 
 async def _send(client: StreamClient, payload: Payload, rec: RequestRecord, seq: int,
                 records: list[RequestRecord], on_done: Callable[[RequestRecord], None] | None,
-                send_at_ns: int | None = None) -> RequestRecord:
+                send_at_ns: int | None = None, guard: TrialGuard | None = None) -> RequestRecord:
     """One request of a load: streamed into rec (written at send_at_ns when given), appended to
-    records (also when interrupted: it is still a row), then handed to on_done."""
+    records (also when interrupted: it is still a row; past the guard's bound on error rows, only
+    counted), then handed to on_done."""
+    keep = True
     try:
-        await client.stream(payload(rec, seq), rec, send_at_ns)
+        stream = client.stream(payload(rec, seq), rec, send_at_ns)
+        if guard is None:
+            await stream
+        else:
+            keep = await guard.send(stream, rec)
     finally:
-        records.append(rec)
+        if keep:
+            records.append(rec)
     if on_done:
         on_done(rec)
     return rec
+
+
+async def _watched(guard: TrialGuard | None, start_ns: int, load: Awaitable) -> None:
+    """Await a phase's load with the guard watching it (its bound, the server's processes)."""
+    watcher = asyncio.create_task(guard.watch(start_ns)) if guard else None
+    try:
+        await load
+    finally:
+        if watcher:
+            watcher.cancel()
 
 
 async def closed_loop(client: StreamClient, payload: Payload, concurrency: int, warmup: int,
                       min_requests: int, min_seconds: float, max_seconds: float, records: list[RequestRecord],
                       on_done: Callable[[RequestRecord], None] | None = None, part: tuple[int, int] = (0, 1),
                       count: Callable[[int], Iterator[int]] = itertools.count,
-                      between: Callable[[], Awaitable[None]] | None = None) -> list[RequestRecord]:
+                      between: Callable[[], Awaitable[None]] | None = None,
+                      guard: TrialGuard | None = None) -> list[RequestRecord]:
     """Run `warmup` flagged requests, then the measured phase; payload(rec, seq) is a request's body.
 
     Appends every record to `records` (the caller's, so an interrupted run keeps what it
@@ -60,6 +80,9 @@ async def closed_loop(client: StreamClient, payload: Payload, concurrency: int, 
     A share of a load split across processes (load_processes): part (p, P) runs the users u
     with u % P == p, count(first) gives a phase's request indices from a counter all parts
     share, and between() is awaited before the measured phase (until every part is ready).
+
+    guard (guard.py): bounds each phase at max_seconds and a grace, stops the trial on a dead or
+    unhealthy server, and makes a user wait after a failed request.
     """
 
     async def phase(first: int, users: int, enough: Callable[[int, float], bool], is_warmup: bool) -> None:
@@ -70,14 +93,20 @@ async def closed_loop(client: StreamClient, payload: Payload, concurrency: int, 
         async def user(u: int) -> None:
             scheduled = start_ns
             for seq in itertools.count():
+                if guard and not guard.sending():
+                    return
                 i = next(counter)
                 if enough(i - first, time.monotonic() - start):
                     return
                 rec = await _send(client, payload, RequestRecord(index=i, user=u, warmup=is_warmup,
-                                                                 scheduled_ns=scheduled), seq, records, on_done)
+                                                                 scheduled_ns=scheduled), seq, records, on_done,
+                                  guard=guard)
                 scheduled = rec.end_ns
+                if rec.error is not None and guard and guard.sending():
+                    await guard.backoff()
+                    scheduled = time.perf_counter_ns()  # the user meant to wait: its next request is due now
 
-        await asyncio.gather(*(user(u) for u in range(part[0], users, part[1])))
+        await _watched(guard, start_ns, asyncio.gather(*(user(u) for u in range(part[0], users, part[1]))))
 
     if warmup:
         await phase(0, min(concurrency, warmup), lambda n, _: n >= warmup, True)
@@ -116,38 +145,52 @@ def arrival_offsets(rate: float, n: int, kind: str = "poisson", seed: int | str 
 async def open_loop(client: StreamClient, payload: Payload, offsets: list[float],
                     records: list[RequestRecord], on_done: Callable[[RequestRecord], None] | None = None,
                     first_index: int = 0, warmup: bool = False, part: tuple[int, int] = (0, 1),
-                    start_ns: int | None = None) -> list[RequestRecord]:
+                    start_ns: int | None = None, guard: TrialGuard | None = None) -> list[RequestRecord]:
     """Send request first_index + k when offsets[k] seconds have passed, however many are in flight
     (no cap: the client never queues). Appends each record to `records` as it finishes; returns it.
 
     A share of a schedule split across processes (load_processes): part (p, P) sends the arrivals
     k with k % P == p, and start_ns, when given, is the schedule's start (offset 0's due time),
-    chosen once for every part."""
+    chosen once for every part. guard: as closed_loop's (no wait after a failed request: arrivals
+    keep their schedule)."""
 
     async def one(k: int, due_ns: int) -> None:
         i = first_index + k  # each arrival is its own user
         await _send(client, payload, RequestRecord(index=i, user=i, warmup=warmup, scheduled_ns=due_ns), 0,
-                    records, on_done, send_at_ns=due_ns)
+                    records, on_done, send_at_ns=due_ns, guard=guard)
 
     if start_ns is None:
         start_ns = time.perf_counter_ns() + CONNECT_AHEAD_NS
-    tasks = []
-    for k in range(part[0], len(offsets), part[1]):
-        due_ns = start_ns + int(offsets[k] * 1e9)
-        await wait_until(due_ns - CONNECT_AHEAD_NS)
-        tasks.append(asyncio.create_task(one(k, due_ns)))
-    await asyncio.gather(*tasks)
+
+    async def schedule() -> None:
+        tasks = []
+        for k in range(part[0], len(offsets), part[1]):
+            due_ns = start_ns + int(offsets[k] * 1e9)
+            await wait_until(due_ns - CONNECT_AHEAD_NS, guard.halt if guard else None)
+            if guard and not guard.sending():
+                break
+            tasks.append(asyncio.create_task(one(k, due_ns)))
+        await asyncio.gather(*tasks)
+
+    await _watched(guard, start_ns - CONNECT_AHEAD_NS, schedule())
     return records
 
 
 async def one_by_one(client: StreamClient, payload: Payload, n: int, records: list[RequestRecord],
-                     on_done: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
+                     on_done: Callable[[RequestRecord], None] | None = None,
+                     guard: TrialGuard | None = None) -> list[RequestRecord]:
     """n flagged warmup requests, each sent when the last has ended (before an open-loop trial)."""
-    scheduled = time.perf_counter_ns()
-    for i in range(n):
-        rec = await _send(client, payload, RequestRecord(index=i, user=0, warmup=True, scheduled_ns=scheduled), i,
-                          records, on_done)
-        scheduled = rec.end_ns
+
+    async def run() -> None:
+        scheduled = time.perf_counter_ns()
+        for i in range(n):
+            if guard and not guard.sending():
+                return
+            rec = await _send(client, payload, RequestRecord(index=i, user=0, warmup=True, scheduled_ns=scheduled),
+                              i, records, on_done, guard=guard)
+            scheduled = rec.end_ns
+
+    await _watched(guard, time.perf_counter_ns(), run())
     return records
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gaplab.client import StreamClient, wait_until
+from gaplab.guard import Rules, TrialGuard, TrialStopped
 from gaplab.load import CONNECT_AHEAD_NS, Payload, closed_loop, one_by_one, open_loop, run_sync
 from gaplab.records import RequestRecord
 from gaplab.workload import request
@@ -88,6 +89,7 @@ class Job:
     min_seconds: float = 0.0
     max_seconds: float = 0.0
     offsets: list[float] | None = None
+    rules: Rules | None = None  # each process's guard (guard.py): one that stops the trial stops them all
 
     def parts(self, processes: int) -> int:
         """How many processes get a share: no more than the load has users (or arrivals)."""
@@ -112,9 +114,12 @@ class _Started:
 
 
 async def drive_processes(job: Job, processes: int, records: list[RequestRecord],
-                          on_done: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
+                          on_done: Callable[[RequestRecord], None] | None = None,
+                          guard: TrialGuard | None = None) -> list[RequestRecord]:
     """Run the job's load in job.parts(processes) client processes. Appends their records to
-    `records` as they arrive (every SEND_SECONDS, in each process's order of finishing); returns it."""
+    `records` as they arrive (every SEND_SECONDS, in each process's order of finishing); returns it.
+    guard: takes the processes' counts of cut and unstored requests, and the reason one of them
+    stopped the trial (the others are then stopped)."""
     ctx = multiprocessing.get_context("spawn")
     inbox = ctx.Queue()
     go = (ctx.Event(), ctx.Event())  # the warmup starts; the measured phase starts
@@ -124,7 +129,7 @@ async def drive_processes(job: Job, processes: int, records: list[RequestRecord]
     n = job.parts(processes)
     procs = [ctx.Process(target=_child, args=(job, (p, n), inbox, go, stop, start_ns, started, os.getpid()),
                          name=f"gaplab-client-{p}", daemon=True) for p in range(n)]
-    children = _Children(procs, inbox, records, on_done)
+    children = _Children(procs, inbox, records, on_done, guard)
     try:
         for proc in procs:
             proc.start()
@@ -136,6 +141,8 @@ async def drive_processes(job: Job, processes: int, records: list[RequestRecord]
         start_ns.value = time.perf_counter_ns() + LEAD_NS
         go[1].set()
         await children.reach("done")
+    except TrialStopped:
+        pass  # the guard holds the reason; the caller stores the trial as failed
     finally:  # also after a failed child or Ctrl-C (run_sync cancels this task): stop the rest, keep their records
         stop.set()
         await children.end()
@@ -146,8 +153,8 @@ class _Children:
     """The parent's view of its client processes: what each has reported, what failed."""
 
     def __init__(self, procs: list, inbox, records: list[RequestRecord],
-                 on_done: Callable[[RequestRecord], None] | None):
-        self.procs, self.inbox, self.records, self.on_done = procs, inbox, records, on_done
+                 on_done: Callable[[RequestRecord], None] | None, guard: TrialGuard | None = None):
+        self.procs, self.inbox, self.records, self.on_done, self.guard = procs, inbox, records, on_done, guard
         self.reached = [-1] * len(procs)  # index into PHASES
         self.failed: dict[int, str] = {}
 
@@ -166,6 +173,12 @@ class _Children:
                     self.on_done(body)
             elif kind == "failed":
                 self.failed.setdefault(p, f"client process {p} failed: {body}")
+            elif kind == "guard":  # its guard's counts, and why it stopped the trial, if it did
+                if self.guard:
+                    self.guard.cut += body["cut_requests"]
+                    self.guard.dropped_errors += body["dropped_errors"]
+                    if body["stopped"] and self.guard.failure is None:
+                        self.guard.failure = body["stopped"]
             else:
                 self.reached[p] = PHASES.index(kind)
         for p in ended:
@@ -178,6 +191,8 @@ class _Children:
         want = PHASES.index(phase)
         while True:
             self.poll()
+            if self.guard and self.guard.failure:  # a process stopped the trial: drive_processes stops the rest
+                raise TrialStopped(self.guard.failure)
             if self.failed:
                 raise ClientProcessError(next(iter(self.failed.values())))
             if min(self.reached) >= want:
@@ -211,20 +226,25 @@ def _child(job: Job, part: tuple[int, int], inbox, go, stop, start_ns, started, 
             inbox.put(("record", part[0], rec))
             sent += 1
 
+    guard = TrialGuard(job.rules) if job.rules else None
     try:
-        run_sync(lambda: _share(job, part, records, inbox, go, stop, start_ns, started, parent),
+        run_sync(lambda: _share(job, part, records, inbox, go, stop, start_ns, started, parent, guard),
                  tick=send, tick_seconds=SEND_SECONDS)
         send()
+        if guard:
+            inbox.put(("guard", part[0], guard.summary()))
         inbox.put(("done", part[0], None))
     except BaseException as exc:  # the parent raises it
         send()
+        if guard:
+            inbox.put(("guard", part[0], guard.summary()))
         inbox.put(("failed", part[0], f"{type(exc).__name__}: {exc}"[:500]))
     if os.getppid() != parent:  # nobody reads the queue: do not wait at exit to hand it over
         inbox.cancel_join_thread()
 
 
 async def _share(job: Job, part: tuple[int, int], records: list[RequestRecord], inbox, go, stop, start_ns,
-                 started, parent: int) -> None:
+                 started, parent: int, guard: TrialGuard | None) -> None:
     task = asyncio.current_task()
 
     async def watch() -> None:  # a stop from the parent, or its death, cancels the share
@@ -250,13 +270,13 @@ async def _share(job: Job, part: tuple[int, int], records: list[RequestRecord], 
             if job.offsets is None:
                 await closed_loop(client, payload, job.concurrency, job.warmup, job.min_requests, job.min_seconds,
                                   job.max_seconds, records, part=part, count=lambda first: _Started(started, first),
-                                  between=measured)
+                                  between=measured, guard=guard)
             else:
                 if part[0] == 0:
-                    await one_by_one(client, payload, job.warmup, records)
+                    await one_by_one(client, payload, job.warmup, records, guard=guard)
                 await measured()
                 # as in one process: the first arrival is due once its connection has been opened ahead
                 await open_loop(client, payload, job.offsets, records, first_index=job.warmup, part=part,
-                                start_ns=start_ns.value + CONNECT_AHEAD_NS)
+                                start_ns=start_ns.value + CONNECT_AHEAD_NS, guard=guard)
     finally:
         watcher.cancel()

@@ -22,6 +22,7 @@ from gaplab import partfiles, store
 from gaplab.client import StreamClient
 from gaplab.config import RAW_DIR
 from gaplab.hardware import hardware
+from gaplab.guard import Rules, TrialGuard, TrialStopped
 from gaplab.load import arrival_offsets, closed_loop, one_by_one, open_loop, open_loop_count, run_sync
 from gaplab.load_processes import Job, Requests, drive_processes
 from gaplab.runtimes import Server, kinds, open_server
@@ -78,7 +79,14 @@ def write_failed(raw_dir: Path, cell: Cell, error: str, trial: int = 1, series_i
                     run_meta(cell, None, now, "failed", error), [])
 
 
-async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records: list) -> list:
+def guard_rules(cell: Cell, server: Server) -> Rules:
+    """What the trial's guard watches: the load's bounds, and the processes of a server gaplab started."""
+    load = cell.load
+    return Rules(load.max_seconds, load.grace_seconds, load.stop_after_errors, tuple(server.watch_pids),
+                 server.log_file)
+
+
+async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records: list, guard: TrialGuard) -> list:
     load = cell.load
     requests = Requests(cell.workload, cell.seed, salt, server.served_model, server.extra_body)
     client_args = {"base_url": server.base_url, "api": cell.model.api, "api_key": server.api_key,
@@ -88,20 +96,21 @@ async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records:
         n = open_loop_count(cell.rate, load.requests, load.min_seconds, load.max_seconds)
         offsets = arrival_offsets(cell.rate, n, load.arrival, f"{cell.seed}:{salt}", load.burstiness)
     job = Job(client_args, requests, load.warmup, cell.concurrency, load.requests, load.min_seconds,
-              load.max_seconds, offsets)
+              load.max_seconds, offsets, guard.rules)
     with tqdm(desc=cell.cell_id, unit="req", disable=not progress, file=sys.stdout,
               total=None if offsets is None else load.warmup + len(offsets)) as bar:
         done = lambda r: bar.update()  # noqa: E731
         if job.parts(load.processes) > 1:  # users (arrivals) split across client processes
-            return await drive_processes(job, load.processes, records, on_done=done)
+            return await drive_processes(job, load.processes, records, on_done=done, guard=guard)
         async with StreamClient(**client_args) as client:
             payload = requests.payload(client)
             if offsets is None:
                 return await closed_loop(client, payload, cell.concurrency, load.warmup, load.requests,
-                                         load.min_seconds, load.max_seconds, records, on_done=done)
+                                         load.min_seconds, load.max_seconds, records, on_done=done, guard=guard)
             # open loop: warmup one by one, then the schedule
-            await one_by_one(client, payload, load.warmup, records, on_done=done)
-            return await open_loop(client, payload, offsets, records, on_done=done, first_index=load.warmup)
+            await one_by_one(client, payload, load.warmup, records, on_done=done, guard=guard)
+            return await open_loop(client, payload, offsets, records, on_done=done, first_index=load.warmup,
+                                   guard=guard)
 
 
 def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None = None,
@@ -122,6 +131,7 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
     kind = kinds()[cell.runtime.kind]
     facts: dict = {}  # what the runtime kind reads beside a trial (Ollama: where the model sits)
     status, error = "complete", None
+    guard: TrialGuard | None = None
     try:
         with open_server(cell, attach=attach) as srv:
             writer = partfiles.RunWriter(raw_dir, run_identity(cell, srv, run_id, trial, series_id),
@@ -129,16 +139,19 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
             if kind.trial_facts:
                 facts["before"] = kind.trial_facts(srv)
             sampler = Sampler(srv.metrics_url, srv.slots_url, srv.pid, cell.load.telemetry_interval)
+            guard = TrialGuard(guard_rules(cell, srv))
             with sampler:
-                run_sync(lambda: _drive(cell, srv, f"{cell.cell_key}:{trial}", progress, records),
+                run_sync(lambda: _drive(cell, srv, f"{cell.cell_key}:{trial}", progress, records, guard),
                          tick=lambda: writer.flush(records), tick_seconds=cell.load.flush_seconds)
+            if guard.failure:
+                raise TrialStopped(guard.failure)
             if kind.trial_facts:
                 facts["after"] = kind.trial_facts(srv)
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user"
         raise
-    except Exception as exc:  # a server that will not start is a failed run, stored as such
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a server that will not start, or died, is a failed run, stored as such
+        status, error = "failed", str(exc) if isinstance(exc, TrialStopped) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
         meta = run_meta(cell, srv, started, status, error)
@@ -148,6 +161,8 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
             meta.update(model_bytes_loaded=after.get("size"), model_bytes_gpu=after.get("size_vram"))
         rows = sampler.stop() if sampler else None
         meta.update(background(rows or []))
+        if guard:
+            meta["guard"] = guard.summary()
         store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta, records,
                         telemetry=rows)
     measured = [r for r in records if not r.warmup]
