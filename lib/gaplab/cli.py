@@ -121,6 +121,9 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
         from gaplab.report.speed_prose import background_story
 
         typer.echo(f"gaplab: {background_story(result.other_cores)}")
+    if result.cut_requests or result.dropped_errors:
+        typer.echo(f"gaplab: {result.cut_requests} requests cut at their trial's end (load.grace_seconds) or when "
+                   f"it stopped; {result.dropped_errors} failed requests counted but not stored")
     _done(f"gaplab: sweep done in {result.seconds:.0f} s: {result.trials} trials in {result.rounds} rounds, "
           f"{result.skipped} cells reused, {len(result.failed)} failed", result.failed)
 

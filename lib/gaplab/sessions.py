@@ -17,6 +17,7 @@ from typing import Protocol
 
 from gaplab.hardware import hardware, machine_id
 from gaplab.runtimes import Server, open_server
+from gaplab.runtimes.process import first_dead
 from gaplab.scenario import Cell
 from gaplab.records import RunIdentity
 
@@ -51,34 +52,58 @@ def run_identity(cell: Cell, server: Server | None, run_id: str, trial: int = 1,
 class Sessions:
     """The servers of one command. Each is started when first needed (one start at a time,
     whatever thread asks), and stopped after each `serve` unless `keep` holds it up until
-    `close` (the sweep keeps servers up through its rounds when load.keep_servers)."""
+    `close` (the sweep keeps servers up through its rounds when load.keep_servers).
 
-    def __init__(self, keep: bool = False):
-        self.keep = keep
+    A server gaplab started that has died (one of its processes exited) is started again
+    before the next measurement, `max_restarts` times at most over the command; the new one
+    counts its restarts (Server.restarts, stored with each run) and has its own cold start.
+    After that, the measurements of that server fail with the reason."""
+
+    def __init__(self, keep: bool = False, max_restarts: int = 2):
+        self.keep, self.max_restarts = keep, max_restarts
         self._open: dict[str, tuple[contextlib.ExitStack, Server]] = {}
         self._starting = threading.Lock()
+        self._deaths: dict[str, list[str]] = {}  # server key -> how each of its servers died
 
     def _get(self, cell: Cell) -> Server:
+        key = cell.server_key
         with self._starting:
-            if cell.server_key not in self._open:
-                stack = contextlib.ExitStack()
-                server = stack.enter_context(open_server(cell))
-                self._open[cell.server_key] = (stack, server)
-            return self._open[cell.server_key][1]
+            if key in self._open:
+                dead = self.dead(cell)
+                if dead is None:
+                    return self._open[key][1]
+                self._deaths.setdefault(key, []).append(dead)
+                self._stop(key)
+            deaths = self._deaths.get(key, [])
+            if len(deaths) > self.max_restarts:
+                raise RuntimeError(f"the server died {len(deaths)} times (last: {deaths[-1]}); it is not started "
+                                   f"again (load.max_restarts = {self.max_restarts})")
+            stack = contextlib.ExitStack()
+            server = stack.enter_context(open_server(cell))
+            server.restarts = len(deaths)
+            self._open[key] = (stack, server)
+            return server
+
+    def dead(self, cell: Cell) -> str | None:
+        """How the cell's open server died ("process 12 was killed by signal 9 (SIGKILL)"); None
+        while it runs, or when none is open."""
+        entry = self._open.get(cell.server_key)
+        return first_dead(entry[1].watch_pids) if entry else None
 
     def serve(self, cell: Cell, measurements: Iterable[Measurement]) -> bool:
-        """Run the measurements against the cell's server, in order. When the server will not
-        start, each is stored as failed with the reason; returns whether it started."""
+        """Run the measurements against the cell's server, in order, starting it again before a
+        measurement when it has died. When it will not start, that measurement and the rest are
+        stored as failed with the reason; returns whether every measurement had a server."""
         measurements = list(measurements)
         try:
-            server = self._get(cell)
-        except Exception as exc:  # its measurements fail; the command goes on with other servers
-            error = f"{type(exc).__name__}: {exc}"
-            for m in measurements:
-                m.fail(error)
-            return False
-        try:
-            for m in measurements:
+            for i, m in enumerate(measurements):
+                try:
+                    server = self._get(cell)
+                except Exception as exc:  # the rest fail; the command goes on with other servers
+                    error = f"{type(exc).__name__}: {exc}"
+                    for rest in measurements[i:]:
+                        rest.fail(error)
+                    return False
                 m.run(server)
         finally:
             if not self.keep:

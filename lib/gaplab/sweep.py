@@ -20,6 +20,7 @@ runs, and the memory bandwidth (roofline) is not measured, as the driver is not 
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -141,6 +142,8 @@ class SweepResult:
     run_ids: list[str] = field(default_factory=list)  # the trials this sweep ran
     other_cores: list[float] = field(default_factory=list)  # per trial: cores other work kept busy
     out_of_time: int = 0  # capped cells stopped by load.max_sweep_seconds
+    cut_requests: int = 0  # requests cut at their trial's end (after its grace) or when it stopped
+    dropped_errors: int = 0  # failed requests counted but not stored (guard.MAX_ERROR_ROWS a trial)
 
 
 def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
@@ -183,9 +186,10 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         bar.total -= 1
         return True
 
-    def settle(ct: CellTrials, run_id: str | None, error: str | None) -> None:
+    def settle(ct: CellTrials, run_id: str | None, error: str | None, server_died: bool = False) -> None:
         """Count one trial of ct. run_id None: nothing was stored (its server never started), so
-        the trial is stored here as a failed run with the reason."""
+        the trial is stored here as a failed run with the reason. server_died: the trial failed
+        because its server died; the cell goes on, on a server started again (Sessions)."""
         if error is None:
             got = trial_values(raw_dir, [run_id]).get(run_id)
             result.trials += 1
@@ -198,7 +202,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         if error is not None:
             if run_id is None:
                 write_failed(raw_dir, ct.cell, error, ct.next_trial, ct.series_id)
-            ct.failed = True
+            ct.failed = ct.failed or not server_died
             result.failed.append(f"{ct.cell.cell_id}: {error}"[:300])
         ct.next_trial += 1
         bar.update()
@@ -218,7 +222,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
                                           out_dir, run_id)
             if error and ctrl_c.pressed:
                 raise KeyboardInterrupt
-            settle(ct, run_id, error)
+            settle(ct, run_id, error, server_died=error is not None and sessions.dead(ct.cell) is not None)
             current = None
             if ctrl_c.pressed:
                 raise KeyboardInterrupt
@@ -228,7 +232,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
 
     current: CellTrials | None = None
     try:
-        with CtrlC() as ctrl_c, Sessions(keep=load.keep_servers) as sessions:
+        with CtrlC() as ctrl_c, Sessions(keep=load.keep_servers, max_restarts=load.max_restarts) as sessions:
             while True:
                 todo = [ct for ct in pending(progress_by_key, load) if not out_of_time(ct)]
                 if not todo:
@@ -271,5 +275,9 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
     if result.run_ids:
         runs = store.read_table(raw_dir, "run").filter(pl.col("run_id").is_in(result.run_ids))
         result.other_cores = runs["other_cores"].drop_nulls().to_list()
+        for meta in runs["meta_json"].to_list():
+            guarded = json.loads(meta).get("guard") or {}
+            result.cut_requests += guarded.get("cut_requests", 0)
+            result.dropped_errors += guarded.get("dropped_errors", 0)
     result.seconds = time.monotonic() - t0
     return result

@@ -87,14 +87,52 @@ def start(cmd: list[str], **popen) -> ServerProcess:
     return ServerProcess(proc, guard)
 
 
+def exit_status(pid: int) -> str | None:
+    """None while the process runs; else how it ended, in words. Any process can tell, not only
+    its parent (a trial runs in a notebook kernel, the server was started by the sweep): an
+    unreaped process's exit status is read from /proc (field 52 of its stat); a reaped one is
+    just gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "exited"
+    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3, the state
+    if fields[0] not in ("Z", "X"):
+        return None
+    status = int(fields[49]) if len(fields) > 49 else None
+    if status is None:
+        return "exited"
+    if status & 0x7F:
+        return f"was killed by signal {status & 0x7F} ({signal.Signals(status & 0x7F).name})"
+    return f"exited with code {status >> 8}"
+
+
+def first_dead(pids: list[int]) -> str | None:
+    """How the first of these processes that is no longer running ended ("process 12 was killed by
+    signal 9 (SIGKILL)"); None while all run."""
+    for pid in pids:
+        status = exit_status(pid)
+        if status:
+            return f"process {pid} {status}"
+    return None
+
+
+def log_tail(log: str | Path, lines: int = 3) -> str:
+    """The last lines of a server's log, joined on one line ('' when there is none)."""
+    try:
+        text = Path(log).read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])[:600]
+
+
 def wait_healthy(base: str, server: ServerProcess, timeout: float, log: Path) -> int:
     """Poll /health until it answers 200; returns perf_counter_ns at that moment."""
     proc = server.proc
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"{Path(proc.args[0]).name} exited with code {proc.returncode}: {' | '.join(tail)}")
+            raise RuntimeError(f"{Path(proc.args[0]).name} exited with code {proc.returncode}: {log_tail(log)}")
         if get_bytes(base + "/health", timeout=2) is not None:  # 2xx: loaded and serving
             return time.perf_counter_ns()
         time.sleep(0.05)
