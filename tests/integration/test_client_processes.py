@@ -141,19 +141,22 @@ def test_ctrl_c_stops_both_children_and_keeps_what_they_finished(server):
     sent = []
 
     def tick(records):
+        # The trigger is a condition, not a moment: both children have finished requests. The load
+        # (at most 60 s) cannot end first, however slowly a busy machine spawns the children; and
+        # each tick presses Ctrl-C again until it is raised, as a user would.
         pids = {int(r.tag) for r in records}
-        if len(pids) == 2 and not sent:  # Ctrl-C in a terminal reaches the children too: they ignore it
+        if len(pids) == 2 and len(sent) < 10:  # Ctrl-C in a terminal reaches the children too: they ignore it
             sent.append(1)
             for pid in (*pids, os.getpid()):
                 os.kill(pid, signal.SIGINT)
 
-    j = job(server, warmup=0, concurrency=4, min_requests=200, max_seconds=60)
+    j = job(server, warmup=0, concurrency=4, min_requests=2000, max_seconds=60)
     with pytest.raises(KeyboardInterrupt):
         run_sync(lambda: drive_processes(j, 2, records), tick=lambda: tick(records), tick_seconds=0.1)
     assert sent
     finished = [r for r in records if r.error is None]
     cancelled = [r for r in records if r.error == "cancelled"]
-    assert finished and len({r.index for r in records}) == len(records) < 200
+    assert finished and len({r.index for r in records}) == len(records) < 2000
     assert {r.tag for r in cancelled} == {r.tag for r in finished}, "a child did not end its requests as rows"
 
 
