@@ -46,6 +46,9 @@ from gaplab.records import RequestRecord  # noqa: E402
 from gaplab.workload_spec import FixedWorkload  # noqa: E402
 
 
+TOKENS = [2000]  # chunks per stream (--tokens)
+
+
 # Each reader: setup(url) -> (state, close), built outside the timing; run(state, streams) -> chunks read.
 
 
@@ -56,7 +59,9 @@ async def gaplab_setup(url: str):
 
 async def gaplab_run(client: StreamClient, streams: int) -> int:
     payload = client.body("hi", 1, "fake")
-    recs = [RequestRecord(index=i, user=i, warmup=False, scheduled_ns=0) for i in range(streams)]
+    # with its target, as a sweep's request: the client counts events against it (runaway streams)
+    recs = [RequestRecord(index=i, user=i, warmup=False, scheduled_ns=0, target_output_tokens=TOKENS[0])
+            for i in range(streams)]
     await asyncio.gather(*(client.stream(payload, r) for r in recs))
     assert all(r.error is None for r in recs), recs[0].error
     return sum(len(r.chunks) for r in recs)
@@ -186,7 +191,9 @@ QUIET_CORES = 0.25  # a round with less other work than this on the machine is s
 
 
 def processes_table(url: str, server_pid: int, args) -> None:
-    requests = Requests(FixedWorkload(name="firehose", prompt_tokens=1, output_tokens=1), 0, "bench", "fake", {})
+    # the length the server streams: a sweep's requests carry their target, and the client counts events against it
+    requests = Requests(FixedWorkload(name="firehose", prompt_tokens=1, output_tokens=args.tokens), 0, "bench",
+                        "fake", {})
     job = Job({"base_url": url, "api": "chat"}, requests, 0, concurrency=args.users, min_requests=args.requests,
               max_seconds=600)
     print(f"\nclient processes: closed loop, {args.users} users, {args.requests} requests of {args.tokens} chunks; "
@@ -259,6 +266,7 @@ def main() -> None:
                     "the span about 0.7 s, short beside the processes' start and end)")
     ap.add_argument("--skip-readers", action="store_true", help="only the 1- and 2-process table")
     args = ap.parse_args()
+    TOKENS[0] = args.tokens
     server, url = sse_server.start(0, 0, args.tokens, cpu=1, log=False)
     try:
         with sse_server.pinned(0) as pinned:
