@@ -126,9 +126,11 @@ def agreement_story(table: pl.DataFrame) -> str:
         return ""
     out = []
     for row in t.iter_rows(named=True):
+        # an attached server may return no token ids: then no common prefix is counted
+        prefix = ("." if row["mean_prefix_tokens"] is None or row["mean_tokens"] is None else
+                  f"; on average the first {row['mean_prefix_tokens']:.1f} of {row['mean_tokens']:.1f} tokens match.")
         out.append(f"{plain(row['model'])} {plain(row['quant'])}: {plain(row['runtime_a'])} and {plain(row['runtime_b'])} wrote identical "
-                   f"continuations for {row['identical_pct']:.0f}% of {row['prompts']} prompts; on average the "
-                   f"first {row['mean_prefix_tokens']:.1f} of {row['mean_tokens']:.1f} tokens match.")
+                   f"continuations for {row['identical_pct']:.0f}% of {row['prompts']} prompts" + prefix)
     diff = t.filter(pl.col("identical_pct") < 100)
     tail = ("Every pair matched token for token." if diff.is_empty() else
             "Once two continuations part they rarely meet again: at that token the two runtimes' arithmetic "
@@ -144,7 +146,9 @@ def example_pair(table: pl.DataFrame) -> str:
         return ""
     r = t.sort("identical_pct").row(0, named=True)
     tail = " ".join(r["example_prompt"].split()[-12:])
+    shared = ("differ" if r["example_diverges_at"] is None else  # no token ids from the server
+              f"share their first {r['example_diverges_at']} tokens")
     return (f"An example ({plain(r['model'])} {plain(r['quant'])}): the passage ends “…{plain(tail)}” and the two "
-            f"continuations share their first {r['example_diverges_at']} tokens.\n\n"
+            f"continuations {shared}.\n\n"
             f"- **{plain(r['runtime_a'])}**: “{plain(r['example_a'])}”\n"
             f"- **{plain(r['runtime_b'])}**: “{plain(r['example_b'])}”")
