@@ -10,15 +10,24 @@ the others with chunked encoding.
 
 In a test: `server = await start()`, then `server.sockets[0].getsockname()[1]` is the port.
 By hand: python fault_server.py PORT
+
+A hostile server (`start(hostile=True)`, `serving(hostile=True)`, or `--hostile` by hand)
+answers whatever it is asked, and every string it sends is HOSTILE markup: the model id it
+lists (/v1/models) and names in its answers, its version (/version), the text it streams
+or returns (chat or text completions), and the body of the HTTP 500 it answers to every
+ERROR_EVERY-th request. For the test that the report keeps what a server says as text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import socket
 import struct
 import sys
+import threading
 
 TOKENS, CUT_AFTER, SLOW_HEADERS_S = 5, 3, 0.3
 
@@ -125,14 +134,14 @@ async def respond(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, fa
         writer.write(b"0\r\n\r\n")
 
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, every: str = "") -> None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
         path = head.split(b" ", 2)[1].decode()
         length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                        if line.lower().startswith(b"content-length:")), 0)
         body = json.loads(await reader.readexactly(length))
-        fault = EVERY or (body["messages"][0]["content"] if "messages" in body else body["prompt"])
+        fault = every or (body["messages"][0]["content"] if "messages" in body else body["prompt"])
         if fault not in FAULTS:
             writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         else:
@@ -144,22 +153,94 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-EVERY = ""  # a fault for every request, whatever it asks (set by start)
+HOSTILE = '<img src=x onerror=alert(1)><script>document.title="PWNED"</script>'
+ERROR_EVERY = 4
 
 
-async def start(port: int = 0, every: str = "") -> asyncio.Server:
-    """every: answer every request with this fault (a server that always fails, say)."""
-    global EVERY
-    EVERY = every
-    return await asyncio.start_server(handle, "127.0.0.1", port, backlog=256)
+def _answer(status: int, obj, content_type: bytes = b"application/json") -> bytes:
+    body = json.dumps(obj).encode()
+    return (b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, content_type, len(body), body))
 
 
-async def main(port: int) -> None:
-    server = await start(port)
+def hostile_reply(path: str, body: dict | None, n: int) -> bytes:
+    """The whole HTTP response of a hostile server to its n-th request (GET: body None). Its
+    answers differ by n, so two runtimes attached to it never agree (the quality page then
+    shows their texts)."""
+    if body is None:
+        if path.endswith("/models"):
+            return _answer(200, {"object": "list", "data": [{"id": HOSTILE, "object": "model", "owned_by": HOSTILE}]})
+        if path.endswith("/version"):
+            return _answer(200, {"version": HOSTILE})
+        return _answer(404, {"error": {"message": HOSTILE}})
+    if n % ERROR_EVERY == 0:
+        return _answer(500, {"error": {"message": HOSTILE, "type": HOSTILE}})
+    text = "prompt" in body and "messages" not in body  # the text completions endpoint
+    content = f"{HOSTILE} {n}"
+    usage = {"prompt_tokens": 4, "completion_tokens": TOKENS, "total_tokens": 4 + TOKENS}
+    if not body.get("stream"):
+        choice = ({"index": 0, "text": content, "finish_reason": "length"} if text else
+                  {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "length"})
+        return _answer(200, {"id": HOSTILE, "object": "text_completion" if text else "chat.completion",
+                             "model": HOSTILE, "choices": [choice], "usage": usage})
+    base = {"id": HOSTILE, "object": "text_completion" if text else "chat.completion.chunk", "model": HOSTILE}
+    def piece(s: str, finish=None) -> dict:
+        return {**base, "choices": [{"index": 0, "finish_reason": finish,
+                                     **({"text": s} if text else {"delta": {"content": s}})}]}
+    events = [piece(content)] + [piece(f" {HOSTILE}") for _ in range(TOKENS - 1)] + [piece("", "length"),
+                                                                                      {**base, "choices": [], "usage": usage}]
+    stream = b"".join(sse(e) for e in events) + b"data: [DONE]\n\n"
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(stream), stream))
+
+
+async def handle_hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter) -> None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, path = head.split(b" ", 2)[:2]
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        body = json.loads(await reader.readexactly(length)) if method == b"POST" else None
+        writer.write(hostile_reply(path.decode(), body, next(counter)))
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def start(port: int = 0, hostile: bool = False, every: str = "") -> asyncio.Server:
+    """hostile: the hostile server above; every: answer every request with this fault, whatever it
+    asks (a server that always fails, say)."""
+    counter = itertools.count(1)
+    handler = (lambda r, w: handle_hostile(r, w, counter)) if hostile else (lambda r, w: handle(r, w, every))
+    return await asyncio.start_server(handler, "127.0.0.1", port, backlog=256)
+
+
+@contextlib.contextmanager
+def serving(hostile: bool = False):
+    """This server on an event loop in a thread of this process, for a test whose client runs in
+    other processes (the gaplab CLI); yields its base URL (…/v1) and stops on leaving."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(start(0, hostile), loop).result()
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        server.close()
+        asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+async def main(port: int, hostile: bool) -> None:
+    server = await start(port, hostile)
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), "--hostile" in sys.argv[2:]))

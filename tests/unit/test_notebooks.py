@@ -32,3 +32,22 @@ def test_papermill_reads_every_parameter(path):
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     names = re.findall(r"^(\w+)\s*=", "".join(cell["source"]), re.M)
     assert list(pm.inspect_notebook(str(path))) == names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cell_options_lead_their_cell_and_every_float_has_a_caption(path):
+    # Quarto reads `#|` options only at the top of a cell; a fig-/tbl- label needs its caption to be numbered
+    import re
+
+    labels = []
+    for cell in json.loads(path.read_text())["cells"]:
+        lines = "".join(cell["source"]).splitlines()
+        top = next((i for i, line in enumerate(lines) if not line.startswith("#|")), len(lines))
+        assert not any(line.startswith("#|") for line in lines[top:]), f"{path.name}: options below code: {lines[:2]}"
+        options = dict(re.match(r"#\|\s*([\w-]+):\s*(.*)", line).groups() for line in lines[:top])
+        kind = options.get("label", "").split("-")[0]
+        if kind in ("fig", "tbl"):
+            assert options.get(f"{kind}-cap"), f"{path.name}: {options['label']} has no {kind}-cap"
+        labels.append(options.get("label"))
+    named = [x for x in labels if x]
+    assert len(named) == len(set(named)), f"{path.name}: a label twice"

@@ -153,6 +153,18 @@ def test_agreement_counts_identical_completions_and_the_common_prefix():
     assert qframes.common_prefix([1, 2, 3], [1, 2]) == 2 and qframes.common_prefix(None, [1]) is None
 
 
+def test_a_server_that_returns_no_token_ids_or_per_user_speed_still_has_its_sentences(stored):
+    # an attached server whose streams arrive in one read and who returns no token ids
+    rows = [{"hardware_id": HW, "model": "m", "quant": "Q8_0", "workload": "agree:t", "runtime": rt,
+             "item_id": "i0", "question": "prompt 0", "completion": f"text {rt}", "completion_token_ids": None,
+             "error": None} for rt in ("a", "b")]
+    t = qframes.agreement(pl.DataFrame(rows, schema_overrides={"completion_token_ids": pl.List(pl.Int64)}))
+    assert "0% of 1 prompts." in qprose.agreement_story(t) and "continuations differ." in qprose.example_pair(t)
+    speedless = summary_frame().with_columns(per_user_tok_s=pl.lit(None))
+    frame = qframes.quality_speed_size(qframes.read_quality(stored, HW)[0], speedless)
+    assert frame["decode_tok_s"].dtype == pl.Float64 and not qframes.display_table(frame).is_empty()
+
+
 def test_empty_store_gives_empty_frames_and_a_hint(tmp_path):
     figures, answers = qframes.read_quality(tmp_path)
     frame = qframes.quality_speed_size(figures, summary_frame())

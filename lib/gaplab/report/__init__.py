@@ -15,6 +15,7 @@ One module per concept; the notebooks call them, never the store's files directl
 - quality.py        the quality page's frames (fidelity, task accuracy, agreement, size and speed)
 - quality_prose.py  the quality page's sentences
 - charts.py         Altair charts of those frames
+- markup.py         strings from servers and others' files as text on a page (prose, tables, chart specs)
 - site.py           the site build (quarto render, or the same pages without Quarto)
 
 Every table is read through store.read_table or store.scan_table: one lazy scan per table,

@@ -11,6 +11,7 @@ import polars as pl
 from gaplab import store
 from gaplab.capability import BROKEN, CAPABILITIES, FAIL, NOT_OFFERED, PASS, UNDECIDED, VERDICTS
 from gaplab.config import ROOT
+from gaplab.report.markup import plain
 
 CAPABILITIES_FILE = ROOT / "data" / "reference" / "capabilities.csv"
 COLUMNS = ("seed_file", "source", "runtime", "capability", "says", "words")
@@ -107,21 +108,22 @@ def story(found: pl.DataFrame, side: pl.DataFrame, failed: pl.DataFrame | None =
     """The page's opening paragraph: what passed where, where the articles and this machine part,
     and which servers' latest probing could not run (failed: `broken`)."""
     gone = "" if failed is None or failed.is_empty() else " The latest probing of " + "; ".join(
-        f"{r['server']} could not run ({r['evidence']})" for r in failed.iter_rows(named=True)) + "."
+        f"{plain(r['server'])} could not run ({plain(r['evidence'])})" for r in failed.iter_rows(named=True)) + "."
     if found.is_empty():
         return ("No capability probes are stored for this machine: run `gaplab capabilities SCENARIO` "
                 "(`make report` does)." + gone)
     lines = []
     for server, rows in found.group_by("server", maintain_order=True):
         verdicts = rows["verdict"].to_list()
-        passed = rows.filter(pl.col("verdict") == PASS)["capability"].to_list()
-        lines.append(f"**{server[0]}** passed {len(passed)} of {len(verdicts)} probes"
+        passed = [plain(c) for c in rows.filter(pl.col("verdict") == PASS)["capability"].to_list()]
+        lines.append(f"**{plain(server[0])}** passed {len(passed)} of {len(verdicts)} probes"
                      + (f" ({', '.join(passed)})" if passed else ""))
     text = "; ".join(lines) + "."
     differs = side.filter(pl.col("verdict") == "differs")
     if not differs.is_empty():
         text += (" Where this machine and an article part (each server as launched: the evidence says whether a "
                  "flag or the model's chat template decides it): " + "; ".join(
-                     f"{r['article']} says {r['runtime']} {r['capability']}: {r['article says'].split(':')[0]}, "
-                     f"here {r['measured here']}" for r in differs.iter_rows(named=True)) + ".")
+                     f"{plain(r['article'])} says {plain(r['runtime'])} {plain(r['capability'])}: "
+                     f"{plain(r['article says'].split(':')[0])}, here {plain(r['measured here'])}"
+                     for r in differs.iter_rows(named=True)) + ".")
     return text + gone

@@ -2,16 +2,19 @@
 the report frames (speed.py, quality.py, ...), never raw rows, and every mark carries a tooltip.
 
 `use_site_renderer()` makes charts draw with the Vega bundle that the site ships
-in every page's head (site.py), so pages work with no internet.
+in every page's head (site.py), so pages work with no internet; the spec, whose data holds
+names and errors from servers, is inlined through markup.script_json. Vega draws titles and
+labels as SVG text, and vega-embed's tooltips escape what they show. Tables: markup.table.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 
 import altair as alt
 import polars as pl
+
+from gaplab.report.markup import script_json
 
 _ids = itertools.count()
 
@@ -19,7 +22,7 @@ _ids = itertools.count()
 def _site_html(spec: dict, **_) -> dict:
     div = f"gaplab-chart-{next(_ids)}"
     html = (f'<div id="{div}" class="gaplab-chart"></div>\n<script>(function () {{\n'
-            f'  var spec = {json.dumps(spec)};\n'
+            f'  var spec = {script_json(spec)};\n'
             f'  if (window.vegaEmbed) {{ vegaEmbed("#{div}", spec, {{actions: false, renderer: "svg"}}); }}\n'
             f'  else {{ document.getElementById("{div}").textContent = "This chart draws in the gaplab site '
             f'(make report); in JupyterLab run alt.renderers.enable(\'default\')."; }}\n'
@@ -97,14 +100,6 @@ def with_intervals(frame: pl.DataFrame, metrics: list[str], digits: int = 1) -> 
         return (pl.when(pl.col(f"{m}_lo").is_null()).then(r(m) + " (1 trial)")
                 .otherwise(r(m) + " [" + r(f"{m}_lo") + "–" + r(f"{m}_hi") + "]")).alias(m)
     return frame.with_columns(text(m) for m in metrics)
-
-
-def table(frame: pl.DataFrame, digits: int = 1):
-    """A frame as an HTML table for a page: numbers rounded, no pandas index column."""
-    from IPython.display import HTML
-
-    df = frame.with_columns(pl.col(pl.Float64, pl.Float32).round(digits)).to_pandas()
-    return HTML(df.to_html(index=False, na_rep="", border=0, classes="gaplab-table"))
 
 
 def scaling_bars(table: pl.DataFrame) -> alt.Chart:

@@ -19,7 +19,7 @@ One row per claim (columns in order):
 - statement    what the row asserts, in a canonical form two runs can compare: the verdict
                for faster and scales, "<a> leads at N, <b> at M" for flips, "<a> overtakes
                <b> at N users" for overtakes
-- text         the sentence the site prints
+- text         the sentence the site prints, in Markdown (names escaped: markup.plain)
 flips and overtakes rows exist only where every level they rely on has a directional verdict.
 """
 
@@ -31,6 +31,7 @@ import polars as pl
 
 from gaplab import stats
 from gaplab.metrics import HIGHER_IS_BETTER
+from gaplab.report.markup import plain
 
 COLUMNS = ["claim_id", "kind", "model", "workload", "metric", "users", "users_b", "a", "b", "across_kinds", "value_a", "value_b",
            "ratio", "ratio_lo", "ratio_hi", "trials_a", "trials_b", "verdict", "statement", "text"]
@@ -74,15 +75,15 @@ def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, user
     pa, pb = ((pools or {}).get((x.split(" · ")[0], metric)) for x in (a, b))
     row = compare(kind, model, workload, metric, a, b, users, users_b, va, vb, pa, pb, HIGHER_IS_BETTER[metric], across)
     verdict, value_a, value_b = row["verdict"], row["value_a"], row["value_b"]
-    what = UNITS[metric]
+    what, a_md, b_md = UNITS[metric], plain(a), plain(b)
     if kind == "faster":
-        lead = {"A better": f"**{a}** is ahead", "B better": f"**{b}** is ahead"}.get(
+        lead = {"A better": f"**{a_md}** is ahead", "B better": f"**{b_md}** is ahead"}.get(
             verdict, "no measurable difference" if verdict != "no interval" else "one trial each, no verdict")
-        row["text"] = (f"At {users_text(users)}, {what}: {a} {_fmt(value_a)} vs {b} {_fmt(value_b)}, "
+        row["text"] = (f"At {users_text(users)}, {what}: {a_md} {_fmt(value_a)} vs {b_md} {_fmt(value_b)}, "
                        f"{_ratio_text(row)}: {lead}.")
     else:  # scales
         change = {"A better": "better", "B better": "worse"}.get(verdict, "not measurably different")
-        row["text"] = (f"{a}: {what} {_fmt(value_b)} at {users_text(users_b)}, {_fmt(value_a)} at {users_text(users)} "
+        row["text"] = (f"{a_md}: {what} {_fmt(value_b)} at {users_text(users_b)}, {_fmt(value_a)} at {users_text(users)} "
                        f"({_ratio_text(row)}): {change} with more users.")
     return row
 
@@ -142,9 +143,9 @@ def _derived(pair: list[dict]) -> list[dict]:
         at_lo, at_hi = first[lead[first["verdict"]]], last[lead[last["verdict"]]]
         out.append({**last, "kind": "flips", "claim_id": last["claim_id"].replace("faster|", "flips|", 1),
                     "users_b": first["users"], "statement": f"{at_lo} leads at {first['users']}, {at_hi} at {last['users']}",
-                    "text": (f"The ranking flips: at {users_text(first['users'])} **{at_lo}** is ahead "
-                             f"({_ratio_text(first)} {first['a']} ÷ {first['b']}), at {users_text(last['users'])} "
-                             f"**{at_hi}** ({_ratio_text(last)}).")})
+                    "text": (f"The ranking flips: at {users_text(first['users'])} **{plain(at_lo)}** is ahead "
+                             f"({_ratio_text(first)} {plain(first['a'])} ÷ {plain(first['b'])}), at "
+                             f"{users_text(last['users'])} **{plain(at_hi)}** ({_ratio_text(last)}).")})
     for who, other in (("A better", "B better"), ("B better", "A better")):
         behind = [r for r in pair if r["verdict"] == other]
         if not behind:
@@ -157,9 +158,9 @@ def _derived(pair: list[dict]) -> list[dict]:
             out.append({**r, "kind": "overtakes", "claim_id": r["claim_id"].replace("faster|", "overtakes|", 1)
                         .rsplit("|", 1)[0] + f"|{winner}", "users_b": below["users"],
                         "statement": f"{winner} overtakes {loser} at {r['users']} users",
-                        "text": (f"**{winner}** overtakes {loser} at {users_text(r['users'])} ({_ratio_text(r)} "
-                                 f"{r['a']} ÷ {r['b']}); at {users_text(below['users'])} {loser} was ahead "
-                                 f"({_ratio_text(below)}).")})
+                        "text": (f"**{plain(winner)}** overtakes {plain(loser)} at {users_text(r['users'])} "
+                                 f"({_ratio_text(r)} {plain(r['a'])} ÷ {plain(r['b'])}); at "
+                                 f"{users_text(below['users'])} {plain(loser)} was ahead ({_ratio_text(below)}).")})
     return out
 
 

@@ -65,7 +65,9 @@ def quality_speed_size(quality: pl.DataFrame, summary: pl.DataFrame) -> pl.DataF
     return (fidelity_frame(quality)
             .join(task_frame(quality), on=K3, how="full", coalesce=True)  # attached servers have no fidelity
             .join(summary.filter(pl.col("concurrency") == 1).group_by(K4).agg(
-                decode_tok_s=pl.col("per_user_tok_s").mean(), speed_run=pl.col("run_ids").first()), on=K4, how="left")
+                # cast: a server whose every stream came in one read has no per-user speed, a column of no type
+                decode_tok_s=pl.col("per_user_tok_s").cast(pl.Float64).mean(), speed_run=pl.col("run_ids").first()),
+                on=K4, how="left")
             .with_columns(size_mb=pl.col("model_bytes") / 1e6)
             .sort(["model", "size_mb"], descending=[False, True]))
 

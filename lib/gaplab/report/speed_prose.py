@@ -13,6 +13,7 @@ import polars as pl
 from gaplab import store
 from gaplab.metrics import selected_runs
 from gaplab.report import claims as cl
+from gaplab.report.markup import code, plain
 
 
 def _iv(row: dict, m: str, digits: int = 1) -> str:
@@ -28,7 +29,7 @@ def throughput_story(claims: pl.DataFrame, estimates: pl.DataFrame) -> str:
     hi = int(estimates["concurrency"].max())
     out = []
     for model in estimates["model"].unique(maintain_order=True).to_list():
-        parts = [f"**{model}**, total output tok/s:",
+        parts = [f"**{plain(model)}**, total output tok/s:",
                  cl.render(claims, "faster", "aggregate_tok_s", model, users=hi),
                  cl.render(claims, "flips", "aggregate_tok_s", model),
                  cl.render(claims, "overtakes", "aggregate_tok_s", model),
@@ -52,7 +53,7 @@ def per_user_story(estimates: pl.DataFrame) -> str:
             continue
         steps = [f"{_iv(r, 'per_user_tok_s')} at {r['concurrency']} ({r['per_user_tok_s'] / first['per_user_tok_s']:.0%})"
                  for r in cell.iter_rows(named=True) if r["concurrency"] > lo and r["per_user_tok_s"] is not None]
-        out.append(f"- {key[0]} {key[2]} on {key[1]}: {_iv(first, 'per_user_tok_s')} tok/s per user alone; "
+        out.append(f"- {plain(key[0])} {plain(key[2])} on {plain(key[1])}: {_iv(first, 'per_user_tok_s')} tok/s per user alone; "
                    + "; ".join(steps) + ".")
     return ("Decode speed seen by one user once its first token arrived (95% interval over trials). Where the "
             "server has a slot for every user, all of them advance in the same steps, so the drop shows what "
@@ -104,13 +105,15 @@ def precision_story(estimates: pl.DataFrame, precision: float | None) -> str:
         wide = estimates.filter(pl.col("halfwidth_pct") > precision * 100)
         if wide.height:
             text += (f"\n\nCells that stopped at the trial or time cap before reaching ±{precision:.0%}: "
-                     + ", ".join(f"{r['runtime']} · {r['model']} {r['quant']} at {cl.users_text(r['concurrency'])} "
-                                 f"(±{r['halfwidth_pct']:.1f}%)" for r in wide.iter_rows(named=True)) + ".")
+                     + ", ".join(f"{plain(r['runtime'])} · {plain(r['model'])} {plain(r['quant'])} at "
+                                 f"{cl.users_text(r['concurrency'])} (±{r['halfwidth_pct']:.1f}%)"
+                                 for r in wide.iter_rows(named=True)) + ".")
     errs = estimates.filter(pl.col("errors") > 0)
     if errs.height:
         text += ("\n\nCells with failed requests (never counted in throughput or latency): "
-                 + "; ".join(f"{r['runtime']} · {r['model']} {r['quant']} at {cl.users_text(r['concurrency'])}: "
-                             f"{r['errors']} ({r['error_kinds']})" for r in errs.iter_rows(named=True)) + ".")
+                 + "; ".join(f"{plain(r['runtime'])} · {plain(r['model'])} {plain(r['quant'])} at "
+                             f"{cl.users_text(r['concurrency'])}: {r['errors']} ({plain(r['error_kinds'])})"
+                             for r in errs.iter_rows(named=True)) + ".")
     else:
         text += " No request failed."
     return text
@@ -140,16 +143,16 @@ def setup_story(raw_dir: Path, machine_id: str, summary: pl.DataFrame) -> str:
     all_runs = selected_runs(store.read_table(raw_dir, "run"))
     runs = all_runs.filter(pl.col("machine_id") == machine_id)
     if runs.is_empty():
-        return f"No complete runs for machine `{machine_id}` yet: run `make report` or `gaplab sweep`."
+        return f"No complete runs for machine {code(machine_id)} yet: run `make report` or `gaplab sweep`."
     r = runs.sort("run_id").row(-1, named=True)
-    versions = ", ".join(sorted(runs["runtime_version"].unique().to_list()))
+    versions = ", ".join(plain(v) for v in sorted(runs["runtime_version"].unique().to_list()))
     derived = runs.filter(pl.col("model_note").str.starts_with("requantized"))["quant"].unique().sort().to_list()
     whose = ("this machine" if machine_id == this_machine() else
              "another machine (reference runs: not measured where this report was built)")
     trials = summary["trials"] if "trials" in summary.columns else pl.Series([1])
-    text = (f"Measured on {whose}, `{machine_id}` of class `{r['hardware_id']}`: {r['cpu_model']}, "
-            f"{r['cpu_cores']} cores, {r['memory_gib']} GiB, between {runs['started_at'].min()} and "
-            f"{runs['finished_at'].max()}. {summary.height} cells, {int(trials.sum())} trials "
+    text = (f"Measured on {whose}, {code(machine_id)} of class {code(r['hardware_id'])}: {plain(r['cpu_model'])}, "
+            f"{plain(r['cpu_cores'])} cores, {plain(r['memory_gib'])} GiB, between {plain(runs['started_at'].min())} and "
+            f"{plain(runs['finished_at'].max())}. {summary.height} cells, {int(trials.sum())} trials "
             f"({int(trials.min())} to {int(trials.max())} per cell), {int(summary['requests'].sum())} measured "
             f"requests, {int(summary['errors'].sum())} errors. Runtime: {versions}.")
     if int(trials.max()) == 1:
@@ -158,15 +161,16 @@ def setup_story(raw_dir: Path, machine_id: str, summary: pl.DataFrame) -> str:
     if background:
         text += " " + background_story(background)
     if derived:
-        text += (f" The {', '.join(derived)} files were made on this machine with llama-quantize from the "
+        text += (f" The {', '.join(map(plain, derived))} files were made on this machine with llama-quantize from the "
                  f"4-bit files that ship on PyPI, so they cannot be more faithful than those 4-bit files; "
                  f"their speed is real, their quality is not the original model's.")
     others = (all_runs.filter(pl.col("machine_id") != machine_id).group_by("machine_id", "hardware_id")
               .agg(pl.col("cell_key").n_unique().alias("cells"), pl.col("started_at").min().alias("start"),
                    pl.col("finished_at").max().alias("end")).sort("machine_id"))
     for o in others.iter_rows(named=True):
-        text += (f"\n\nThe store also holds reference runs of machine `{o['machine_id']}` (class "
-                 f"`{o['hardware_id']}`): {o['cells']} cells measured between {o['start']} and {o['end']}; "
+        text += (f"\n\nThe store also holds reference runs of machine {code(o['machine_id'])} (class "
+                 f"{code(o['hardware_id'])}): {o['cells']} cells measured between {plain(o['start'])} and "
+                 f"{plain(o['end'])}; "
                  f"set the page's `machine_id` parameter to show them.")
     return text
 
@@ -180,11 +184,12 @@ def scaling_story(table: pl.DataFrame) -> str:
     parts = []
     for rt in ours["runtime"].unique(maintain_order=True):
         r = ours.filter(pl.col("runtime") == rt)
-        parts.append(f"{rt} ×{r['scaling'].min():.2f} to ×{r['scaling'].max():.2f}")
+        parts.append(f"{plain(rt)} ×{r['scaling'].min():.2f} to ×{r['scaling'].max():.2f}")
     return (f"Going from one user to many multiplies total throughput by "
-            f"×{best_pub['scaling']:.1f} for {best_pub['runtime']} {best_pub['quant']} on "
-            f"{best_pub['hardware']} ({best_pub['users']} users, {best_pub['source']}) but only "
-            f"×{worst_pub['scaling']:.2f} for {worst_pub['runtime']} {worst_pub['quant']} on {worst_pub['hardware']}. "
+            f"×{best_pub['scaling']:.1f} for {plain(best_pub['runtime'])} {plain(best_pub['quant'])} on "
+            f"{plain(best_pub['hardware'])} ({best_pub['users']} users, {plain(best_pub['source'])}) but only "
+            f"×{worst_pub['scaling']:.2f} for {plain(worst_pub['runtime'])} {plain(worst_pub['quant'])} on "
+            f"{plain(worst_pub['hardware'])}. "
             f"Here, from 1 to {ours['users'].max()} users: " + "; ".join(parts) + ". "
             "Adding users multiplies throughput only when one decode step serves many sequences for "
             "little more than the cost of one: true while the step is bound by reading the weights "
@@ -209,7 +214,7 @@ def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
             continue
         after = where(size, vram or 0)
         if after["split"] or after["cpu_only"]:
-            lines.append(f"- **{row['model']} {row['quant']} on {row['runtime']}** at {row['concurrency']} "
+            lines.append(f"- **{plain(row['model'])} {plain(row['quant'])} on {plain(row['runtime'])}** at {row['concurrency']} "
                          f"users: the model was {describe(after)}. Its speed is not the GPU's.")
     return ("Cells where Ollama did not hold the whole model in GPU memory:\n\n" + "\n".join(lines)) if lines else ""
 
@@ -232,8 +237,8 @@ def waterfall_story(frame: pl.DataFrame) -> str:
     """Which parts carry the difference between two configurations (decompose.waterfall)."""
     if frame.is_empty():
         return ""
-    a, b, total = frame["step"][0], frame["step"][-1], frame.row(-1, named=True)
-    metric, pair = frame["metric"][0], frame["pair"][0]
+    a, b, total = plain(frame["step"][0]), plain(frame["step"][-1]), frame.row(-1, named=True)
+    metric, pair = plain(frame["metric"][0]), plain(frame["pair"][0])
     ms = lambda x: f"{abs(x):,.0f} ms" if abs(x) >= 10 else f"{abs(x):.1f} ms"  # noqa: E731
     def iv(r: dict) -> str:
         if r["lo"] is None:
@@ -252,7 +257,8 @@ def waterfall_story(frame: pl.DataFrame) -> str:
     parts = parts.sort(pl.col("delta").abs(), descending=True)
     if parts.is_empty():
         return text + "No single part differs beyond its interval."
-    items = [f"{r['step']} {'+' if r['delta'] > 0 else '−'}{ms(r['delta'])} {iv(r)}" for r in parts.iter_rows(named=True)]
+    items = [f"{plain(r['step'])} {'+' if r['delta'] > 0 else '−'}{ms(r['delta'])} {iv(r)}"
+             for r in parts.iter_rows(named=True)]
     return text + "Parts that differ beyond their intervals, largest first: " + "; ".join(items) + "."
 
 
@@ -265,9 +271,9 @@ def roofline_story(frame: pl.DataFrame, bandwidth: pl.DataFrame) -> str:
     by = cpu.group_by("threads_used").agg(pl.col("gb_s")).sort("threads_used")
     bw = "; ".join(f"{r['threads_used']} thread{'s' if r['threads_used'] > 1 else ''}: "
                    + " and ".join(f"{v:.1f}" for v in r["gb_s"]) + " GB/s" for r in by.iter_rows(named=True))
-    text = (f"Memory bandwidth measured here ({cpu['method'][0]}), one figure per repeat: {bw}."
+    text = (f"Memory bandwidth measured here ({plain(cpu['method'][0])}), one figure per repeat: {bw}."
             if not cpu.is_empty() else "")
-    text += "".join(f" {r['device']}: {r['gb_s']:.0f} GB/s, its peak ({r['method']})."
+    text += "".join(f" {plain(r['device'])}: {r['gb_s']:.0f} GB/s, its peak ({plain(r['method'])})."
                     for r in bandwidth.filter(pl.col("device") != "cpu").iter_rows(named=True))
     if frame.is_empty():
         return text + " No cell of this machine stored the bytes its model reads per step (runs before schema 5)."
@@ -275,7 +281,7 @@ def roofline_story(frame: pl.DataFrame, bandwidth: pl.DataFrame) -> str:
     for key, g in frame.group_by("runtime", "quant", "model", maintain_order=True):
         one, most = g.row(0, named=True), g.row(-1, named=True)
         iv = f"[{one['pct_lo']:.0f}–{one['pct_hi']:.0f}]" if one["pct_lo"] is not None else "(one trial)"
-        parts.append(f"{key[0]} {key[1]} ({key[2]}) {one['pct']:.0f}% {iv} "
+        parts.append(f"{plain(key[0])} {plain(key[1])} ({plain(key[2])}) {one['pct']:.0f}% {iv} "
                      f"at {cl.users_text(one['concurrency'])}, {most['pct']:.0f}% at {cl.users_text(most['concurrency'])}")
     return (text + " Share of the bandwidth-bound decode speed reached: " + "; ".join(parts) + ". "
             "A file that reads fewer bytes per step raises the bound; only kernels that keep up with "
@@ -316,7 +322,7 @@ def cost_story(table: pl.DataFrame, slo_ttft_p99_ms: float) -> str:
         r = g.sort("usd_per_mtok").row(0, named=True)
         iv = (f"[{r['usd_lo']:,.2f}–{r['usd_hi']:,.2f}]" if r["usd_lo"] is not None and r["usd_hi"] is not None
               else "(no interval)")
-        out.append(f"for {model}, {r['config']} at {cl.users_text(r['concurrency'])}: ${r['usd_per_mtok']:,.2f} "
+        out.append(f"for {plain(model)}, {plain(r['config'])} at {cl.users_text(r['concurrency'])}: ${r['usd_per_mtok']:,.2f} "
                    f"{iv} per million output tokens")
     within = f" among loads whose TTFT p99 stays under {slo_ttft_p99_ms:g} ms" if slo_ttft_p99_ms > 0 else ""
     return "Cheapest" + within + ": " + "; ".join(out) + "."
@@ -331,10 +337,10 @@ def definitions_story(shifts: pl.DataFrame) -> str:
     for (metric, conv), g in others.group_by("metric", "convention", maintain_order=True):
         lo, hi = g.sort("lo").row(0, named=True), g.sort("hi").row(-1, named=True)
         if hi["hi"] < 1.01 and lo["lo"] > 0.99:
-            parts.append(f"{metric} as {conv.replace('_', ' ')}: within 1% of ours in every cell")
+            parts.append(f"{plain(metric)} as {plain(conv.replace('_', ' '))}: within 1% of ours in every cell")
         else:
-            parts.append(f"{metric} as {conv.replace('_', ' ')}: ×{lo['lo']:.2f} ({lo['runtime']}) to "
-                         f"×{hi['hi']:.2f} ({hi['runtime']}) of ours")
+            parts.append(f"{plain(metric)} as {plain(conv.replace('_', ' '))}: ×{lo['lo']:.2f} ({plain(lo['runtime'])}) "
+                         f"to ×{hi['hi']:.2f} ({plain(hi['runtime'])}) of ours")
     return ("By definition alone, from the same rows (each cell's median under a convention over its median "
             "under this report's): " + "; ".join(parts) + ". A published figure that used another convention "
             "can be read against this report's only after that factor.")

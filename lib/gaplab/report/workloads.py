@@ -27,6 +27,7 @@ import polars as pl
 from gaplab import metrics, store
 from gaplab.report import speed
 from gaplab.report.claims import COLUMNS, _fmt, _ratio_text, compare, users_text
+from gaplab.report.markup import plain
 from gaplab.scenario import SLO_METRICS, SLO_PERCENTILES
 
 KEEP_UP = 0.9
@@ -175,13 +176,13 @@ def knee(est: pl.DataFrame) -> pl.DataFrame:
 
 
 def _flag_difference(a: str, b: str) -> str:
-    """How two cells' launch flags differ, in words (a's side)."""
+    """How two cells' launch flags differ, in Markdown words (a's side)."""
     fa, fb = json.loads(a), json.loads(b)
     words = []
     for k in sorted(set(fa) | set(fb)):
         if fa.get(k) != fb.get(k):
             va = fa.get(k, True if k in ("prefix_cache", "chunked_prefill") else None)
-            words.append(f"{k.replace('_', ' ')} {'on' if va is True else 'off' if va is False else va or 'default'}")
+            words.append(f"{k.replace('_', ' ')} {'on' if va is True else 'off' if va is False else plain(va or 'default')}")
     return "; ".join(words)
 
 
@@ -198,8 +199,8 @@ def _change_text(row: dict) -> str:
     r, lo, hi = ((row["ratio"], row["ratio_lo"], row["ratio_hi"]) if a_better else
                  (1 / row["ratio"], 1 / row["ratio_hi"], 1 / row["ratio_lo"]))
     ends = sorted(abs(x - 1) * 100 for x in (lo, hi))
-    return (f"**{better}** is better, {abs(r - 1) * 100:.0f}% [{ends[0]:.0f}–{ends[1]:.0f}%] "
-            f"{'lower' if r < 1 else 'higher'} than {worse}")
+    return (f"**{plain(better)}** is better, {abs(r - 1) * 100:.0f}% [{ends[0]:.0f}–{ends[1]:.0f}%] "
+            f"{'lower' if r < 1 else 'higher'} than {plain(worse)}")
 
 
 def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
@@ -230,17 +231,19 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
                               HIGHER_IS_BETTER[m])
                 row["claim_id"] = f"switch|{model}|{workload}|{m}|{a['runtime']} · {quant}|{b['runtime']} · {quant}|{users}"
                 what = _flag_difference(b["flags"], a["flags"])
-                row["text"] = (f"{workload}, {users_text(users)}, {UNITS.get(m, m)}: {a['runtime']} "
-                               f"{_fmt(row['value_a'])}{' ms' if m.endswith('_ms') else ''} against {b['runtime']} ({what}) "
+                row["text"] = (f"{plain(workload)}, {users_text(users)}, {UNITS.get(m, m)}: {plain(a['runtime'])} "
+                               f"{_fmt(row['value_a'])}{' ms' if m.endswith('_ms') else ''} against {plain(b['runtime'])} "
+                               f"({what}) "
                                f"{_fmt(row['value_b'])}, {_ratio_text(row)}: {_change_text(row)}.")
                 rows.append(row)
     stated = est.filter(pl.col("rate").is_not_null() & (pl.col("slo") != "[]")) if "rate" in est.columns else est
     for r in knee(stated).iter_rows(named=True):  # without objectives there is no SLO to sustain a rate within
         rate = r["slo_rps"]
-        text = (f"{r['runtime']} sustains {rate:g} req/s within the SLO on {r['workload']} (goodput "
+        text = (f"{plain(r['runtime'])} sustains {rate:g} req/s within the SLO on {plain(r['workload'])} (goodput "
                 f"{r['goodput_rps']:.2f} req/s [{r['goodput_rps_lo'] or float('nan'):.2f}–{r['goodput_rps_hi'] or float('nan'):.2f}])"
                 if rate is not None else
-                f"{r['runtime']}: no rate tried on {r['workload']} ({r['rates']} req/s) is both sustained, with every "
+                f"{plain(r['runtime'])}: no rate tried on {plain(r['workload'])} ({r['rates']} req/s) is both sustained, "
+                "with every "
                 f"lower rate, and within the SLO")
         rows.append({"claim_id": f"sustains|{r['model']}|{r['workload']}|slo|{r['runtime']} · {r['quant']}||",
                      "kind": "sustains",

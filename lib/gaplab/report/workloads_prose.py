@@ -10,6 +10,7 @@ import polars as pl
 
 from gaplab.report import charts
 from gaplab.report import claims as claims_mod
+from gaplab.report.markup import code, plain
 from gaplab.report.workloads import KEEP_UP, switch_claims
 
 NOTHING = ("Nothing of this study is measured on this machine yet: `gaplab sweep scenarios/workloads-cpu.yaml` "
@@ -20,7 +21,8 @@ VERDICT_WORDS = {"no interval": "one trial, no verdict", "undecided": "undecided
 
 def _slo_text(slo_json: str) -> str:
     objectives = json.loads(slo_json or "[]")
-    return " and ".join(f"{o['metric'].upper()} p{o['percentile']:g} ≤ {o['max_ms']:,.0f} ms" for o in objectives) or "none"
+    return " and ".join(f"{plain(o['metric'].upper())} p{o['percentile']:g} ≤ {o['max_ms']:,.0f} ms"
+                        for o in objectives) or "none"
 
 
 def sweep_story(est: pl.DataFrame, knee_rows: pl.DataFrame) -> str:
@@ -36,16 +38,16 @@ def sweep_story(est: pl.DataFrame, knee_rows: pl.DataFrame) -> str:
     for (runtime, workload), g in rates.sort("rate").group_by(["runtime", "workload"], maintain_order=True):
         cells = "; ".join(f"{r['rate']:g} req/s {VERDICT_WORDS.get(r['sustained'], r['sustained'])} (keep-up {r['keep_up_text']}, "
                           f"SLO {VERDICT_WORDS.get(r['slo_verdict'], r['slo_verdict'] or 'not stated')})" for r in g.iter_rows(named=True))
-        lines.append(f"- **{runtime}**, {workload}: {cells}.")
+        lines.append(f"- **{plain(runtime)}**, {plain(workload)}: {cells}.")
     lines.append("")
     for r in knee_rows.iter_rows(named=True):
         if r["max_sustained_rps"] is None:
             lowest = rates.filter(pl.col("runtime") == r["runtime"], pl.col("workload") == r["workload"]).sort("rate").row(0, named=True)
-            lines.append(f"- {r['runtime']}: no knee, since its lowest rate ({lowest['rate']:g} req/s) is "
+            lines.append(f"- {plain(r['runtime'])}: no knee, since its lowest rate ({lowest['rate']:g} req/s) is "
                          f"{VERDICT_WORDS.get(lowest['sustained'], lowest['sustained'])}; a rate counts as sustained "
                          "only with every lower rate sustained too.")
         else:
-            lines.append(f"- {r['runtime']}'s knee: the highest rate it sustained, every lower one too, is "
+            lines.append(f"- {plain(r['runtime'])}'s knee: the highest rate it sustained, every lower one too, is "
                          f"{r['max_sustained_rps']:g} req/s.")
     return "\n".join(lines)
 
@@ -58,10 +60,10 @@ def lag_story(est: pl.DataFrame) -> str:
     worst = rates.sort("lag_p99_ms", descending=True).row(0, named=True)
     lagged = rates.filter(pl.col("lagged"))
     head = (f"The client sent each request when its schedule said: the p99 of (sent − due) was at most "
-            f"{worst['lag_p99_ms']:.1f} ms (mean of trials, {worst['runtime']} at {worst['rate']:g} req/s).")
+            f"{worst['lag_p99_ms']:.1f} ms (mean of trials, {plain(worst['runtime'])} at {worst['rate']:g} req/s).")
     if lagged.is_empty():
         return head + " No trial passed the scenario's bound (`load.max_lag_ms`)."
-    names = ", ".join(f"{r['runtime']} at {r['rate']:g} req/s" for r in lagged.iter_rows(named=True))
+    names = ", ".join(f"{plain(r['runtime'])} at {r['rate']:g} req/s" for r in lagged.iter_rows(named=True))
     return head + f" Flagged, a trial's client fell behind its bound: {names}; read their latencies with care."
 
 
@@ -71,7 +73,7 @@ def switch_story(claim_rows: pl.DataFrame, est: pl.DataFrame, kind: str) -> str:
         return NOTHING
     rows = switch_claims(claim_rows, est, kind)
     if rows.is_empty():
-        return f"No pair of servers differing in one switch has measured a `{kind}` workload here."
+        return f"No pair of servers differing in one switch has measured a {code(kind)} workload here."
     return claims_mod.render(rows, "switch")
 
 
