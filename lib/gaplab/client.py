@@ -220,7 +220,8 @@ class StreamClient:
             body["messages"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         else:  # text completion: messages go as plain text, one per line
             body["prompt"] = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        body.update(extra or {})
+        for key, value in (extra or {}).items():  # a nested dict adds to ours (Ollama's num_ctx beside num_predict)
+            body[key] = {**body[key], **value} if isinstance(value, dict) and isinstance(body.get(key), dict) else value
         return orjson.dumps(body)
 
     async def stream(self, payload: bytes, rec: RequestRecord, send_at_ns: int | None = None) -> RequestRecord:

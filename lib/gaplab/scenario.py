@@ -33,7 +33,8 @@ class RuntimeSpec(Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     kind: str  # one of runtimes.kinds(): llamacpp, vllm, openai, ollama
-    # llamacpp and vllm (started here); for vllm, parallel is --max-num-seqs
+    # servers started here (llamacpp, vllm, ollama without base_url); for vllm, parallel is
+    # --max-num-seqs, for ollama OLLAMA_NUM_PARALLEL
     parallel: int = Field(1, ge=1, le=256)
     threads: int = Field(1, ge=1, le=512)
     ctx_size: int = Field(4096, ge=256)
@@ -55,7 +56,7 @@ class RuntimeSpec(Strict):
     extra_args: list[str] = []
     # fields added to every request, e.g. {ignore_eos: true} on vLLM
     extra_body: dict = {}
-    # openai (attach)
+    # openai and ollama: the server to attach to (ollama without it: gaplab starts one)
     base_url: str | None = None
     api_key_env: str | None = None
     # what one server of this runtime takes on a Ray cluster's node (gaplab sweep --ray)
@@ -77,20 +78,23 @@ class RuntimeSpec(Strict):
 
     @property
     def started_here(self) -> bool:
-        return runtimes.kinds()[self.kind].started_here
+        return runtimes.kinds()[self.kind].started_here(self.base_url)
 
     @model_validator(mode="after")
     def _attach_needs_url(self) -> "RuntimeSpec":
-        if not self.started_here and not self.base_url:
+        kind = runtimes.kinds()[self.kind]
+        if not kind.starts and not self.base_url:
             raise ValueError(f"base_url is required when kind is '{self.kind}' (e.g. http://gpu-box:8000/v1)")
         if not self.chunked_prefill and self.kind != "vllm":
             raise ValueError(f"chunked_prefill: only vllm has this switch, not '{self.kind}' (llama.cpp splits a "
                              "prompt into batches of -b tokens: set extra_args: ['-b', '4096'] for one batch)")
+        if not self.prefix_cache and self.kind == "ollama":
+            raise ValueError("prefix_cache: Ollama has no switch for its prompt cache; remove the field")
         if not self.prefix_cache and not self.started_here:
             raise ValueError("prefix_cache: an attached server's cache is set where it is started; "
                              "remove the field, or start the server without its prefix cache")
-        if self.started_here and self.base_url:
-            attached = " and ".join(f"'{k}'" for k, v in sorted(runtimes.kinds().items()) if not v.started_here)
+        if not kind.attaches and self.base_url:
+            attached = " and ".join(f"'{k}'" for k, v in sorted(runtimes.kinds().items()) if v.attaches)
             raise ValueError(f"base_url is only for kinds {attached}; a '{self.kind}' runtime is started by gaplab")
         return self
 

@@ -82,6 +82,8 @@ def _error(mutate) -> str:
     (lambda d: d["runtimes"][0].update(name="Has Space"), "runtimes.0.name: got 'Has Space'"),
     (lambda d: d["runtimes"][0].update(models=["nope"]), "runtimes.0.models: 'nope' is not one of the scenario's models (m)"),
     (lambda d: d["runtimes"][0].update(base_url="http://x/v1"), "base_url is only for kinds 'ollama' and 'openai'"),
+    (lambda d: d["runtimes"].append({"name": "o", "kind": "ollama", "prefix_cache": False}),
+     "runtimes.2: prefix_cache: Ollama has no switch for its prompt cache"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()
@@ -114,8 +116,17 @@ def test_runtime_kinds_come_from_the_adapter_modules():
     for name, kind in found.items():
         module = __import__(kind.open.__module__, fromlist=["KIND"])
         assert module.KIND is kind and kind.name == name
-    started = {n for n, k in found.items() if k.started_here}
-    assert started == {"llamacpp", "vllm"} and set(found) - started == {"openai", "ollama"}
+    assert {n for n, k in found.items() if k.starts} == {"llamacpp", "vllm", "ollama"}
+    assert {n for n, k in found.items() if k.attaches} == {"openai", "ollama"}
+    # a kind that does both is started without a base_url and attached with one
+    assert found["ollama"].started_here(None) and not found["ollama"].started_here("http://box:11434")
+    assert found["llamacpp"].started_here(None) and not found["openai"].started_here("http://box:8000/v1")
+    data = copy.deepcopy(GOOD)
+    data["runtimes"] += [{"name": "o1", "kind": "ollama", "parallel": 4},
+                         {"name": "o2", "kind": "ollama", "base_url": "http://box:11434"}]
+    started, attached = parse_scenario(data).runtimes[-2:]
+    assert started.started_here and started.launch_flags() == {"parallel": 4, "threads": 1, "ctx_size": 4096}
+    assert not attached.started_here and attached.launch_flags() == {"base_url": "http://box:11434"}
     spec = parse_scenario(GOOD).runtimes[0]
     assert spec.launch_flags() == found["llamacpp"].identity_flags(spec)
     assert not found["vllm"].quick and found["llamacpp"].quick  # quality skips vLLM unless asked

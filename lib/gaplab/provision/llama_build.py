@@ -19,6 +19,9 @@ from gaplab.provision.pypi import pip_download
 
 
 LLAMA_CPP_PYTHON = "0.3.36"
+# The llama.cpp it vendors (the sdist's CHANGELOG; a build from the sdist has no git, so the
+# tools themselves say "build 0, commit unknown")
+ENGINE = "llama.cpp 0c1e57098 (vendored by llama-cpp-python 0.3.36)"
 CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"]
 # The build is native (-march=native), which compiles ggml's Intel AMX kernels wherever the CPU

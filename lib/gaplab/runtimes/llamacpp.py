@@ -47,9 +47,10 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(),
+                         engine_version=llama_build.ENGINE,
                          launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
-                         pid=proc.pid, started_ns=started, healthy_ns=healthy, metrics_url=base + "/metrics",
+                         pid=proc.pid, started_ns=started, healthy_ns=healthy, loaded_ns=healthy, metrics_url=base + "/metrics",
                          slots_url=base + "/slots", weight_bytes=traffic.weight_bytes,
                          kv_bytes_per_token=traffic.kv_bytes_per_token)
         finally:
@@ -67,5 +68,5 @@ def identity_flags(runtime) -> dict:
             "kv_unified": runtime.kv_unified, "extra_args": list(runtime.extra_args)}
 
 
-KIND = RuntimeKind("llamacpp", started_here=True, quick=True, identity_flags=identity_flags,
+KIND = RuntimeKind("llamacpp", starts=True, attaches=False, quick=True, identity_flags=identity_flags,
                    open=lambda cell, api_key: llama_server(cell.runtime, cell.model.name, cell.quant))
