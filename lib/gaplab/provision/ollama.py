@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from gaplab.config import CACHE_DIR, ROOT
-from gaplab.httpget import get_json
+from gaplab.httpget import get_json, post_json
 from gaplab.provision import SetupError
 
 OLLAMA_DIR = CACHE_DIR / "ollama"
@@ -112,3 +112,15 @@ def import_gguf(binary: Path, base: str, env: dict, name: str, gguf: Path, sha25
         raise SetupError(f"ollama create {name} reported success but the server does not list it")
     _record(name, sha256, digest)
     return digest, True
+
+
+def with_options(base: str, name: str, options: dict) -> str:
+    """A model of the server at base that is `name` with these options as its defaults, made once
+    (no copy: it shares name's weights). Requests through Ollama's OpenAI-compatible /v1 cannot
+    carry options, and a request without them restarts the runner with Ollama's defaults."""
+    derived = name + "".join(f"-{k.removeprefix('num_')}{v}" for k, v in sorted(options.items()))
+    if digest_of(base, derived):
+        return derived
+    if post_json(base + "/api/create", {"model": derived, "from": name, "parameters": options, "stream": False}) is None:
+        raise SetupError(f"Ollama at {base} could not make {derived} from {name}")
+    return derived

@@ -7,8 +7,8 @@ SIGKILLed server otherwise), imports the cell's GGUF file, the very file llama.c
 serve, and loads the model before the first trial: the server's start and the model's load
 are separate parts of the cold start. Every request carries num_thread and num_ctx from the
 runtime's threads and ctx_size (a request whose load options differ restarts the runner);
-requests through the OpenAI-compatible /v1 root cannot carry them, so the server's context
-length is set at start as well.
+requests through the OpenAI-compatible /v1 root cannot carry them, so the model served is
+the imported one with these options as its defaults (provision.ollama.with_options).
 
 Ollama reports per request how many tokens it evaluated and how long each phase took
 (load, prompt, decode), and /api/ps says how much of a loaded model sits in GPU memory.
@@ -98,9 +98,10 @@ def ollama_server(runtime, model: str, quant: str, timeout: float = 120) -> Iter
             digest, imported = install.import_gguf(binary, base, env, name, model_file, info["sha256"])
             if imported and first:  # importing is provisioning, not a cold start: measure a fresh server
                 continue
+            served = install.with_options(base, name, fields["options"])
             version = (get_json(base + "/api/version") or {}).get("version", "unknown")
-            loaded = load(base, name, fields, timeout, log)
-            yield Server(base_url=base, served_model=name, runtime_version=f"Ollama {version}",
+            loaded = load(base, served, fields, timeout, log)
+            yield Server(base_url=base, served_model=served, runtime_version=f"Ollama {version}",
                          engine_version=install.engine(version), launch_command=_launch_command(env, proc),
                          extra_body=fields, model_file=model_file.name, model_sha256=info["sha256"],
                          model_note=f"{info['note']}; imported into Ollama as {name}", served_digest=digest,
