@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 
+import polars as pl
 import psutil
 import pytest
 
@@ -148,6 +149,24 @@ def test_both_apis_stream_and_the_runner_gets_the_threads(binary, own_store, tmp
             assert rec.first_token_ns is not None and rec.prompt_tokens > 0
         # /v1 carries no options: the served model has them as its defaults, so the runner keeps -t 1
         assert runner_threads(server) == ["1"]
+
+
+def test_task_accuracy_asks_through_the_openai_endpoint(binary, own_store, tmp_path):
+    """Quality asks through the openai SDK: to Ollama's /v1 root, by the served name."""
+    from gaplab import quality
+    from gaplab.report import quality as qframes
+
+    eval_set = tmp_path / "mine.jsonl"
+    eval_set.write_text("".join(json.dumps(i) + "\n" for i in quality.make_eval_set(3, 4)))
+    path = write_scenario(tmp_path, RUNTIME, (16, OUTPUT_TOKENS), LOAD)
+    res = quality.measure(path, raw_dir=tmp_path / "raw", eval_path=eval_set, progress=False)
+    assert res.failed == [] and res.task_runs == 1
+    task = qframes.task_frame(qframes.read_quality(tmp_path / "raw")[0])
+    assert task["runtime"].to_list() == ["ol"] and task["questions"].to_list() == [4]
+    answers = qframes.read_quality(tmp_path / "raw")[1].filter(pl.col("workload") == "task:mine")
+    # every item answered (SmolLM2-135M gets most wrong: grading is tested in tests/unit/test_quality.py)
+    assert answers.height == 4 and answers["error"].null_count() == 4 and answers["correct"].null_count() == 0
+    assert (answers["completion"].str.len_chars() > 0).all()
 
 
 def runner_threads(server) -> list[str]:
