@@ -40,6 +40,9 @@ class RuntimeSpec(Strict):
     ctx_size: int = Field(4096, ge=256)
     kv_unified: bool = True
     enforce_eager: bool = False  # vllm: skip torch.compile (starts faster, runs slower)
+    # llamacpp: which llama.cpp build serves it (provision.llama_build.BUILDS): native, or
+    # b10488-avx2, the source and CPU flags of Ollama's runner
+    build: str = "native"
     # Restrict this runtime to some models, and give it its own quants (vLLM serves dtypes,
     # llama.cpp serves GGUF files): empty means every model, with the model's quants.
     models: list[str] = []
@@ -76,6 +79,15 @@ class RuntimeSpec(Strict):
             raise ValueError(f"input should be one of {', '.join(sorted(known))}")
         return kind
 
+    @field_validator("build")
+    @classmethod
+    def _known_build(cls, build: str) -> str:
+        from gaplab.provision.llama_build import BUILDS
+
+        if build not in BUILDS:
+            raise ValueError(f"input should be one of {', '.join(BUILDS)}")
+        return build
+
     @property
     def started_here(self) -> bool:
         return runtimes.kinds()[self.kind].started_here(self.base_url)
@@ -85,6 +97,8 @@ class RuntimeSpec(Strict):
         kind = runtimes.kinds()[self.kind]
         if not kind.starts and not self.base_url:
             raise ValueError(f"base_url is required when kind is '{self.kind}' (e.g. http://gpu-box:8000/v1)")
+        if self.build != "native" and self.kind != "llamacpp":
+            raise ValueError(f"build: only llamacpp runtimes have builds, not '{self.kind}'")
         if not self.chunked_prefill and self.kind != "vllm":
             raise ValueError(f"chunked_prefill: only vllm has this switch, not '{self.kind}' (llama.cpp splits a "
                              "prompt into batches of -b tokens: set extra_args: ['-b', '4096'] for one batch)")

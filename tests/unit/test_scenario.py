@@ -84,6 +84,9 @@ def _error(mutate) -> str:
     (lambda d: d["runtimes"][0].update(base_url="http://x/v1"), "base_url is only for kinds 'ollama' and 'openai'"),
     (lambda d: d["runtimes"].append({"name": "o", "kind": "ollama", "prefix_cache": False}),
      "runtimes.2: prefix_cache: Ollama has no switch for its prompt cache"),
+    (lambda d: d["runtimes"][0].update(build="b9999"), "runtimes.0.build: got 'b9999'; input should be one of native"),
+    (lambda d: d["runtimes"].append({"name": "o", "kind": "ollama", "build": "b10488-avx2"}),
+     "runtimes.2: build: only llamacpp runtimes have builds, not 'ollama'"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()
@@ -127,6 +130,11 @@ def test_runtime_kinds_come_from_the_adapter_modules():
     started, attached = parse_scenario(data).runtimes[-2:]
     assert started.started_here and started.launch_flags() == {"parallel": 4, "threads": 1, "ctx_size": 4096}
     assert not attached.started_here and attached.launch_flags() == {"base_url": "http://box:11434"}
+    # a llama.cpp build other than the native one is part of the identity; the native one is not
+    # named, so cells measured before there were builds keep their keys
+    data["runtimes"].append({"name": "r", "kind": "llamacpp", "build": "b10488-avx2"})
+    native, runner = parse_scenario(data).runtimes[1], parse_scenario(data).runtimes[-1]
+    assert "build" not in native.launch_flags() and runner.launch_flags()["build"] == "b10488-avx2"
     spec = parse_scenario(GOOD).runtimes[0]
     assert spec.launch_flags() == found["llamacpp"].identity_flags(spec)
     assert not found["vllm"].quick and found["llamacpp"].quick  # quality skips vLLM unless asked
