@@ -218,6 +218,16 @@ def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe a
     _done(f"gaplab: capabilities probed on {len(found)} servers, {skipped} already probed here", failed)
 
 
+def _ollama_found() -> str:
+    from gaplab.provision import SetupError, ollama
+
+    try:
+        binary = ollama.find_binary()
+    except SetupError as exc:
+        return str(exc)
+    return f"{ollama.binary_version(binary)} at {binary}"
+
+
 @app.command()
 def doctor():
     """Say what is installed and what is missing."""
@@ -231,6 +241,10 @@ def doctor():
     for name, src in models.MODELS.items():
         have = [q for q in [src.quant, *models.DERIVED_QUANTS] if models.model_path(name, q).exists()]
         typer.echo(f"model:     {name}: {', '.join(have) or 'not provisioned (gaplab local setup)'}")
+    for name in list(llama_build.BUILDS)[1:]:
+        typer.echo(f"llama.cpp: {name} build {'built' if llama_build.llama_built(name) else 'not built'} "
+                   f"(gaplab local setup --build {name})")
+    typer.echo(f"ollama:    {_ollama_found()}")
     typer.echo(f"quarto:    {shutil.which('quarto') or 'not found: the report is built with nbconvert'}")
     typer.echo(f"python:    {sys.executable}")
 
