@@ -92,6 +92,8 @@ def test_run_says_what_ran_and_where_the_model_sits(two_sweeps):
     assert run["runtime_version"].str.starts_with("Ollama ").all()
     assert run["engine_version"].str.len_chars().min() > 0
     assert run["launch_command"].str.contains("OLLAMA_NUM_PARALLEL=1 OLLAMA_CONTEXT_LENGTH=2048").all()
+    # and the runner Ollama started for the model: its engine's own flags, beside llama.cpp cells'
+    assert run["launch_command"].str.contains(r"; runner: \S+/llama-server .* -c 2048 -np 1 .* -t 1 ").all()
     assert set(run["model_sha256"]) == {model_info("smollm2-135m", "Q4_1")["sha256"]}
     # /api/ps before and after each trial: all of it in memory, none in GPU memory (a CPU build),
     # with the context the requests asked for (num_ctx)

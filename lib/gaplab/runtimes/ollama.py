@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
+import psutil
+
 from gaplab.config import BUILD_DIR
 from gaplab.httpget import get_json, post_json
 from gaplab.modelfile import gguf_traffic, traffic_or_none
@@ -130,8 +132,16 @@ def _serve(binary, runtime, what: str, timeout: float):
 
 
 def _launch_command(env: dict, proc) -> str:
+    """The server's command and, after `; runner:`, the llama-server command Ollama chose for the
+    loaded model (its context, batch and slots differ from what gaplab gives llama.cpp)."""
     settings = ("OLLAMA_NUM_PARALLEL", "OLLAMA_CONTEXT_LENGTH", "OLLAMA_NO_CLOUD")
-    return shlex.join([f"{k}={env[k]}" for k in settings] + list(proc.proc.args))
+    cmd = shlex.join([f"{k}={env[k]}" for k in settings] + list(proc.proc.args))
+    try:
+        runners = [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)
+                   if p.name() == "llama-server"]
+    except psutil.Error:  # a runner that ended while being read: the server's command alone
+        runners = []
+    return cmd + "".join(f"; runner: {shlex.join(r)}" for r in runners)
 
 
 def load(base: str, name: str, fields: dict, timeout: float, log) -> int:
