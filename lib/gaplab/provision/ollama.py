@@ -114,12 +114,13 @@ def import_gguf(binary: Path, base: str, env: dict, name: str, gguf: Path, sha25
     return digest, True
 
 
-def with_options(base: str, name: str, options: dict) -> str:
+def with_options(base: str, name: str, options: dict, renew: bool = False) -> str:
     """A model of the server at base that is `name` with these options as its defaults, made once
-    (no copy: it shares name's weights). Requests through Ollama's OpenAI-compatible /v1 cannot
-    carry options, and a request without them restarts the runner with Ollama's defaults."""
+    (no copy: it shares name's weights) and again when `name` was just imported anew. Requests
+    through Ollama's OpenAI-compatible /v1 cannot carry options, and a request without them
+    restarts the runner with Ollama's defaults."""
     derived = name + "".join(f"-{k.removeprefix('num_')}{v}" for k, v in sorted(options.items()))
-    if digest_of(base, derived):
+    if not renew and digest_of(base, derived):
         return derived
     if post_json(base + "/api/create", {"model": derived, "from": name, "parameters": options, "stream": False}) is None:
         raise SetupError(f"Ollama at {base} could not make {derived} from {name}")

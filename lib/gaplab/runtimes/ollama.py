@@ -95,12 +95,14 @@ def ollama_server(runtime, model: str, quant: str, timeout: float = 120) -> Iter
     name = served_name(model, quant)
     traffic = traffic_or_none(gguf_traffic, model_file)
     fields = request_fields(runtime)
+    renewed = False
     for first in (True, False):
         with _serve(binary, runtime, f"{model}-{quant}", timeout) as (proc, base, env, started, healthy, log):
             digest, imported = install.import_gguf(binary, base, env, name, model_file, info["sha256"])
+            renewed |= imported
             if imported and first:  # importing is provisioning, not a cold start: measure a fresh server
                 continue
-            served = install.with_options(base, name, fields["options"])
+            served = install.with_options(base, name, fields["options"], renew=renewed)
             version = (get_json(base + "/api/version") or {}).get("version", "unknown")
             loaded = load(base, served, fields, timeout, log)
             yield Server(base_url=base, served_model=served, runtime_version=f"Ollama {version}",
