@@ -59,16 +59,29 @@ def _guard(fn, *args, **kwargs):
 @local_app.command("setup")
 def local_setup(model: list[str] = typer.Option(None, help="only these local models"),
                 quant: list[str] = typer.Option(None, help="only these derived quants (F16, Q8_0, Q4_0)"),
-                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp and/or vllm")):
+                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp, vllm and/or ollama"),
+                build: list[str] = typer.Option(None, help="llama.cpp builds beside the native one: b10488-avx2 "
+                                                "(the source and CPU flags of Ollama's runner)")):
     """Build llama.cpp from the llama-cpp-python sdist, install vLLM's CPU build in its own venv,
-    and provision the local models (all cached outside the clone)."""
+    find Ollama, and provision the local models (all cached outside the clone)."""
     from gaplab.provision import llama_build, models
 
-    unknown = sorted(set(runtime) - {"llamacpp", "vllm"})
+    unknown = sorted(set(runtime) - {"llamacpp", "vllm", "ollama"})
     if unknown:
-        _fail(f"--runtime: got {unknown[0]!r}; local runtimes are llamacpp and vllm")
+        _fail(f"--runtime: got {unknown[0]!r}; local runtimes are llamacpp, vllm and ollama")
+    if "ollama" in runtime:  # nothing to install: say which binary the servers will run, or how to get one
+        from gaplab.provision import ollama
+
+        binary = _guard(ollama.find_binary)
+        typer.echo(f"gaplab: Ollama {ollama.binary_version(binary)} at {binary} (its models: {ollama.MODELS_DIR})")
+    unknown = sorted(set(build or []) - set(llama_build.BUILDS))
+    if unknown:
+        _fail(f"--build: got {unknown[0]!r}; llama.cpp builds are {', '.join(llama_build.BUILDS)}")
     _guard(models.setup, model or None, quant or None)
     typer.echo(f"gaplab: llama.cpp tools in {llama_build.tool_path('llama-server').parent}")
+    for name in build or []:
+        folder = _guard(llama_build.build_llama_cpp, build=name)
+        typer.echo(f"gaplab: llama.cpp {name} build in {folder} ({llama_build.BUILDS[name].engine})")
     if "vllm" in runtime:
         from gaplab.provision import vllm_env
 
@@ -208,6 +221,16 @@ def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe a
     _done(f"gaplab: capabilities probed on {len(found)} servers, {skipped} already probed here", failed)
 
 
+def _ollama_found() -> str:
+    from gaplab.provision import SetupError, ollama
+
+    try:
+        binary = ollama.find_binary()
+    except SetupError as exc:
+        return str(exc)
+    return f"{ollama.binary_version(binary)} at {binary}"
+
+
 @app.command()
 def doctor():
     """Say what is installed and what is missing."""
@@ -221,6 +244,10 @@ def doctor():
     for name, src in models.MODELS.items():
         have = [q for q in [src.quant, *models.DERIVED_QUANTS] if models.model_path(name, q).exists()]
         typer.echo(f"model:     {name}: {', '.join(have) or 'not provisioned (gaplab local setup)'}")
+    for name in list(llama_build.BUILDS)[1:]:
+        typer.echo(f"llama.cpp: {name} build {'built' if llama_build.llama_built(name) else 'not built'} "
+                   f"(gaplab local setup --build {name})")
+    typer.echo(f"ollama:    {_ollama_found()}")
     typer.echo(f"quarto:    {shutil.which('quarto') or 'not found: the report is built with nbconvert'}")
     typer.echo(f"python:    {sys.executable}")
 

@@ -1,6 +1,7 @@
 """The one small HTTP GET used for everything that is not a measured request: health
-checks, /metrics and /slots samples, model lists and versions. None means "no answer"
-(refused, timed out, not 2xx, or not JSON for get_json); callers decide what that means."""
+checks, /metrics and /slots samples, model lists and versions (and one POST, for a server's
+admin calls such as loading a model). None means "no answer" (refused, timed out, not 2xx,
+or not JSON for get_json); callers decide what that means."""
 
 from __future__ import annotations
 
@@ -23,4 +24,14 @@ def get_json(url: str, api_key: str | None = None, timeout: float = 10):
     try:
         return json.loads(body) if body is not None else None
     except ValueError:
+        return None
+
+
+def post_json(url: str, body: dict, timeout: float = 60):
+    """POST a JSON body and read a JSON answer; None when there is none (as get_json)."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
         return None

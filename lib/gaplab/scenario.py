@@ -36,12 +36,16 @@ class RuntimeSpec(Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     kind: str  # one of runtimes.kinds(): llamacpp, vllm, openai, ollama
-    # llamacpp and vllm (started here); for vllm, parallel is --max-num-seqs
+    # servers started here (llamacpp, vllm, ollama without base_url); for vllm, parallel is
+    # --max-num-seqs, for ollama OLLAMA_NUM_PARALLEL
     parallel: int = Field(1, ge=1, le=256)
     threads: int = Field(1, ge=1, le=512)
     ctx_size: int = Field(4096, ge=256)
     kv_unified: bool = True
     enforce_eager: bool = False  # vllm: skip torch.compile (starts faster, runs slower)
+    # llamacpp: which llama.cpp build serves it (provision.llama_build.BUILDS): native, or
+    # b10488-avx2, the source and CPU flags of Ollama's runner
+    build: str = "native"
     # Restrict this runtime to some models, and give it its own quants (vLLM serves dtypes,
     # llama.cpp serves GGUF files): empty means every model, with the model's quants.
     models: list[str] = []
@@ -58,7 +62,7 @@ class RuntimeSpec(Strict):
     extra_args: list[str] = []
     # fields added to every request, e.g. {ignore_eos: true} on vLLM
     extra_body: dict = {}
-    # openai (attach)
+    # openai and ollama: the server to attach to (ollama without it: gaplab starts one)
     base_url: str | None = None
     api_key_env: str | None = None
     # what one server of this runtime takes on a Ray cluster's node (gaplab sweep --ray)
@@ -91,22 +95,36 @@ class RuntimeSpec(Strict):
                                  "length and stream it; remove it (a workload's output_tokens sets the length)")
         return extra
 
+    @field_validator("build")
+    @classmethod
+    def _known_build(cls, build: str) -> str:
+        from gaplab.provision.llama_build import BUILDS
+
+        if build not in BUILDS:
+            raise ValueError(f"input should be one of {', '.join(BUILDS)}")
+        return build
+
     @property
     def started_here(self) -> bool:
-        return runtimes.kinds()[self.kind].started_here
+        return runtimes.kinds()[self.kind].started_here(self.base_url)
 
     @model_validator(mode="after")
     def _attach_needs_url(self) -> "RuntimeSpec":
-        if not self.started_here and not self.base_url:
+        kind = runtimes.kinds()[self.kind]
+        if not kind.starts and not self.base_url:
             raise ValueError(f"base_url is required when kind is '{self.kind}' (e.g. http://gpu-box:8000/v1)")
+        if self.build != "native" and self.kind != "llamacpp":
+            raise ValueError(f"build: only llamacpp runtimes have builds, not '{self.kind}'")
         if not self.chunked_prefill and self.kind != "vllm":
             raise ValueError(f"chunked_prefill: only vllm has this switch, not '{self.kind}' (llama.cpp splits a "
                              "prompt into batches of -b tokens: set extra_args: ['-b', '4096'] for one batch)")
+        if not self.prefix_cache and self.kind == "ollama":
+            raise ValueError("prefix_cache: Ollama has no switch for its prompt cache; remove the field")
         if not self.prefix_cache and not self.started_here:
             raise ValueError("prefix_cache: an attached server's cache is set where it is started; "
                              "remove the field, or start the server without its prefix cache")
-        if self.started_here and self.base_url:
-            attached = " and ".join(f"'{k}'" for k, v in sorted(runtimes.kinds().items()) if not v.started_here)
+        if not kind.attaches and self.base_url:
+            attached = " and ".join(f"'{k}'" for k, v in sorted(runtimes.kinds().items()) if v.attaches)
             raise ValueError(f"base_url is only for kinds {attached}; a '{self.kind}' runtime is started by gaplab")
         return self
 

@@ -89,6 +89,9 @@ RUNS = pa.schema(list(IDENTITY) + [
     ("model_bytes_gpu", pa.int64()),  # of those, in GPU memory
     # schema 5: what a decode step reads (modelfile.Traffic), for the roofline
     ("weight_bytes", pa.int64()), ("kv_bytes_per_token", pa.int64()),
+    # schema 8: when the model was loaded (after healthy where the first request loads it: Ollama),
+    # and the inference engine under the runtime (Ollama runs llama.cpp)
+    ("server_loaded_ns", pa.int64()), ("engine_version", pa.string()),
     ("meta_json", pa.string()),
 ])
 
@@ -107,7 +110,8 @@ ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target
              "model_bytes_gpu"},
          5: {"weight_bytes", "kv_bytes_per_token"},
          6: {"device"},
-         7: {"rate", "workload_kind", "target_prompt_tokens", "target_output_tokens", "tag", "max_gap_ns"}}
+         7: {"rate", "workload_kind", "target_prompt_tokens", "target_output_tokens", "tag", "max_gap_ns"},
+         8: {"server_loaded_ns", "engine_version"}}
 
 
 def schema_for(name: str, version: int) -> pa.Schema:

@@ -7,6 +7,7 @@ from conftest import write_scenario
 
 from gaplab import store
 from gaplab.report import speed
+from gaplab.provision import llama_build
 from gaplab.runtimes.llamacpp import llama_server
 from gaplab.scenario import RuntimeSpec, load_scenario
 from gaplab.measure import run_cell
@@ -53,6 +54,7 @@ def test_run_metadata_says_what_ran(two_levels):
     assert run["launch_command"].str.contains("-np 4 -c 4096 -t 1 --metrics").all()
     assert run["model_sha256"].str.len_chars().eq(64).all()
     assert run["runtime_version"].str.contains("llama-cpp-python 0.3.36").all()
+    assert set(run["engine_version"]) == {llama_build.ENGINE}
     # the cold start, as typed columns: process start, then healthy, then the probe's first token
     assert run.select("server_started_ns", "server_healthy_ns", "server_first_token_ns").null_count().row(0) == (0, 0, 0)
     assert ((run["server_started_ns"] < run["server_healthy_ns"])
@@ -75,3 +77,16 @@ def test_server_is_stopped_on_error(llama_ready):
         import os
         os.kill(pid, 0)
 
+
+
+def test_the_runner_matching_build_serves_and_names_its_engine(llama_ready, tmp_path):
+    """llama.cpp b10488 with the CPU flags of Ollama's runner (gaplab local setup --build b10488-avx2)."""
+    if not llama_build.llama_built("b10488-avx2"):
+        pytest.skip("the b10488-avx2 build is not built: run '.venv/bin/gaplab local setup --build b10488-avx2'")
+    path = write_scenario(tmp_path, {"name": "runner", "kind": "llamacpp", "threads": 1, "build": "b10488-avx2"},
+                          (16, 8), {"concurrency": [1], "requests": 2, "min_seconds": 0, "warmup": 1})
+    assert run_cell(path, raw_dir=tmp_path / "raw", progress=False)["errors"] == 0
+    run = store.read_table(tmp_path / "raw", "run")
+    assert run["engine_version"][0] == llama_build.BUILDS["b10488-avx2"].engine
+    assert run["launch_command"][0].startswith(str(llama_build.tool_path("llama-server", "b10488-avx2")))
+    assert (store.read_table(tmp_path / "raw", "requests")["completion_tokens"] == 8).all()

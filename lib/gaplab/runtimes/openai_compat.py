@@ -27,5 +27,5 @@ def attach_openai(runtime, model, api_key: str | None) -> Server:
                   metrics_url=base.removesuffix("/v1") + "/metrics")
 
 
-KIND = RuntimeKind("openai", started_here=False, quick=True, identity_flags=attached_flags,
+KIND = RuntimeKind("openai", starts=False, attaches=True, quick=True, identity_flags=attached_flags,
                    open=lambda cell, api_key: nullcontext(attach_openai(cell.runtime, cell.model, api_key)))

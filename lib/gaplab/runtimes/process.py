@@ -126,14 +126,14 @@ def log_tail(log: str | Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])[:600]
 
 
-def wait_healthy(base: str, server: ServerProcess, timeout: float, log: Path) -> int:
-    """Poll /health until it answers 200; returns perf_counter_ns at that moment."""
+def wait_healthy(base: str, server: ServerProcess, timeout: float, log: Path, path: str = "/health") -> int:
+    """Poll base + path until it answers 200; returns perf_counter_ns at that moment."""
     proc = server.proc
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{Path(proc.args[0]).name} exited with code {proc.returncode}: {log_tail(log)}")
-        if get_bytes(base + "/health", timeout=2) is not None:  # 2xx: loaded and serving
+        if get_bytes(base + path, timeout=2) is not None:  # 2xx: loaded and serving
             return time.perf_counter_ns()
         time.sleep(0.05)
     raise RuntimeError(f"{Path(proc.args[0]).name} did not become healthy within {timeout:.0f} s; see {log}")

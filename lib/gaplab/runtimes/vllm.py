@@ -70,10 +70,11 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=vllm_version(),
-                         launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
+                         engine_version=vllm_version(), launch_command=shlex.join(cmd),
+                         extra_body=request_fields(runtime),
                          model_file=f"{folder.name} (from {src['source']})", model_sha256=src["source_sha256"],
                          model_note=f"{src['note']}; served as {dtype}", pid=proc.pid, started_ns=started,
-                         healthy_ns=healthy, metrics_url=base + "/metrics", log_file=str(log),
+                         healthy_ns=healthy, loaded_ns=healthy, metrics_url=base + "/metrics", log_file=str(log),
                          weight_bytes=traffic.weight_bytes,
                          kv_bytes_per_token=traffic.kv_bytes_per_token)
         finally:
@@ -91,5 +92,6 @@ def identity_flags(runtime) -> dict:
 
 
 # quick=False: vLLM's CPU build takes minutes to start, so quality measures it only on request
-KIND = RuntimeKind("vllm", started_here=True, quick=False, identity_flags=identity_flags, forcing=("ignore_eos",),
+KIND = RuntimeKind("vllm", starts=True, attaches=False, quick=False, identity_flags=identity_flags,
+                   forcing=("ignore_eos",),
                    open=lambda cell, api_key: vllm_server(cell.runtime, cell.model.name, cell.quant))
