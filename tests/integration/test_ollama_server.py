@@ -187,6 +187,31 @@ def test_a_model_the_attached_server_lacks_is_one_line(binary, own_store, tmp_pa
             run_cell(attached, raw_dir=tmp_path / "raw", progress=False)
 
 
+def test_extra_body_options_keep_the_forced_length_on_an_attached_server(binary, own_store, tmp_path, gaplab_cli):
+    """Issue 28's setup: Ollama started by hand, attached, with its threads pinned through
+    extra_body's options. Those options once replaced gaplab's own, num_predict with them, and the
+    first request generated 5,600 tokens. Now every request stops at the workload's 48."""
+    path = write_scenario(tmp_path, RUNTIME, (16, OUTPUT_TOKENS), LOAD)
+    with open_server(load_scenario(path).cells()[0]) as server:
+        runtime = {"name": "at", "kind": "ollama", "base_url": server.base_url,
+                   "served_names": {"smollm2-135m": server.served_model},
+                   "extra_body": {"options": {"num_thread": 1, "num_ctx": 2048}}}
+        attached = write_scenario(tmp_path, runtime, (16, 48), {**LOAD, "requests": 4, "max_seconds": 30})
+        t0 = time.monotonic()
+        result = run_cell(attached, raw_dir=tmp_path / "raw", progress=False)
+        assert time.monotonic() - t0 < 30 + 10
+        refused = write_scenario(tmp_path, {**runtime, "extra_body": {"options": {"num_thread": 1, "num_predict": -1}}},
+                                 (16, 48), LOAD)
+        res = subprocess.run([*gaplab_cli, "run", str(refused), "--data-dir", str(tmp_path / "raw")],
+                             capture_output=True, text=True, timeout=120)
+    assert result["status"] == "complete" and result["errors"] == 0
+    req = store.read_table(tmp_path / "raw", "requests")
+    assert req.height == 5 and (req["completion_tokens"] == 48).all()
+    assert (req["server_predicted_n"] == 48).all()  # Ollama's own eval_count
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    assert "extra_body: options.num_predict is set by gaplab for kind 'ollama'" in res.stderr, res.stderr
+
+
 def test_a_model_file_that_does_not_exist_is_one_line_naming_it(binary, tmp_path, gaplab_cli):
     path = write_scenario(tmp_path, RUNTIME, (16, 4), LOAD, models=({**SMOLLM2, "quants": ["Q5_K_M"]},))
     res = subprocess.run([*gaplab_cli, "run", str(path), "--data-dir", str(tmp_path / "raw")],
