@@ -68,9 +68,9 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def site_pages(root: Path = ROOT) -> list[tuple[str, str]]:
     """(source path, navbar text) of every page, in _quarto.yml's navbar order (menus flattened)."""
-    conf = yaml.safe_load((root / "_quarto.yml").read_text())
+    navbar = yaml.safe_load((root / "_quarto.yml").read_text())["website"]["navbar"]
     items = []
-    for item in conf["website"]["navbar"]["left"]:
+    for item in navbar["left"] + navbar.get("right", []):
         items += item.get("menu", [item])
     return [(item["href"], item["text"]) for item in items]
 
@@ -88,11 +88,11 @@ def inputs_key(root: Path, parameters: dict) -> str:
     from gaplab.storage import glob, location, signature
 
     data = location(parameters.get("data_dir") or "", RAW_DIR)
-    files = glob(data, "**/*.parquet") + sorted((DATA_DIR / "reference").glob("*"))
-    code = sorted((root / "lib" / "gaplab").rglob("*.py"))
-    h = hashlib.sha256(repr((sorted(parameters.items()), str(data),
-                             [(str(f), st.st_size) for f in code for st in [f.stat()]],
-                             [s[:2] if isinstance(s, tuple) else s for s in signature(files)])).encode())
+    h = hashlib.sha256(repr((sorted(parameters.items()), str(data))).encode())
+    for f in glob(data, "**/*.parquet"):  # runs are immutable: a name and a size stand for the file
+        h.update(repr(signature([f])[0][:2] if isinstance(f, Path) else f).encode())
+    for f in sorted((DATA_DIR / "reference").glob("*")) + sorted((root / "lib" / "gaplab").rglob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 
 
