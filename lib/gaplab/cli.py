@@ -234,7 +234,9 @@ def lab(port: int = typer.Option(0, help="the port JupyterLab listens on (0: a f
     import os
 
     from gaplab.config import ROOT
+    from gaplab.report.site import write_vega
 
+    write_vega()  # the charts' Vega bundle, which the notebooks' charts load from the Lab server
     args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={ROOT}",
             f"--ServerApp.port={port or _free_port()}", "--ServerApp.port_retries=0"]
     if not browser:
