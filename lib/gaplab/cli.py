@@ -241,6 +241,8 @@ def lab(port: int = typer.Option(0, help="the port JupyterLab listens on (0: a f
             f"--ServerApp.port={port or _free_port()}", "--ServerApp.port_retries=0"]
     if not browser:
         args.append("--no-browser")
+    if os.geteuid() == 0:  # containers and CI machines run as root, which JupyterLab refuses unless told
+        args.append("--allow-root")
     os.execv(sys.executable, args)
 
 

@@ -73,7 +73,7 @@ def test_lab_runs_a_notebook_and_draws_its_charts(lab):
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
             _wait_for_idle_kernel(base, token)
             page.click("li.lm-MenuBar-item:has-text('Run')")
-            page.click("li.lm-Menu-item[data-command='notebook:run-all-cells']")
+            page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
             charts = page.locator(".jp-OutputArea-output .gaplab-chart svg .role-mark")
             charts.first.wait_for(timeout=300_000)
             # every code cell ran: no cell is left without its execution count, and none failed
