@@ -60,8 +60,10 @@ def published(quarto, tmp_path_factory, gaplab_cli):
     _git(clone, "add", "-A")
     _git(clone, "commit", "-qm", "clone")
     env = {**_bare_env(), "GAPLAB_ROOT": str(clone)}
-    subprocess.run(["make", "_environment.local", f"VENV={VENV}"], cwd=clone, env=env, check=True,
-                   capture_output=True)
+    # make setup's rule, with this venv taken as it is (-o: never reinstalled from the copy)
+    subprocess.run(["make", "-o", f"{VENV}/bin/gaplab", "_environment.local", f"VENV={VENV}"], cwd=clone, env=env,
+                   check=True, capture_output=True)
+    assert (clone / "_environment.local").read_text().strip() == f"QUARTO_PYTHON={VENV}/bin/python"
     first = subprocess.run([quarto, "render"], cwd=clone, env=env, capture_output=True, text=True, timeout=1200)
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-4000:]

@@ -187,10 +187,11 @@ def _render_with_quarto(quarto: str, parameters: dict, out: Path) -> None:
         args += ["--output-dir", str(Path(out).resolve())]
     env = {**os.environ, "QUARTO_PYTHON": sys.executable}  # the kernels and the pre-render run gaplab's Python
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    page, error = "", ""
+    page, error, last = "", "", ""
     for line in proc.stdout:
         sys.stdout.write(line)
         plain = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        last = plain or last
         step = re.match(r"\[\s*\d+/\d+\]\s+(\S+)", plain)
         if step and not error:
             page = step.group(1)
@@ -198,7 +199,7 @@ def _render_with_quarto(quarto: str, parameters: dict, out: Path) -> None:
             error = plain
     if proc.wait() != 0:
         where = f"at {page}" if page else "before its first page"
-        raise RenderError(f"quarto render stopped {where}: {error or 'see its output above'}")
+        raise RenderError(f"quarto render stopped {where}: {error or last or 'it printed nothing'}")
 
 
 def _execute(notebook: Path, parameters: dict, work: Path) -> Path:
