@@ -28,6 +28,7 @@ if __name__ == "__main__":  # Quarto runs this file as a script: its folder must
 
 import hashlib
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -85,12 +86,12 @@ def inputs_key(root: Path, parameters: dict) -> str:
     """What a notebook page's output depends on besides its notebook: the data it reads, the
     reference figures, gaplab's code and the parameters given to the render."""
     from gaplab.config import DATA_DIR
-    from gaplab.storage import glob, location, signature
+    from gaplab.storage import glob, location
 
     data = location(parameters.get("data_dir") or "", RAW_DIR)
     h = hashlib.sha256(repr((sorted(parameters.items()), str(data))).encode())
-    for f in glob(data, "**/*.parquet"):  # runs are immutable: a name and a size stand for the file
-        h.update(repr(signature([f])[0][:2] if isinstance(f, Path) else f).encode())
+    for f in glob(data, "**/*.parquet"):  # runs are immutable: a name (and a size) stand for a file
+        h.update((f"{f.relative_to(data)} {f.stat().st_size}" if isinstance(f, Path) else f).encode())
     for f in sorted((DATA_DIR / "reference").glob("*")) + sorted((root / "lib" / "gaplab").rglob("*.py")):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
@@ -112,17 +113,11 @@ def notebook_qmd(notebook: Path, key: str) -> str:
             tags = "#| tags: [parameters]\n" if "parameters" in cell.metadata.get("tags", []) else ""
             parts.append(f"```{{python}}\n{tags}{text}\n```")
     rel = notebook.relative_to(notebook.parents[1]).as_posix()
-    front = (f"---\ntitle: {json_str(title)}\njupyter: python3\n"
+    front = (f"---\ntitle: {json.dumps(title, ensure_ascii=False)}\njupyter: python3\n"
              f"# Written from {rel} by gaplab.report.site (edit the notebook, not this file).\n"
              f"# inputs {key}: the data, gaplab's code and the -P parameters; a change renders the page again\n"
              f"---\n\n")
     return front + "\n\n".join(p for p in parts if p) + "\n"
-
-
-def json_str(text: str) -> str:
-    import json
-
-    return json.dumps(text, ensure_ascii=False)
 
 
 def write_pages(root: Path = ROOT, parameters: dict | None = None) -> list[Path]:
