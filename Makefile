@@ -61,4 +61,4 @@ bench: setup
 	$(BIN)/python bench/cluster_sweep.py
 
 clean:
-	rm -rf build _site .quarto
+	rm -rf build _site .quarto _freeze notebooks/*.qmd
