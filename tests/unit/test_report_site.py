@@ -2,6 +2,8 @@ import re
 import shutil
 from pathlib import Path
 
+import nbformat
+
 from gaplab.report import site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +37,7 @@ def test_a_notebook_becomes_a_page_with_its_parameters_cell_and_links_to_pages()
     assert page.startswith('---\ntitle: "Where the time goes"\n')
     assert page.count("#| tags: [parameters]") == 1 and "\n# Where the time goes" not in page
     assert "(20-throughput-latency.qmd)" in page and not re.search(r"\]\([^)]*[.]ipynb", page)
-    assert page.count("```{python}") == sum(c.cell_type == "code" for c in __import__("nbformat").read(nb, 4).cells)
+    assert page.count("```{python}") == sum(c.cell_type == "code" for c in nbformat.read(nb, 4).cells)
     assert site.notebook_qmd(nb, "k2") != page  # a new key is a new source: freeze renders the page again
 
 
