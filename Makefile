@@ -7,14 +7,24 @@ SCENARIO ?= scenarios/local-cpu.yaml
 WORKLOADS ?= scenarios/workloads-cpu.yaml
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: setup toolchain browser report test bench clean
+.PHONY: setup toolchain browser report lab test bench clean
 
 $(BIN)/gaplab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-setup: $(BIN)/gaplab
+# Quarto reads _environment.local: its kernels and pre-render then use .venv's Python, whichever
+# shell runs `quarto render` (activated or not).
+_environment.local: $(BIN)/gaplab
+	echo "QUARTO_PYTHON=$(abspath $(BIN)/python)" > $@
+
+# The kernels of .venv (Quarto's, JupyterLab's) log errors only: on loopback, ipykernel's warning
+# that its TCP sockets are unencrypted is noise on every page Quarto renders.
+$(VENV)/etc/ipython/ipython_kernel_config.py: $(BIN)/gaplab
+	mkdir -p $(@D) && echo "c.IPKernelApp.log_level = 'ERROR'" > $@
+
+setup: $(BIN)/gaplab _environment.local $(VENV)/etc/ipython/ipython_kernel_config.py
 
 # cmake and a C++ compiler build llama.cpp; installed from Debian when missing (needs root).
 toolchain:
@@ -35,6 +45,10 @@ report: setup toolchain
 	$(BIN)/gaplab quality $(SCENARIO) $(if $(FORCE),--force)
 	$(BIN)/gaplab report
 
+# JupyterLab on the notebooks, the kernel being .venv's Python (edit, run, then make report).
+lab: setup
+	$(BIN)/gaplab lab
+
 test: setup toolchain browser
 	$(BIN)/gaplab local setup --model smollm2-135m --quant Q8_0 --runtime llamacpp --runtime vllm
 	$(BIN)/python -m pytest
@@ -47,4 +61,4 @@ bench: setup
 	$(BIN)/python bench/cluster_sweep.py
 
 clean:
-	rm -rf build _site .quarto
+	rm -rf build _site .quarto _freeze notebooks/*.qmd

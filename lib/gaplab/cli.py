@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -162,11 +161,13 @@ def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --
 
 @app.command()
 def report(data_dir: str = typer.Option("", help=DATA_DIR_HELP),
-           out: Path = typer.Option(SITE_DIR, help="site folder (the nbconvert build)"),
+           out: Path = typer.Option(SITE_DIR, help="site folder"),
+           builder: str = typer.Option("auto", help="quarto, nbconvert, or auto: Quarto when found (PATH, "
+                                       "QUARTO_BIN, ../shared/tools/quarto), else nbconvert"),
            price_per_hour: str = typer.Option("", help="dollars per hour of the machine (or hardware_id=price "
                                               "pairs): the throughput page then prices a million tokens"),
            slo_ttft_p99_ms: float = typer.Option(0, help="a TTFT p99 target for the cost section's best load")):
-    """Build the report site from the raw data, with Quarto if installed, else nbconvert."""
+    """Build the report site from the raw data, with Quarto if installed, else nbconvert (and say which)."""
     import polars as pl
 
     from gaplab.report import capability, checker, cost, speed
@@ -177,13 +178,15 @@ def report(data_dir: str = typer.Option("", help=DATA_DIR_HELP),
     _guard(checker.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
     _guard(capability.load_published)
     _guard(cost.parse_prices, price_per_hour)
+    if builder not in ("auto", "quarto", "nbconvert"):
+        _fail(f"--builder: got {builder!r}; allowed: auto, quarto, nbconvert")
     if slo_ttft_p99_ms < 0:
         _fail(f"--slo-ttft-p99-ms: {slo_ttft_p99_ms:g} is below 0; give a target in ms, or 0 for none")
     if not glob(data_dir, "**/*.run.parquet"):
         _fail(f"--data-dir: {data_dir} holds no runs; measure first with 'gaplab sweep SCENARIO' "
               f"(or point --data-dir at a folder of runs)")
-    builder = build_site(data_dir, out, parameters={"price_per_hour": price_per_hour,
-                                                    "slo_ttft_p99_ms": slo_ttft_p99_ms})
+    builder = _guard(build_site, data_dir, out, use_quarto=None if builder == "auto" else builder == "quarto",
+                     parameters={"price_per_hour": price_per_hour, "slo_ttft_p99_ms": slo_ttft_p99_ms})
     machine = speed.pick_machine(data_dir)
     req = speed.measured_requests(data_dir, machine)
     cells = req["cell_key"].n_unique()
@@ -248,8 +251,37 @@ def doctor():
         typer.echo(f"llama.cpp: {name} build {'built' if llama_build.llama_built(name) else 'not built'} "
                    f"(gaplab local setup --build {name})")
     typer.echo(f"ollama:    {_ollama_found()}")
-    typer.echo(f"quarto:    {shutil.which('quarto') or 'not found: the report is built with nbconvert'}")
+    from gaplab.report.site import quarto_bin
+
+    typer.echo(f"quarto:    {quarto_bin() or 'not found: the report is built with nbconvert'}")
     typer.echo(f"python:    {sys.executable}")
+
+
+@app.command()
+def lab(port: int = typer.Option(0, help="the port JupyterLab listens on (0: a free one)"),
+        browser: bool = typer.Option(True, help="open a browser tab")):
+    """Open JupyterLab on the project's notebooks, with this Python (the project's venv) as the kernel."""
+    import os
+
+    from gaplab.config import ROOT
+    from gaplab.report.site import write_vega
+
+    write_vega()  # the charts' Vega bundle, which the notebooks' charts load from the Lab server
+    args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={ROOT}",
+            f"--ServerApp.port={port or _free_port()}", "--ServerApp.port_retries=0"]
+    if not browser:
+        args.append("--no-browser")
+    if os.geteuid() == 0:  # containers and CI machines run as root, which JupyterLab refuses unless told
+        args.append("--allow-root")
+    os.execv(sys.executable, args)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @app.command()

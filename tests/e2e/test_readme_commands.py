@@ -1,6 +1,7 @@
 """The README's path on a small matrix: `gaplab sweep` (papermill per trial, real
 llama-server, two trials per cell in two rounds), a second sweep that skips measured
-cells, `gaplab report` (papermill and nbconvert, as on a machine without Quarto), then
+cells, `gaplab report --builder nbconvert` (papermill and nbconvert, as on a machine without
+Quarto; tests/e2e/test_quarto_site.py renders with Quarto), then
 headless Chromium draws the charts from a loopback HTTP server."""
 
 import re
@@ -70,7 +71,8 @@ def test_report_builds_a_site_whose_charts_draw_offline(swept, gaplab_cli, outpu
     probed = subprocess.run([*gaplab_cli, "capabilities", str(scenario), "--data-dir", str(tmp / "raw")],
                             capture_output=True, text=True)
     assert probed.returncode == 0 and "capabilities probed on 2 servers" in probed.stdout, probed.stdout + probed.stderr
-    res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(tmp / "raw"), "--out", str(site)],
+    res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(tmp / "raw"), "--out", str(site),
+                          "--builder", "nbconvert"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "site built with nbconvert" in res.stdout

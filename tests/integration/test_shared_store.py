@@ -87,7 +87,8 @@ def test_a_sweep_writes_to_object_storage_and_the_report_reads_it(s3_env, server
                            timeout=120)
     assert "2 already measured" in again.stdout, again.stdout + again.stderr
     # every page, its notebook given the URL as data_dir (papermill), built from the bucket
-    site = subprocess.run([*gaplab_cli, "report", "--data-dir", s3_env, "--out", str(tmp_path / "site")],
+    site = subprocess.run([*gaplab_cli, "report", "--data-dir", s3_env, "--out", str(tmp_path / "site"),
+                           "--builder", "nbconvert"],
                           capture_output=True, text=True, timeout=600)
     assert site.returncode == 0 and "requests:  " in site.stdout, site.stdout + site.stderr
     page = (tmp_path / "site" / "notebooks" / "20-throughput-latency.html").read_text()

@@ -145,7 +145,7 @@ def test_the_site_draws_the_workloads_page_from_these_runs_alone(measured, gapla
     # a store holding only the workloads study: every page builds, and this one draws its charts
     raw, _ = measured
     site = tmp_path / "site"
-    res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(raw), "--out", str(site)],
+    res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(raw), "--out", str(site), "--builder", "nbconvert"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert re.search(r"workloads: +4 cells in 4 trials", res.stdout) and re.search(r"cells: +0 measured", res.stdout), \

@@ -248,3 +248,16 @@ def test_extra_body_may_not_undo_the_forced_length_or_the_stream(runtime, extra,
 def test_extra_body_takes_every_other_field(runtime, extra):
     sc = parse_scenario({**copy.deepcopy(GOOD), "runtimes": [{**runtime, "extra_body": extra}]})
     assert sc.runtimes[0].extra_body == extra
+
+
+def test_the_runtimes_page_lists_the_fields_each_kind_reserves():
+    """guide/runtimes.qmd's table says which request fields extra_body may not set: as the code does."""
+    import re
+
+    from gaplab import runtimes
+
+    page = (Path(__file__).resolve().parents[2] / "guide" / "runtimes.qmd").read_text()
+    for name, kind in runtimes.kinds().items():
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        listed = re.findall(r"`([a-z_.]+)`", row.split(" | ")[3])
+        assert sorted(listed) == sorted(kind.reserved), (name, listed)

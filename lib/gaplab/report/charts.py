@@ -20,12 +20,23 @@ _ids = itertools.count()
 
 
 def _site_html(spec: dict, **_) -> dict:
+    """A chart as HTML that draws with the Vega bundle of the page (the site's pages load it in their
+    head). In JupyterLab, which has no such bundle, it loads the one `gaplab lab` writes into build/vega
+    from the Lab server's files/ route, once per page."""
     div = f"gaplab-chart-{next(_ids)}"
     html = (f'<div id="{div}" class="gaplab-chart"></div>\n<script>(function () {{\n'
             f'  var spec = {script_json(spec)};\n'
-            f'  if (window.vegaEmbed) {{ vegaEmbed("#{div}", spec, {{actions: false, renderer: "svg"}}); }}\n'
+            f'  function draw() {{ vegaEmbed("#{div}", spec, {{actions: false, renderer: "svg"}}); }}\n'
+            f'  var lab = document.getElementById("jupyter-config-data");\n'
+            f'  if (window.vegaEmbed) {{ draw(); }}\n'
+            f'  else if (lab) {{\n'
+            f'    window.gaplabVega = window.gaplabVega || new Promise(function (loaded) {{\n'
+            f'      var s = document.createElement("script"); s.onload = loaded;\n'
+            f'      s.src = JSON.parse(lab.textContent).baseUrl + "files/build/vega/vega.js";\n'
+            f'      document.head.appendChild(s); }});\n'
+            f'    window.gaplabVega.then(draw); }}\n'
             f'  else {{ document.getElementById("{div}").textContent = "This chart draws in the gaplab site '
-            f'(make report); in JupyterLab run alt.renderers.enable(\'default\')."; }}\n'
+            f'(make report) and in JupyterLab (make lab); elsewhere run alt.renderers.enable(\'default\')."; }}\n'
             f'}})();</script>')
     return {"text/html": html}
 

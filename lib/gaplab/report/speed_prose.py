@@ -34,7 +34,8 @@ def throughput_story(claims: pl.DataFrame, estimates: pl.DataFrame) -> str:
                  cl.render(claims, "flips", "aggregate_tok_s", model),
                  cl.render(claims, "overtakes", "aggregate_tok_s", model),
                  cl.render(claims, "scales", "aggregate_tok_s", model)]
-        out.append("\n".join(p for p in parts if p))
+        # a blank line before the bullets: pandoc (Quarto) reads a list only after one
+        out.append(parts[0] + "\n\n" + "\n".join(p for p in parts[1:] if p))
     return "\n\n".join(out) + ("\n\nA ranking, flip or crossing is stated only where the 95% interval of the "
                                "ratio excludes 1 at every level it relies on; elsewhere the page says the "
                                "difference is within noise and gives the interval.")
