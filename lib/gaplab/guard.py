@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from gaplab.records import RequestRecord
+from gaplab.runtimes.process import first_dead, log_tail
 
 POLL_S = 0.2  # how often the server's processes and the trial's bound are checked
 WINDOW_S, WINDOW_MIN = 5.0, 10  # the error-rate rule's window, and how many requests it needs
@@ -146,8 +147,6 @@ class TrialGuard:
             task.cancel()
 
     def _check_server(self) -> None:
-        from gaplab.runtimes.process import first_dead, log_tail
-
         dead = first_dead(list(self.rules.pids)) if self.rules.pids else None
         if dead:
             tail = log_tail(self.rules.log) if self.rules.log else ""

@@ -177,6 +177,24 @@ def runner_threads(server) -> list[str]:
     return [c[c.index("-t") + 1] if "-t" in c else "default" for c in cmds]
 
 
+def test_a_runner_that_dies_is_a_dead_server(binary, own_store, tmp_path):
+    """Ollama would start a new runner on the next request, reloading the model mid-trial: gaplab
+    watches the runner it found once the model was loaded, as it watches the server."""
+    from gaplab.runtimes.process import first_dead
+
+    path = write_scenario(tmp_path, RUNTIME, (16, OUTPUT_TOKENS), LOAD)
+    with open_server(load_scenario(path).cells()[0]) as server:
+        runners = [p.pid for p in psutil.Process(server.pid).children(recursive=True) if p.name() == "llama-server"]
+        assert len(runners) == 1 and server.watch_pids == [server.pid, runners[0]]
+        assert first_dead(server.watch_pids) is None
+        os.kill(runners[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while first_dead(server.watch_pids) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first_dead(server.watch_pids) in (f"process {runners[0]} exited",
+                                                 f"process {runners[0]} was killed by signal 9 (SIGKILL)")
+
+
 def test_a_model_the_attached_server_lacks_is_one_line(binary, own_store, tmp_path):
     path = write_scenario(tmp_path, RUNTIME, (16, OUTPUT_TOKENS), LOAD)
     with open_server(load_scenario(path).cells()[0]) as server:

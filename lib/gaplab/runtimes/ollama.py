@@ -76,8 +76,11 @@ def load_options(runtime) -> dict:
 
 
 def request_fields(runtime) -> dict:
+    """What every request to a server gaplab started carries: the load options, and keep_alive -1,
+    so the model stays loaded between trials (a runner that exits is then a dead server, never an
+    idle unload); the scenario's extra_body over both."""
     options = {**load_options(runtime), **runtime.extra_body.get("options", {})}
-    return {**runtime.extra_body, "options": options}
+    return {"keep_alive": -1, **runtime.extra_body, "options": options}
 
 
 def served_name(model: str, quant: str) -> str:
@@ -163,7 +166,7 @@ def runner_pids(pid: int) -> list[int]:
 def load(base: str, name: str, fields: dict, timeout: float, log) -> int:
     """Load the model with the options the trials will send (an empty prompt only loads it);
     returns perf_counter_ns when it is loaded."""
-    body = {"model": name, "keep_alive": "10m", "options": fields["options"]}
+    body = {"model": name, "keep_alive": fields["keep_alive"], "options": fields["options"]}
     if post_json(base + "/api/generate", body, timeout) is None:
         raise RuntimeError(f"Ollama at {base} could not load {name}; see {log}")
     return time.perf_counter_ns()
