@@ -1,7 +1,8 @@
 import orjson
 import pytest
 
-from gaplab.client import StreamClient, classify, fill_from_events, fill_from_ollama, merged
+from gaplab.client import StreamClient, merged
+from gaplab.protocols import classify, fill_from_events, fill_from_ollama
 from gaplab.runtimes import llamacpp, vllm
 from gaplab.scenario import RuntimeSpec
 from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord

@@ -39,7 +39,7 @@ class RuntimeKind:
     def reserved(self) -> tuple[str, ...]:
         """Request fields gaplab sets for this kind (dotted: nested), which extra_body may not set:
         those that force each request's output length and stream it."""
-        from gaplab.client import LENGTH_FIELDS
+        from gaplab.protocols import LENGTH_FIELDS
 
         return LENGTH_FIELDS[self.protocol] + self.forcing
 
