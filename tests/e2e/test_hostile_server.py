@@ -105,8 +105,8 @@ def page_state(site: Path, rel: str, port: int) -> tuple[str, list, str]:
 
 @pytest.mark.parametrize("builder", ["nbconvert", "quarto"])
 def test_hostile_server_text_stays_text_on_every_page(hostile_raw, builder, gaplab_cli, tmp_path):
-    res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(hostile_raw), "--out", str(tmp_path / "site")],
-                         capture_output=True, text=True, env=report_env(builder))
+    res = subprocess.run([*gaplab_cli, "report", "--data-dir", str(hostile_raw), "--out", str(tmp_path / "site"),
+                          "--builder", builder], capture_output=True, text=True, env=report_env(builder))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     built = re.search(r"site built with (\w+): open (\S+)/index\.html", res.stdout)
     assert built and built.group(1) == builder, res.stdout
