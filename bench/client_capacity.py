@@ -2,7 +2,8 @@
 sends every chunk at once (no delays), at 1, 8 and 64 concurrent streams. Server and
 client are pinned to different cores.
 
-Two reference readers run in the same process, against the same server:
+Reference readers run in the same process, against the same server (gaplab-no-cut: gaplab's
+client without a target length, so without the per-read event count that cuts runaway streams):
 - line-iterator: aiohttp, one `await` per SSE line and json.loads per line, the way
   vLLM's benchmark client reads a stream (about 190,000 chunks/s was measured for
   vLLM's own client on this kind of machine);
@@ -57,11 +58,11 @@ async def gaplab_setup(url: str):
     return client, client.sdk.close
 
 
-async def gaplab_run(client: StreamClient, streams: int) -> int:
+async def gaplab_run(client: StreamClient, streams: int, target: bool = True) -> int:
     payload = client.body("hi", 1, "fake")
     # with its target, as a sweep's request: the client counts events against it (runaway streams)
-    recs = [RequestRecord(index=i, user=i, warmup=False, scheduled_ns=0, target_output_tokens=TOKENS[0])
-            for i in range(streams)]
+    recs = [RequestRecord(index=i, user=i, warmup=False, scheduled_ns=0,
+                          target_output_tokens=TOKENS[0] if target else None) for i in range(streams)]
     await asyncio.gather(*(client.stream(payload, r) for r in recs))
     assert all(r.error is None for r in recs), recs[0].error
     return sum(len(r.chunks) for r in recs)
@@ -120,8 +121,13 @@ async def timed(setup, run, url: str, streams: int) -> float:
         await close()
 
 
-READERS = {"gaplab": (gaplab_setup, gaplab_run), "line-iterator": (line_iterator_setup, line_iterator_run),
-           "openai-sdk": (openai_setup, openai_run)}
+async def gaplab_untargeted_run(client: StreamClient, streams: int) -> int:
+    """The same client with no target length: no event count on each read (what that count costs)."""
+    return await gaplab_run(client, streams, target=False)
+
+
+READERS = {"gaplab": (gaplab_setup, gaplab_run), "gaplab-no-cut": (gaplab_setup, gaplab_untargeted_run),
+           "line-iterator": (line_iterator_setup, line_iterator_run), "openai-sdk": (openai_setup, openai_run)}
 
 
 RECORDS: dict[int, list[RequestRecord]] = {}  # the last trial's, by number of processes
