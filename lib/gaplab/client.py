@@ -54,7 +54,7 @@ class _Reads(asyncio.Protocol):
     the events read, so that a stream running far past its target length is cut (limit: events;
     marker: what starts or ends one event in this protocol)."""
 
-    def __init__(self, done: asyncio.Future, limit: int | None = None, marker: bytes = b"data:"):
+    def __init__(self, done: asyncio.Future, limit: int | None, marker: bytes):
         self.reads: list[tuple[int, bytes]] = []
         self.done = done
         self.parsed: tuple | None = None  # parse_response of a complete body, when seen
@@ -194,7 +194,7 @@ class StreamClient:
                        proto.lost, proto.runaway)
         return rec
 
-    def _fill(self, rec: RequestRecord, parsed: tuple, lost: Exception | None, runaway: bool = False) -> None:
+    def _fill(self, rec: RequestRecord, parsed: tuple, lost: Exception | None, runaway: bool) -> None:
         """Fill rec from the response. One error per request, the most telling first: what the
         client saw before parsing (timeout, refused, cancelled), the HTTP status, an error event,
         a stream the client cut for running past its target length, a stream cut off before its
