@@ -129,7 +129,7 @@ def servers_to_probe(cells: list, every_model: bool = False, runtimes: list[str]
     picked: dict[str, object] = {}
 
     def order(c) -> tuple:  # chat models first, each at the first of its quants as the scenario lists them
-        quants = c.runtime.quants or c.model.quants
+        quants = c.runtime.quants_for(c.model)
         return c.model.api != "chat", quants.index(c.quant) if c.quant in quants else 0
 
     for cell in sorted(cells, key=order):

@@ -47,7 +47,9 @@ class RuntimeSpec(Strict):
     # b10488-avx2, the source and CPU flags of Ollama's runner
     build: str = "native"
     # Restrict this runtime to some models, and give it its own quants (vLLM serves dtypes,
-    # llama.cpp serves GGUF files): empty means every model, with the model's quants.
+    # llama.cpp serves GGUF files): empty means every model, with the model's quants. A model
+    # that lists some of these quants gets those only (Ollama on each model's own 4-bit file);
+    # one that lists none of them gets them all (vLLM's BF16 beside GGUF quants).
     models: list[str] = []
     quants: list[str] = []
     # attach: the name this server knows a model by, when it differs from models[].served_name
@@ -73,6 +75,10 @@ class RuntimeSpec(Strict):
 
     def served_name(self, model: "ModelSpec") -> str:
         return self.served_names.get(model.name) or model.served_name or model.name
+
+    def quants_for(self, model: "ModelSpec") -> list[str]:
+        listed = [q for q in self.quants if q in model.quants]
+        return listed or self.quants or list(model.quants)
 
     @field_validator("kind")
     @classmethod
@@ -295,7 +301,7 @@ class Scenario(Strict):
                 continue
             users, rates = self.levels(wl)
             levels = [{"concurrency": c} for c in users] + [{"rate": r} for r in rates]
-            for quant, level in itertools.product(rt.quants or model.quants, levels):
+            for quant, level in itertools.product(rt.quants_for(model), levels):
                 out.append(Cell(scenario=self.name, runtime=rt, model=model, quant=quant,
                                 workload=wl, load=self.load, seed=self.seed, **level))
         # Group cells of one server together so a sweep starts each server once.

@@ -29,6 +29,16 @@ def test_matrix_expands_runtime_restrictions_and_groups_servers():
     assert len([k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]) == len(set(keys)) == 7
 
 
+def test_a_runtimes_quants_pick_each_models_own_where_the_model_lists_them():
+    data = copy.deepcopy(GOOD)
+    data["models"].append({"name": "m2", "api": "completions", "quants": ["F16", "Q4_K_M"]})
+    data["runtimes"] = [{"name": "o", "kind": "ollama", "quants": ["Q8_0", "Q4_K_M"]},
+                        {"name": "v", "kind": "vllm", "quants": ["BF16"]}]
+    quants = {(c.runtime.name, c.model.name, c.quant) for c in parse_scenario(data).cells()}
+    # Ollama on each model's own file; vLLM's dtype is no model's quant, so every model gets it
+    assert quants == {("o", "m", "Q8_0"), ("o", "m2", "Q4_K_M"), ("v", "m", "BF16"), ("v", "m2", "BF16")}
+
+
 def test_trials_and_precision_are_not_part_of_a_cells_identity():
     a = parse_scenario(GOOD).cells()[0]
     more = copy.deepcopy(GOOD)
