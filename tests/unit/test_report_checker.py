@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gaplab.report import checker
+from gaplab.report.workloads import COMPARED
 
 HEADER = ",".join(checker.COLUMNS)
 
@@ -173,3 +174,59 @@ def test_leads_from_keeps_each_workload_apart(tmp_path):
                                          "aggregate_tok_s,,4,"),
                         both, pl.DataFrame(), pl.DataFrame())
     assert got["verdict"].to_list() == ["mixed here"]
+
+
+def switch_trials(pairs: list[tuple]) -> pl.DataFrame:
+    """The workloads study's trial rows (report.workloads.trials) of pairs of servers of one kind:
+    (runtime, kind, flags JSON, workload kind, metric, value), three trials each with a 2% spread."""
+    out = []
+    for runtime, kind, flags, wl_kind, metric, value in pairs:
+        for k, f in enumerate((0.98, 1.0, 1.02), 1):
+            out.append({"machine_id": "m1", "model": "m", "quant": "F16", "workload": wl_kind, "workload_kind": wl_kind,
+                        "runtime_kind": kind, "concurrency": 4, "runtime": runtime, "flags": flags,
+                        "cell_key": runtime, "run_id": f"{runtime}-{k}",
+                        **{m: None for ms in COMPARED.values() for m in ms}, metric: value * f})
+    return pl.DataFrame(out, infer_schema_length=None)
+
+
+def test_a_switch_claim_reads_the_pairs_that_differ_in_that_switch_alone(tmp_path):
+    rows = ("p,s,src,cache cuts ttft by 40%,switch_cuts,switch=prefix_cache,,ttft_p50_ms,,40,",
+            "q,s,src,chunked prefill cuts stalls,switch_cuts,switch=chunked_prefill,,short_gap_p99_ms,,0,")
+    cache = [("ll", "llamacpp", "{}", "shared-prefix", "ttft_p50_ms", 300),
+             ("ll-nocache", "llamacpp", '{"prefix_cache": false}', "shared-prefix", "ttft_p50_ms", 1000),
+             ("vl", "vllm", "{}", "shared-prefix", "ttft_p50_ms", 800),
+             ("vl-nocache", "vllm", '{"prefix_cache": false}', "shared-prefix", "ttft_p50_ms", 1000)]
+    chunk = [("vl", "vllm", "{}", "long-prompt-mix", "short_gap_p99_ms", 900),
+             ("vl-nochunk", "vllm", '{"chunked_prefill": false}', "long-prompt-mix", "short_gap_p99_ms", 600)]
+
+    def got(pairs):
+        return checker.check(claims(tmp_path, *rows), SERVERS, pl.DataFrame(), pl.DataFrame(),
+                             switch_trials(pairs))["verdict"].to_list()
+
+    # llama.cpp's cache cuts 70%, vLLM's only 20%: mixed; chunked prefill made stalls longer
+    assert got(cache + chunk) == ["mixed here", "does not hold here"]
+    assert got(cache[:2] + chunk[::-1]) == ["holds here", "does not hold here"]
+    # no pair about the switch: not testable, and never read from a pair about another switch
+    assert got(chunk) == ["not testable here", "does not hold here"]
+    no_study = checker.check(claims(tmp_path, *rows), SERVERS, pl.DataFrame(), pl.DataFrame())
+    assert no_study["verdict"].to_list() == ["not testable here"] * 2
+    assert "workloads study" in no_study["evidence"][0]
+
+
+def test_a_claim_about_ollama_is_never_tested_on_a_stand_in(tmp_path):
+    assert verdicts(tmp_path, "a,s,src,ollama beats vllm,faster,kind=ollama;slots=1,kind=vllm,ttft_p50_ms,1,,"
+                    ) == ["not testable here"]
+    with_ollama = pl.concat([SERVERS, trials([("ollama", "ollama", 1, "Q4", 1, 100, 90, 30)])], how="diagonal")
+    got = checker.check(claims(tmp_path, "a,s,src,x,faster,kind=ollama;slots=1,kind=vllm,ttft_p50_ms,1,,"),
+                        with_ollama, pl.DataFrame(), pl.DataFrame())
+    assert got["verdict"].to_list() == ["holds here"] and "ollama" in got["evidence"][0]
+
+
+@pytest.mark.parametrize("row, field", [
+    ("s,s,src,x,switch_cuts,switch=kv_offload,,ttft_p50_ms,,40,", "a: 'switch=kv_offload'"),
+    ("s,s,src,x,switch_cuts,switch=prefix_cache,,aggregate_tok_s,,40,", "metric: 'aggregate_tok_s'"),
+    ("s,s,src,x,switch_cuts,switch=prefix_cache,,ttft_p50_ms,,forty,", "threshold: 'forty'"),
+])
+def test_a_bad_switch_claim_stops_in_one_line_naming_the_field(tmp_path, row, field):
+    with pytest.raises(checker.ClaimsError, match="row 2: " + field.replace("(", r"\(")):
+        claims(tmp_path, row)

@@ -8,8 +8,15 @@ Subjects are selectors over the measured cells, since the articles' "Ollama" and
 roles here: `kind=vllm`, `kind=llamacpp;slots=1` (a single-slot llama.cpp server, the
 stand-in for a single-stream server), `slots>1` (any batching server), `quant=Q8_0`,
 `runtime=<name>`; `;` joins conditions, `|` gives alternatives (the first that matches a
-measured cell is used, so `kind=ollama|kind=llamacpp;slots=1` takes a real Ollama where
-there is one). Users: 1, a number, or empty (every level, or the fewest and the most).
+measured cell is used, so `kind=ollama;slots=1|kind=llamacpp;slots=1` takes a real Ollama
+where there is one). A claim that names Ollama has `kind=ollama` alone: without an Ollama
+server it is not testable, never tested on a stand-in. Users: 1, a number, or empty (every
+level, or the fewest and the most).
+
+The test `switch_cuts` is about one switch of a server (its subject: `switch=prefix_cache` or
+`switch=chunked_prefill`) and reads the workloads study's pairs of servers that differ in that
+switch alone (report.workloads.claims): on holds when it lowers the metric by at least
+`threshold` percent (0: by any amount the interval shows) in every pair.
 
 Verdicts: holds here, does not hold here, mixed here (some comparisons each way), undecided
 here (the interval spans the threshold or holds no difference), not testable here (with what
@@ -18,6 +25,7 @@ it would take). Every verdict carries the figures and intervals behind it.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +42,12 @@ CLAIMS_FILE = REFERENCE_DIR / "claims.csv"
 SIXTEEN_BIT = ("F16", "BF16", "F32")  # what "the 16-bit model" may be measured as
 COLUMNS = ["claim_id", "seed_file", "source", "claim", "test", "a", "b", "metric", "users", "threshold", "needs"]
 TESTS = ("faster", "leads_from", "scales_at_least", "scales_at_most", "linear_in_users", "more_stable",
-         "starts_slower", "recovers", "not_testable")
+         "starts_slower", "recovers", "switch_cuts", "not_testable")
+SWITCHES = ("prefix_cache", "chunked_prefill")  # the launch switches switch_cuts can name
 EXTRA_METRICS = ("rss_mb", "cold_start_s", "recovery_pct")
 FIELDS = ("kind", "slots", "quant", "runtime")
 GROWTH_SHARE = 0.5  # linear_in_users: the line's rise over the levels, as a share of the value at the most users
-THRESHOLD_NEEDED = ("scales_at_least", "scales_at_most", "leads_from", "recovers")
+THRESHOLD_NEEDED = ("scales_at_least", "scales_at_most", "leads_from", "recovers", "switch_cuts")
 VERDICTS = ("holds here", "does not hold here", "mixed here", "undecided here", "not testable here")
 
 
@@ -61,6 +70,23 @@ def _check_selector(where: str, text: str) -> None:
                                   f"with field one of {', '.join(FIELDS)}")
 
 
+def _check_switch(where: str, r: dict) -> None:
+    from gaplab.report.workloads import COMPARED
+
+    switch = r["a"].removeprefix("switch=")
+    if not r["a"].startswith("switch=") or switch not in SWITCHES:
+        raise ClaimsError(f"{where}: a: {r['a']!r}: the test switch_cuts needs switch=NAME with NAME one of "
+                          f"{', '.join(SWITCHES)}")
+    compared = sorted({m for ms in COMPARED.values() for m in ms if m.endswith("_ms")})
+    if r["metric"] not in compared:
+        raise ClaimsError(f"{where}: metric: {r['metric']!r}: the workloads study compares switches on "
+                          f"{', '.join(compared)}")
+    try:
+        float(r["threshold"])
+    except ValueError:
+        raise ClaimsError(f"{where}: threshold: {r['threshold']!r} is not a percentage (40 for 40% lower)") from None
+
+
 def load_claims(path: Path | None = None) -> pl.DataFrame:
     """The claims file (default: CLAIMS_FILE), checked: a row naming an unknown test, metric,
     subject field or load level stops here with one line naming the file, row and field."""
@@ -78,10 +104,13 @@ def load_claims(path: Path | None = None) -> pl.DataFrame:
             if not r["needs"]:
                 raise ClaimsError(f"{where}: needs: say what it would take to test this claim")
             continue
-        if r["metric"] not in METRICS + list(EXTRA_METRICS):
-            raise ClaimsError(f"{where}: metric: {r['metric']!r} is not one of {', '.join(METRICS + list(EXTRA_METRICS))}")
         if not r["a"]:
             raise ClaimsError(f"{where}: a: the claim needs a subject")
+        if r["test"] == "switch_cuts":
+            _check_switch(where, r)
+            continue
+        if r["metric"] not in METRICS + list(EXTRA_METRICS):
+            raise ClaimsError(f"{where}: metric: {r['metric']!r} is not one of {', '.join(METRICS + list(EXTRA_METRICS))}")
         for col in ("a", "b"):
             if r[col]:
                 _check_selector(f"{where}: {col}", r[col])
@@ -305,12 +334,46 @@ def _recovers(claim: dict, recovery: pl.DataFrame) -> Verdict:
     return _combine(results, "task accuracy as a share of the reference file's")
 
 
-def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, recovery: pl.DataFrame) -> pl.DataFrame:
+def _switch_cuts(claim: dict, workload_trials: pl.DataFrame | None) -> Verdict:
+    """The switch on against off, in every pair of the workloads study that differs in it alone:
+    the metric lower by at least `threshold` percent (0: lower by any amount)."""
+    from gaplab.report import workloads
+
+    switch = claim["a"].removeprefix("switch=")
+    if workload_trials is None or workload_trials.is_empty():
+        return Verdict("not testable here", f"no workloads study stored here; run a scenario whose runtimes come in "
+                                            f"pairs with {switch} on and off (scenarios/workloads-cpu.yaml)")
+    flags = {r: json.loads(f or "{}") for r, f in workload_trials.select("runtime", "flags").unique().iter_rows()}
+    limit = 1 - float(claim["threshold"]) / 100
+    results = []
+    for r in (r for r in workloads.switch_rows(workload_trials) if r["metric"] == claim["metric"]):
+        on, off = flags[r["a"].split(" · ")[0]], flags[r["b"].split(" · ")[0]]
+        differ = {k for k in set(on) | set(off) if on.get(k) != off.get(k)}
+        if differ != {switch} or off.get(switch) is not False:
+            continue  # a pair about another switch, or about more than this one
+        if r["ratio_lo"] is None:
+            outcome = "undecided"
+        elif limit < 1:
+            outcome = "holds" if r["ratio_hi"] <= limit else "fails" if r["ratio_lo"] > limit else "undecided"
+        else:
+            outcome = {"A better": "holds", "B better": "fails"}.get(r["verdict"], "undecided")
+        results.append((outcome, f"{r['a']} against {r['b']} ({r['workload']}, {r['users']} users) "
+                                 f"{_iv(stats.Interval(r['ratio'], r['ratio_lo'], r['ratio_hi'], None, 0))}"))
+    if not results:
+        return Verdict("not testable here", f"no pair of servers measured here that differs in {switch} alone "
+                                            f"on a workload compared on {metric_text(claim['metric'])}")
+    need = f"at most ×{limit:.2f}" if limit < 1 else "below ×1"
+    return _combine(results, f"{metric_text(claim['metric'])}, {switch.replace('_', ' ')} on ÷ off (needs {need})")
+
+
+def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, recovery: pl.DataFrame,
+          workload_trials: pl.DataFrame | None = None) -> pl.DataFrame:
     """Each claim with its verdict and the figures behind it.
 
     trials: metrics.trial_summary rows (with `rss_mb` where telemetry sampled it); starts:
-    cold_start.cold_starts; recovery: quality.recovery. Comparisons between configurations
-    are rows of the claims table (claims.claims_table) on the claim's metric."""
+    cold_start.cold_starts; recovery: quality.recovery; workload_trials: report.workloads.trials
+    of the workloads study, for switch_cuts. Comparisons between configurations are rows of the
+    claims table (claims.claims_table) on the claim's metric."""
     from gaplab.report.claims import claims_table
 
     cells = trials.select("runtime", "runtime_kind", "parallel", "quant", "config").unique()
@@ -324,9 +387,11 @@ def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, reco
             v = Verdict("not testable here", f"needs {c['users']} users; the most measured here is {max_users}"
                         + (f"; {c['needs']}" if c["needs"] else ""))
         else:
-            configs_a = set(_matches(cells, c["a"])["config"]) if c["a"] else set()
+            configs_a = set(_matches(cells, c["a"])["config"]) if c["a"] and c["test"] != "switch_cuts" else set()
             configs_b = set(_matches(cells, c["b"])["config"]) if c["b"] else set()
-            if c["test"] == "recovers":
+            if c["test"] == "switch_cuts":
+                v = _switch_cuts(c, workload_trials)
+            elif c["test"] == "recovers":
                 v = _recovers(c, recovery)
             elif c["test"] == "starts_slower":
                 v = _starts_slower(c, starts, trials)

@@ -203,13 +203,10 @@ def _change_text(row: dict) -> str:
             f"{'lower' if r < 1 else 'higher'} than {plain(worse)}")
 
 
-def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
-    """Claims rows (claims.COLUMNS) of the workloads study: 'switch' compares two servers of one
-    kind that differ only in launch flags, on the workload's COMPARED metrics at one level;
-    'sustains' names the highest rate each runtime sustains within the SLO."""
+def switch_rows(trial_rows: pl.DataFrame) -> list[dict]:
+    """The 'switch' claims rows (claims.COLUMNS): two servers of one kind that differ only in
+    launch flags, on their workload's COMPARED metrics at one level; a is the switch's on side."""
     rows = []
-    if trial_rows.is_empty():
-        return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
     pools = speed.trial_pools(trial_rows, [m for m in METRICS if m in trial_rows.columns])
     cells = trial_rows.group_by(["machine_id", "model", "quant", "workload", "workload_kind", "runtime_kind",
                                  "concurrency", "runtime", "flags"], maintain_order=True).agg(pl.all())
@@ -236,6 +233,15 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
                                f"({what}) "
                                f"{_fmt(row['value_b'])}, {_ratio_text(row)}: {_change_text(row)}.")
                 rows.append(row)
+    return rows
+
+
+def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
+    """Claims rows (claims.COLUMNS) of the workloads study: 'switch' rows (switch_rows), and
+    'sustains', the highest rate each runtime sustains within the SLO."""
+    if trial_rows.is_empty():
+        return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
+    rows = switch_rows(trial_rows)
     stated = est.filter(pl.col("rate").is_not_null() & (pl.col("slo") != "[]")) if "rate" in est.columns else est
     for r in knee(stated).iter_rows(named=True):  # without objectives there is no SLO to sustain a rate within
         rate = r["slo_rps"]
