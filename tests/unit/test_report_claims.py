@@ -59,3 +59,18 @@ def test_scales_compares_most_users_with_fewest():
                    & (pl.col("metric") == "aggregate_tok_s")).row(0, named=True)
     assert (row["users"], row["users_b"], row["verdict"]) == (8, 1, "A better")
     assert abs(row["ratio"] - 120 / 41) < 0.05
+
+
+def test_a_comparison_over_two_llama_cpp_builds_names_both_engines():
+    c = claims.claims_table(trials({("ollama-one", "Q4", 1): [50, 51, 52], ("llamacpp-one", "Q4", 1): [40, 41, 42],
+                                    ("vllm-cpu", "Q4", 1): [30, 31, 32]}))
+    engines = {"ollama-one": "llama.cpp b10488 (Ollama's runner)", "llamacpp-one": "llama.cpp 0c1e57098",
+               "vllm-cpu": "vLLM 0.11"}
+    named = claims.name_engines(c, engines)
+    by_pair = {frozenset((r["a"], r["b"])): r["text"] for r in named.iter_rows(named=True)}
+    wrapper = by_pair[frozenset(("ollama-one · Q4", "llamacpp-one · Q4"))]
+    assert "Different engines" in wrapper and "b10488" in wrapper and "0c1e57098" in wrapper
+    # vLLM against either is a different engine by kind, not a build to name; one build: nothing added
+    assert "Different engines" not in by_pair[frozenset(("ollama-one · Q4", "vllm-cpu · Q4"))]
+    same = claims.name_engines(c, {**engines, "llamacpp-one": engines["ollama-one"]})
+    assert not same["text"].str.contains("Different engines").any()

@@ -95,6 +95,16 @@ def precision_target(raw_dir: Path, machine_id: str) -> float | None:
     return float(targets[-1]) if targets.len() else None
 
 
+def engines(raw_dir: Path, machine_id: str) -> dict[str, str]:
+    """runtime -> the inference engine its runs on that machine record (Ollama runs llama.cpp):
+    the newest run's, for runs of schema 8 on (older runs record none)."""
+    runs = store.read_table(raw_dir, "run")
+    if runs.is_empty():
+        return {}
+    runs = runs.filter((pl.col("machine_id") == machine_id) & pl.col("engine_version").is_not_null())
+    return dict(runs.sort("run_id").group_by("runtime").agg(pl.col("engine_version").last()).iter_rows())
+
+
 def pick_machine(raw_dir: Path, machine_id: str = "") -> str:
     """The machine a page reports on: the one asked for, else this one if it has runs, else the
     one with the newest run (then the page says these are reference runs from elsewhere)."""
