@@ -38,7 +38,7 @@ browser:
 # Measure the scenario and the workloads study (cells already measured on this machine are
 # skipped; FORCE=1 reruns them) and build the site into _site/. WORKLOADS= skips the study.
 report: setup toolchain
-	$(BIN)/gaplab local setup --runtime llamacpp --runtime vllm
+	$(BIN)/gaplab local setup --runtime llamacpp --runtime vllm --runtime ollama
 	$(BIN)/gaplab sweep $(SCENARIO) $(if $(FORCE),--force)
 	$(if $(WORKLOADS),$(BIN)/gaplab sweep $(WORKLOADS) $(if $(FORCE),--force))
 	$(BIN)/gaplab capabilities $(SCENARIO) $(if $(FORCE),--force)
