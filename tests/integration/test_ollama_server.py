@@ -22,6 +22,7 @@ from gaplab.measure import run_cell
 from gaplab.provision import ollama as install
 from gaplab.provision.models import model_info, model_path
 from gaplab.records import RequestRecord
+from gaplab.report import speed_prose
 from gaplab.runtimes import ollama, open_server
 from gaplab.scenario import load_scenario
 
@@ -102,6 +103,9 @@ def test_run_says_what_ran_and_where_the_model_sits(two_sweeps):
         after = meta["ollama_placement"]["after"]
         assert after["cpu_only"] and after["context_length"] == RUNTIME["ctx_size"]
         assert meta["server"]["served_digest"] == json.loads(install.IMPORTS.read_text())["smollm2-135m:q4_1"]["digest"]
+    # the page: one sentence that the CPU held it, no GPU warning per cell on a machine with no GPU
+    story = speed_prose.placement_story(raw)
+    assert "held every model on the CPU" in story and "GPU memory:" not in story
 
 
 def test_cold_start_keeps_the_servers_start_and_the_models_load_apart(two_sweeps):

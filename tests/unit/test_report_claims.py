@@ -69,8 +69,8 @@ def test_a_comparison_over_two_llama_cpp_builds_names_both_engines():
     named = claims.name_engines(c, engines)
     by_pair = {frozenset((r["a"], r["b"])): r["text"] for r in named.iter_rows(named=True)}
     wrapper = by_pair[frozenset(("ollama-one · Q4", "llamacpp-one · Q4"))]
-    assert "Different engines" in wrapper and "b10488" in wrapper and "0c1e57098" in wrapper
+    assert wrapper.endswith("Engines differ: llama.cpp 0c1e57098 against llama.cpp b10488.")  # a is llamacpp-one
     # vLLM against either is a different engine by kind, not a build to name; one build: nothing added
-    assert "Different engines" not in by_pair[frozenset(("ollama-one · Q4", "vllm-cpu · Q4"))]
+    assert "Engines differ" not in by_pair[frozenset(("ollama-one · Q4", "vllm-cpu · Q4"))]
     same = claims.name_engines(c, {**engines, "llamacpp-one": engines["ollama-one"]})
-    assert not same["text"].str.contains("Different engines").any()
+    assert not same["text"].str.contains("Engines differ").any()

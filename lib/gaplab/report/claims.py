@@ -192,7 +192,8 @@ def name_engines(claims: pl.DataFrame, engines: dict[str, str]) -> pl.DataFrame:
         ea, eb = engines.get(a.split(" · ")[0], ""), engines.get((b or "").split(" · ")[0], "")
         if ea == eb or not (ea.startswith("llama.cpp") and eb.startswith("llama.cpp")):
             return text
-        return f"{text} Different engines: {plain(a)} runs {plain(ea)}, {plain(b)} {plain(eb)}."
+        short = (e.split(" (")[0] for e in (ea, eb))  # "llama.cpp b10488", without the provenance
+        return f"{text} Engines differ: {' against '.join(plain(e) for e in short)}."
 
     return claims.with_columns(text=pl.struct("a", "b", "text").map_elements(
         lambda r: note(r["a"], r["b"], r["text"]), return_dtype=pl.String))

@@ -205,7 +205,7 @@ def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
     runs = selected_runs(store.read_table(raw_dir, "run"))
     if machine_id:
         runs = runs.filter(pl.col("machine_id") == machine_id)
-    lines = []
+    lines, on_cpu = {}, set()
     for row in runs.sort("cell_id").iter_rows(named=True):
         size, vram = row["model_bytes_loaded"], row["model_bytes_gpu"]
         if size is None and (row["schema_version"] or 1) < 4:  # older runs: only in meta_json
@@ -214,10 +214,20 @@ def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
         if not size:
             continue
         after = where(size, vram or 0)
-        if after["split"] or after["cpu_only"]:
-            lines.append(f"- **{plain(row['model'])} {plain(row['quant'])} on {plain(row['runtime'])}** at {row['concurrency']} "
-                         f"users: the model was {describe(after)}. Its speed is not the GPU's.")
-    return ("Cells where Ollama did not hold the whole model in GPU memory:\n\n" + "\n".join(lines)) if lines else ""
+        where_ = f"**{plain(row['model'])} {plain(row['quant'])} on {plain(row['runtime'])}**"
+        meta = json.loads(row["meta_json"] or "{}")
+        no_gpu = not (meta.get("hardware") or {}).get("gpus") and not (row["launch_command"] or "").startswith("attached")
+        if after["cpu_only"] and no_gpu:  # a server started here, on a machine with no GPU to miss
+            on_cpu.add(plain(row["runtime"]))
+        elif after["split"] or after["cpu_only"]:  # one line a cell, however many trials
+            lines.setdefault((where_, row["concurrency"]), f"- {where_} at {cl.users_text(row['concurrency'])}: the "
+                                                            f"model was {describe(after)}. Its speed is not the GPU's.")
+    text = ("Cells where Ollama did not hold the whole model in GPU memory:\n\n" + "\n".join(lines.values())
+            if lines else "")
+    if on_cpu:
+        text += (("\n\n" if text else "") + f"Ollama ({', '.join(sorted(on_cpu))}) held every model on the CPU, "
+                 "by its own account (/api/ps), as a machine without a GPU must.")
+    return text
 
 
 # ---------------------------------------------------------------- where the time goes (decompose.py)
