@@ -6,9 +6,8 @@ NDJSON on /api/chat and /api/generate.
 A normal stream is a role-only chunk, TOKENS tokens, a finish_reason chunk, a usage chunk
 and `data: [DONE]`; a cut stream stops after CUT_AFTER tokens. A reasoning model's stream
 (REASONING) sends THOUGHTS reasoning chunks first, then waits THINK_PAUSE_S before its TOKENS
-answer tokens. Faults ending in
-`-length` frame the body with content-length, `-close` with nothing (the close ends it),
-the others with chunked encoding.
+answer tokens. Faults ending in `-length` frame the body with content-length, `-close` with
+nothing (the close ends it), the others with chunked encoding.
 
 In a test: `server = await start()`, then `server.sockets[0].getsockname()[1]` is the port.
 By hand: python fault_server.py PORT
@@ -76,8 +75,9 @@ def openai_events(fault: str) -> list[bytes | None]:
             usage.update(completion_tokens=TOKENS + 2 * THOUGHTS,
                          completion_tokens_details={"reasoning_tokens": 2 * THOUGHTS})
         thought = sse({**base, "choices": [{"index": 0, "delta": {REASONING[fault]: " hmm"}}]})
-        events = events[:1] + [thought] * THOUGHTS + [None] + events[1:-2] + [sse({**base, "choices": [],
-                                                                                  "usage": usage}), events[-1]]
+        answer = events[1:-2]  # the tokens and the finish chunk, after a pause (None)
+        events = [events[0], *[thought] * THOUGHTS, None, *answer, sse({**base, "choices": [], "usage": usage}),
+                  events[-1]]
     if fault == "malformed":
         events.insert(2, b'data: {"choices": [{"delta": {"content": "x"\n\n')
     if fault == "error-event":  # vLLM and llama.cpp send an error as a data event, mid-stream
