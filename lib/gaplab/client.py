@@ -9,7 +9,8 @@ aiohttp read woke the reading task was 5 ms late at 64 streams here; the openai 
 parsed-chunk iterator was measured 59 ms off. See bench/client_capacity.py.)
 
 TTFT is the first chunk that carries output text (content, reasoning or a tool
-call): a role-only or empty chunk is not a token.
+call): a role-only or empty chunk is not a token. A reasoning model's first answer
+chunk (content or a tool call) is kept apart (RequestRecord.first_answer_ns).
 
 A stream succeeded only when its protocol's end marker arrived (`data: [DONE]` for SSE, a
 `"done": true` line for Ollama): without it the request is "truncated after N tokens" or,

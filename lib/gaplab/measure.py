@@ -163,6 +163,8 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
             meta.update(model_bytes_loaded=after.get("size"), model_bytes_gpu=after.get("size_vram"))
         rows = sampler.stop() if sampler else None
         meta.update(background(rows or []))
+        if sampler:
+            meta["energy_unmeasured"] = sampler.energy_unmeasured
         if guard:
             meta["guard"] = guard.summary()
         store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta, records,

@@ -3,8 +3,9 @@ raw rows. The sweep reads them to decide whether a cell needs another trial, and
 report to draw every figure.
 
 The definitions are written once, for readers, on the methodology page (methodology.qmd,
-"How time is taken"): TTFT, per-user decode speed, aggregate throughput, inter-token latency; here
-they are code. Percentiles interpolate linearly between ranks (numpy's default).
+"How time is taken"): TTFT, time to the first answer token, reasoning tokens, per-user decode
+speed, aggregate throughput, inter-token latency; here they are code. Percentiles interpolate
+linearly between ranks (numpy's default).
 
 Every function takes a DataFrame or a LazyFrame (speed.scan_requests: the store scanned, not
 read), so the sweep, the pages and the tests share one definition; trial_summary collects only
@@ -62,6 +63,11 @@ def with_latencies(requests: Frame) -> Frame:
     span = pl.col("last_token_ns") - pl.col("first_token_ns")
     return requests.with_columns(
         ttft_ms=(pl.col("first_token_ns") - pl.col("sent_ns")) / NS_PER_MS,
+        # a reasoning model's wait for its answer: equal to ttft_ms for any other model; null before schema 9
+        ttft_answer_ms=(pl.col("first_answer_ns") - pl.col("sent_ns")) / NS_PER_MS,
+        # the server's count where its usage splits reasoning out, else the client's reasoning chunks
+        reasoning_tokens=pl.coalesce("server_reasoning_tokens", "reasoning_chunks"),
+        answer_tokens=pl.col("completion_tokens") - pl.coalesce("server_reasoning_tokens", "reasoning_chunks"),
         e2e_ms=(pl.col("end_ns") - pl.col("sent_ns")) / NS_PER_MS,
         queue_ms=(pl.col("sent_ns") - pl.col("scheduled_ns")) / NS_PER_MS,
         # time per output token after the first (vLLM's TPOT), from the client's own stamps

@@ -77,7 +77,8 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
         usage = event.get("usage")
         if usage:
             rec.prompt_tokens = usage.get("prompt_tokens")
-            rec.completion_tokens = usage.get("completion_tokens")
+            rec.completion_tokens = usage.get("completion_tokens")  # reasoning tokens included
+            rec.server_reasoning_tokens = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
         if "timings" in event:  # llama.cpp's own per-request figures
             rec.server_timings = event["timings"]
     return finished
@@ -106,9 +107,11 @@ def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: st
         if "error" in obj:
             rec.error, finished = str(obj["error"])[:500], True
             continue
-        text = obj.get("response", "") if api == "completions" else (obj.get("message") or {}).get("content", "")
-        if not text and (obj.get("message") or {}).get("thinking"):
-            kind, text = REASONING, obj["message"]["thinking"]
+        # a thinking model's reasoning: "thinking" beside "response" (/api/generate) or "content" (/api/chat)
+        part = obj if api == "completions" else (obj.get("message") or {})
+        text = part.get("response" if api == "completions" else "content") or ""
+        if not text and part.get("thinking"):
+            kind, text = REASONING, part["thinking"]
         else:
             kind = CONTENT if text else EMPTY
         rec.chunks.append((arrival_ns, kind, len(text)))

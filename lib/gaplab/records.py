@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 # Chunk kinds stored in the chunks table.
 ROLE, CONTENT, REASONING, TOOL, EMPTY, USAGE = "role", "content", "reasoning", "tool", "empty", "usage"
 TOKEN_KINDS = (CONTENT, REASONING, TOOL)
+ANSWER_KINDS = (CONTENT, TOOL)  # output that is not the model's reasoning
 
 
 @dataclass
@@ -27,6 +28,8 @@ class RequestRecord:
     error: str | None = None
     output_chars: int = 0
     server_timings: dict | None = None
+    # the server's own count of reasoning tokens (usage.completion_tokens_details), where it gives one
+    server_reasoning_tokens: int | None = None
     # (arrival_ns, kind, n_chars) per SSE event, in arrival order
     chunks: list[tuple[int, str, int]] = field(default_factory=list)
     # what the workload asked for (workload.Request): the server's usage says what it saw
@@ -38,6 +41,17 @@ class RequestRecord:
     def token_chunks(self) -> int:
         """Chunks that carried output (TOKEN_KINDS), whatever the server's own count says."""
         return sum(1 for c in self.chunks if c[1] in TOKEN_KINDS)
+
+    @property
+    def first_answer_ns(self) -> int | None:
+        """Arrival of the first answer chunk (ANSWER_KINDS): first_token_ns is that of any output
+        chunk, reasoning included, so the two differ only for a reasoning model."""
+        return next((c[0] for c in self.chunks if c[1] in ANSWER_KINDS), None)
+
+    @property
+    def reasoning_chunks(self) -> int:
+        """Chunks that carried reasoning text: the client's count of reasoning tokens."""
+        return sum(1 for c in self.chunks if c[1] == REASONING)
 
     @property
     def max_gap_ns(self) -> int | None:

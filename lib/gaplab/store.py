@@ -64,6 +64,10 @@ REQUESTS = pa.schema(list(IDENTITY) + [
     ("server_load_ms", pa.float64()), ("server_total_ms", pa.float64()),
     ("target_prompt_tokens", pa.int32()), ("target_output_tokens", pa.int32()), ("tag", pa.string()),
     ("max_gap_ns", pa.int64()),
+    # schema 9: reasoning models. first_token_ns is the first output chunk of any kind (reasoning
+    # included); first_answer_ns the first that is not reasoning. Reasoning tokens as the client counted
+    # chunks, and as the server's usage says where it does (completion_tokens includes them).
+    ("first_answer_ns", pa.int64()), ("reasoning_chunks", pa.int32()), ("server_reasoning_tokens", pa.int32()),
 ])
 
 CHUNKS = pa.schema(list(IDENTITY) + [
@@ -92,6 +96,8 @@ RUNS = pa.schema(list(IDENTITY) + [
     # schema 8: when the model was loaded (after healthy where the first request loads it: Ollama),
     # and the inference engine under the runtime (Ollama runs llama.cpp)
     ("server_loaded_ns", pa.int64()), ("engine_version", pa.string()),
+    # schema 9: why the CPU package's energy was not read (telemetry.Rapl); null where it was
+    ("energy_unmeasured", pa.string()),
     ("meta_json", pa.string()),
 ])
 
@@ -111,7 +117,8 @@ ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target
          5: {"weight_bytes", "kv_bytes_per_token"},
          6: {"device"},
          7: {"rate", "workload_kind", "target_prompt_tokens", "target_output_tokens", "tag", "max_gap_ns"},
-         8: {"server_loaded_ns", "engine_version"}}
+         8: {"server_loaded_ns", "engine_version"},
+         9: {"first_answer_ns", "reasoning_chunks", "server_reasoning_tokens", "energy_unmeasured"}}
 
 
 def schema_for(name: str, version: int) -> pa.Schema:
@@ -154,7 +161,8 @@ def _request_row(rec: RequestRecord) -> dict:
         "output_chars": rec.output_chars, "finish_reason": rec.finish_reason,
         "http_status": rec.http_status, "error": rec.error, **server_figures(rec.server_timings),
         "target_prompt_tokens": rec.target_prompt_tokens, "target_output_tokens": rec.target_output_tokens,
-        "tag": rec.tag, "max_gap_ns": rec.max_gap_ns,
+        "tag": rec.tag, "max_gap_ns": rec.max_gap_ns, "first_answer_ns": rec.first_answer_ns,
+        "reasoning_chunks": rec.reasoning_chunks, "server_reasoning_tokens": rec.server_reasoning_tokens,
     }
 
 

@@ -8,17 +8,20 @@ Every `interval` seconds a background thread records, as long-format rows
 - the server process's CPU (% of one core) and resident memory, with its children (psutil);
 - the whole machine's busy and stolen cores and the client process's CPU, so `background`
   can tell how much other work ran beside the trial;
-- GPU utilization and memory through NVML, when a GPU and pynvml are there.
-Nothing fails when a source is missing: it simply has no rows.
+- GPU utilization and memory through NVML, when a GPU and pynvml are there;
+- the CPU packages' energy through RAPL (Linux powercap), where its counters can be read.
+Nothing fails when a source is missing: it simply has no rows (and for energy, a reason).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
@@ -68,11 +71,57 @@ class _Nvml:
         return out
 
 
+POWERCAP = Path("/sys/class/powercap")
+
+
+class Rapl:
+    """Energy of each CPU package since the sampler started, from its RAPL counter under the powercap
+    root (`intel-rapl:N`, AMD's included; its sub-zones `intel-rapl:N:M` are parts of a package). A
+    counter runs up to max_energy_range_uj and starts again from 0: a reading below the last one has
+    wrapped (once: at a few hundred watts a wrap takes minutes, a sample half a second). `unmeasured`
+    says why nothing is read, or None."""
+
+    def __init__(self, root: Path = POWERCAP):
+        self.zones: list[tuple[str, Path, int]] = []  # (labels, energy_uj file, wrap range)
+        self.unmeasured: str | None = None
+        self._last: list[int] = []
+        self._joules: list[float] = []
+        try:
+            dirs = sorted(d for d in root.glob("intel-rapl:*") if re.fullmatch(r"intel-rapl:\d+", d.name))
+            if not dirs:
+                self.unmeasured = (f"{root} does not exist" if not root.is_dir() else f"{root} has no RAPL package")
+                self.unmeasured += " (no RAPL driver for this CPU; a virtual machine usually exposes none)"
+                return
+            for d in dirs:
+                label = json.dumps({"zone": d.name, "package": (d / "name").read_text().strip()})
+                self.zones.append((label, d / "energy_uj", int((d / "max_energy_range_uj").read_text())))
+            self._last = [int(f.read_text()) for _, f, _ in self.zones]
+        except (OSError, ValueError) as exc:
+            hint = " (Linux lets only root read it since 5.10)" if isinstance(exc, PermissionError) else ""
+            self.zones, self.unmeasured = [], f"{exc if isinstance(exc, OSError) else f'{root}: {exc}'}{hint}"
+            return
+        self._joules = [0.0] * len(self.zones)
+
+    def rows(self) -> list[tuple[str, str, float]]:
+        """(energy_j, labels, joules since the start) per package; none from a counter that failed to read."""
+        out = []
+        for i, (label, path, span) in enumerate(self.zones):
+            try:
+                now = int(path.read_text())
+            except (OSError, ValueError):
+                continue
+            step = now - self._last[i]
+            self._joules[i] += (step + span if step < 0 else step) / 1e6
+            self._last[i] = now
+            out.append(("energy_j", label, self._joules[i]))
+        return out
+
+
 class Sampler:
     """Samples in a thread from start() to stop(); rows() returns what it saw."""
 
     def __init__(self, metrics_url: str | None = None, slots_url: str | None = None, pid: int | None = None,
-                 interval: float = DEFAULT_INTERVAL):
+                 interval: float = DEFAULT_INTERVAL, powercap: Path = POWERCAP):
         self.metrics_url, self.slots_url, self.interval = metrics_url, slots_url, interval
         self.proc = None
         if pid:
@@ -87,6 +136,12 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gaplab-telemetry", daemon=True)
         self._gpu = _Nvml()
+        self._rapl = Rapl(powercap)
+
+    @property
+    def energy_unmeasured(self) -> str | None:
+        """Why the CPU packages' energy is not sampled (the run stores it); None where it is."""
+        return self._rapl.unmeasured
 
     def __enter__(self) -> "Sampler":
         self.start()
@@ -153,6 +208,7 @@ class Sampler:
             self._add(t_ns, "process", [("cpu_pct", "", cpu), ("rss_bytes", "", rss)])
         self._add(t_ns, "host", self._host_rows())
         self._add(t_ns, "gpu", self._gpu.rows())
+        self._add(t_ns, "rapl", self._rapl.rows())
 
     def _host_rows(self) -> list[tuple[str, str, float]]:
         """Busy and stolen cores of the whole machine since the last sample, and the client's CPU."""

@@ -14,7 +14,7 @@ from conftest import write_scenario
 from gaplab import store
 from gaplab.report import telemetry
 from gaplab.measure import run_cell
-from gaplab.telemetry import Sampler, background, prometheus_rows
+from gaplab.telemetry import Rapl, Sampler, background, prometheus_rows
 
 pytestmark = pytest.mark.slow
 INTERVAL = 0.2
@@ -52,6 +52,21 @@ def test_trials_store_the_other_work_beside_them(run):
     row = store.read_run(raw, run_id, "run").row(0, named=True)
     assert row["other_cores"] is not None and row["other_cores"] >= 0
     assert row["steal_cores"] is not None and row["steal_cores"] >= 0
+
+
+def test_trials_store_package_energy_or_why_not(run):
+    """This machine's answer either way: joules that only grow, or the reason the counters
+    could not be read (here, a VM with no /sys/class/powercap)."""
+    raw, run_id = run
+    why = Rapl().unmeasured
+    row = store.read_run(raw, run_id, "run").row(0, named=True)
+    joules = store.read_run(raw, run_id, "telemetry").filter(pl.col("source") == "rapl")
+    assert row["energy_unmeasured"] == why
+    if why is None:
+        per_zone = joules.sort("t_ns").group_by("labels").agg(pl.col("value"))
+        assert all(v[0] >= 0 and v == sorted(v) and v[-1] > v[0] for v in per_zone["value"].to_list())
+    else:
+        assert joules.is_empty()
 
 
 def _other_cores(server_pid: int) -> float:

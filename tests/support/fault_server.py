@@ -4,9 +4,10 @@ client records every way a stream goes wrong. OpenAI-style SSE on any path; Olla
 NDJSON on /api/chat and /api/generate.
 
 A normal stream is a role-only chunk, TOKENS tokens, a finish_reason chunk, a usage chunk
-and `data: [DONE]`; a cut stream stops after CUT_AFTER tokens. Faults ending in
-`-length` frame the body with content-length, `-close` with nothing (the close ends it),
-the others with chunked encoding.
+and `data: [DONE]`; a cut stream stops after CUT_AFTER tokens. A reasoning model's stream
+(REASONING) sends THOUGHTS reasoning chunks first, then waits THINK_PAUSE_S before its TOKENS
+answer tokens. Faults ending in `-length` frame the body with content-length, `-close` with
+nothing (the close ends it), the others with chunked encoding.
 
 In a test: `server = await start()`, then `server.sockets[0].getsockname()[1]` is the port.
 By hand: python fault_server.py PORT
@@ -30,6 +31,11 @@ import sys
 import threading
 
 TOKENS, CUT_AFTER, SLOW_HEADERS_S = 5, 3, 0.3
+THOUGHTS, THINK_PAUSE_S = 4, 0.25
+# reasoning streams -> how the server marks reasoning: vLLM's and llama.cpp's reasoning_content (this
+# server's usage then counts 2 tokens a chunk, as one that batches its stream would), newer vLLM's
+# and OpenRouter's `reasoning` (no count in its usage), Ollama's `thinking`
+REASONING = {"reasoning": "reasoning_content", "reasoning-field": "reasoning", "ollama-thinking": "thinking"}
 
 # fault -> the error the client must record (None: no error); "{n}" is a token count.
 FAULTS = {
@@ -47,6 +53,7 @@ FAULTS = {
     "ollama-ok": None, "ollama-truncated": "truncated after 3 tokens", "ollama-error": "model runner crashed",
     # tokens until the client gives up: one that asked for TOKENS cuts it at 2 x TOKENS + 16 events
     "endless": "server ignored the output length: ", "ollama-endless": "server ignored the output length: ",
+    **dict.fromkeys(REASONING),
 }
 
 
@@ -54,7 +61,7 @@ def sse(obj) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def openai_events(fault: str) -> list[bytes]:
+def openai_events(fault: str) -> list[bytes | None]:
     base = {"id": "f", "object": "chat.completion.chunk", "model": "fake"}
     token = sse({**base, "choices": [{"index": 0, "delta": {"content": " tok"}}]})
     events = [sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})]
@@ -62,6 +69,15 @@ def openai_events(fault: str) -> list[bytes]:
     events += [sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}),
                sse({**base, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": TOKENS}}),
                b"data: [DONE]\n\n"]
+    if fault in REASONING:
+        usage = {"prompt_tokens": 4, "completion_tokens": TOKENS + THOUGHTS}
+        if fault == "reasoning":
+            usage.update(completion_tokens=TOKENS + 2 * THOUGHTS,
+                         completion_tokens_details={"reasoning_tokens": 2 * THOUGHTS})
+        thought = sse({**base, "choices": [{"index": 0, "delta": {REASONING[fault]: " hmm"}}]})
+        answer = events[1:-2]  # the tokens and the finish chunk, after a pause (None)
+        events = [events[0], *[thought] * THOUGHTS, None, *answer, sse({**base, "choices": [], "usage": usage}),
+                  events[-1]]
     if fault == "malformed":
         events.insert(2, b'data: {"choices": [{"delta": {"content": "x"\n\n')
     if fault == "error-event":  # vLLM and llama.cpp send an error as a data event, mid-stream
@@ -70,13 +86,21 @@ def openai_events(fault: str) -> list[bytes]:
     return events
 
 
-def ollama_lines(fault: str) -> list[bytes]:
-    line = {"model": "fake", "message": {"role": "assistant", "content": " tok"}, "done": False}
-    done = {"model": "fake", "message": {"role": "assistant", "content": ""}, "done": True,
-            "done_reason": "length", "prompt_eval_count": 4, "eval_count": TOKENS, "eval_duration": 1000}
+def ollama_lines(fault: str, generate: bool = False) -> list[bytes | None]:
+    """generate: /api/generate's lines ("response", "thinking" at the top), else /api/chat's.
+    None: a pause (THINK_PAUSE_S), as in openai_events."""
+    def say(text: str, key: str = "content", **more) -> bytes:
+        part = {"response" if key == "content" else key: text} if generate else {
+            "message": {"role": "assistant", key: text}}
+        return json.dumps({"model": "fake", **part, **more}).encode() + b"\n"
+
+    line = say(" tok", done=False)
+    thoughts = THOUGHTS if fault in REASONING else 0
+    done = say("", done=True, done_reason="length", prompt_eval_count=4, eval_count=TOKENS + thoughts,
+               eval_duration=1000)
     if fault == "ollama-error":  # Ollama ends a failed stream with an error line, no done line
-        return [json.dumps(line).encode() + b"\n", b'{"error":"model runner crashed"}\n']
-    return [json.dumps(line).encode() + b"\n"] * TOKENS + [json.dumps(done).encode() + b"\n"]
+        return [line, b'{"error":"model runner crashed"}\n']
+    return [say(" hmm", "thinking", done=False)] * thoughts + [None] * bool(thoughts) + [line] * TOKENS + [done]
 
 
 def frame(data: bytes) -> bytes:
@@ -110,7 +134,7 @@ async def respond(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, fa
     if fault.endswith("endless"):
         await endless(writer, ollama)
         return
-    pieces = ollama_lines(fault) if ollama else openai_events(fault)
+    pieces = ollama_lines(fault, path.endswith("/generate")) if ollama else openai_events(fault)
     cut = fault.removeprefix("ollama-").startswith(("reset", "truncated"))
     sent = pieces[:CUT_AFTER + (0 if ollama else 1)] if cut else pieces  # + the role chunk
     framing = fault.rsplit("-", 1)[1] if fault.endswith(("-length", "-close")) else "chunked"
@@ -122,6 +146,9 @@ async def respond(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, fa
         head += b"Content-Length: %d\r\n" % sum(map(len, pieces))
     writer.write(head + b"\r\n")
     for piece in sent:
+        if piece is None:  # a reasoning model done thinking: its answer starts later
+            await asyncio.sleep(THINK_PAUSE_S)
+            continue
         writer.write(frame(piece) if framing == "chunked" else piece)
         await writer.drain()
         await asyncio.sleep(0.002)  # separate reads, like a real stream
