@@ -27,10 +27,6 @@ from gaplab.report import claims, speed  # noqa: E402
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 
 
-def halfwidths(rows: pl.DataFrame) -> pl.Series:
-    return (pl.col("ratio_hi") - pl.col("ratio_lo")) / 2 / pl.col("ratio")
-
-
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -50,10 +46,10 @@ def compare(trials: pl.DataFrame) -> None:
         made[way] = (claims.claims_table(trials, paired=paired)
                      .filter(pl.col("kind").is_in(["faster", "scales"]) & pl.col("ratio_lo").is_not_null())
                      .with_columns(half=(pl.col("ratio_hi") - pl.col("ratio_lo")) / 2 / pl.col("ratio")))
-    both = made["paired"].join(made["unpaired"].select("claim_id", "kind", "users_b"), on=["claim_id", "kind", "users_b"])
-    keep = both.select("claim_id", "kind", "users_b")
-    rows = {w: f.join(keep, on=["claim_id", "kind", "users_b"]) for w, f in made.items()}
-    pairable = rows["paired"].filter(pl.col("interval_method") == "paired").select("claim_id", "kind", "users_b")
+    key = ["claim_id", "kind", "users_b"]  # a claim id with its kind and lower level names one comparison
+    keep = made["paired"].select(key).join(made["unpaired"].select(key), on=key)
+    rows = {w: f.join(keep, on=key) for w, f in made.items()}
+    pairable = rows["paired"].filter(pl.col("interval_method") == "paired").select(key)
     print(f" {rows['paired'].height} comparisons with an interval; {pairable.height} of them paired by round")
     if rows["paired"].is_empty():
         return
@@ -63,7 +59,7 @@ def compare(trials: pl.DataFrame) -> None:
     if pairable.height:
         print(" the comparisons the report pairs:")
         for way in ("paired", "unpaired"):
-            print(summary(way, rows[way].join(pairable, on=["claim_id", "kind", "users_b"])))
+            print(summary(way, rows[way].join(pairable, on=key)))
     for way in ("paired", "unpaired"):
         counts = rows[way].group_by("verdict").len().sort("verdict")
         print(f"  verdicts {way}: " + ", ".join(f"{v} {n}" for v, n in counts.iter_rows()))

@@ -40,6 +40,7 @@ from scipy import stats as st
 LEVEL = 0.95
 MARGIN = 0.05  # the equivalence margin: ratios within [1/1.05, 1.05] are "the same within 5%"
 UNDECIDED = "undecided"
+SAME = "the same within"  # how an equivalence verdict begins; same_text gives the margin
 DIRECTIONS = ("A better", "B better")
 
 
@@ -201,7 +202,7 @@ def difference_interval(a, b) -> Interval | None:
 
 def same_text(margin: float = MARGIN) -> str:
     """The equivalence verdict, as claims state it."""
-    return f"the same within {margin * 100:g}%"
+    return f"{SAME} {margin * 100:g}%"
 
 
 def verdict(ratio: Interval | None, higher_is_better: bool = True, margin: float = MARGIN) -> str:
@@ -219,4 +220,4 @@ def verdict(ratio: Interval | None, higher_is_better: bool = True, margin: float
 
 def is_same(verdict_text: str | None) -> bool:
     """Whether a verdict is an equivalence (any margin)."""
-    return bool(verdict_text) and verdict_text.startswith("the same within")
+    return bool(verdict_text) and verdict_text.startswith(SAME)

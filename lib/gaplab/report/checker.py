@@ -166,12 +166,11 @@ def _oriented(rows: pl.DataFrame, configs_a: set, configs_b: set):
     (row, a's config, b's config, whether a was better: True, False (b better, or the two the
     same within the margin), or None for no direction)."""
     for r in rows.iter_rows(named=True):
+        same = stats.is_same(r["verdict"])
         if r["a"] in configs_a and r["b"] in configs_b:
-            yield r, r["a"], r["b"], False if stats.is_same(r["verdict"]) else {"A better": True, "B better": False}.get(
-                r["verdict"])
+            yield r, r["a"], r["b"], False if same else {"A better": True, "B better": False}.get(r["verdict"])
         elif r["b"] in configs_a and r["a"] in configs_b:
-            yield r, r["b"], r["a"], False if stats.is_same(r["verdict"]) else {"B better": True, "A better": False}.get(
-                r["verdict"])
+            yield r, r["b"], r["a"], False if same else {"B better": True, "A better": False}.get(r["verdict"])
 
 
 def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: set, users: int) -> Verdict:

@@ -86,9 +86,8 @@ def compare(kind: str, model: str, workload: str, metric: str, a: str, b: str, u
     return {"claim_id": f"{kind}|{model}|{workload}|{metric}|{a}|{b}|{users}", "kind": kind, "model": model,
             "workload": workload, "metric": metric, "users": users, "users_b": users_b, "a": a, "b": b,
             "across_kinds": across, "value_a": ia.estimate, "value_b": ib.estimate, "ratio": ratio.estimate,
-            "ratio_lo": ratio.lo, "ratio_hi": ratio.hi,
-            "interval_method": "paired" if paired else "unpaired", "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict,
-            "statement": verdict}
+            "ratio_lo": ratio.lo, "ratio_hi": ratio.hi, "interval_method": "paired" if paired else "unpaired",
+            "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict, "statement": verdict}
 
 
 def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
@@ -207,7 +206,7 @@ def stated(claims: pl.DataFrame) -> pl.DataFrame:
 
 def decided(claims: pl.DataFrame) -> pl.DataFrame:
     """The claims that state a finding: a direction, or the same within the margin."""
-    return claims.filter(pl.col("verdict").is_in(STATED) | pl.col("verdict").str.starts_with("the same within"))
+    return claims.filter(pl.col("verdict").is_in(STATED) | pl.col("verdict").str.starts_with(stats.SAME))
 
 
 def render(claims: pl.DataFrame, kind: str, metric: str | None = None, model: str | None = None,
