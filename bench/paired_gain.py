@@ -3,12 +3,12 @@ unpaired on the same data.
 
     .venv/bin/python bench/paired_gain.py [DATA_DIR] [--machine ID]     (default: data/raw, every machine)
 
-For each machine's matrix trials (as notebooks/20 reads them), the claims table is made twice:
-as the report makes it (paired where both sides share 2 or more sweep rounds, stats.py) and
-with every interval unpaired (Welch on the logs, pooled spreads). Over the comparisons it
-makes (faster and scales rows with an interval both ways), prints the median and p90 ratio
-half-width each way, over all of them and over those the report pairs, and the share decided
-each way: a direction, or the same within the equivalence margin.
+For each machine's matrix trials (as notebooks/20 reads them), the claims table is made twice,
+both with the runs' equivalence margin: as the report makes it (paired where both sides share
+2 or more sweep rounds, stats.py) and with every interval unpaired (Welch on the logs, pooled
+spreads). Over the comparisons it makes (faster and scales rows with an interval both ways),
+prints the median and p90 ratio half-width each way, over all of them and over those the
+report pairs, and the share decided each way: a direction, or the same within the margin.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ def summary(name: str, rows: pl.DataFrame) -> str:
             f"decided {decided}/{n} = {decided / n:.0%}")
 
 
-def compare(trials: pl.DataFrame) -> None:
+def compare(trials: pl.DataFrame, margin: float) -> None:
     made = {}
     for way, paired in (("paired", True), ("unpaired", False)):
-        made[way] = (claims.claims_table(trials, paired=paired)
+        made[way] = (claims.claims_table(trials, margin=margin, paired=paired)
                      .filter(pl.col("kind").is_in(["faster", "scales"]) & pl.col("ratio_lo").is_not_null())
                      .with_columns(half=(pl.col("ratio_hi") - pl.col("ratio_lo")) / 2 / pl.col("ratio")))
     key = ["claim_id", "kind", "users_b"]  # a claim id with its kind and lower level names one comparison
@@ -78,7 +78,7 @@ def main() -> None:
             continue
         trials = metrics.trial_summary(req)
         print(f"machine {machine}: {trials.height} trials in {trials['cell_key'].n_unique()} cells")
-        compare(trials)
+        compare(trials, speed.equivalence_margin(args.data, machine))
 
 
 if __name__ == "__main__":
