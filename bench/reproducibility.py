@@ -6,8 +6,8 @@ Prints, for the cells both hold (same cell key):
 - how far their estimates differ (median, p90 and max of |B - A| / A) per headline metric;
 - the share of cells whose two 95% intervals overlap, per metric;
 - the share of the claims that A states (an interval that excludes parity) which B states
-  the same way; a claim that B finds "no measurable difference", or that B lacks, counts
-  as a disagreement; the same from B's side; and the disagreements themselves;
+  the same way; a claim that B finds "undecided" or "the same within 5%", or that B lacks,
+  counts as a disagreement; the same from B's side; and the disagreements themselves;
 - the median ratio B / A per metric, and the overlap once B is divided by it: a machine that
   ran uniformly slower during one sweep (shared hosts do) moves every cell the same way,
   which no interval from one sweep can foresee, while the comparisons within a sweep hold;

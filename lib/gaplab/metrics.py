@@ -36,6 +36,19 @@ def with_run_keys(frame: Frame) -> Frame:
                               series_id=pl.coalesce("series_id", "run_id"), trial=pl.coalesce("trial", pl.lit(1)))
 
 
+def with_round(trials: pl.DataFrame) -> pl.DataFrame:
+    """trial_summary rows with `round`: the sweep round each trial was measured in, as the store
+    tells it. A sweep gives every cell it starts a series (series_id: the sweep's start time, then
+    a random part) and one trial a round, so trial k of the cells whose series began together
+    ran in round k. A sweep resumed after a kill can shift a cell by a round: such a pair shares
+    less drift, which widens a paired interval but does not bias it. Rows without a series key
+    their round by trial alone."""
+    if "series_id" not in trials.columns:
+        return trials.with_columns(round=pl.col("trial").cast(pl.String))
+    return trials.with_columns(round=pl.concat_str(pl.col("series_id").str.slice(0, 16), pl.lit(":"),
+                                                   pl.col("trial").cast(pl.String)))
+
+
 STUDIES = ("matrix", "workloads")
 
 

@@ -195,7 +195,8 @@ class LoadSpec(Strict):
     interleaved in rounds; a cell gets at least `trials` of them, and more, up to
     `max_trials`, until the 95% interval of its aggregate tok/s is within `precision` of the
     estimate or its measured time reaches `max_cell_seconds`, and only while the sweep has
-    run less than `max_sweep_seconds`.
+    run less than `max_sweep_seconds`. The report states two configurations the same where the
+    95% interval of their ratio lies within `equivalence_margin` (the runs store it).
     """
 
     concurrency: list[int] = []
@@ -213,6 +214,8 @@ class LoadSpec(Strict):
     max_trials: int = Field(6, ge=1, le=100, description="trials per cell, at most")
     precision: float = Field(0.05, ge=0, lt=1, description="target 95%-interval half-width of aggregate "
                              "tok/s, as a fraction of the estimate (0: exactly `trials` trials)")
+    equivalence_margin: float = Field(0.05, gt=0, lt=1, description="a comparison whose 95% interval of the "
+                                      "ratio lies within [1/(1+m), 1+m] is stated as the same within m (stats.py)")
     max_cell_seconds: float = Field(90.0, gt=0, description="cap on a cell's measured time over its trials")
     max_sweep_seconds: float | None = Field(None, gt=0, description="trials beyond `trials` start only while "
                                             "the sweep has run less than this long (none: no limit)")

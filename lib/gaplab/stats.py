@@ -13,7 +13,19 @@ interval is taken over trial-level values.
 - 95% interval of the estimate: Student's t (scipy.stats.t) with that spread; with no
   pool it is the cell's own t interval, wide for few trials, as it should be;
 - ratio of two cells: the ratio of their geometric means, with a Welch t interval on
-  the difference of the log values, each side's spread chosen as above, exponentiated.
+  the difference of the log values, each side's spread chosen as above, exponentiated;
+- paired ratio: where a and b were measured in the same sweep rounds, a round's drift moves
+  both sides alike, so the ratio is taken from the per-round log ratios instead (a paired t
+  with one degree of freedom fewer than the rounds in common): the drift cancels in each
+  ratio rather than widening both sides' spreads. Rounds that only one side has are left out.
+  Its spread, like a cell's, is the larger of its own and a pooled one: each runtime's
+  trial-to-trial spread once every round's drift is fitted out (round_pool: cells and rounds
+  as blocks of a two-way model), with the pooled degrees of freedom;
+- verdict: a direction where the interval excludes 1; "the same within 5%" (the equivalence
+  margin, MARGIN unless a scenario sets load.equivalence_margin) where it lies wholly inside
+  [1/(1+m), 1+m], symmetric on the log scale so that a/b and b/a get the same verdict, even if
+  it also excludes 1 (a gap smaller than the margin is not one the report calls a difference);
+  "undecided" where it straddles the margin.
 With one trial there is no interval: the figure is shown as "1 trial, no interval".
 """
 
@@ -26,6 +38,10 @@ import numpy as np
 from scipy import stats as st
 
 LEVEL = 0.95
+MARGIN = 0.05  # the equivalence margin: ratios within [1/1.05, 1.05] are "the same within 5%"
+UNDECIDED = "undecided"
+SAME = "the same within"  # how an equivalence verdict begins; same_text gives the margin
+DIRECTIONS = ("A better", "B better")
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,56 @@ def ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None)
     return Interval(math.exp(diff), math.exp(diff - half), math.exp(diff + half), se, min(la.size, lb.size))
 
 
+def round_pool(cells) -> Pool | None:
+    """The trial-to-trial spread left once each round's drift is taken out: cells is a list of
+    {round: value} (a runtime's cells), fitted as log value = cell + round + noise by least
+    squares; the residual sd of the log values, with N - rank degrees of freedom."""
+    logs = [{r: math.log(v) for r, v in c.items() if v is not None and v > 0 and math.isfinite(v)} for c in cells]
+    logs = [c for c in logs if c]
+    rounds = sorted({r for c in logs for r in c})
+    n = sum(len(c) for c in logs)
+    if not n:
+        return None
+    x = np.zeros((n, len(logs) + len(rounds)))
+    y = np.zeros(n)
+    at = {r: len(logs) + k for k, r in enumerate(rounds)}
+    i = 0
+    for k, c in enumerate(logs):
+        for r, v in c.items():
+            x[i, k] = x[i, at[r]] = 1.0
+            y[i] = v
+            i += 1
+    fit, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    df = n - int(rank)
+    if df <= 0:
+        return None
+    return Pool(math.sqrt(float(((y - x @ fit) ** 2).sum()) / df), df)
+
+
+def paired_ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None) -> Interval | None:
+    """Ratio of a's values to b's from pairs (a's and b's value in one round): the geometric
+    mean of the per-round ratios, with a paired t 95% interval on the log ratios. With pools
+    (round_pool of each side's runtime) the spread of a log ratio is the larger of its own and
+    the pools' (sqrt(sd_a² + sd_b²)), with the pools' degrees of freedom (Welch-Satterthwaite),
+    as ratio_interval does for unpaired sides."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    d = np.asarray([math.log(x) - math.log(y) for x, y in pairs if x > 0 and y > 0
+                    and math.isfinite(x) and math.isfinite(y)], dtype=float)
+    if d.size == 0:
+        return None
+    m = float(d.mean())
+    if d.size < 2:
+        return Interval(math.exp(m), None, None, None, 1)
+    sd, df = float(d.std(ddof=1)), d.size - 1
+    if pool_a is not None and pool_b is not None:
+        va, vb = pool_a.log_sd ** 2, pool_b.log_sd ** 2
+        if va + vb > 0:
+            sd, df = max(sd, math.sqrt(va + vb)), (va + vb) ** 2 / (va ** 2 / pool_a.df + vb ** 2 / pool_b.df)
+    se = sd / math.sqrt(d.size)
+    half = float(st.t.ppf(0.5 + LEVEL / 2, df)) * se
+    return Interval(math.exp(m), math.exp(m - half), math.exp(m + half), se, int(d.size))
+
+
 def difference_interval(a, b) -> Interval | None:
     """Mean of b's values minus mean of a's, with a Welch 95% t interval: for parts of a
     latency, which can be near zero, so a ratio of logs does not fit them."""
@@ -134,12 +200,24 @@ def difference_interval(a, b) -> Interval | None:
     return Interval(diff, diff - half, diff + half, se, min(xa.size, xb.size))
 
 
-def verdict(ratio: Interval | None, higher_is_better: bool = True) -> str:
-    """'A better', 'B better' or 'no measurable difference' (the interval holds 1), or
-    'no interval' when a side has a single trial."""
+def same_text(margin: float = MARGIN) -> str:
+    """The equivalence verdict, as claims state it."""
+    return f"{SAME} {margin * 100:g}%"
+
+
+def verdict(ratio: Interval | None, higher_is_better: bool = True, margin: float = MARGIN) -> str:
+    """'the same within 5%' (the interval inside the margin), 'A better' or 'B better' (it
+    excludes 1), else 'undecided'; 'no interval' when a side has a single trial."""
     if ratio is None or ratio.lo is None:
         return "no interval"
+    if 1 / (1 + margin) <= ratio.lo and ratio.hi <= 1 + margin:
+        return same_text(margin)
     if ratio.lo > 1 or ratio.hi < 1:
         a_higher = ratio.lo > 1
         return "A better" if a_higher == higher_is_better else "B better"
-    return "no measurable difference"
+    return UNDECIDED
+
+
+def is_same(verdict_text: str | None) -> bool:
+    """Whether a verdict is an equivalence (any margin)."""
+    return bool(verdict_text) and verdict_text.startswith(SAME)

@@ -230,3 +230,22 @@ def test_a_claim_about_ollama_is_never_tested_on_a_stand_in(tmp_path):
 def test_a_bad_switch_claim_stops_in_one_line_naming_the_field(tmp_path, row, field):
     with pytest.raises(checker.ClaimsError, match="row 2: " + field.replace("(", r"\(")):
         claims(tmp_path, row)
+
+
+def test_two_servers_the_same_within_the_margin_make_a_faster_claim_fail(tmp_path):
+    # single and batch both decode 100 tok/s for one user: the same within 5%, so neither is faster
+    rows = claims(tmp_path, "a,s,src,single beats batch,faster,kind=llamacpp;slots=1,slots>1,per_user_tok_s,1,,")
+    got = checker.check(rows, SERVERS.filter(pl.col("runtime") != "vllm"), pl.DataFrame(), pl.DataFrame())
+    assert got["verdict"].to_list() == ["does not hold here"]
+    assert "the same within 5%" in got["evidence"][0]
+
+
+def test_a_threshold_claim_holds_where_its_interval_is_the_threshold_within_the_margin(tmp_path):
+    # single's total tok/s goes 90 -> 91 from 1 to 8 users: ×1.01, whose interval straddles ×1.0
+    mean = pl.col("aggregate_tok_s").mean().over("runtime", "concurrency")
+    calm = SERVERS.with_columns(aggregate_tok_s=mean + (pl.col("aggregate_tok_s") - mean) / 4)  # a 0.5% spread
+    rows = claims(tmp_path, "b,s,src,no gain at all,scales_at_most,kind=llamacpp;slots=1,,aggregate_tok_s,,1.0,")
+    got = checker.check(rows, calm, pl.DataFrame(), pl.DataFrame())
+    assert got["verdict"].to_list() == ["holds here"] and "the threshold within 5%" in got["evidence"][0]
+    narrow = checker.check(rows, calm, pl.DataFrame(), pl.DataFrame(), margin=0.001)
+    assert narrow["verdict"].to_list() == ["undecided here"]

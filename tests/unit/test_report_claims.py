@@ -29,8 +29,8 @@ def test_faster_rows_carry_ratio_interval_and_verdict():
     assert (row["a"], row["b"], row["verdict"]) == ("llamacpp-batch · Q4", "llamacpp-single · Q4", "A better")
     assert row["ratio_lo"] < row["ratio"] < row["ratio_hi"] and row["ratio_lo"] > 1
     at2 = c.filter((pl.col("kind") == "faster") & (pl.col("users") == 2) & (pl.col("metric") == "aggregate_tok_s"))
-    assert at2["verdict"].to_list() == ["no measurable difference"]
-    assert "no measurable difference" in at2["text"][0]
+    assert at2["verdict"].to_list() == ["undecided"]
+    assert "undecided" in at2["text"][0]
 
 
 def test_flip_and_overtake_are_stated_only_where_every_level_supports_them():
@@ -74,3 +74,45 @@ def test_a_comparison_over_two_llama_cpp_builds_names_both_engines():
     assert "Engines differ" not in by_pair[frozenset(("ollama-one · Q4", "vllm-cpu · Q4"))]
     same = claims.name_engines(c, {**engines, "llamacpp-one": engines["ollama-one"]})
     assert not same["text"].str.contains("Engines differ").any()
+
+
+def drifting(base_a: float, base_b: float, series: tuple[str, str] = ("20261207T140000Z-aaaaaa",) * 2) -> pl.DataFrame:
+    """Two configurations at 4 users over 5 rounds that move together (a shared drift), each
+    cell's series started by the sweep named in `series`."""
+    drift = [1.0, 1.3, 0.8, 1.15, 0.9]
+    noise = [[1.0, 0.99, 1.01, 1.0, 1.005], [1.005, 1.0, 0.99, 1.01, 1.0]]
+    rows = []
+    for k, (runtime, base) in enumerate((("llamacpp-batch", base_a), ("llamacpp-single", base_b))):
+        for t, (d, e) in enumerate(zip(drift, noise[k]), 1):
+            v = base * d * e
+            rows.append({"model": "m", "workload": "w", "runtime": runtime, "runtime_kind": "llamacpp", "quant": "Q4",
+                         "concurrency": 4, "series_id": series[k], "trial": t, "aggregate_tok_s": v,
+                         "ttft_p50_ms": 1000 / v})
+    return pl.DataFrame(rows)
+
+
+def faster_row(c: pl.DataFrame) -> dict:
+    return c.filter((pl.col("kind") == "faster") & (pl.col("metric") == "aggregate_tok_s")).row(0, named=True)
+
+
+def test_configurations_measured_in_the_same_rounds_are_compared_paired():
+    paired = faster_row(claims.claims_table(drifting(110, 100)))
+    assert (paired["interval_method"], paired["verdict"]) == ("paired", "A better")
+    assert paired["ratio_lo"] > 1.05
+    # the same values from two sweeps: no round in common, so the drift widens the interval
+    apart = faster_row(claims.claims_table(drifting(110, 100, ("20261207T140000Z-aaaaaa", "20261207T150000Z-bbbbbb"))))
+    assert (apart["interval_method"], apart["verdict"]) == ("unpaired", "undecided")
+    assert apart["ratio_hi"] - apart["ratio_lo"] > 5 * (paired["ratio_hi"] - paired["ratio_lo"])
+    forced = faster_row(claims.claims_table(drifting(110, 100), paired=False))
+    assert forced["interval_method"] == "unpaired" and forced["ratio_lo"] == apart["ratio_lo"]
+
+
+def test_a_difference_within_the_margin_is_stated_as_the_same():
+    row = faster_row(claims.claims_table(drifting(101, 100)))
+    assert row["verdict"] == row["statement"] == "the same within 5%"
+    assert 1 / 1.05 <= row["ratio_lo"] and row["ratio_hi"] <= 1.05
+    assert row["text"].endswith("the same within 5%.")
+    assert claims.decided(claims.claims_table(drifting(101, 100))).height == 2  # tok/s and TTFT
+    assert claims.stated(claims.claims_table(drifting(101, 100))).is_empty()
+    # a margin too narrow for the interval: undecided, since it holds 1
+    assert faster_row(claims.claims_table(drifting(101, 100), margin=0.005))["verdict"] == "undecided"

@@ -118,7 +118,7 @@ def test_pairs_take_the_largest_stated_gap_for_each_two_runtimes():
     claims = pl.DataFrame([row("x · Q4", "y · Q4", 0.5), row("x · F16", "y · F16", 0.2),
                            row("x · Q4", "y · Q4", 0.1, users=4),  # not at the most users
                            row("x · Q4", "z · B", 0.9, across=True),
-                           row("x · F16", "z · B", 0.05, verdict="no measurable difference", across=True),
+                           row("x · F16", "z · B", 0.05, verdict="undecided", across=True),
                            row("x · F16", "x · Q4", 0.3)])  # one runtime, two quants: not a runtime gap
     got = [(p["a"], p["b"]) for p in decompose.pairs(claims)]
     assert got == [("x · Q4", "z · B"), ("x · F16", "y · F16")]

@@ -134,3 +134,14 @@ def test_background_story_flags_trials_beside_other_work():
     busy = background_story([0.01, 0.02, 0.9])
     assert "1 trial(s)" in busy and "FORCE=1" in busy and "quiet." not in busy
     assert background_story([]) == ""
+
+
+def test_the_equivalence_margin_is_the_newest_runs_scenarios(tmp_path):
+    from gaplab import stats
+
+    _trial(tmp_path, 1, 10)  # stored before the setting existed
+    assert speed.equivalence_margin(tmp_path, "m-1") == stats.MARGIN
+    recs = [rec(0, 0, 100, 900, 1000, 5, 5)]
+    store.write_run(tmp_path, ident("20260101T000009Z-s19", series_id="s1", trial=2),
+                    {"status": "complete", "load": {"equivalence_margin": 0.1}}, recs)
+    assert speed.equivalence_margin(tmp_path, "m-1") == 0.1

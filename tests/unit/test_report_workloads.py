@@ -375,12 +375,12 @@ def test_a_switch_pair_gets_a_directional_claim_when_the_trials_clearly_differ(t
     assert agg["verdict"] == "A better" and agg["ratio_lo"] > 1
 
 
-def test_a_switch_pair_whose_trials_overlap_has_no_measurable_difference(tmp_path):
+def test_a_switch_pair_whose_trials_overlap_is_undecided(tmp_path):
     _pair(tmp_path, ttft_on=[200, 260, 230], ttft_off=[240, 210, 250])
     rows = workloads.claims(*frames(tmp_path))
     ttft = by(rows, metric="ttft_p50_ms")
-    assert ttft["verdict"] == "no measurable difference" and ttft["ratio_lo"] < 1 < ttft["ratio_hi"]
-    assert "no measurable difference" in ttft["text"] and "is better" not in ttft["text"]
+    assert ttft["verdict"] == "undecided" and ttft["ratio_lo"] < 1 < ttft["ratio_hi"]
+    assert "undecided" in ttft["text"] and "is better" not in ttft["text"]
 
 
 def test_long_prompt_mix_pairs_are_compared_on_short_requests(tmp_path):

@@ -80,6 +80,8 @@ def _error(mutate) -> str:
     (lambda d: d["load"].update(trials=4, max_trials=3), "load: max_trials: got 3; it must be at least trials (4)"),
     (lambda d: d["load"].update(precision=1.5), "load.precision: got 1.5; input should be less than 1"),
     (lambda d: d["load"].update(precision=-0.1), "load.precision: got -0.1"),
+    (lambda d: d["load"].update(equivalence_margin=0), "load.equivalence_margin: got 0; input should be greater than 0"),
+    (lambda d: d["load"].update(equivalence_margin=1.5), "load.equivalence_margin: got 1.5; input should be less than 1"),
     (lambda d: d["load"].update(max_cell_seconds=0), "load.max_cell_seconds: got 0"),
     (lambda d: d["load"].update(max_sweep_seconds=-5), "load.max_sweep_seconds: got -5"),
     (lambda d: d["load"].update(min_seconds=10, max_seconds=5), "max_seconds: got 5.0; it must be at least min_seconds"),

@@ -32,7 +32,7 @@ def test_ratio_interval_is_welch_on_logs():
 @pytest.mark.parametrize("a, b, higher, verdict", [
     ([20, 21, 22], [10, 11, 12], True, "A better"),
     ([20, 21, 22], [10, 11, 12], False, "B better"),  # e.g. latency: A's is higher, so B is better
-    ([10, 12, 14], [11, 12, 13], True, "no measurable difference"),
+    ([10, 12, 14], [11, 12, 13], True, "undecided"),
     ([10], [11, 12, 13], True, "no interval"),
 ])
 def test_verdict_needs_the_interval_to_exclude_parity(a, b, higher, verdict):
@@ -74,3 +74,68 @@ def test_a_difference_interval_is_welchs_and_needs_two_trials_a_side():
     assert difference_interval([], b) is None
     same = difference_interval([0.0, 0.0], [0.0, 0.0])  # parts can be exactly zero
     assert (same.estimate, same.lo, same.hi) == (0.0, 0.0, 0.0)
+
+
+DRIFT = [0.0, 0.25, -0.2, 0.15, -0.1]  # each round's drift of the machine, on the log scale
+
+
+def test_a_paired_interval_is_narrower_than_welchs_under_a_shared_drift():
+    noise_a, noise_b = [0.01, -0.02, 0.0, 0.015, -0.01], [-0.01, 0.0, 0.02, -0.015, 0.01]
+    a = [100 * math.exp(d + e) for d, e in zip(DRIFT, noise_a)]
+    b = [80 * math.exp(d + e) for d, e in zip(DRIFT, noise_b)]
+    paired, welch = stats.paired_ratio_interval(a, b), stats.ratio_interval(a, b)
+    logs = [math.log(x / y) for x, y in zip(a, b)]
+    ref = st.ttest_1samp(logs, 0).confidence_interval(0.95)
+    assert (paired.lo, paired.hi) == (pytest.approx(math.exp(ref.low)), pytest.approx(math.exp(ref.high)))
+    assert paired.lo < 1.25 < paired.hi and welch.lo < 1.25 < welch.hi
+    assert paired.hi / paired.lo < (welch.hi / welch.lo) ** 0.2  # the drift no longer widens it
+    assert stats.verdict(welch) == "undecided" and stats.verdict(paired) == "A better"
+
+
+def test_round_pool_takes_each_rounds_drift_out_of_the_spread():
+    cells = [{r: base * math.exp(d + e) for r, (d, e) in enumerate(zip(DRIFT, noise))}
+             for base, noise in ((100, [0.01, -0.01, 0.0, 0.02, -0.02]), (50, [-0.01, 0.01, 0.01, -0.02, 0.01]),
+                                 (20, [0.0, 0.0, -0.01, 0.0, 0.01]))]
+    pooled, blocked = stats.pool([list(c.values()) for c in cells]), stats.round_pool(cells)
+    assert blocked.df == 15 - 3 - 5 + 1 and pooled.df == 12
+    assert blocked.log_sd < 0.03 < 0.15 < pooled.log_sd
+    assert stats.round_pool([{1: 5.0}, {2: 6.0}]) is None  # no trial left over to measure noise with
+
+
+@pytest.mark.parametrize("lo, hi, margin, said", [
+    (0.96, 1.04, 0.05, "the same within 5%"),
+    (1 / 1.05, 1.05, 0.05, "the same within 5%"),  # the margin's own ends are inside it
+    (1.01, 1.04, 0.05, "the same within 5%"),  # excludes 1, but by less than the margin
+    (0.94, 1.02, 0.05, "undecided"),  # reaches outside the margin on one side
+    (0.97, 1.06, 0.05, "undecided"),
+    (1.01, 1.06, 0.05, "A better"),
+    (0.92, 1.08, 0.10, "the same within 10%"),
+])
+def test_equivalence_is_stated_only_for_an_interval_inside_the_margin(lo, hi, margin, said):
+    ratio = stats.Interval(1.0, lo, hi, 0.01, 3)
+    assert stats.verdict(ratio, True, margin) == said
+    assert stats.is_same(said) == said.startswith("the same")
+
+
+def _coverage(trials: int, rounds: int, pooled: bool, seed: int) -> float:
+    """Share of simulated comparisons whose paired interval holds the true ratio (1.3): two
+    cells (and two more of the same runtime for the pool) in `rounds` rounds, each round
+    moving every cell by a shared drift (sd 0.2 on the log scale), each trial by noise (0.05)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    hit = 0
+    for _ in range(trials):
+        drift = rng.normal(0, 0.2, rounds)
+        cells = [{r: base * math.exp(drift[r] + rng.normal(0, 0.05)) for r in range(rounds)}
+                 for base in (130.0, 100.0, 60.0, 40.0)]
+        a, b = list(cells[0].values()), list(cells[1].values())
+        pool = stats.round_pool(cells) if pooled else None
+        iv = stats.paired_ratio_interval(a, b, pool, pool)
+        hit += iv.lo <= 1.3 <= iv.hi
+    return hit / trials
+
+
+@pytest.mark.parametrize("rounds, pooled", [(3, False), (5, False), (3, True)])
+def test_paired_intervals_cover_a_known_ratio_about_95_percent_of_the_time(rounds, pooled):
+    assert 0.93 <= _coverage(2000, rounds, pooled, seed=27 + rounds) <= 0.97

@@ -14,6 +14,7 @@ import itertools
 import altair as alt
 import polars as pl
 
+from gaplab import stats
 from gaplab.report.markup import script_json
 
 _ids = itertools.count()
@@ -282,9 +283,10 @@ def switch_bars(rows: pl.DataFrame) -> alt.LayerChart:
            alt.Tooltip("ratio_lo:Q", title="95% interval from", format=".2f"),
            alt.Tooltip("ratio_hi:Q", title="to", format=".2f"), alt.Tooltip("verdict:N"),
            alt.Tooltip("trials_a:Q"), alt.Tooltip("trials_b:Q")]
+    same = sorted({v for v in df["verdict"] if stats.is_same(v)}) or [stats.same_text()]  # its margin's words
     color = alt.Color("verdict:N", title=None, scale=alt.Scale(
-        domain=["A better", "B better", "no measurable difference", "no interval"],
-        range=["#1b9e77", "#d95f02", "#999999", "#cccccc"]))
+        domain=["A better", "B better", *same, stats.UNDECIDED, "no interval"],
+        range=["#1b9e77", "#d95f02", *["#7570b3"] * len(same), "#999999", "#cccccc"]))
     points = alt.Chart(df).mark_point(filled=True, size=70).encode(x=x, y=y, color=color, tooltip=tip)
     rules = alt.Chart(df).mark_rule(strokeWidth=2).encode(x="ratio_lo:Q", x2="ratio_hi:Q", y=y, color=color,
                                                           tooltip=tip)

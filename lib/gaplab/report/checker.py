@@ -20,7 +20,10 @@ switch alone (report.workloads.claims): on holds when it lowers the metric by at
 
 Verdicts: holds here, does not hold here, mixed here (some comparisons each way), undecided
 here (the interval spans the threshold or holds no difference), not testable here (with what
-it would take). Every verdict carries the figures and intervals behind it.
+it would take). Every verdict carries the figures and intervals behind it. The equivalence
+margin decides too (stats.verdict): a claim that a is faster than b does not hold where the
+two are the same within the margin, and a threshold claim holds where its interval lies
+within the margin of the threshold (the evidence says so).
 """
 
 from __future__ import annotations
@@ -160,12 +163,14 @@ def _threshold(text: str, users_ratio: float) -> float:
 
 def _oriented(rows: pl.DataFrame, configs_a: set, configs_b: set):
     """The claims-table rows that compare a configuration of subject a with one of subject b, as
-    (row, a's config, b's config, whether a was better: True, False, or None for no direction)."""
+    (row, a's config, b's config, whether a was better: True, False (b better, or the two the
+    same within the margin), or None for no direction)."""
     for r in rows.iter_rows(named=True):
+        same = stats.is_same(r["verdict"])
         if r["a"] in configs_a and r["b"] in configs_b:
-            yield r, r["a"], r["b"], {"A better": True, "B better": False}.get(r["verdict"])
+            yield r, r["a"], r["b"], False if same else {"A better": True, "B better": False}.get(r["verdict"])
         elif r["b"] in configs_a and r["a"] in configs_b:
-            yield r, r["b"], r["a"], {"B better": True, "A better": False}.get(r["verdict"])
+            yield r, r["b"], r["a"], False if same else {"B better": True, "A better": False}.get(r["verdict"])
 
 
 def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: set, users: int) -> Verdict:
@@ -177,7 +182,8 @@ def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: se
         outcome = {True: "holds", False: "fails", None: "undecided"}[a_better]
         ratio = (f"×{r['ratio']:.2f} [{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}]" if r["ratio_lo"] is not None
                  else f"×{r['ratio']:.2f} (no interval)")
-        results.append((outcome, f"{r['a']} ÷ {r['b']} ({r['model']}) {ratio}"))
+        same = f": {r['verdict']}" if stats.is_same(r["verdict"]) else ""
+        results.append((outcome, f"{r['a']} ÷ {r['b']} ({r['model']}) {ratio}{same}"))
     if not results:
         return Verdict("not testable here", "no measured pair of these subjects at this load")
     return _combine(results, f"{metric_text(claim['metric'])} at {users} user{'s' if users > 1 else ''}")
@@ -200,7 +206,23 @@ def _per_config(trials: pl.DataFrame, configs: set, metric: str) -> dict[str, di
     return out
 
 
-def _scales(claim: dict, trials: pl.DataFrame, configs: set) -> Verdict:
+def _against(ratio: stats.Interval, limit: float, at_least: bool, margin: float) -> tuple[str, str]:
+    """A threshold claim's outcome from a ratio's interval, and a note when the margin decided
+    it: an interval inside [limit/(1+m), limit*(1+m)] is the threshold within the margin, so
+    the claim holds even if the interval lies just on the wrong side."""
+    if ratio.lo is None:
+        return "undecided", ""
+    if at_least and ratio.lo >= limit or not at_least and ratio.hi <= limit:
+        return "holds", ""
+    # as for two configurations, the margin comes before a direction: a miss by less is no miss
+    if limit / (1 + margin) <= ratio.lo and ratio.hi <= limit * (1 + margin):
+        return "holds", f", the threshold within {margin * 100:g}%"
+    if at_least and ratio.hi < limit or not at_least and ratio.lo > limit:
+        return "fails", ""
+    return "undecided", ""
+
+
+def _scales(claim: dict, trials: pl.DataFrame, configs: set, margin: float = stats.MARGIN) -> Verdict:
     values = _per_config(trials, configs, claim["metric"])
     results = []
     for name, by_users in values.items():
@@ -211,13 +233,8 @@ def _scales(claim: dict, trials: pl.DataFrame, configs: set) -> Verdict:
         limit = _threshold(claim["threshold"], hi_u / lo_u)
         if ratio is None:
             continue
-        if ratio.lo is None:
-            outcome = "undecided"
-        elif claim["test"] == "scales_at_least":
-            outcome = "holds" if ratio.lo >= limit else "fails" if ratio.hi < limit else "undecided"
-        else:
-            outcome = "holds" if ratio.hi <= limit else "fails" if ratio.lo > limit else "undecided"
-        results.append((outcome, f"{name}: {lo_u}→{hi_u} users {_iv(ratio)} (threshold ×{limit:.2f})"))
+        outcome, note = _against(ratio, limit, claim["test"] == "scales_at_least", margin)
+        results.append((outcome, f"{name}: {lo_u}→{hi_u} users {_iv(ratio)} (threshold ×{limit:.2f}{note})"))
     return _combine(results, f"{metric_text(claim['metric'])}, most users ÷ fewest")
 
 
@@ -290,7 +307,7 @@ def _more_stable(claim: dict, trials: pl.DataFrame, configs_a: set, configs_b: s
                             f"F = {f:.2f}")
 
 
-def _starts_slower(claim: dict, starts: pl.DataFrame, cells: pl.DataFrame) -> Verdict:
+def _starts_slower(claim: dict, starts: pl.DataFrame, cells: pl.DataFrame, margin: float = stats.MARGIN) -> Verdict:
     if starts.is_empty():
         return Verdict("not testable here", "no cold start stored (servers gaplab starts record theirs)")
     slots = cells.group_by("runtime").agg(pl.col("parallel").first())
@@ -300,14 +317,16 @@ def _starts_slower(claim: dict, starts: pl.DataFrame, cells: pl.DataFrame) -> Ve
         return Verdict("not testable here", "a subject started no server here")
     ratio = stats.ratio_interval(a["to_first_token_s"].to_list(), b["to_first_token_s"].to_list())
     limit = float(claim["threshold"] or 1)
+    note = ""
     if ratio.lo is None:
         verdict = "holds here" if ratio.estimate >= limit and min(a["to_first_token_s"]) > max(
             b["to_first_token_s"]) * limit else "undecided here"
     else:
-        verdict = "holds here" if ratio.lo >= limit else "does not hold here" if ratio.hi < limit else "undecided here"
+        outcome, note = _against(ratio, limit, True, margin)
+        verdict = {"holds": "holds here", "fails": "does not hold here", "undecided": "undecided here"}[outcome]
     return Verdict(verdict, f"seconds from launch to the first token: {a['to_first_token_s'].median():.1f} s "
                             f"({a.height} starts) against {b['to_first_token_s'].median():.1f} s ({b.height} starts), "
-                            f"ratio {_iv(ratio)} (threshold ×{limit:g})")
+                            f"ratio {_iv(ratio)} (threshold ×{limit:g}{note})")
 
 
 def _recovers(claim: dict, recovery: pl.DataFrame) -> Verdict:
@@ -356,7 +375,8 @@ def _switch_cuts(claim: dict, workload_trials: pl.DataFrame | None) -> Verdict:
         elif limit < 1:
             outcome = "holds" if r["ratio_hi"] <= limit else "fails" if r["ratio_lo"] > limit else "undecided"
         else:
-            outcome = {"A better": "holds", "B better": "fails"}.get(r["verdict"], "undecided")
+            outcome = "fails" if stats.is_same(r["verdict"]) else {"A better": "holds", "B better": "fails"}.get(
+                r["verdict"], "undecided")
         results.append((outcome, f"{r['a']} against {r['b']} ({r['workload']}, {r['users']} users) "
                                  f"{_iv(stats.Interval(r['ratio'], r['ratio_lo'], r['ratio_hi'], None, 0))}"))
     if not results:
@@ -367,13 +387,14 @@ def _switch_cuts(claim: dict, workload_trials: pl.DataFrame | None) -> Verdict:
 
 
 def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, recovery: pl.DataFrame,
-          workload_trials: pl.DataFrame | None = None) -> pl.DataFrame:
+          workload_trials: pl.DataFrame | None = None, margin: float = stats.MARGIN) -> pl.DataFrame:
     """Each claim with its verdict and the figures behind it.
 
     trials: metrics.trial_summary rows (with `rss_mb` where telemetry sampled it); starts:
     cold_start.cold_starts; recovery: quality.recovery; workload_trials: report.workloads.trials
     of the workloads study, for switch_cuts. Comparisons between configurations are rows of the
-    claims table (claims.claims_table) on the claim's metric."""
+    claims table (claims.claims_table) on the claim's metric; margin: the equivalence margin
+    (speed.equivalence_margin)."""
     from gaplab.report.claims import claims_table
 
     cells = trials.select("runtime", "runtime_kind", "parallel", "quant", "config").unique()
@@ -394,16 +415,16 @@ def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, reco
             elif c["test"] == "recovers":
                 v = _recovers(c, recovery)
             elif c["test"] == "starts_slower":
-                v = _starts_slower(c, starts, trials)
+                v = _starts_slower(c, starts, trials, margin)
             elif not configs_a or (c["b"] and not configs_b):
                 v = Verdict("not testable here", "no measured cell matches " + (c["a"] if not configs_a else c["b"]))
             elif c["test"] in ("faster", "leads_from"):
                 if c["metric"] not in compared:
-                    compared[c["metric"]] = claims_table(trials, (c["metric"],))
+                    compared[c["metric"]] = claims_table(trials, (c["metric"],), margin)
                 v = (_faster(c, compared[c["metric"]], configs_a, configs_b, int(c["users"] or 1))
                      if c["test"] == "faster" else _leads_from(c, compared[c["metric"]], configs_a, configs_b))
             elif c["test"] in ("scales_at_least", "scales_at_most"):
-                v = _scales(c, trials, configs_a)
+                v = _scales(c, trials, configs_a, margin)
             elif c["test"] == "linear_in_users":
                 v = _linear(c, trials, configs_a)
             else:

@@ -11,10 +11,15 @@ One row per claim (columns in order):
 - a, b         the subjects, "runtime · quant"; across_kinds: a and b are different kinds of
                server (vLLM against llama.cpp, say), not two configurations of one
 - value_a, value_b   the estimates (mean over trials)
-- ratio, ratio_lo, ratio_hi   a / b and its 95% interval (stats.ratio_interval, with each
-               runtime's pooled trial-to-trial spread)
+- ratio, ratio_lo, ratio_hi   a / b and its 95% interval: paired (stats.paired_ratio_interval)
+               where a and b have trials in 2 or more of the same sweep rounds (metrics.with_round),
+               from those rounds alone; else unpaired (stats.ratio_interval, with each runtime's
+               pooled trial-to-trial spread)
+- interval_method   "paired" | "unpaired": which of the two the interval is
 - trials_a, trials_b
-- verdict      "A better" | "B better" | "no measurable difference" (the interval holds 1) |
+- verdict      "A better" | "B better" (the interval excludes 1) | "the same within 5%" (it lies
+               inside the equivalence margin, stats.MARGIN or the scenario's
+               load.equivalence_margin: a finding too) | "undecided" (it straddles the margin) |
                "no interval" (a side has one trial); better means higher tok/s, lower latency
 - statement    what the row asserts, in a canonical form two runs can compare: the verdict
                for faster and scales, "<a> leads at N, <b> at M" for flips, "<a> overtakes
@@ -30,12 +35,12 @@ import itertools
 import polars as pl
 
 from gaplab import stats
-from gaplab.metrics import HIGHER_IS_BETTER
+from gaplab.metrics import HIGHER_IS_BETTER, with_round
 from gaplab.report.markup import plain
 
 COLUMNS = ["claim_id", "kind", "model", "workload", "metric", "users", "users_b", "a", "b", "across_kinds", "value_a", "value_b",
-           "ratio", "ratio_lo", "ratio_hi", "trials_a", "trials_b", "verdict", "statement", "text"]
-STATED = ("A better", "B better")
+           "ratio", "ratio_lo", "ratio_hi", "interval_method", "trials_a", "trials_b", "verdict", "statement", "text"]
+STATED = stats.DIRECTIONS
 UNITS = {"aggregate_tok_s": "output tok/s (all users)", "per_user_tok_s": "decode tok/s per user",
          "ttft_p50_ms": "median TTFT", "ttft_p99_ms": "p99 TTFT", "e2e_p50_ms": "median E2E latency",
          "itl_mean_ms": "inter-token latency"}
@@ -57,51 +62,80 @@ def _ratio_text(r: dict) -> str:
     return f"×{r['ratio']:.2f} [{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}]"
 
 
+def _same_rounds(va: list, vb: list, rounds_a: list | None, rounds_b: list | None) -> tuple[list, list] | None:
+    """a's and b's values of the rounds both have, in pairs, if there are 2 or more."""
+    if not rounds_a or not rounds_b:
+        return None
+    by_round = {r: v for r, v in zip(rounds_b, vb) if v is not None}
+    pairs = [(v, by_round[r]) for r, v in zip(rounds_a, va) if v is not None and r in by_round]
+    return ([x for x, _ in pairs], [y for _, y in pairs]) if len(pairs) >= 2 else None
+
+
 def compare(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
-            va: list, vb: list, pa, pb, higher_is_better: bool, across: bool = False) -> dict:
+            va: list, vb: list, pa, pb, higher_is_better: bool, across: bool = False,
+            rounds: tuple[list, list] | None = None, margin: float = stats.MARGIN,
+            round_pools: tuple = (None, None)) -> dict:
     """A claims row but its text: a's and b's trial values (pa, pb: their runtimes' pooled
-    spreads) as estimates, their ratio with its interval, and the verdict."""
-    ia, ib, ratio = stats.mean_interval(va, pa), stats.mean_interval(vb, pb), stats.ratio_interval(va, vb, pa, pb)
-    verdict = stats.verdict(ratio, higher_is_better)
+    spreads) as estimates, their ratio with its interval, and the verdict within `margin`.
+    rounds: the sweep round of each of a's and b's values; where 2 or more are shared the
+    ratio's interval is paired (round_pools: the runtimes' spreads with the drift taken out)."""
+    ia, ib = stats.mean_interval(va, pa), stats.mean_interval(vb, pb)
+    paired = _same_rounds(va, vb, *rounds) if rounds else None
+    ratio = stats.paired_ratio_interval(*paired, *round_pools) if paired else stats.ratio_interval(va, vb, pa, pb)
+    verdict = stats.verdict(ratio, higher_is_better, margin)
     return {"claim_id": f"{kind}|{model}|{workload}|{metric}|{a}|{b}|{users}", "kind": kind, "model": model,
             "workload": workload, "metric": metric, "users": users, "users_b": users_b, "a": a, "b": b,
             "across_kinds": across, "value_a": ia.estimate, "value_b": ib.estimate, "ratio": ratio.estimate,
-            "ratio_lo": ratio.lo, "ratio_hi": ratio.hi, "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict,
-            "statement": verdict}
+            "ratio_lo": ratio.lo, "ratio_hi": ratio.hi, "interval_method": "paired" if paired else "unpaired",
+            "trials_a": ia.n, "trials_b": ib.n, "verdict": verdict, "statement": verdict}
 
 
 def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
-         va: list, vb: list, across: bool = False, pools: dict | None = None) -> dict:
-    pa, pb = ((pools or {}).get((x.split(" · ")[0], metric)) for x in (a, b))
-    row = compare(kind, model, workload, metric, a, b, users, users_b, va, vb, pa, pb, HIGHER_IS_BETTER[metric], across)
+         va: list, vb: list, across: bool = False, pools: tuple[dict, dict] = ({}, {}),
+         rounds: tuple[list, list] | None = None, margin: float = stats.MARGIN) -> dict:
+    """pools: (runtime, metric) -> its pooled spread, without and with the rounds' drift taken out."""
+    pa, pb = (pools[0].get((x.split(" · ")[0], metric)) for x in (a, b))
+    ra, rb = (pools[1].get((x.split(" · ")[0], metric)) for x in (a, b))
+    row = compare(kind, model, workload, metric, a, b, users, users_b, va, vb, pa, pb, HIGHER_IS_BETTER[metric], across,
+                  rounds, margin, (ra, rb))
     verdict, value_a, value_b = row["verdict"], row["value_a"], row["value_b"]
     what, a_md, b_md = UNITS[metric], plain(a), plain(b)
     if kind == "faster":
-        lead = {"A better": f"**{a_md}** is ahead", "B better": f"**{b_md}** is ahead"}.get(
-            verdict, "no measurable difference" if verdict != "no interval" else "one trial each, no verdict")
+        lead = {"A better": f"**{a_md}** is ahead", "B better": f"**{b_md}** is ahead",
+                "no interval": "one trial each, no verdict"}.get(verdict, verdict)
         row["text"] = (f"At {users_text(users)}, {what}: {a_md} {_fmt(value_a)} vs {b_md} {_fmt(value_b)}, "
                        f"{_ratio_text(row)}: {lead}.")
     else:  # scales
-        change = {"A better": "better", "B better": "worse"}.get(verdict, "not measurably different")
+        change = {"A better": "better with more users", "B better": "worse with more users",
+                  stats.UNDECIDED: "undecided whether better or worse with more users",
+                  "no interval": "one trial a side, no verdict"}.get(verdict, f"{verdict} with more users")
         row["text"] = (f"{a_md}: {what} {_fmt(value_b)} at {users_text(users_b)}, {_fmt(value_a)} at {users_text(users)} "
-                       f"({_ratio_text(row)}): {change} with more users.")
+                       f"({_ratio_text(row)}): {change}.")
     return row
 
 
-def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED) -> pl.DataFrame:
+def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED,
+                 margin: float = stats.MARGIN, paired: bool = True) -> pl.DataFrame:
     """All claims for the trials of one machine (metrics.trial_summary rows), on the `compared`
-    metrics (the site states aggregate tok/s and TTFT; the claims checker asks for others)."""
+    metrics (the site states aggregate tok/s and TTFT; the claims checker asks for others),
+    with `margin` the equivalence margin of their verdicts; paired False takes every interval
+    unpaired (bench/paired_gain.py measures what pairing gains)."""
     if trials.is_empty():
         return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
+    trials = with_round(trials)
     values: dict[tuple, dict[str, list]] = {}
+    rounds: dict[tuple, list] = {}
     for r in trials.iter_rows(named=True):
         key = (r["model"], r["workload"], f"{r['runtime']} · {r['quant']}", r["concurrency"])
+        rounds.setdefault(key, []).append(r["round"])
         for m in compared:
             values.setdefault(key, {}).setdefault(m, []).append(r[m])
     kinds = dict(zip(trials["runtime"], trials["runtime_kind"]))
     per_cell = trials.with_columns(cell=pl.concat_str("model", "workload", "runtime", "quant", "concurrency"))
     pools = {(rt, m): stats.pool([c[m].to_list() for _, c in g.group_by("cell")])
              for (rt,), g in per_cell.group_by("runtime") for m in compared}
+    round_pools = {(rt, m): stats.round_pool([dict(zip(c["round"], c[m])) for _, c in g.group_by("cell")])
+                   for (rt,), g in per_cell.group_by("runtime") for m in compared}
     rows = []
     for (model, workload), group in itertools.groupby(sorted(values), key=lambda k: k[:2]):
         group = list(group)
@@ -119,16 +153,17 @@ def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED) -> 
                     if ka in values and kb in values:
                         pair.append(_row("faster", model, workload, metric, a, b, users, users,
                                          values[ka][metric], values[kb][metric], kinds.get(ra) != kinds.get(rb),
-                                         pools))
+                                         (pools, round_pools), (rounds[ka], rounds[kb]) if paired else None, margin))
                 rows += pair + _derived(pair)
             for c in configs:
                 have = [u for u in levels if (model, workload, c, u) in values]
                 if len(have) >= 2:
-                    lo, hi = have[0], have[-1]
-                    rows.append(_row("scales", model, workload, metric, c, c, hi, lo,
-                                     values[(model, workload, c, hi)][metric], values[(model, workload, c, lo)][metric],
-                                     pools=pools))
-    return pl.DataFrame(rows, schema_overrides={"ratio_lo": pl.Float64, "ratio_hi": pl.Float64},
+                    lo, hi = (model, workload, c, have[0]), (model, workload, c, have[-1])
+                    rows.append(_row("scales", model, workload, metric, c, c, have[-1], have[0],
+                                     values[hi][metric], values[lo][metric], pools=(pools, round_pools),
+                                     rounds=(rounds[hi], rounds[lo]) if paired else None, margin=margin))
+    return pl.DataFrame(rows, schema_overrides={"ratio_lo": pl.Float64, "ratio_hi": pl.Float64,
+                                                "interval_method": pl.String},
                         infer_schema_length=None).select(COLUMNS)
 
 
@@ -167,6 +202,11 @@ def _derived(pair: list[dict]) -> list[dict]:
 def stated(claims: pl.DataFrame) -> pl.DataFrame:
     """The claims whose interval supports a direction."""
     return claims.filter(pl.col("verdict").is_in(STATED))
+
+
+def decided(claims: pl.DataFrame) -> pl.DataFrame:
+    """The claims that state a finding: a direction, or the same within the margin."""
+    return claims.filter(pl.col("verdict").is_in(STATED) | pl.col("verdict").str.starts_with(stats.SAME))
 
 
 def render(claims: pl.DataFrame, kind: str, metric: str | None = None, model: str | None = None,

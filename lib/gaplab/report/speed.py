@@ -3,6 +3,7 @@ per cell with its interval (methodology page), and our scaling beside published 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -103,6 +104,17 @@ def engines(raw_dir: Path, machine_id: str) -> dict[str, str]:
         return {}
     runs = runs.filter((pl.col("machine_id") == machine_id) & pl.col("engine_version").is_not_null())
     return dict(runs.sort("run_id").group_by("runtime").agg(pl.col("engine_version").last()).iter_rows())
+
+
+def equivalence_margin(raw_dir: Path, machine_id: str) -> float:
+    """The equivalence margin the machine's newest runs were measured under (their scenario's
+    load.equivalence_margin, kept in each run's meta_json), else stats.MARGIN."""
+    runs = selected_runs(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == machine_id)
+    for meta in runs.sort("run_id", descending=True)["meta_json"].drop_nulls().to_list():
+        margin = (json.loads(meta).get("load") or {}).get("equivalence_margin")
+        if margin is not None:
+            return float(margin)
+    return stats.MARGIN
 
 
 def pick_machine(raw_dir: Path, machine_id: str = "") -> str:

@@ -37,8 +37,9 @@ def throughput_story(claims: pl.DataFrame, estimates: pl.DataFrame) -> str:
         # a blank line before the bullets: pandoc (Quarto) reads a list only after one
         out.append(parts[0] + "\n\n" + "\n".join(p for p in parts[1:] if p))
     return "\n\n".join(out) + ("\n\nA ranking, flip or crossing is stated only where the 95% interval of the "
-                               "ratio excludes 1 at every level it relies on; elsewhere the page says the "
-                               "difference is within noise and gives the interval.")
+                               "ratio excludes 1 at every level it relies on. Two configurations are the same "
+                               "within the margin where the whole interval lies inside the equivalence margin, "
+                               "and undecided where it reaches past it; each comes with its interval.")
 
 
 def per_user_story(estimates: pl.DataFrame) -> str:
@@ -258,7 +259,7 @@ def waterfall_story(frame: pl.DataFrame) -> str:
         return f"[{r['lo']:+,.{digits}f} to {r['hi']:+,.{digits}f} ms]"
 
     if total["lo"] is not None and total["lo"] <= 0 <= total["hi"]:
-        text = (f"**{pair}**: the means of {metric} show no measurable difference between {b} and {a} "
+        text = (f"**{pair}**: the means of {metric} do not separate {b} from {a} "
                 f"{iv(total)} (the claims table compares medians, with the spread pooled over each runtime's "
                 f"cells). ")
     else:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import metrics, store
+from gaplab import metrics, stats, store
 from gaplab.report import speed
 from gaplab.report.claims import COLUMNS, _fmt, _ratio_text, compare, users_text
 from gaplab.report.markup import plain
@@ -191,8 +191,8 @@ def _change_text(row: dict) -> str:
     other's in percent, with the ratio's 95% interval carried over."""
     if row["verdict"] == "no interval":
         return "one trial on a side, no verdict"
-    if row["verdict"] == "no measurable difference":
-        return "no measurable difference"
+    if row["verdict"] not in stats.DIRECTIONS:  # undecided, or the same within the margin
+        return row["verdict"]
     a_better = row["verdict"] == "A better"
     better, worse = (row["a"], row["b"]) if a_better else (row["b"], row["a"])
     # the better side's figure over the worse side's, and its interval
@@ -256,7 +256,7 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
                      "model": r["model"], "workload": r["workload"], "metric": "goodput_rps", "users": None,
                      "users_b": None, "a": r["runtime"], "b": None, "across_kinds": False, "value_a": rate,
                      "value_b": r["max_sustained_rps"], "ratio": None, "ratio_lo": None, "ratio_hi": None,
-                     "trials_a": None, "trials_b": None, "verdict": "within SLO" if rate is not None else "none",
+                     "interval_method": None, "trials_a": None, "trials_b": None, "verdict": "within SLO" if rate is not None else "none",
                      "statement": f"{rate:g}" if rate is not None else "none", "text": text + "."})
     if not rows:
         return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
