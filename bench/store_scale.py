@@ -136,6 +136,9 @@ def request_table(run: dict, n: int) -> pa.Table:
         "server_load_ms": pa.nulls(n, pa.float64()), "server_total_ms": pa.nulls(n, pa.float64()),
         "target_prompt_tokens": i32(np.full(n, PROMPT)), "target_output_tokens": i32(np.full(n, OUTPUT)),
         "tag": pa.nulls(n, pa.string()), "max_gap_ns": pa.array((itl_ms * rng.uniform(1.5, 4, n) * 1e6).astype(np.int64)),
+        # no reasoning model: the first answer token is the first token
+        "first_answer_ns": pa.array(first, mask=busy), "reasoning_chunks": i32(np.zeros(n, dtype=np.int64)),
+        "server_reasoning_tokens": pa.nulls(n, pa.int32()),
     }
     ident = {f.name: pa.repeat(pa.scalar(run[f.name], f.type), n) for f in store.IDENTITY}
     return pa.Table.from_pydict({**ident, **cols}, schema=store.REQUESTS)
