@@ -208,6 +208,10 @@ def test_a_switch_claim_reads_the_pairs_that_differ_in_that_switch_alone(tmp_pat
     assert got(cache[:2] + chunk[::-1]) == ["holds here", "does not hold here"]
     # no pair about the switch: not testable, and never read from a pair about another switch
     assert got(chunk) == ["not testable here", "does not hold here"]
+    # a pair that differs in more than the switch is read, and the other difference named
+    wider = [chunk[0], (*chunk[1][:2], '{"chunked_prefill": false, "extra_args": []}', *chunk[1][3:])]
+    res = checker.check(claims(tmp_path, *rows), SERVERS, pl.DataFrame(), pl.DataFrame(), switch_trials(wider))
+    assert res["verdict"][1] == "does not hold here" and "also differs in extra_args" in res["evidence"][1]
     no_study = checker.check(claims(tmp_path, *rows), SERVERS, pl.DataFrame(), pl.DataFrame())
     assert no_study["verdict"].to_list() == ["not testable here"] * 2
     assert "workloads study" in no_study["evidence"][0]

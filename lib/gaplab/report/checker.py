@@ -14,8 +14,8 @@ server it is not testable, never tested on a stand-in. Users: 1, a number, or em
 level, or the fewest and the most).
 
 The test `switch_cuts` is about one switch of a server (its subject: `switch=prefix_cache` or
-`switch=chunked_prefill`) and reads the workloads study's pairs of servers that differ in that
-switch alone (report.workloads.claims): on holds when it lowers the metric by at least
+`switch=chunked_prefill`) and reads the workloads study's pairs of servers with that switch on
+and off (report.workloads.switch_rows; anything else that differs is named): on holds when it lowers the metric by at least
 `threshold` percent (0: by any amount the interval shows) in every pair.
 
 Verdicts: holds here, does not hold here, mixed here (some comparisons each way), undecided
@@ -191,8 +191,9 @@ def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: se
 
 def metric_text(metric: str) -> str:
     from gaplab.report.claims import UNITS
+    from gaplab.report.workloads import UNITS as WORKLOAD_UNITS
 
-    return {**UNITS, "rss_mb": "server memory (MB, resident)", "cold_start_s": "seconds to the first token",
+    return {**WORKLOAD_UNITS, **UNITS, "rss_mb": "server memory (MB, resident)", "cold_start_s": "seconds to the first token",
             "recovery_pct": "task accuracy kept (%)"}.get(metric, metric.replace("_", " "))
 
 
@@ -367,9 +368,10 @@ def _switch_cuts(claim: dict, workload_trials: pl.DataFrame | None) -> Verdict:
     results = []
     for r in (r for r in workloads.switch_rows(workload_trials) if r["metric"] == claim["metric"]):
         on, off = flags[r["a"].split(" · ")[0]], flags[r["b"].split(" · ")[0]]
-        differ = {k for k in set(on) | set(off) if on.get(k) != off.get(k)}
-        if differ != {switch} or off.get(switch) is not False:
-            continue  # a pair about another switch, or about more than this one
+        if on.get(switch, True) is not True or off.get(switch) is not False:
+            continue  # a pair about another switch
+        # what else differs is named (vLLM without chunked prefill needs a batch as long as a prompt)
+        also = sorted(k for k in set(on) | set(off) if k != switch and on.get(k) != off.get(k))
         if r["ratio_lo"] is None:
             outcome = "undecided"
         elif limit < 1:
@@ -378,9 +380,10 @@ def _switch_cuts(claim: dict, workload_trials: pl.DataFrame | None) -> Verdict:
             outcome = "fails" if stats.is_same(r["verdict"]) else {"A better": "holds", "B better": "fails"}.get(
                 r["verdict"], "undecided")
         results.append((outcome, f"{r['a']} against {r['b']} ({r['workload']}, {r['users']} users) "
-                                 f"{_iv(stats.Interval(r['ratio'], r['ratio_lo'], r['ratio_hi'], None, 0))}"))
+                                 f"{_iv(stats.Interval(r['ratio'], r['ratio_lo'], r['ratio_hi'], None, 0))}"
+                                 + (f" (the pair also differs in {', '.join(also)})" if also else "")))
     if not results:
-        return Verdict("not testable here", f"no pair of servers measured here that differs in {switch} alone "
+        return Verdict("not testable here", f"no pair of servers measured here with {switch} on and off "
                                             f"on a workload compared on {metric_text(claim['metric'])}")
     need = f"at most ×{limit:.2f}" if limit < 1 else "below ×1"
     return _combine(results, f"{metric_text(claim['metric'])}, {switch.replace('_', ' ')} on ÷ off (needs {need})")
