@@ -61,21 +61,6 @@ def test_scales_compares_most_users_with_fewest():
     assert abs(row["ratio"] - 120 / 41) < 0.05
 
 
-def test_a_comparison_over_two_llama_cpp_builds_names_both_engines():
-    c = claims.claims_table(trials({("ollama-one", "Q4", 1): [50, 51, 52], ("llamacpp-one", "Q4", 1): [40, 41, 42],
-                                    ("vllm-cpu", "Q4", 1): [30, 31, 32]}))
-    engines = {"ollama-one": "llama.cpp b10488 (Ollama's runner)", "llamacpp-one": "llama.cpp 0c1e57098",
-               "vllm-cpu": "vLLM 0.11"}
-    named = claims.name_engines(c, engines)
-    by_pair = {frozenset((r["a"], r["b"])): r["text"] for r in named.iter_rows(named=True)}
-    wrapper = by_pair[frozenset(("ollama-one · Q4", "llamacpp-one · Q4"))]
-    assert wrapper.endswith("Engines differ: llama.cpp 0c1e57098 against llama.cpp b10488.")  # a is llamacpp-one
-    # vLLM against either is a different engine by kind, not a build to name; one build: nothing added
-    assert "Engines differ" not in by_pair[frozenset(("ollama-one · Q4", "vllm-cpu · Q4"))]
-    same = claims.name_engines(c, {**engines, "llamacpp-one": engines["ollama-one"]})
-    assert not same["text"].str.contains("Engines differ").any()
-
-
 def drifting(base_a: float, base_b: float, series: tuple[str, str] = ("20261207T140000Z-aaaaaa",) * 2) -> pl.DataFrame:
     """Two configurations at 4 users over 5 rounds that move together (a shared drift), each
     cell's series started by the sweep named in `series`."""

@@ -62,6 +62,15 @@ class ClaimsError(ValueError):
 class Verdict:
     verdict: str
     evidence: str
+    unlike: tuple[str, ...] = ()  # the like-for-like checks (fairness.CHECKS) its pairs failed
+
+
+def _unlike(row: dict) -> tuple[tuple[str, ...], str]:
+    """A claims row's failed like-for-like checks (names) and the words for its evidence."""
+    if row.get("like_for_like") is not False:
+        return (), ""
+    checks = row["unlike"].split("; ")
+    return tuple(c.split(":")[0] for c in checks), f" [not like for like: {row['unlike']}]"
 
 
 def _check_selector(where: str, text: str) -> None:
@@ -177,16 +186,19 @@ def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: se
     """a better than b on the metric at this load, in every measured pair of their configurations."""
     rows = claim_rows.filter((pl.col("kind") == "faster") & (pl.col("metric") == claim["metric"])
                              & (pl.col("users") == users))
-    results = []
+    results, unlike = [], set()
     for r, _, _, a_better in _oriented(rows, configs_a, configs_b):
         outcome = {True: "holds", False: "fails", None: "undecided"}[a_better]
         ratio = (f"×{r['ratio']:.2f} [{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}]" if r["ratio_lo"] is not None
                  else f"×{r['ratio']:.2f} (no interval)")
         same = f": {r['verdict']}" if stats.is_same(r["verdict"]) else ""
-        results.append((outcome, f"{r['a']} ÷ {r['b']} ({r['model']}) {ratio}{same}"))
+        checks, words = _unlike(r)
+        unlike.update(checks)
+        results.append((outcome, f"{r['a']} ÷ {r['b']} ({r['model']}) {ratio}{same}{words}"))
     if not results:
         return Verdict("not testable here", "no measured pair of these subjects at this load")
-    return _combine(results, f"{metric_text(claim['metric'])} at {users} user{'s' if users > 1 else ''}")
+    v = _combine(results, f"{metric_text(claim['metric'])} at {users} user{'s' if users > 1 else ''}")
+    return Verdict(v.verdict, v.evidence, tuple(sorted(unlike)))
 
 
 def metric_text(metric: str) -> str:
@@ -390,15 +402,19 @@ def _switch_cuts(claim: dict, workload_trials: pl.DataFrame | None) -> Verdict:
 
 
 def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, recovery: pl.DataFrame,
-          workload_trials: pl.DataFrame | None = None, margin: float = stats.MARGIN) -> pl.DataFrame:
+          workload_trials: pl.DataFrame | None = None, margin: float = stats.MARGIN,
+          cells_facts: pl.DataFrame | None = None) -> pl.DataFrame:
     """Each claim with its verdict and the figures behind it.
 
     trials: metrics.trial_summary rows (with `rss_mb` where telemetry sampled it); starts:
     cold_start.cold_starts; recovery: quality.recovery; workload_trials: report.workloads.trials
     of the workloads study, for switch_cuts. Comparisons between configurations are rows of the
     claims table (claims.claims_table) on the claim's metric; margin: the equivalence margin
-    (speed.equivalence_margin)."""
+    (speed.equivalence_margin); cells_facts: fairness.facts, to gate each compared pair (the
+    column like_for_like: "yes", "no: " and the checks some pair failed, or empty where the
+    claim compares no two configurations)."""
     from gaplab.report.claims import claims_table
+    from gaplab.report.fairness import gate
 
     cells = trials.select("runtime", "runtime_kind", "parallel", "quant", "config").unique()
     compared: dict[str, pl.DataFrame] = {}
@@ -424,6 +440,8 @@ def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, reco
             elif c["test"] in ("faster", "leads_from"):
                 if c["metric"] not in compared:
                     compared[c["metric"]] = claims_table(trials, (c["metric"],), margin)
+                    if cells_facts is not None:
+                        compared[c["metric"]] = gate(compared[c["metric"]], cells_facts)
                 v = (_faster(c, compared[c["metric"]], configs_a, configs_b, int(c["users"] or 1))
                      if c["test"] == "faster" else _leads_from(c, compared[c["metric"]], configs_a, configs_b))
             elif c["test"] in ("scales_at_least", "scales_at_most"):
@@ -432,8 +450,10 @@ def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, reco
                 v = _linear(c, trials, configs_a)
             else:
                 v = _more_stable(c, trials, configs_a, configs_b)
+        gated = cells_facts is not None and c["test"] in ("faster", "leads_from") and v.verdict != "not testable here"
         out.append({**{k: c[k] for k in ("claim_id", "seed_file", "source", "claim", "test")},
-                    "verdict": v.verdict, "evidence": v.evidence})
+                    "verdict": v.verdict, "evidence": v.evidence,
+                    "like_for_like": ("no: " + ", ".join(v.unlike) if v.unlike else "yes") if gated else ""})
     return pl.DataFrame(out)
 
 
@@ -442,15 +462,20 @@ def _leads_from(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b
     limit = int(float(claim["threshold"]))
     rows = claim_rows.filter((pl.col("kind") == "faster") & (pl.col("metric") == claim["metric"]))
     pairs: dict[tuple, dict[int, bool | None]] = {}
+    unlike: dict[tuple, set] = {}
     for r, a, b, a_better in _oriented(rows, configs_a, configs_b):
         pairs.setdefault((a, b, r["model"], r["workload"]), {})[r["users"]] = a_better
+        unlike.setdefault((a, b, r["model"], r["workload"]), set()).update(_unlike(r)[0])
     results = []
-    for (a, b, model, _), by_users in sorted(pairs.items()):
+    for (a, b, model, workload), by_users in sorted(pairs.items()):
         levels = sorted(by_users)
         from_ = next((u for u in levels if all(by_users[v] for v in levels if v >= u)), None)
         at_and_above = [by_users[u] for u in levels if u >= limit]
         outcome = "holds" if at_and_above and all(at_and_above) else "fails" if any(
             x is False for x in at_and_above) else "undecided"
         where = f"leads from {from_} users" if from_ is not None else "does not lead at the most users"
-        results.append((outcome, f"{a} against {b} ({model}): {where}"))
-    return _combine(results, f"{metric_text(claim['metric'])}, from {limit} users up")
+        failed = unlike[(a, b, model, workload)]
+        results.append((outcome, f"{a} against {b} ({model}): {where}"
+                                 + (f" [not like for like: {', '.join(sorted(failed))}]" if failed else "")))
+    v = _combine(results, f"{metric_text(claim['metric'])}, from {limit} users up")
+    return Verdict(v.verdict, v.evidence, tuple(sorted(set().union(*unlike.values()))))

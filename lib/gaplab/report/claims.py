@@ -219,22 +219,3 @@ def render(claims: pl.DataFrame, kind: str, metric: str | None = None, model: st
     if only_stated:
         rows = stated(rows)
     return "\n".join(f"- {t}" for t in rows["text"].to_list())
-
-
-def name_engines(claims: pl.DataFrame, engines: dict[str, str]) -> pl.DataFrame:
-    """Rows comparing two servers over different llama.cpp builds (Ollama's runner against
-    gaplab's llama.cpp, say), their text followed by the two engines: such a gap is the engine
-    version's as well as the wrapper's. engines: runtime -> engine (speed.engines)."""
-    if claims.is_empty():
-        return claims
-
-    def note(a: str, b: str, text: str) -> str:
-        ea, eb = engines.get(a.split(" · ")[0], ""), engines.get((b or "").split(" · ")[0], "")
-        if ea == eb or not (ea.startswith("llama.cpp") and eb.startswith("llama.cpp")):
-            return text
-        short = (e.split(" (")[0] for e in (ea, eb))  # "llama.cpp b10488", without the provenance
-        return f"{text} Engines differ: {' against '.join(plain(e) for e in short)}."
-
-    return claims.with_columns(text=pl.struct("a", "b", "text").map_elements(
-        lambda r: note(r["a"], r["b"], r["text"]), return_dtype=pl.String))
-

@@ -96,16 +96,6 @@ def precision_target(raw_dir: Path, machine_id: str) -> float | None:
     return float(targets[-1]) if targets.len() else None
 
 
-def engines(raw_dir: Path, machine_id: str) -> dict[str, str]:
-    """runtime -> the inference engine its runs on that machine record (Ollama runs llama.cpp):
-    the newest run's, for runs of schema 8 on (older runs record none)."""
-    runs = store.read_table(raw_dir, "run")
-    if runs.is_empty():
-        return {}
-    runs = runs.filter((pl.col("machine_id") == machine_id) & pl.col("engine_version").is_not_null())
-    return dict(runs.sort("run_id").group_by("runtime").agg(pl.col("engine_version").last()).iter_rows())
-
-
 def equivalence_margin(raw_dir: Path, machine_id: str) -> float:
     """The equivalence margin the machine's newest runs were measured under (their scenario's
     load.equivalence_margin, kept in each run's meta_json), else stats.MARGIN."""
