@@ -26,11 +26,11 @@ def requests(output: int, target: int = 16, prompt: int = 40, gap: int = 0) -> l
 
 
 def write(raw, runtime: str, quant: str, trial: int, recs, sha: str = SHA, engine: str = "llama.cpp b1",
-          other_cores: float = 0.0, threads: int = 1) -> None:
+          other_cores: float = 0.0, threads: int = 1, kind: str = "llamacpp") -> None:
     run_id = f"20260101T00000{trial}Z-{runtime[:3]}{quant[:3].lower()}"
     ident = {"run_id": run_id, "cell_id": f"{runtime}/m/{quant}/w/c1", "cell_key": f"{runtime}{quant}",
              "scenario": "s", "hardware_id": "hw", "machine_id": "m-1", "series_id": f"20260101T000000Z-{runtime}",
-             "trial": trial, "runtime": runtime, "runtime_kind": "llamacpp", "runtime_version": "v", "model": "m",
+             "trial": trial, "runtime": runtime, "runtime_kind": kind, "runtime_version": "v", "model": "m",
              "quant": quant, "workload": "w", "concurrency": 1, "threads": threads, "parallel": 1}
     store.write_run(raw, ident, {"status": "complete", "model_sha256": sha, "engine_version": engine,
                                  "other_cores": other_cores}, recs)
@@ -67,6 +67,7 @@ def test_a_like_for_like_pair_passes_and_each_other_check_can_fail(tmp_path):
         write(tmp_path, "two", "Q4", t, requests(16, gap=10**6))
     row = gated(tmp_path).row(0, named=True)
     assert row["like_for_like"] is True and row["unlike"] is None and "Not like for like" not in row["text"]
+    assert "converted" not in row["text"]
     base = fairness.facts(tmp_path, "m-1", speed.scan_requests(tmp_path, "m-1")).row(0, named=True)
     for change, check in [({"prompt_tokens": 44}, "prompt"), ({"threads": 2}, "threads"),
                           ({"engine": "llama.cpp b2 (Ollama's runner)"}, "engine"),
@@ -75,6 +76,14 @@ def test_a_like_for_like_pair_passes_and_each_other_check_can_fail(tmp_path):
     # a prompt within 2% passes; engines of two kinds (vLLM against llama.cpp) are not a version gap
     assert fairness.failed(base, {**base, "prompt_tokens": base["prompt_tokens"] * 1.01}) == []
     assert fairness.failed(base, {**base, "engine": "vLLM 0.32.0"}) == []
+
+
+def test_one_file_served_converted_passes_and_is_said(tmp_path):
+    for t in (1, 2, 3):
+        write(tmp_path, "gguf", "Q4_1", t, requests(16))
+        write(tmp_path, "vllm", "BF16", t, requests(16, gap=10**6), kind="vllm")  # BF16 from the same Q4_1 file
+    row = gated(tmp_path).row(0, named=True)
+    assert row["like_for_like"] is True and row["text"].endswith("Both serve one weights file, Q4_1 converted to BF16.")
 
 
 def test_the_checker_says_which_published_claims_compare_unlike_things(tmp_path):

@@ -36,6 +36,7 @@ CHECKS = {"prompt": "same prompt tokens", "output": "same output tokens", "weigh
           "threads": "same threads", "engine": "same engine version", "lag": "client on time",
           "machine": "uncontended machine"}
 PROMPT_TOLERANCE = 0.02
+CONVERTED = ("BF16", "FP16", "FP32")  # dtypes vLLM serves a GGUF file's weights in
 LAG_MS = 10.0  # load.max_lag_ms of runs that stored none (its default)
 KEYS = ["model", "workload", "config", "concurrency"]
 
@@ -112,6 +113,11 @@ def gate(claims: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
         checks = failed(fa, fb) if fa and fb and r["a"] != r["b"] else []
         like.append(not checks if fa and fb else None)
         unlike.append("; ".join(checks) or None)
-        texts.append(r["text"] + (f" *Not like for like:* {plain('; '.join(checks))}." if checks else ""))
+        text = r["text"] + (f" *Not like for like:* {plain('; '.join(checks))}." if checks else "")
+        qa, qb = r["a"].split(" · ")[-1], (r["b"] or "").split(" · ")[-1]
+        if fa and fb and fa["sha256"] == fb["sha256"] and qa != qb:  # one file, one side converted it
+            text += f" Both serve one weights file, {plain(qa if qb in CONVERTED else qb)} converted to " \
+                    f"{plain(qb if qb in CONVERTED else qa)}."
+        texts.append(text)
     return claims.with_columns(like_for_like=pl.Series(like, dtype=pl.Boolean), unlike=pl.Series(unlike, dtype=pl.String),
                                text=pl.Series(texts, dtype=pl.String))
