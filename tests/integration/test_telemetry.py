@@ -12,7 +12,7 @@ import pytest
 from conftest import write_scenario
 
 from gaplab import store
-from gaplab.report import telemetry
+from gaplab.report import batch, telemetry
 from gaplab.measure import run_cell
 from gaplab.telemetry import Rapl, Sampler, background, prometheus_rows
 
@@ -127,3 +127,15 @@ def test_prometheus_text_is_parsed_by_the_library():
     rows = prometheus_rows(text)
     assert ("vllm:num_requests_running", '{"engine": "0", "model_name": "m"}', 3.0) in rows
     assert ("vllm:kv_cache_usage_perc", '{"engine": "0"}', 0.25) in rows
+
+
+def test_the_batch_read_from_chunk_arrivals_matches_the_servers_slots(run):
+    """Two slots, four users: the estimate from the client's clock never sees more than the two
+    streams the server decodes together, mostly two, and agrees with /slots at its samples."""
+    raw, run_id = run
+    steps = batch.steps(batch.token_arrivals(raw, [run_id]))
+    assert steps["batch"].max() == 2 and steps["batch"].mean() > 1.5
+    samples = batch.agreement(raw, [run_id])
+    summary = batch.agreement_summary(samples).row(0, named=True)
+    assert summary["source"] == "llama.cpp /slots" and summary["samples"] >= 5
+    assert summary["within_one"] >= 90, samples

@@ -71,10 +71,13 @@ def figure_name(device: str, threads_used: int | None) -> str:
     return f"cpu {threads_used} thread{'s' if threads_used > 1 else ''}" if device == "cpu" else device
 
 
-def roofline(estimates: pl.DataFrame, requests: pl.DataFrame, raw_dir: Path, machine_id: str) -> pl.DataFrame:
+def roofline(estimates: pl.DataFrame, requests: pl.DataFrame, raw_dir: Path, machine_id: str,
+             batches: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per cell (speed.estimates) with the inputs of the bound (bandwidth_source: the figure
     used), the bound and the measured decode tok/s, and the percentage with its interval; cells
-    without stored traffic are left out."""
+    without stored traffic are left out. The batch is the users, or the slots where fewer; for a
+    server whose slots are unknown (attached), the mean batch read from the client's clock
+    (batches: report.batch.per_cell), else the users."""
     bw = bandwidth(raw_dir, machine_id)
     cells = traffic(raw_dir, machine_id)
     if bw.is_empty() or cells.is_empty() or estimates.is_empty():
@@ -104,8 +107,11 @@ def roofline(estimates: pl.DataFrame, requests: pl.DataFrame, raw_dir: Path, mac
                                        pl.lit(f"% on {gpu_name}, the rest on "), cpu_name)))
     context = requests.filter(pl.col("ok")).group_by("cell_key").agg(
         context=pl.col("prompt_tokens").mean() + pl.col("completion_tokens").mean() / 2)
-    batch = pl.min_horizontal("concurrency", pl.col("parallel").fill_null(pl.col("concurrency")))
+    seen = pl.col("mean_batch") if batches is not None and not batches.is_empty() else pl.lit(None, pl.Float64)
+    batch = pl.min_horizontal("concurrency", pl.col("parallel").fill_null(seen).fill_null(pl.col("concurrency")))
     step = pl.col("weight_bytes") + pl.col("batch") * pl.col("kv_bytes_per_token").fill_null(0) * pl.col("context")
+    if batches is not None and not batches.is_empty():
+        estimates = estimates.join(batches.select("cell_key", "mean_batch"), on="cell_key", how="left")
     return (estimates.drop("threads", "parallel").join(cells, on="cell_key").join(context, on="cell_key")
             .with_columns(batch=batch, gpu_share=share)
             .with_columns(gb_s=gb_s, bandwidth_source=source)
