@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gaplab import runtimes
+from gaplab.ablation_spec import Ablation
 from gaplab.workload_spec import WORKLOAD_KINDS, Strict, WorkloadSpec, levels  # kinds: fixed, distribution, ...
 
 
@@ -269,6 +270,7 @@ class Scenario(Strict):
     workloads: list[WorkloadSpec] = Field(min_length=1)
     load: LoadSpec
     seed: int = 0
+    ablations: list[Ablation] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Scenario":
@@ -287,6 +289,8 @@ class Scenario(Strict):
             if wl.kind == "multi-turn" and self.levels(wl)[1]:
                 raise ValueError(f"workloads.{i}: a multi-turn workload runs with users (concurrency), not rates: "
                                  "each user's next turn waits for the last answer")
+        for i, ablation in enumerate(self.ablations):
+            ablation.check(self, f"ablations.{i}")
         return self
 
     def levels(self, workload) -> tuple[list[int], list[float]]:
@@ -299,6 +303,9 @@ class Scenario(Strict):
 
     def cells(self) -> list["Cell"]:
         out = []
+        # what each run stores of the scenario's ablations: the report apportions gaps from the data
+        ablations = [{**a.model_dump(), "workload": a.workload_name(self), "chain": a.chain(self)}
+                     for a in self.ablations]
         for rt, model, wl in itertools.product(self.runtimes, self.models, self.workloads):
             if (rt.models and model.name not in rt.models) or (rt.workloads and wl.name not in rt.workloads):
                 continue
@@ -306,7 +313,7 @@ class Scenario(Strict):
             levels = [{"concurrency": c} for c in users] + [{"rate": r} for r in rates]
             for quant, level in itertools.product(rt.quants_for(model), levels):
                 out.append(Cell(scenario=self.name, runtime=rt, model=model, quant=quant,
-                                workload=wl, load=self.load, seed=self.seed, **level))
+                                workload=wl, load=self.load, seed=self.seed, ablations=ablations, **level))
         # Group cells of one server together so a sweep starts each server once.
         out.sort(key=lambda c: (c.server_key, c.workload.name, c.concurrency or 0, c.rate or 0))
         return out
@@ -324,6 +331,7 @@ class Cell(Strict):
     rate: float | None = None  # open loop: this many requests per second
     load: LoadSpec
     seed: int = 0
+    ablations: list[dict] = []  # the scenario's, resolved (Scenario.cells); not part of the identity
 
     @model_validator(mode="after")
     def _one_level(self) -> "Cell":

@@ -294,3 +294,22 @@ def switch_bars(rows: pl.DataFrame) -> alt.LayerChart:
         x="one:Q")
     return (rules + points + one).properties(width=420, height=alt.Step(22),
                                              title="One switch changed: a ÷ b with its 95% interval")
+
+
+def ablation_waterfall(frame: pl.DataFrame, title: str, unit: str) -> alt.LayerChart:
+    """ablation.waterfall_frame as bars on a log scale: a at 1, each factor's step and the
+    remainder from where the last one ended, then the whole gap from 1; rules are 95% intervals."""
+    df = frame.with_columns(sign=pl.when(pl.col("step") == "the whole gap").then(pl.lit("the whole gap"))
+                            .when(pl.col("end") >= pl.col("start")).then(pl.lit("raises it"))
+                            .otherwise(pl.lit("lowers it"))).to_pandas()
+    x = alt.X("step:N", sort=list(df.sort_values("order")["step"]), title=None,
+              axis=alt.Axis(labelAngle=-30, labelLimit=220))
+    y = alt.Y("start:Q", scale=alt.Scale(type="log"), title=f"{unit}, × the baseline's (log scale)")
+    tip = [alt.Tooltip("step:N"), alt.Tooltip("end:Q", title="× after this step", format=".2f"),
+           alt.Tooltip("lo:Q", title="95% interval from", format=".2f"), alt.Tooltip("hi:Q", title="to", format=".2f")]
+    bars = alt.Chart(df).mark_bar().encode(
+        x=x, y=y, y2="end:Q", tooltip=tip,
+        color=alt.Color("sign:N", title=None, scale=alt.Scale(domain=["the whole gap", "raises it", "lowers it"],
+                                                              range=["#7570b3", "#1b9e77", "#d95f02"])))
+    rules = alt.Chart(df).mark_rule(strokeWidth=2, color="black").encode(x=x, y="lo:Q", y2="hi:Q", tooltip=tip)
+    return (bars + rules).properties(width=420, height=240, title=title)
