@@ -100,3 +100,19 @@ def test_a_bad_ablation_names_its_field(change, expected):
     bad["ablations"][0].update(change)
     with pytest.raises((ScenarioError, ValueError), match=expected.replace(".", r"\.")):
         parse_scenario(bad)
+
+
+def test_each_run_stores_its_scenarios_ablations_and_the_page_reads_them_back(tmp_path):
+    from gaplab import store
+    from gaplab.measure import run_meta
+
+    cell = parse_scenario(SCENARIO).cells()[0]
+    meta = run_meta(cell, None, "2026-01-01T00:00:00+00:00", "complete", None)
+    ident = {"run_id": "20260101T000000Z-abc123", "cell_id": cell.cell_id, "cell_key": cell.cell_key,
+             "scenario": "t", "hardware_id": "hw", "machine_id": "m-1", "series_id": "20260101T000000Z-abc123",
+             "trial": 1, "runtime": "one", "runtime_kind": "llamacpp", "runtime_version": "v", "model": "m",
+             "quant": "F16", "workload": "w", "concurrency": 1, "threads": 1, "parallel": 1}
+    store.write_run(tmp_path, ident, meta, [])
+    got = ablation.specs(tmp_path, "m-1")
+    assert [g["name"] for g in got] == ["g"] and got[0]["chain"]["b"] == "v · BF16"
+    assert ablation.specs(tmp_path, "m-2") == []
