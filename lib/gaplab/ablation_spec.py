@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from gaplab.workload_spec import Strict
+from gaplab.workload_spec import Strict, one_of
 
 
 class Ablation(Strict):
@@ -41,9 +41,7 @@ class Ablation(Strict):
     def _known_metric(cls, metric: str) -> str:
         from gaplab.metrics import HIGHER_IS_BETTER
 
-        if metric not in HIGHER_IS_BETTER:
-            raise ValueError(f"input should be one of {', '.join(HIGHER_IS_BETTER)}")
-        return metric
+        return one_of(metric, HIGHER_IS_BETTER)
 
     def check(self, scenario, where: str) -> None:
         """Every runtime, the model, workload, quant and level named exist in the scenario; raises

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gaplab import runtimes
 from gaplab.ablation_spec import Ablation
-from gaplab.workload_spec import WORKLOAD_KINDS, Strict, WorkloadSpec, levels  # kinds: fixed, distribution, ...
+from gaplab.workload_spec import WORKLOAD_KINDS, Strict, WorkloadSpec, levels, one_of  # kinds: fixed, distribution, ...
 
 
 def stable_key(spec: dict) -> str:
@@ -84,10 +84,7 @@ class RuntimeSpec(Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        known = runtimes.kinds()
-        if kind not in known:
-            raise ValueError(f"input should be one of {', '.join(sorted(known))}")
-        return kind
+        return one_of(kind, sorted(runtimes.kinds()))
 
     @field_validator("extra_body")
     @classmethod
@@ -107,9 +104,7 @@ class RuntimeSpec(Strict):
     def _known_build(cls, build: str) -> str:
         from gaplab.provision.llama_build import BUILDS
 
-        if build not in BUILDS:
-            raise ValueError(f"input should be one of {', '.join(BUILDS)}")
-        return build
+        return one_of(build, BUILDS)
 
     @property
     def started_here(self) -> bool:

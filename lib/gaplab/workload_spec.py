@@ -22,6 +22,13 @@ MAX_TOKENS = 131072
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 
 
+def one_of(value: str, allowed) -> str:
+    """A field validator's check: value, if allowed holds it, else the one line a user reads."""
+    if value not in allowed:
+        raise ValueError(f"input should be one of {', '.join(allowed)}")
+    return value
+
+
 class Strict(BaseModel):
     """The base of every scenario model (here, since scenario imports this module): an unknown
     field is refused, and a loaded scenario cannot change."""
