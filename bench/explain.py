@@ -21,7 +21,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from gaplab import metrics  # noqa: E402
-from gaplab.report import (capability, checker, claims, cold_start, decompose, definitions, quality,  # noqa: E402
+from gaplab.report import (capability, checker, claims, claims_file, cold_start, decompose, definitions, quality,  # noqa: E402
                            roofline, speed, speed_prose, telemetry)
 
 RAW = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "raw"
@@ -69,7 +69,7 @@ with_rss = trials.join(telemetry.rss_mb(RAW, trials["run_id"].to_list()), on="ru
 scores, _ = quality.read_quality(RAW, machine)
 recovery = (quality.recovery(quality.quality_speed_size(scores, estimates)) if not scores.is_empty()
             else pl.DataFrame())
-result = checker.check(checker.load_claims(), with_rss, cold_start.cold_starts(RAW, machine), recovery)
+result = checker.check(claims_file.load_claims(), with_rss, cold_start.cold_starts(RAW, machine), recovery)
 print(speed_prose.published_story(result))
 for r in result.iter_rows(named=True):
     print(f"- {r['claim_id']} ({r['seed_file'][:3]}) {r['verdict']}: {r['claim']}\n    {r['evidence']}")

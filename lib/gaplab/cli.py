@@ -170,12 +170,12 @@ def report(data_dir: str = typer.Option("", help=DATA_DIR_HELP),
     """Build the report site from the raw data, with Quarto if installed, else nbconvert (and say which)."""
     import polars as pl
 
-    from gaplab.report import capability, checker, cost, speed
+    from gaplab.report import capability, claims_file, cost, speed
     from gaplab.report.site import build_site
     from gaplab.storage import glob
 
     data_dir = _store(data_dir, write=False)
-    _guard(checker.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
+    _guard(claims_file.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
     _guard(capability.load_published)
     _guard(cost.parse_prices, price_per_hour)
     if builder not in ("auto", "quarto", "nbconvert"):

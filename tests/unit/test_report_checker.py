@@ -5,10 +5,10 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from gaplab.report import checker
+from gaplab.report import checker, claims_file
 from gaplab.report.workloads import COMPARED
 
-HEADER = ",".join(checker.COLUMNS)
+HEADER = ",".join(claims_file.COLUMNS)
 
 
 def trials(rows: list[tuple]) -> pl.DataFrame:
@@ -37,7 +37,7 @@ SERVERS = trials([
 def claims(tmp_path, *rows: str) -> pl.DataFrame:
     path = tmp_path / "claims.csv"
     path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
-    return checker.load_claims(path)
+    return claims_file.load_claims(path)
 
 
 def verdicts(tmp_path, *rows: str, starts=pl.DataFrame(), recovery=pl.DataFrame()) -> list[str]:
@@ -99,7 +99,7 @@ def test_stability_cold_start_recovery_and_what_cannot_be_tested(tmp_path):
     ("a,s,src,x,not_testable,,,,,,", "needs"),
 ])
 def test_a_bad_row_names_the_file_row_and_field(tmp_path, row, field):
-    with pytest.raises(checker.ClaimsError, match=rf"claims.csv row 3: {field}"):
+    with pytest.raises(claims_file.ClaimsError, match=rf"claims.csv row 3: {field}"):
         claims(tmp_path, "ok,s,src,fine,not_testable,,,,,,a GPU", row)
 
 
@@ -108,7 +108,7 @@ def test_the_report_command_stops_on_a_bad_claims_file_in_one_line(tmp_path, mon
 
     path = tmp_path / "claims.csv"
     path.write_text(HEADER + "\na,s,src,x,faster,kind=vllm,,tok_s,1,,\n")
-    monkeypatch.setattr(checker, "CLAIMS_FILE", path)
+    monkeypatch.setattr(claims_file, "CLAIMS_FILE", path)
     res = CliRunner().invoke(app, ["report", "--data-dir", str(tmp_path / "raw"), "--out", str(tmp_path / "site")])
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
@@ -116,7 +116,7 @@ def test_the_report_command_stops_on_a_bad_claims_file_in_one_line(tmp_path, mon
 
 
 def test_the_shipped_claims_file_loads_and_covers_the_articles():
-    shipped = checker.load_claims()
+    shipped = claims_file.load_claims()
     assert shipped["claim_id"].is_unique().all()
     assert shipped.height >= 12 and shipped["seed_file"].n_unique() >= 4
 
@@ -160,7 +160,7 @@ def test_a_zero_spread_and_a_missing_threshold_are_handled(tmp_path):
     got = checker.check(claims(tmp_path, "a,s,src,x,more_stable,kind=vllm,kind=llamacpp,per_user_tok_s,,,"),
                         both, pl.DataFrame(), pl.DataFrame())
     assert got["verdict"].to_list() == ["holds here"]  # no spread at all against 2%
-    with pytest.raises(checker.ClaimsError, match="row 2: threshold: the test scales_at_least needs one"):
+    with pytest.raises(claims_file.ClaimsError, match="row 2: threshold: the test scales_at_least needs one"):
         claims(tmp_path, "a,s,src,x,scales_at_least,kind=vllm,,aggregate_tok_s,,,")
 
 
@@ -232,7 +232,7 @@ def test_a_claim_about_ollama_is_never_tested_on_a_stand_in(tmp_path):
     ("s,s,src,x,switch_cuts,switch=prefix_cache,,ttft_p50_ms,,forty,", "threshold: 'forty'"),
 ])
 def test_a_bad_switch_claim_stops_in_one_line_naming_the_field(tmp_path, row, field):
-    with pytest.raises(checker.ClaimsError, match="row 2: " + field.replace("(", r"\(")):
+    with pytest.raises(claims_file.ClaimsError, match="row 2: " + field.replace("(", r"\(")):
         claims(tmp_path, row)
 
 

@@ -5,7 +5,7 @@ import polars as pl
 
 from gaplab import metrics, store
 from gaplab.records import RequestRecord
-from gaplab.report import checker, claims, fairness, speed
+from gaplab.report import checker, claims, claims_file, fairness, speed
 
 SHA = "a" * 64
 
@@ -91,11 +91,11 @@ def test_the_checker_says_which_published_claims_compare_unlike_things(tmp_path)
         write(tmp_path, "one", "Q4", t, requests(16))
         write(tmp_path, "two", "Q4", t, requests(16, gap=10**6), sha="b" * 64)
     path = tmp_path / "claims.csv"
-    path.write_text(",".join(checker.COLUMNS) + "\nc,s,src,one is faster,faster,runtime=one,runtime=two,"
+    path.write_text(",".join(claims_file.COLUMNS) + "\nc,s,src,one is faster,faster,runtime=one,runtime=two,"
                     "per_user_tok_s,1,,\n")
     req = speed.scan_requests(tmp_path, "m-1")
     trials = metrics.trial_summary(req)
-    got = checker.check(checker.load_claims(path), trials, pl.DataFrame(), pl.DataFrame(),
+    got = checker.check(claims_file.load_claims(path), trials, pl.DataFrame(), pl.DataFrame(),
                         cells_facts=fairness.facts(tmp_path, "m-1", req)).row(0, named=True)
     assert got["verdict"] == "holds here" and got["like_for_like"] == "no: weights"
     assert "[not like for like: weights: different files" in got["evidence"]

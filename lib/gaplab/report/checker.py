@@ -1,17 +1,4 @@
-"""Published claims, tested on this machine's rows.
-
-data/reference/claims.csv holds the claims the seed articles make, one per row, in our own
-words: which article, what is claimed, the test that decides it here, its subjects, metric,
-load level and threshold, and for a claim gaplab cannot test here what it would take.
-
-Subjects are selectors over the measured cells, since the articles' "Ollama" and "vLLM" are
-roles here: `kind=vllm`, `kind=llamacpp;slots=1` (a single-slot llama.cpp server, the
-stand-in for a single-stream server), `slots>1` (any batching server), `quant=Q8_0`,
-`runtime=<name>`; `;` joins conditions, `|` gives alternatives (the first that matches a
-measured cell is used, so `kind=ollama;slots=1|kind=llamacpp;slots=1` takes a real Ollama
-where there is one). A claim that names Ollama has `kind=ollama` alone: without an Ollama
-server it is not testable, never tested on a stand-in. Users: 1, a number, or empty (every
-level, or the fewest and the most).
+"""Published claims, tested on this machine's rows (the claims file: claims_file.py).
 
 The test `switch_cuts` is about one switch of a server (its subject: `switch=prefix_cache` or
 `switch=chunked_prefill`) and reads the workloads study's pairs of servers with that switch on
@@ -31,31 +18,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 from scipy import stats as st
 
 from gaplab import stats
-from gaplab.config import REFERENCE_DIR
-from gaplab.metrics import METRICS
+from gaplab.report.claims_file import matches
 
-CLAIMS_FILE = REFERENCE_DIR / "claims.csv"
 SIXTEEN_BIT = ("F16", "BF16", "F32")  # what "the 16-bit model" may be measured as
-COLUMNS = ["claim_id", "seed_file", "source", "claim", "test", "a", "b", "metric", "users", "threshold", "needs"]
-TESTS = ("faster", "leads_from", "scales_at_least", "scales_at_most", "linear_in_users", "more_stable",
-         "starts_slower", "recovers", "switch_cuts", "not_testable")
-SWITCHES = ("prefix_cache", "chunked_prefill")  # the launch switches switch_cuts can name
-EXTRA_METRICS = ("rss_mb", "cold_start_s", "recovery_pct")
-FIELDS = ("kind", "slots", "quant", "runtime")
 GROWTH_SHARE = 0.5  # linear_in_users: the line's rise over the levels, as a share of the value at the most users
-THRESHOLD_NEEDED = ("scales_at_least", "scales_at_most", "leads_from", "recovers", "switch_cuts")
 VERDICTS = ("holds here", "does not hold here", "mixed here", "undecided here", "not testable here")
-
-
-class ClaimsError(ValueError):
-    """A claims file row that cannot be tested as written."""
 
 
 @dataclass(frozen=True)
@@ -71,91 +44,6 @@ def _unlike(row: dict) -> tuple[tuple[str, ...], str]:
         return (), ""
     checks = row["unlike"].split("; ")
     return tuple(c.split(":")[0] for c in checks), f" [not like for like: {row['unlike']}]"
-
-
-def _check_selector(where: str, text: str) -> None:
-    for alt in text.split("|"):
-        for cond in alt.split(";"):
-            field = cond.replace(">", "=").split("=")[0].strip()
-            if field not in FIELDS or ("=" not in cond and ">" not in cond):
-                raise ClaimsError(f"{where}: {cond!r} is not a condition; write field=value or slots>1 "
-                                  f"with field one of {', '.join(FIELDS)}")
-
-
-def _check_switch(where: str, r: dict) -> None:
-    from gaplab.report.workloads import COMPARED
-
-    switch = r["a"].removeprefix("switch=")
-    if not r["a"].startswith("switch=") or switch not in SWITCHES:
-        raise ClaimsError(f"{where}: a: {r['a']!r}: the test switch_cuts needs switch=NAME with NAME one of "
-                          f"{', '.join(SWITCHES)}")
-    compared = sorted({m for ms in COMPARED.values() for m in ms if m.endswith("_ms")})
-    if r["metric"] not in compared:
-        raise ClaimsError(f"{where}: metric: {r['metric']!r}: the workloads study compares switches on "
-                          f"{', '.join(compared)}")
-    try:
-        float(r["threshold"])
-    except ValueError:
-        raise ClaimsError(f"{where}: threshold: {r['threshold']!r} is not a percentage (40 for 40% lower)") from None
-
-
-def load_claims(path: Path | None = None) -> pl.DataFrame:
-    """The claims file (default: CLAIMS_FILE), checked: a row naming an unknown test, metric,
-    subject field or load level stops here with one line naming the file, row and field."""
-    path = path or CLAIMS_FILE
-    frame = pl.read_csv(path, infer_schema=False)
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise ClaimsError(f"{path}: the header lacks {', '.join(missing)}")
-    frame = frame.with_columns(pl.col(c).fill_null("") for c in COLUMNS)
-    for k, r in enumerate(frame.iter_rows(named=True), 2):  # row 1 is the header
-        where = f"{path} row {k}"
-        if r["test"] not in TESTS:
-            raise ClaimsError(f"{where}: test: {r['test']!r} is not one of {', '.join(TESTS)}")
-        if r["test"] == "not_testable":
-            if not r["needs"]:
-                raise ClaimsError(f"{where}: needs: say what it would take to test this claim")
-            continue
-        if not r["a"]:
-            raise ClaimsError(f"{where}: a: the claim needs a subject")
-        if r["test"] == "switch_cuts":
-            _check_switch(where, r)
-            continue
-        if r["metric"] not in METRICS + list(EXTRA_METRICS):
-            raise ClaimsError(f"{where}: metric: {r['metric']!r} is not one of {', '.join(METRICS + list(EXTRA_METRICS))}")
-        for col in ("a", "b"):
-            if r[col]:
-                _check_selector(f"{where}: {col}", r[col])
-        if r["users"] and not r["users"].isdigit():
-            raise ClaimsError(f"{where}: users: {r['users']!r} is not a number of users (or empty)")
-        if r["test"] in THRESHOLD_NEEDED and not r["threshold"]:
-            raise ClaimsError(f"{where}: threshold: the test {r['test']} needs one")
-        if r["threshold"]:
-            try:
-                float(r["threshold"].removesuffix("n"))
-            except ValueError:
-                raise ClaimsError(f"{where}: threshold: {r['threshold']!r} is not a number "
-                                  f"(a trailing n means times the users)") from None
-    return frame
-
-
-def _matches(cells: pl.DataFrame, selector: str) -> pl.DataFrame:
-    """The cells (rows with runtime_kind, parallel, quant, runtime) the selector picks: its first
-    alternative that picks any."""
-    for alt in selector.split("|"):
-        expr = pl.lit(True)
-        for cond in alt.split(";"):
-            if ">" in cond:
-                field, value = cond.split(">")
-                expr &= pl.col("parallel") > int(value)
-                continue
-            field, value = (s.strip() for s in cond.split("="))
-            col = {"kind": "runtime_kind", "slots": "parallel", "quant": "quant", "runtime": "runtime"}[field]
-            expr &= (pl.col(col) == int(value)) if field == "slots" else (pl.col(col) == value)
-        picked = cells.filter(expr)
-        if not picked.is_empty():
-            return picked
-    return cells.clear()
 
 
 def _iv(x: stats.Interval | None, fmt: str = ".2f", prefix: str = "×") -> str:
@@ -325,7 +213,7 @@ def _starts_slower(claim: dict, starts: pl.DataFrame, cells: pl.DataFrame, margi
         return Verdict("not testable here", "no cold start stored (servers gaplab starts record theirs)")
     slots = cells.group_by("runtime").agg(pl.col("parallel").first())
     s = starts.join(slots, on="runtime", how="left")
-    a, b = _matches(s, claim["a"]), _matches(s, claim["b"])
+    a, b = matches(s, claim["a"]), matches(s, claim["b"])
     if a.is_empty() or b.is_empty():
         return Verdict("not testable here", "a subject started no server here")
     ratio = stats.ratio_interval(a["to_first_token_s"].to_list(), b["to_first_token_s"].to_list())
@@ -345,7 +233,7 @@ def _starts_slower(claim: dict, starts: pl.DataFrame, cells: pl.DataFrame, margi
 def _recovers(claim: dict, recovery: pl.DataFrame) -> Verdict:
     if "recovery_pct" not in recovery.columns:  # no task accuracy stored for this machine
         return Verdict("not testable here", claim["needs"] or "no task accuracy stored here")
-    rows = _matches(recovery.with_columns(runtime_kind=pl.lit(""), parallel=pl.lit(None, pl.Int64)), claim["a"])
+    rows = matches(recovery.with_columns(runtime_kind=pl.lit(""), parallel=pl.lit(None, pl.Int64)), claim["a"])
     rows = rows.filter(pl.col("recovery_pct").is_not_null() & (pl.col("quant") != pl.col("reference"))
                        & pl.col("reference").is_in(SIXTEEN_BIT))
     if rows.is_empty():
@@ -427,8 +315,8 @@ def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, reco
             v = Verdict("not testable here", f"needs {c['users']} users; the most measured here is {max_users}"
                         + (f"; {c['needs']}" if c["needs"] else ""))
         else:
-            configs_a = set(_matches(cells, c["a"])["config"]) if c["a"] and c["test"] != "switch_cuts" else set()
-            configs_b = set(_matches(cells, c["b"])["config"]) if c["b"] else set()
+            configs_a = set(matches(cells, c["a"])["config"]) if c["a"] and c["test"] != "switch_cuts" else set()
+            configs_b = set(matches(cells, c["b"])["config"]) if c["b"] else set()
             if c["test"] == "switch_cuts":
                 v = _switch_cuts(c, workload_trials)
             elif c["test"] == "recovers":
