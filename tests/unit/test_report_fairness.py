@@ -99,3 +99,12 @@ def test_the_checker_says_which_published_claims_compare_unlike_things(tmp_path)
                         cells_facts=fairness.facts(tmp_path, "m-1", req)).row(0, named=True)
     assert got["verdict"] == "holds here" and got["like_for_like"] == "no: weights"
     assert "[not like for like: weights: different files" in got["evidence"]
+
+
+def test_a_note_names_the_failed_checks_of_any_pair_a_page_compares(tmp_path):
+    for t in (1, 2, 3):
+        write(tmp_path, "one", "Q4", t, requests(16))
+        write(tmp_path, "two", "Q4", t, requests(16, gap=10**6), threads=2)
+    cells = fairness.facts(tmp_path, "m-1", speed.scan_requests(tmp_path, "m-1"))
+    assert fairness.note(cells, "m", "w", "one · Q4", "two · Q4", 1) == " *Not like for like:* threads\\: 1 against 2."
+    assert fairness.note(cells, "m", "w", "one · Q4", "one · Q4", 1) == ""

@@ -121,3 +121,13 @@ def gate(claims: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
         texts.append(text)
     return claims.with_columns(like_for_like=pl.Series(like, dtype=pl.Boolean), unlike=pl.Series(unlike, dtype=pl.String),
                                text=pl.Series(texts, dtype=pl.String))
+
+
+def note(cells: pl.DataFrame, model: str, workload: str, a: str, b: str, users: int) -> str:
+    """' *Not like for like:* ...' for two configurations at one level that fail a check, else ''."""
+    index = {(r["config"], r["concurrency"]): r for r in
+             cells.filter((pl.col("model") == model) & (pl.col("workload") == workload)).iter_rows(named=True)}
+    fa, fb = index.get((a, users)), index.get((b, users))
+    checks = failed(fa, fb) if fa and fb and a != b else []
+    return f" *Not like for like:* {plain('; '.join(checks))}." if checks else ""
+
