@@ -30,7 +30,7 @@ import openai
 import orjson
 
 from gaplab.http1 import body_lines, parse_response
-from gaplab.protocols import EVENT_MARKERS, fill_from_events, fill_from_ollama
+from gaplab.protocols import EVENT_MARKERS, OLLAMA_REPEAT_LIMIT, fill_from_events, fill_from_ollama, ollama_repeats
 from gaplab.records import RequestRecord
 
 def merged(base: dict, extra: dict) -> dict:
@@ -217,7 +217,10 @@ class StreamClient:
             return
         before = rec.error
         if self.protocol == "ollama":
-            finished = fill_from_ollama(rec, body_lines(body, b""), self.api)
+            lines = body_lines(body, b"")
+            finished = fill_from_ollama(rec, lines, self.api)
+            if not finished and ollama_repeats(lines) >= OLLAMA_REPEAT_LIMIT:
+                cut = "stopped by Ollama's token repeat limit (the same token 31 times in a row), without its done line,"
         else:
             finished = fill_from_events(rec, body_lines(body), self.api)
         if before is not None:

@@ -93,6 +93,24 @@ OLLAMA_TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "promp
                   "eval_count", "eval_duration")
 
 
+# Ollama (0.33) stops a generation whose last 31 stream events carry the same text (its token
+# repeat limit, llm/llama_server.go) and closes the stream without its done line.
+OLLAMA_REPEAT_LIMIT = 31
+
+
+def ollama_repeats(lines: list[tuple[int, bytes]]) -> int:
+    """How many of the stream's last events carried the same text (stripped), in a row."""
+    run, last = 0, None
+    for _, line in lines:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        text = (obj.get("response") or (obj.get("message") or {}).get("content") or "").strip()
+        run, last = (run + 1, last) if text == last else (1, text)
+    return run
+
+
 def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: str) -> bool:
     """Ollama's native stream: one JSON object per line; the last (done: true) holds its own
     counts and durations (nanoseconds), kept as the server's timings. Returns whether the

@@ -108,3 +108,11 @@ def test_a_stream_that_ignores_its_length_is_cut_and_named(records, fault):
         assert error_kind(rec.error) == "ignored output length"
         # cut once it had sent 2 x 5 + 16 events, long before the 1 s timeout
         assert 2 * TOKENS <= tokens <= 200 and (rec.end_ns - rec.sent_ns) / 1e9 < TIMEOUT_S / 2
+
+
+def test_ollamas_repeat_limit_is_named_not_taken_for_a_cut_stream(records):
+    """Ollama 0.33 ends a looping generation cleanly, without its done line: the error says so."""
+    for fault, rec in records:
+        if fault == "ollama-repeat-limit":
+            assert rec.error == FAULTS[fault] and rec.token_chunks == 31
+            assert error_kind(rec.error) == "Ollama's token repeat limit"

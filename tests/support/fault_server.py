@@ -51,6 +51,9 @@ FAULTS = {
     "truncated-close": "truncated after 3 tokens",
     "no-final-chunk": "the response ended before its body was complete (after 5 tokens)",
     "ollama-ok": None, "ollama-truncated": "truncated after 3 tokens", "ollama-error": "model runner crashed",
+    # Ollama 0.33 ends a stream whose last 31 tokens are the same, cleanly, without its done line
+    "ollama-repeat-limit": "stopped by Ollama's token repeat limit (the same token 31 times in a row), without its "
+                           "done line, after 31 tokens",
     # tokens until the client gives up: one that asked for TOKENS cuts it at 2 x TOKENS + 16 events
     "endless": "server ignored the output length: ", "ollama-endless": "server ignored the output length: ",
     **dict.fromkeys(REASONING),
@@ -100,6 +103,8 @@ def ollama_lines(fault: str, generate: bool = False) -> list[bytes | None]:
                eval_duration=1000)
     if fault == "ollama-error":  # Ollama ends a failed stream with an error line, no done line
         return [line, b'{"error":"model runner crashed"}\n']
+    if fault == "ollama-repeat-limit":
+        return [line] * 31
     return [say(" hmm", "thinking", done=False)] * thoughts + [None] * bool(thoughts) + [line] * TOKENS + [done]
 
 
