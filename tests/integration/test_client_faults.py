@@ -30,9 +30,11 @@ async def drive() -> list[tuple[str, RequestRecord]]:
             while (i := next(counter)) < REQUESTS:
                 fault = names[i % len(names)]
                 client = ollama_client if fault.startswith("ollama") else openai_client
+                # Ollama's repeat limit needs a target above its 31 tokens, as the default's 48 is
+                target = 48 if fault == "ollama-repeat-limit" else TOKENS
                 rec = RequestRecord(index=i, user=u, warmup=False, scheduled_ns=time.perf_counter_ns(),
-                                    target_output_tokens=TOKENS)
-                done.append((fault, await client.stream(client.body(fault, TOKENS, "fake"), rec)))
+                                    target_output_tokens=target)
+                done.append((fault, await client.stream(client.body(fault, target, "fake"), rec)))
 
         await asyncio.gather(*(user(u) for u in range(USERS)))
     server.close()
