@@ -7,7 +7,7 @@ SCENARIO ?= scenarios/local-cpu.yaml
 WORKLOADS ?= scenarios/workloads-cpu.yaml
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: setup toolchain browser report lab test bench clean
+.PHONY: setup toolchain browser report lab test test-fast lint bench clean
 
 $(BIN)/gaplab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,17 @@ report: setup toolchain
 lab: setup
 	$(BIN)/gaplab lab
 
-test: setup toolchain browser
+test: setup toolchain browser lint
 	$(BIN)/gaplab local setup --model smollm2-135m --quant Q8_0 --runtime llamacpp --runtime vllm
 	$(BIN)/python -m pytest
+
+# The unit tests alone: no build, no server, about 30 s.
+test-fast: setup
+	$(BIN)/python -m pytest tests/unit -q
+
+# pyflakes, pycodestyle and import order (pyproject.toml's [tool.ruff]); make test runs it first.
+lint: setup
+	$(BIN)/ruff check lib tests bench
 
 bench: setup
 	$(BIN)/python bench/client_capacity.py

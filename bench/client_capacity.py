@@ -40,12 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import sse_server  # noqa: E402
+
 from gaplab.client import StreamClient  # noqa: E402
 from gaplab.load import closed_loop, run_sync  # noqa: E402
 from gaplab.load_processes import Job, Requests, drive_processes  # noqa: E402
 from gaplab.records import RequestRecord  # noqa: E402
 from gaplab.workload_spec import FixedWorkload  # noqa: E402
-
 
 TOKENS = [2000]  # chunks per stream (--tokens)
 

@@ -21,8 +21,20 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from gaplab import metrics  # noqa: E402
-from gaplab.report import (capability, checker, claims, claims_file, cold_start, decompose, definitions, quality,  # noqa: E402
-                           roofline, speed, speed_prose, telemetry)
+from gaplab.report import (  # noqa: E402
+    capability,
+    checker,
+    claims,
+    claims_file,
+    cold_start,
+    decompose,
+    definitions,
+    quality,
+    roofline,
+    speed,
+    speed_prose,
+    telemetry,
+)
 
 RAW = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "raw"
 machine = speed.pick_machine(RAW, sys.argv[2] if len(sys.argv) > 2 else "")

@@ -36,8 +36,8 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-import psutil
 import polars as pl
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq

@@ -237,8 +237,8 @@ def _ollama_found() -> str:
 @app.command()
 def doctor():
     """Say what is installed and what is missing."""
-    from gaplab.provision import llama_build, models
     from gaplab.hardware import hardware, machine_id
+    from gaplab.provision import llama_build, models
 
     hw = hardware()
     typer.echo(f"machine:   {machine_id()}, class {hw['hardware_id']} ({hw['cpu_model']}, {hw['cpu_cores']} cores, "

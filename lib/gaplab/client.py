@@ -33,6 +33,7 @@ from gaplab.http1 import body_lines, parse_response
 from gaplab.protocols import EVENT_MARKERS, OLLAMA_REPEAT_LIMIT, fill_from_events, fill_from_ollama, ollama_repeats
 from gaplab.records import RequestRecord
 
+
 def merged(base: dict, extra: dict) -> dict:
     """base with extra's fields laid over it, nested mappings merged key by key: a user's
     {"options": {"num_thread": 1}} keeps the {"options": {"num_predict": 48}} gaplab set."""

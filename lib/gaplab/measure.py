@@ -21,8 +21,8 @@ import gaplab
 from gaplab import partfiles, store
 from gaplab.client import StreamClient
 from gaplab.config import RAW_DIR
-from gaplab.hardware import hardware
 from gaplab.guard import Rules, TrialGuard, TrialStopped
+from gaplab.hardware import hardware
 from gaplab.load import arrival_offsets, closed_loop, one_by_one, open_loop, open_loop_count, run_sync
 from gaplab.load_processes import Job, Requests, drive_processes
 from gaplab.runtimes import Server, kinds, open_server

@@ -98,7 +98,8 @@ def with_latencies(requests: Frame) -> Frame:
 def error_kind(message: str) -> str:
     """A short name for an error message, for counting errors by kind."""
     m = message.lower()
-    for key, kind in (("token repeat limit", "Ollama's token repeat limit"), ("truncated", "truncated"), ("reset", "connection reset"), ("no complete response", "timeout"),
+    for key, kind in (("token repeat limit", "Ollama's token repeat limit"), ("truncated", "truncated"),
+                      ("reset", "connection reset"), ("no complete response", "timeout"),
                       ("malformed", "malformed stream"), ("cancelled", "cancelled"), ("refused", "refused"),
                       ("before its body was complete", "incomplete body"),
                       ("ignored the output length", "ignored output length"), ("cut at trial end", "cut at trial end"),

@@ -13,10 +13,26 @@ import random
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gaplab.capability import (ANSWER_TOKENS, BROKEN, FAIL, FORCED_TOKENS, OVERLAP_STREAMS, PREFIX_PAIRS,
-                               PREFIX_WORDS, SCHEMA, TOOL, Finding, judge_forced_length, judge_json_schema,
-                               judge_logprobs, judge_models, judge_overlap, judge_prefix_cache, judge_tool_call,
-                               judge_usage)
+from gaplab.capability import (
+    ANSWER_TOKENS,
+    BROKEN,
+    FAIL,
+    FORCED_TOKENS,
+    OVERLAP_STREAMS,
+    PREFIX_PAIRS,
+    PREFIX_WORDS,
+    SCHEMA,
+    TOOL,
+    Finding,
+    judge_forced_length,
+    judge_json_schema,
+    judge_logprobs,
+    judge_models,
+    judge_overlap,
+    judge_prefix_cache,
+    judge_tool_call,
+    judge_usage,
+)
 from gaplab.client import StreamClient
 from gaplab.records import RequestRecord
 from gaplab.workload import WORDS

@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from gaplab.hardware import hardware, machine_id
+from gaplab.records import RunIdentity
 from gaplab.runtimes import Server, open_server
 from gaplab.runtimes.process import first_dead
 from gaplab.scenario import Cell
-from gaplab.records import RunIdentity
 
 
 class Measurement(Protocol):

@@ -27,8 +27,8 @@ import polars as pl
 import pyarrow as pa
 
 from gaplab import storage
-from gaplab.records import RequestRecord, RunIdentity
 from gaplab.config import SCHEMA_VERSION
+from gaplab.records import RequestRecord, RunIdentity
 from gaplab.storage import Root
 
 IDENTITY = pa.schema([

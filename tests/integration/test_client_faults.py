@@ -7,12 +7,12 @@ import asyncio
 import itertools
 import time
 
-import pytest
-
 import fault_server
+import pytest
 from fault_server import CUT_AFTER, FAULTS, REASONING, SLOW_HEADERS_S, TOKENS
-from gaplab.metrics import error_kind
+
 from gaplab.client import StreamClient
+from gaplab.metrics import error_kind
 from gaplab.records import CONTENT, ROLE, TOKEN_KINDS, RequestRecord
 
 USERS, TIMEOUT_S = 4, 1.0

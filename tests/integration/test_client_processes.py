@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import polars as pl
 import pytest
+import sse_server
 import yaml
 
-import sse_server
 from gaplab import store
 from gaplab.load import arrival_offsets, run_sync
 from gaplab.load_processes import ClientProcessError, Job, drive_processes

@@ -8,11 +8,10 @@ in a real Parquet run and read back through metrics.with_latencies."""
 import asyncio
 import time
 
-import polars as pl
-import pytest
-
 import fault_server
+import pytest
 from fault_server import THINK_PAUSE_S, THOUGHTS, TOKENS
+
 from gaplab import metrics, store
 from gaplab.client import StreamClient
 from gaplab.records import CONTENT, REASONING, ROLE, RequestRecord

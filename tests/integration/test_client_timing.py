@@ -11,7 +11,6 @@ import asyncio
 import statistics
 
 import pytest
-
 import sse_server
 from sse_server import measure, p99, pinned, ttft_errors
 

@@ -9,8 +9,8 @@ import time
 
 import polars as pl
 import pytest
-
 from conftest import write_scenario
+
 from gaplab import partfiles, store
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ import pytest
 from conftest import write_scenario
 
 from gaplab import store
-from gaplab.report import speed
+from gaplab.measure import run_cell
 from gaplab.provision import llama_build
+from gaplab.report import speed
 from gaplab.runtimes.llamacpp import llama_server
 from gaplab.scenario import RuntimeSpec, load_scenario
-from gaplab.measure import run_cell
 
 pytestmark = pytest.mark.slow
 

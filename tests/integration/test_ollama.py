@@ -10,12 +10,12 @@ import json
 
 import pytest
 import yaml
+from ollama_replay import OllamaReplay
 
 from gaplab import store
+from gaplab.measure import run_cell
 from gaplab.report import speed_prose
 from gaplab.runtimes import ollama
-from gaplab.measure import run_cell
-from ollama_replay import OllamaReplay
 
 
 @pytest.fixture()

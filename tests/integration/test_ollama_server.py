@@ -13,8 +13,8 @@ import time
 import polars as pl
 import psutil
 import pytest
-
 from conftest import SMOLLM2, write_scenario
+
 from gaplab import store
 from gaplab.client import StreamClient
 from gaplab.load import run_sync

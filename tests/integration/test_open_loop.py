@@ -4,8 +4,8 @@ go out on their schedule however many are in flight, and each keeps when it was 
 import gc
 
 import pytest
-
 import sse_server
+
 from gaplab.capability import most_at_once
 from gaplab.client import StreamClient
 from gaplab.load import arrival_offsets, open_loop, run_sync

@@ -5,10 +5,10 @@ import polars as pl
 import pytest
 import yaml
 from conftest import SMOLLM2
+from ollama_replay import OllamaReplay
 
 from gaplab import capability, probes, store
 from gaplab.report import capability as page
-from ollama_replay import OllamaReplay
 
 
 def verdicts(raw, runtime: str) -> dict[str, str]:

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 import yaml
 
+from gaplab import quality as q
 from gaplab import store
 from gaplab.provision import models
-from gaplab import quality as q
 from gaplab.report import quality as qframes
 from gaplab.runtimes.llamacpp import llama_server
 from gaplab.scenario import RuntimeSpec

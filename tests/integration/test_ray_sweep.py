@@ -14,10 +14,10 @@ from pathlib import Path
 import polars as pl
 import psutil
 import pytest
-import yaml
-
 import sse_server
+import yaml
 from ray_cluster import local_cluster
+
 from gaplab import cluster, store
 from gaplab.runtimes.process import free_port
 

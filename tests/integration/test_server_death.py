@@ -12,8 +12,8 @@ import time
 import polars as pl
 import psutil
 import pytest
-
 from conftest import write_scenario
+
 from gaplab import store
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import subprocess
 
 import polars as pl
 import pytest
+import sse_server
 import yaml
 
-import sse_server
 from gaplab import metrics, partfiles, storage, store
 from gaplab.hardware import machine_id
 from gaplab.report import speed

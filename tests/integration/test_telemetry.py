@@ -12,8 +12,8 @@ import pytest
 from conftest import write_scenario
 
 from gaplab import store
-from gaplab.report import batch, telemetry
 from gaplab.measure import run_cell
+from gaplab.report import batch, telemetry
 from gaplab.telemetry import Rapl, Sampler, background, prometheus_rows
 
 pytestmark = pytest.mark.slow

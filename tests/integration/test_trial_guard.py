@@ -7,10 +7,10 @@ import asyncio
 import subprocess
 import time
 
-import pytest
-
 import fault_server
+import pytest
 from fault_server import TOKENS
+
 from gaplab.client import StreamClient
 from gaplab.guard import CUT_AT_END, CUT_STOPPED, Rules, TrialGuard
 from gaplab.load import closed_loop, one_by_one, open_loop

@@ -8,9 +8,9 @@ import pytest
 from conftest import write_scenario
 
 from gaplab import store
-from gaplab.report import cold_start
-from gaplab.provision import vllm_env
 from gaplab.measure import run_cell
+from gaplab.provision import vllm_env
+from gaplab.report import cold_start
 
 pytestmark = pytest.mark.slow
 

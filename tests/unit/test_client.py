@@ -3,9 +3,9 @@ import pytest
 
 from gaplab.client import StreamClient, merged
 from gaplab.protocols import classify, fill_from_events, fill_from_ollama
+from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord
 from gaplab.runtimes import llamacpp, vllm
 from gaplab.scenario import RuntimeSpec
-from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord
 
 
 def test_role_only_and_empty_chunks_are_not_tokens():

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gaplab import quality as q
-from gaplab.quality import evaltext
 from gaplab.cli import app
+from gaplab.quality import evaltext
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llama-perplexity"
 ROOT = Path(__file__).resolve().parents[2]

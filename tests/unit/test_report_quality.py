@@ -8,7 +8,8 @@ import pytest
 
 from gaplab import quality as q
 from gaplab import store
-from gaplab.report import quality as qframes, quality_prose as qprose
+from gaplab.report import quality as qframes
+from gaplab.report import quality_prose as qprose
 
 ROOT = Path(__file__).resolve().parents[2]
 

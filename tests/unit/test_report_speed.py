@@ -2,8 +2,8 @@ import polars as pl
 import pytest
 
 from gaplab import metrics, store
-from gaplab.report import speed, speed_prose
 from gaplab.records import RequestRecord
+from gaplab.report import speed, speed_prose
 
 MS = 1_000_000
 

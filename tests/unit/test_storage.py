@@ -7,10 +7,10 @@ from pathlib import Path
 import fsspec
 import polars as pl
 import pytest
+from test_store import identity, records  # noqa: E402
 
 from gaplab import partfiles, storage, store
 from gaplab.config import RAW_DIR
-from test_store import identity, records  # noqa: E402
 
 
 @pytest.fixture

@@ -161,9 +161,9 @@ def test_a_column_a_schema_version_added_belongs_to_one_table_or_to_the_identity
 
 
 def test_a_bandwidth_measurement_is_stored_as_a_run_of_the_machine(tmp_path):
-    from gaplab import bandwidth
-
     import os
+
+    from gaplab import bandwidth
 
     rows = bandwidth.record(tmp_path, "s")
     assert {(r["repeat"], r["threads_used"]) for r in rows if r["device"] == "cpu"} == {(k, t) for k in (1, 2) for t in {1, os.cpu_count()}}

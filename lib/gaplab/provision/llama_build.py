@@ -23,7 +23,6 @@ from gaplab.config import CACHE_DIR
 from gaplab.provision import SetupError
 from gaplab.provision.pypi import pip_download
 
-
 LLAMA_CPP_PYTHON = "0.3.36"
 # The llama.cpp it vendors (the sdist's CHANGELOG; a build from the sdist has no git, so the
 # tools themselves say "build 0, commit unknown")

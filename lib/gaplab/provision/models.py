@@ -14,7 +14,6 @@ from gaplab.provision import SetupError, sha256
 from gaplab.provision.llama_build import build_llama_cpp, tool_path
 from gaplab.provision.pypi import pip_download
 
-
 DERIVED_QUANTS = ["F16", "Q8_0", "Q4_0"]
 
 

@@ -17,16 +17,42 @@ the report package (report/quality.py, report/quality_prose.py). The names below
 notebook and the tests use them as `quality.<name>`).
 """
 
+from gaplab.provision import SetupError
 from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all, task_request
 from gaplab.quality.evaltext import EVAL_TEXT, QUALITY_DIR, TextSource, eval_text
-from gaplab.quality.perplexity import (CHUNKS, CTX, TOOL_THREADS, FidelityResult, ToolOutputError, fidelity,
-                                       parse_base, parse_kld, perplexity_command, reference_quant)
-from gaplab.quality.questions import (AGREE_PROMPTS, AGREE_TOKENS, AGREE_WORDS, EVAL_SEED, EVAL_SET, EVAL_SIZE,
-                                      FEW_SHOT, MAX_TOKENS, EvalSetError, Item, chat_messages, completion_prompt,
-                                      continuation_items, load_eval_set, make_eval_set, score, wilson,
-                                      write_eval_set)
+from gaplab.quality.perplexity import (
+                                       CHUNKS,
+                                       CTX,
+                                       TOOL_THREADS,
+                                       FidelityResult,
+                                       ToolOutputError,
+                                       fidelity,
+                                       parse_base,
+                                       parse_kld,
+                                       perplexity_command,
+                                       reference_quant,
+)
+from gaplab.quality.questions import (
+                                       AGREE_PROMPTS,
+                                       AGREE_TOKENS,
+                                       AGREE_WORDS,
+                                       EVAL_SEED,
+                                       EVAL_SET,
+                                       EVAL_SIZE,
+                                       FEW_SHOT,
+                                       MAX_TOKENS,
+                                       EvalSetError,
+                                       Item,
+                                       chat_messages,
+                                       completion_prompt,
+                                       continuation_items,
+                                       load_eval_set,
+                                       make_eval_set,
+                                       score,
+                                       wilson,
+                                       write_eval_set,
+)
 from gaplab.quality.runner import QualityResult, measure
-from gaplab.provision import SetupError
 
 __all__ = [
     "AGREE_PROMPTS", "AGREE_TOKENS", "AGREE_WORDS", "Answer", "CHUNKS", "CTX", "EVAL_SEED", "EVAL_SET", "EVAL_SIZE",

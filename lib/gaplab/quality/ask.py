@@ -8,8 +8,16 @@ import time
 from dataclasses import dataclass
 
 from gaplab.client import StreamClient
-from gaplab.quality.questions import (AGREE_TOKENS, MAX_TOKENS, Item, chat_messages, completion_prompt,
-                                      continuation_request, score, wilson)
+from gaplab.quality.questions import (
+    AGREE_TOKENS,
+    MAX_TOKENS,
+    Item,
+    chat_messages,
+    completion_prompt,
+    continuation_request,
+    score,
+    wilson,
+)
 
 
 @dataclass

@@ -18,7 +18,6 @@ from gaplab import provision
 from gaplab.config import CACHE_DIR
 from gaplab.provision import SetupError
 
-
 QUALITY_DIR = CACHE_DIR / "quality"  # the evaluation text and the (large, temporary) logits files
 
 

@@ -10,10 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gaplab.provision import llama_build, models
-from gaplab.provision import SetupError
+from gaplab.provision import SetupError, llama_build, models
 from gaplab.quality.evaltext import QUALITY_DIR, eval_text
-
 
 # llama-perplexity: 4 chunks of 512 tokens score 4 x 255 tokens (the second half of each
 # chunk, so every scored token has 256 tokens of context). Gemma's 262k vocabulary makes

@@ -13,7 +13,6 @@ from gaplab import jsonl
 from gaplab.config import ROOT
 from gaplab.quality.evaltext import eval_text
 
-
 EVAL_DIR = ROOT / "data" / "eval"  # the shipped question set lives with the code, not under GAPLAB_DATA_DIR
 
 

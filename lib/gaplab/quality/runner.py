@@ -14,15 +14,22 @@ from typing import TYPE_CHECKING
 from gaplab import provision
 from gaplab.config import RAW_DIR
 from gaplab.provision import SetupError, llama_build, models
+from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all
+from gaplab.quality.evaltext import EVAL_TEXT, eval_text
+from gaplab.quality.perplexity import CHUNKS, CTX, TOOL_THREADS, FidelityResult, ToolOutputError, fidelity, reference_quant
+from gaplab.quality.questions import (
+    AGREE_PROMPTS,
+    AGREE_TOKENS,
+    AGREE_WORDS,
+    EVAL_SET,
+    MAX_TOKENS,
+    PROMPT_VERSION,
+    continuation_items,
+    load_eval_set,
+)
 from gaplab.records import RunIdentity
 from gaplab.runtimes import kinds
 from gaplab.scenario import stable_key
-from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all
-from gaplab.quality.evaltext import EVAL_TEXT, eval_text
-from gaplab.quality.perplexity import (CHUNKS, CTX, TOOL_THREADS, FidelityResult, ToolOutputError, fidelity,
-                                       reference_quant)
-from gaplab.quality.questions import (AGREE_PROMPTS, AGREE_TOKENS, AGREE_WORDS, EVAL_SET, MAX_TOKENS, PROMPT_VERSION,
-                                      continuation_items, load_eval_set)
 
 if TYPE_CHECKING:
     from gaplab.scenario import Cell

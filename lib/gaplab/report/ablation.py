@@ -25,8 +25,8 @@ from scipy import stats as st
 
 from gaplab import stats, store
 from gaplab.metrics import HIGHER_IS_BETTER, selected_runs
-from gaplab.report.claims import COLUMNS, UNITS, _fmt, users_text
 from gaplab.report import speed
+from gaplab.report.claims import COLUMNS, UNITS, users_text
 from gaplab.report.markup import plain
 from gaplab.stats import LEVEL
 
@@ -76,7 +76,6 @@ def apportion(trials: pl.DataFrame, spec: dict) -> tuple[pl.DataFrame, str]:
     pools = speed.trial_pools(trials, [spec["metric"]])
     machine = trials["machine_id"][0] if "machine_id" in trials.columns else None
     cell = {r: (logs[r], pools.get((machine, chain[r].split(" · ")[0], spec["metric"]))) for r in chain}
-    a = logs["a"]
     gap = _contrast([(1, *cell["b"]), (-1, *cell["a"])])
     steps = {r.removeprefix("factor:"): _contrast([(1, *cell[r]), (-1, *cell["a"])]) for r in factors}
     steps["remainder"] = _contrast([(1, *cell["b"])] + [(-1, *cell[r]) for r in factors]
@@ -111,7 +110,7 @@ def claim_rows(spec: dict, steps: pl.DataFrame) -> pl.DataFrame:
         verdict = ("undecided" if lo <= 1 <= hi else
                    "A better" if (lo > 1) == better else "B better")
         what = (f"the whole gap, {plain(chain['a'])} to {plain(chain['b'])}" if r["step"] == "the whole gap" else
-                f"the remainder (the factors together, beyond their separate effects)" if r["step"] == "remainder"
+                "the remainder (the factors together, beyond their separate effects)" if r["step"] == "remainder"
                 else f"{plain(r['step'])} alone ({plain(chain['a'])} to {plain(r['config'])})")
         share = (f", {r['share_pct']:.0f}% [{r['share_lo']:.0f}–{r['share_hi']:.0f}%] of the gap"
                  if r["share_pct"] is not None else "")

@@ -8,7 +8,6 @@ import polars as pl
 
 from gaplab.config import RAW_DIR
 
-
 K3 = ["hardware_id", "model", "quant"]
 K4 = ["hardware_id", "runtime", "model", "quant"]
 

@@ -8,7 +8,6 @@ import polars as pl
 
 from gaplab import storage, store
 
-
 # The same quantity under each runtime's own metric name.
 SERIES = {
     "llamacpp:requests_processing": "running (server)", "vllm:num_requests_running": "running (server)",

@@ -123,8 +123,8 @@ def open_server(cell, attach: dict | None = None) -> Iterator[Server]:
 def probe(server: Server, api: str) -> int | None:
     """Send one short request to a server just started: its first token ends the cold start."""
     from gaplab.client import StreamClient
-    from gaplab.records import RequestRecord
     from gaplab.load import run_sync
+    from gaplab.records import RequestRecord
 
     async def one() -> RequestRecord:
         rec = RequestRecord(index=-1, user=0, warmup=True, scheduled_ns=0)
