@@ -34,9 +34,10 @@ from gaplab import bandwidth, cluster, metrics, partfiles, stats, store
 from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
 from gaplab.kernel import CtrlC, Kernel, trial_outcome
+from gaplab.load_spec import LoadSpec
 from gaplab.measure import write_failed
 from gaplab.runtimes import Server
-from gaplab.scenario import Cell, LoadSpec, load_scenario
+from gaplab.scenario import Cell, load_scenario
 from gaplab.sessions import Sessions
 from gaplab.storage import Root
 

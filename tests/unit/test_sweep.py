@@ -1,6 +1,7 @@
 import pytest
 
-from gaplab.scenario import LoadSpec, parse_scenario
+from gaplab.load_spec import LoadSpec
+from gaplab.scenario import parse_scenario
 from gaplab.sweep import CellTrials
 
 SCENARIO = {"name": "t", "runtimes": [{"name": "a", "kind": "llamacpp"}],

@@ -210,7 +210,7 @@ def test_words_are_the_vocabulary():
 
 
 def test_workload_specs_are_as_strict_as_the_rest_of_a_scenario():
-    from gaplab import scenario, workload_spec  # one base for both (workload_spec: no import cycle)
+    from gaplab import load_spec, scenario, workload_spec  # one base for all (workload_spec: no import cycle)
 
     assert workload_spec.Strict.model_config == {"extra": "forbid", "frozen": True}
-    assert issubclass(scenario.RuntimeSpec, workload_spec.Strict) and issubclass(scenario.LoadSpec, workload_spec.Strict)
+    assert issubclass(scenario.RuntimeSpec, workload_spec.Strict) and issubclass(load_spec.LoadSpec, workload_spec.Strict)
