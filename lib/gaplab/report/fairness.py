@@ -113,7 +113,7 @@ def gate(claims: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
         checks = failed(fa, fb) if fa and fb and r["a"] != r["b"] else []
         like.append(not checks if fa and fb else None)
         unlike.append("; ".join(checks) or None)
-        text = r["text"] + (f" *Not like for like:* {plain('; '.join(checks))}." if checks else "")
+        text = r["text"] + flag(checks)
         qa, qb = r["a"].split(" · ")[-1], (r["b"] or "").split(" · ")[-1]
         if fa and fb and fa["sha256"] == fb["sha256"] and qa != qb:  # one file, one side converted it
             text += f" Both serve one weights file, {plain(qa if qb in CONVERTED else qb)} converted to " \
@@ -128,6 +128,10 @@ def note(cells: pl.DataFrame, model: str, workload: str, a: str, b: str, users: 
     index = {(r["config"], r["concurrency"]): r for r in
              cells.filter((pl.col("model") == model) & (pl.col("workload") == workload)).iter_rows(named=True)}
     fa, fb = index.get((a, users)), index.get((b, users))
-    checks = failed(fa, fb) if fa and fb and a != b else []
+    return flag(failed(fa, fb) if fa and fb and a != b else [])
+
+
+def flag(checks: list[str]) -> str:
+    """The words a sentence ends with when its pair failed checks: ' *Not like for like:* ...'."""
     return f" *Not like for like:* {plain('; '.join(checks))}." if checks else ""
 
