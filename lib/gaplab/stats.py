@@ -87,7 +87,7 @@ def pool(groups) -> Pool | None:
     return Pool(math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in logs) / df), df)
 
 
-def _spread(logs: np.ndarray, pooled: Pool | None) -> tuple[float, float]:
+def spread(logs: np.ndarray, pooled: Pool | None) -> tuple[float, float]:
     """(sd of log values, degrees of freedom) for one cell: its own, or the pool's when larger."""
     own = float(logs.std(ddof=1))
     if pooled is None:
@@ -109,7 +109,7 @@ def mean_interval(values, pooled: Pool | None = None) -> Interval | None:
     if pooled is None or logs.size < x.size:
         rel, df = sd / abs(m) if m else 0.0, x.size - 1
     else:
-        rel, df = _spread(logs, pooled)
+        rel, df = spread(logs, pooled)
     half = float(st.t.ppf(0.5 + LEVEL / 2, df)) * rel * abs(m) / math.sqrt(x.size)
     return Interval(m, m - half, m + half, sd, int(x.size))
 
@@ -122,7 +122,7 @@ def ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None)
     diff = float(la.mean() - lb.mean())
     if la.size < 2 or lb.size < 2:
         return Interval(math.exp(diff), None, None, None, min(la.size, lb.size))
-    (sa, dfa), (sb, dfb) = _spread(la, pool_a), _spread(lb, pool_b)
+    (sa, dfa), (sb, dfb) = spread(la, pool_a), spread(lb, pool_b)
     va, vb = sa ** 2 / la.size, sb ** 2 / lb.size
     se = math.sqrt(va + vb)
     if se == 0:

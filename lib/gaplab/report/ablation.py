@@ -50,11 +50,11 @@ def _cell(trials: pl.DataFrame, spec: dict, config: str) -> np.ndarray:
 
 def _contrast(cells: list[tuple[float, np.ndarray, stats.Pool | None]]) -> tuple[float, float, float]:
     """(estimate, half-width of its 95% interval, standard error) of sum c * mean(logs), each
-    cell's spread its own or its runtime's pooled one, whichever is larger (stats._spread)."""
+    cell's spread its own or its runtime's pooled one, whichever is larger (stats.spread)."""
     est = sum(c * logs.mean() for c, logs, _ in cells)
     parts = []
     for c, logs, pooled in cells:
-        sd, df = stats._spread(logs, pooled)
+        sd, df = stats.spread(logs, pooled)
         parts.append((c * c * sd * sd / logs.size, df))
     se2 = sum(v for v, _ in parts)
     if se2 == 0:
@@ -80,6 +80,8 @@ def apportion(trials: pl.DataFrame, spec: dict) -> tuple[pl.DataFrame, str]:
     steps = {r.removeprefix("factor:"): _contrast([(1, *cell[r]), (-1, *cell["a"])]) for r in factors}
     steps["remainder"] = _contrast([(1, *cell["b"])] + [(-1, *cell[r]) for r in factors]
                                    + [(len(factors) - 1, *cell["a"])])
+    # for the shares' delta method: a step and the gap share a's cell (the remainder b's too)
+    va, vb = (stats.spread(*cell[r])[0] ** 2 / logs[r].size for r in ("a", "b"))
     rows = []
     for name, (est, half, se) in [*steps.items(), ("the whole gap", gap)]:
         row = {"step": name, "config": chain.get(f"factor:{name}", chain["b"] if name != "remainder" else ""),
@@ -87,8 +89,6 @@ def apportion(trials: pl.DataFrame, spec: dict) -> tuple[pl.DataFrame, str]:
                "share_pct": None, "share_lo": None, "share_hi": None}
         if gap[0] and abs(gap[0]) > gap[1] and name != "the whole gap":  # a gap to apportion
             share = est / gap[0]
-            # delta method; a step and the gap share a's cell (the remainder b's too)
-            va, vb = (stats._spread(*cell[r])[0] ** 2 / logs[r].size for r in ("a", "b"))
             cov = va if name != "remainder" else vb - (len(factors) - 1) * va
             h = float(st.norm.ppf(0.5 + LEVEL / 2)) * math.sqrt(
                 max(se ** 2 - 2 * share * cov + share ** 2 * gap[2] ** 2, 0.0)) / abs(gap[0])
