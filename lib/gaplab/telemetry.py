@@ -190,10 +190,13 @@ class Sampler:
         if self.metrics_url and (body := get_bytes(self.metrics_url)) is not None:
             self._add(t_ns, "metrics", prometheus_rows(body.decode(errors="replace")))
         if self.slots_url and (body := get_bytes(self.slots_url)) is not None:
+            # llama-server answers /slots from its main loop, after the step under way: the
+            # state it reports is that of the reply's time, not of the ask's
+            answered_ns = time.perf_counter_ns()
             try:
                 slots = json.loads(body)
                 busy = sum(bool(s.get("is_processing")) for s in slots)
-                self._add(t_ns, "slots", [("slots_processing", "", float(busy)), ("slots_total", "", float(len(slots)))])
+                self._add(answered_ns, "slots", [("slots_processing", "", float(busy)), ("slots_total", "", float(len(slots)))])
             except (ValueError, AttributeError):
                 pass
         cpu = rss = 0.0

@@ -32,9 +32,17 @@ def test_the_estimate_counts_the_step_under_way_and_the_prompts_being_prefilled(
     s = batch.steps(arrivals({0: [50 * k for k in range(10)], 1: [200 + 50 * k + 1 for k in range(6)]}))
     # request 1 was sent at 120 ms and got its first token in the step at 200 ms: prefilled before it
     firsts = [(0, 0), (120 * MS, 201 * MS)]
-    got = batch.estimate_at(s, [10 * MS, 130 * MS, 170 * MS, 260 * MS, 700 * MS], 50 * MS, firsts)
+    got = batch.estimate_at(s, [10 * MS, 130 * MS, 170 * MS, 260 * MS, 700 * MS], firsts)
     # at 130 ms request 1 is sent but its first token is two steps away: not yet prefilling
-    assert got == [1, 1, 2, 2, 0]  # after the last step (450 ms) and two gaps more, nothing runs
+    assert got == [1, 1, 2, 2, 0]  # after the last step (451 ms) nothing runs
+
+
+def test_a_stream_that_ended_is_not_counted_beside_the_request_sent_to_replace_it():
+    # closed loop: stream 0's last token comes at 150 ms, its user sends request 1 at 152 ms
+    s = batch.steps(arrivals({0: [0, 50, 100, 150], 1: [201, 251, 301]}))
+    firsts = [(0, 0), (152 * MS, 201 * MS)]
+    # at 170 ms only request 1 runs (its prompt); stream 0 is done, though its step arrived last
+    assert batch.estimate_at(s, [120 * MS, 151 * MS, 170 * MS, 260 * MS], firsts) == [1, 0, 1, 1]
 
 
 def test_a_stall_with_another_requests_first_token_inside_is_a_prefill_stall():

@@ -12,9 +12,10 @@ request's first token falls in that gap, the stall is charged to that prefill.
 The estimate needs nothing from the server, so it covers a server that reports nothing (an
 OpenAI-compatible endpoint of unknown make). Where a server does report its running requests
 (llama.cpp's /slots, vLLM's num_requests_running), `agreement` sets each telemetry sample beside
-the estimate at that instant. A server counts a request running from its prefill on; the client
-sees a request prefilled when its first token comes in the step after, so a request waiting in
-a queue is not counted, and one prefilled over several steps (chunked) only in its last.
+the estimate at that instant: the streams the next step to arrive writes to. A server counts a
+request running from its prefill on; the client sees a request prefilled when its first token
+comes, so a request waiting in a queue is not counted, and one prefilled over several steps
+(chunked) only in its last.
 """
 
 from __future__ import annotations
@@ -63,20 +64,22 @@ def steps(arrivals: pl.DataFrame) -> pl.DataFrame:
             .sort("run_id", "step"))
 
 
-def estimate_at(run_steps: pl.DataFrame, t_ns: list[int], typical_gap_ns: float,
-                firsts: list[tuple[int, int]] = ()) -> list[int]:
-    """The streams running at each instant: those with a token in the step under way (the last
-    begun at or before it, while the next is still due within two typical gaps), plus those
-    being prefilled, sent by then and getting their first token in the next step. firsts:
-    (sent_ns, first_token_ns) of the run's requests. 0 where the server idles."""
+def estimate_at(run_steps: pl.DataFrame, t_ns: list[int], firsts: list[tuple[int, int]] = ()) -> list[int]:
+    """The streams running at each instant: those the step under way will write a token to,
+    which is the next step to reach the client. A stream with tokens before that step runs
+    however long the step takes (a contended server's steps stretch); one getting its first
+    token in it runs once it was sent. Reading the last step that arrived instead would count
+    streams that ended in it beside the requests sent to replace them. firsts: (sent_ns,
+    first_token_ns) of the run's requests."""
     starts, ends, batches = (run_steps[c].to_list() for c in ("t_ns", "end_ns", "batch"))
     out = []
     for t in t_ns:
-        k = bisect.bisect_right(starts, t)  # the steps begun by t
-        decoding = batches[k - 1] if k and t - starts[k - 1] <= 2 * typical_gap_ns else 0
-        prefilling = sum(1 for sent, first in firsts if sent <= t and k < len(starts)
-                         and starts[k] <= first <= ends[k]) if firsts else 0
-        out.append(decoding + prefilling)
+        k = bisect.bisect_right(starts, t)  # the first step to arrive after t
+        if k == len(starts):
+            out.append(0)
+            continue
+        new = [sent for sent, first in firsts if starts[k] <= first <= ends[k]]
+        out.append(batches[k] - len(new) + sum(1 for sent in new if sent <= t))
     return out
 
 
@@ -127,7 +130,7 @@ def agreement(raw_dir: Path, run_ids: list[str]) -> pl.DataFrame:
         return pl.DataFrame()
     runs = tele["run_id"].unique().to_list()
     arrivals = token_arrivals(raw_dir, runs)
-    all_steps, gaps = steps(arrivals), dict(_typical_gap(arrivals).iter_rows())
+    all_steps = steps(arrivals)
     requests = (store.scan_table(raw_dir, "requests").filter(pl.col("run_id").is_in(runs) & ~pl.col("warmup")
                                                              & pl.col("first_token_ns").is_not_null())
                 .select("run_id", "sent_ns", "first_token_ns").collect())
@@ -138,7 +141,7 @@ def agreement(raw_dir: Path, run_ids: list[str]) -> pl.DataFrame:
     for (run_id,), g in tele.group_by("run_id"):
         run_steps = all_steps.filter(pl.col("run_id") == run_id)
         firsts = list(requests.filter(pl.col("run_id") == run_id).select("sent_ns", "first_token_ns").iter_rows())
-        est = estimate_at(run_steps, g["t_ns"].to_list(), gaps.get(run_id) or 0, firsts)
+        est = estimate_at(run_steps, g["t_ns"].to_list(), firsts)
         parts.append(g.with_columns(estimate=pl.Series(est, dtype=pl.Float64)))
     if not parts:
         return pl.DataFrame()
