@@ -99,18 +99,17 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
     """Measure every cell of SCENARIO that still needs trials on this machine (or, with --ray,
     that the store lacks)."""
     from gaplab.scenario import load_scenario
-    from gaplab.sweep import Interrupted, cell_trials, pools
+    from gaplab.sweep import Interrupted, cell_trials, pools, states
     from gaplab.sweep import sweep as run_sweep
 
     sc = _guard(load_scenario, scenario)
     data_dir = _store(data_dir)
     if list_cells:
         cells = cell_trials(sc.cells(), data_dir, anywhere=bool(ray))
-        pooled = pools(cells)
-        for ct in cells.values():
-            p = pooled[ct.cell.runtime.name]
-            half = ct.halfwidth_pct(p)
-            typer.echo(f"{ct.cell.cell_id}  {ct.state(sc.load, p)}: {len(ct.values)} trials"
+        pooled, state = pools(cells), states(cells, sc.load)
+        for key, ct in cells.items():
+            half = ct.halfwidth_pct(pooled[ct.cell.runtime.name])
+            typer.echo(f"{ct.cell.cell_id}  {state[key]}: {len(ct.values)} trials"
                        + (f", ±{half:.1f}%" if half is not None else ""))
         return
     try:
@@ -121,14 +120,18 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
     LAST_SWEEP.parent.mkdir(parents=True, exist_ok=True)
     LAST_SWEEP.write_text(json.dumps({**result.__dict__, "data_dir": _where(data_dir)}))
     halves = sorted(result.halfwidths_pct)
-    capped = (f"{len(result.capped)} capped before reaching {sc.load.precision:.0%}"
-              + (f" ({result.out_of_time} by load.max_sweep_seconds)" if result.out_of_time else ""))
+    capped = (f"{len(result.capped)} capped with their interval wider than {sc.load.precision * 100:g}% or a comparison open"
+              + (f" ({result.stopped} stopped by the sweep: nothing open could close in the trials left or "
+                 f"load.max_sweep_seconds)" if result.stopped else ""))
     if halves:
         q = lambda p: halves[min(len(halves) - 1, int(p * len(halves)))]  # noqa: E731
         typer.echo(f"gaplab: 95% interval half-width of aggregate tok/s over {len(halves)} cells: median "
                    f"{q(0.5):.1f}%, p90 {q(0.9):.1f}%, max {halves[-1]:.1f}%; {capped}")
     elif result.capped:
         typer.echo(f"gaplab: no cell has two trials yet, so no interval; {capped}")
+    if result.comparisons:
+        typer.echo(f"gaplab: comparisons decided (a direction, or the same within {sc.load.equivalence_margin:.0%}, at 95%): "
+                   f"{result.decided} of {result.comparisons} ({result.decided / result.comparisons:.0%})")
     if result.other_cores:
         from gaplab.report.speed_prose import background_story
 

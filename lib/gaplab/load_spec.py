@@ -50,8 +50,8 @@ class LoadSpec(Strict):
     A cell is measured in trials (each its own stored run). Trials of different cells are
     interleaved in rounds; a cell gets at least `trials` of them, and more, up to
     `max_trials`, until the 95% interval of its aggregate tok/s is within `precision` of the
-    estimate or its measured time reaches `max_cell_seconds`, and only while the sweep has
-    run less than `max_sweep_seconds`. The report states two configurations the same where the
+    estimate and its comparisons are decided (stopping.py), or its measured time reaches
+    `max_cell_seconds`, and only while the sweep has run less than `max_sweep_seconds`. The report states two configurations the same where the
     95% interval of their ratio lies within `equivalence_margin` (the runs store it).
     """
 

@@ -36,6 +36,14 @@ def with_run_keys(frame: Frame) -> Frame:
                               series_id=pl.coalesce("series_id", "run_id"), trial=pl.coalesce("trial", pl.lit(1)))
 
 
+SERIES_START = 16  # a series id begins with its sweep's start time (store.new_run_id), this many characters
+
+
+def series_start(series_id: str) -> str:
+    """The sweep start a series id carries: series that share it were measured in the same rounds."""
+    return series_id[:SERIES_START]
+
+
 def with_round(trials: pl.DataFrame) -> pl.DataFrame:
     """trial_summary rows with `round`: the sweep round each trial was measured in, as the store
     tells it. A sweep gives every cell it starts a series (series_id: the sweep's start time, then
@@ -45,7 +53,7 @@ def with_round(trials: pl.DataFrame) -> pl.DataFrame:
     their round by trial alone."""
     if "series_id" not in trials.columns:
         return trials.with_columns(round=pl.col("trial").cast(pl.String))
-    return trials.with_columns(round=pl.concat_str(pl.col("series_id").str.slice(0, 16), pl.lit(":"),
+    return trials.with_columns(round=pl.concat_str(pl.col("series_id").str.slice(0, SERIES_START), pl.lit(":"),
                                                    pl.col("trial").cast(pl.String)))
 
 

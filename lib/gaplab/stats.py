@@ -10,7 +10,8 @@ interval is taken over trial-level values.
   log values, with the summed degrees of freedom). An interval uses the larger of the
   two spreads, with the pooled degrees of freedom: a cell looking calmer than its
   runtime gets no narrower interval than the runtime's, and a noisier one keeps its own;
-- 95% interval of the estimate: Student's t (scipy.stats.t) with that spread; with no
+- 95% interval of the estimate (`level`: the sweep's stopping rule asks for 99%, stopping.py):
+  Student's t (scipy.stats.t) with that spread; with no
   pool it is the cell's own t interval, wide for few trials, as it should be;
 - ratio of two cells: the ratio of their geometric means, with a Welch t interval on
   the difference of the log values, each side's spread chosen as above, exponentiated;
@@ -40,6 +41,7 @@ from scipy import stats as st
 LEVEL = 0.95
 MARGIN = 0.05  # the equivalence margin: ratios within [1/1.05, 1.05] are "the same within 5%"
 UNDECIDED = "undecided"
+NO_INTERVAL = "no interval"  # a side has a single trial
 SAME = "the same within"  # how an equivalence verdict begins; same_text gives the margin
 DIRECTIONS = ("A better", "B better")
 
@@ -95,7 +97,7 @@ def spread(logs: np.ndarray, pooled: Pool | None) -> tuple[float, float]:
     return max(own, pooled.log_sd), pooled.df
 
 
-def mean_interval(values, pooled: Pool | None = None) -> Interval | None:
+def mean_interval(values, pooled: Pool | None = None, level: float = LEVEL) -> Interval | None:
     """Mean of trial values with its 95% t interval and the standard deviation across trials
     (the spread and degrees of freedom of the interval as the module docstring says)."""
     x = _clean(values)
@@ -110,11 +112,11 @@ def mean_interval(values, pooled: Pool | None = None) -> Interval | None:
         rel, df = sd / abs(m) if m else 0.0, x.size - 1
     else:
         rel, df = spread(logs, pooled)
-    half = float(st.t.ppf(0.5 + LEVEL / 2, df)) * rel * abs(m) / math.sqrt(x.size)
+    half = float(st.t.ppf(0.5 + level / 2, df)) * rel * abs(m) / math.sqrt(x.size)
     return Interval(m, m - half, m + half, sd, int(x.size))
 
 
-def ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None) -> Interval | None:
+def ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None, level: float = LEVEL) -> Interval | None:
     """Ratio of a's values to b's (geometric means), with a Welch 95% interval on the log scale."""
     la, lb = _logs(a), _logs(b)
     if la.size == 0 or lb.size == 0:
@@ -128,7 +130,7 @@ def ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None)
     if se == 0:
         return Interval(math.exp(diff), math.exp(diff), math.exp(diff), 0.0, min(la.size, lb.size))
     df = (va + vb) ** 2 / (va ** 2 / dfa + vb ** 2 / dfb)
-    half = float(st.t.ppf(0.5 + LEVEL / 2, df)) * se
+    half = float(st.t.ppf(0.5 + level / 2, df)) * se
     return Interval(math.exp(diff), math.exp(diff - half), math.exp(diff + half), se, min(la.size, lb.size))
 
 
@@ -158,7 +160,8 @@ def round_pool(cells) -> Pool | None:
     return Pool(math.sqrt(float(((y - x @ fit) ** 2).sum()) / df), df)
 
 
-def paired_ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None) -> Interval | None:
+def paired_ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None = None,
+                          level: float = LEVEL) -> Interval | None:
     """Ratio of a's values to b's from pairs (a's and b's value in one round): the geometric
     mean of the per-round ratios, with a paired t 95% interval on the log ratios. With pools
     (round_pool of each side's runtime) the spread of a log ratio is the larger of its own and
@@ -178,7 +181,7 @@ def paired_ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None 
         if va + vb > 0:
             sd, df = max(sd, math.sqrt(va + vb)), (va + vb) ** 2 / (va ** 2 / pool_a.df + vb ** 2 / pool_b.df)
     se = sd / math.sqrt(d.size)
-    half = float(st.t.ppf(0.5 + LEVEL / 2, df)) * se
+    half = float(st.t.ppf(0.5 + level / 2, df)) * se
     return Interval(math.exp(m), math.exp(m - half), math.exp(m + half), se, int(d.size))
 
 
@@ -209,7 +212,7 @@ def verdict(ratio: Interval | None, higher_is_better: bool = True, margin: float
     """'the same within 5%' (the interval inside the margin), 'A better' or 'B better' (it
     excludes 1), else 'undecided'; 'no interval' when a side has a single trial."""
     if ratio is None or ratio.lo is None:
-        return "no interval"
+        return NO_INTERVAL
     if 1 / (1 + margin) <= ratio.lo and ratio.hi <= 1 + margin:
         return same_text(margin)
     if ratio.lo > 1 or ratio.hi < 1:

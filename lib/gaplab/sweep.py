@@ -1,11 +1,13 @@
 """The matrix: every cell of a scenario measured in trials, interleaved in rounds.
 
-Each round runs one trial of every cell that still needs one: servers in a seeded random
-order, and within a server the cells (concurrency levels) in a seeded random order, so a
-slow drift of the machine spreads over all cells instead of masquerading as a difference
-between them. A cell needs trials until it has `load.trials` and the 95% interval of its
-aggregate tok/s (as the report computes it, stats.py) is within `load.precision`, or it
-reaches `load.max_trials` or `load.max_cell_seconds` (then it is flagged as capped). Each trial is one papermill run of
+Each round runs one trial of every cell that still needs one (stopping.py: its minimum
+trials, its precision, the comparisons it takes part in; under a time budget the cells whose
+open comparisons are nearest a verdict per second): servers in a seeded random order, and
+within a server the cells (concurrency levels) in a seeded random order, so a slow drift of
+the machine spreads over all cells instead of masquerading as a difference between them. A
+cell that sat out a round skips its trial number, so trial k of a series ran in round k
+(metrics.with_round pairs by it). A cell whose items are still open when it reaches its caps,
+or when the sweep stops it, is flagged as capped. Each trial is one papermill run of
 notebooks/10-measure.ipynb, stored as its own run.
 
 What counts as already measured is read from the store: the trials of this machine's
@@ -21,6 +23,7 @@ runs, and the memory bandwidth (roofline) is not measured, as the driver is not 
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
@@ -30,7 +33,7 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from gaplab import bandwidth, cluster, metrics, partfiles, stats, store
+from gaplab import bandwidth, cluster, metrics, partfiles, stats, stopping, store
 from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
 from gaplab.kernel import CtrlC, Kernel, trial_outcome
@@ -56,28 +59,48 @@ class CellTrials:
     measured_s: float = 0.0
     next_trial: int = 1
     failed: bool = False
-    out_of_time: bool = False  # the sweep's time budget ran out before its interval was narrow enough
+    stopped: bool = False  # the sweep gave it no more trials: out of time, or nothing open could close
+    rows: list[dict] = field(default_factory=list)  # metrics.trial_summary rows of its complete trials
+    wall_s: list[float] = field(default_factory=list)  # seconds each trial of this sweep took, all in
 
-    def state(self, load: LoadSpec, pooled: stats.Pool | None = None) -> str:
-        """'needs trials', 'precise' (interval within the target), 'done' (precision 0) or 'capped'.
-        pooled: the spread pooled over the runtime's cells, as the report computes intervals."""
-        n = len(self.values)
+    def state(self, load: LoadSpec, pooled: stats.Pool | None = None, open_items: int = 0) -> str:
+        """'needs trials', 'precise' (interval within the target and no open comparison),
+        'done' (precision 0) or 'capped'. pooled: the spread pooled over the runtime's cells, as
+        the report computes intervals; open_items: the open comparisons it takes part in."""
         if self.failed:
             return "failed"
-        if n < load.trials:
+        if len(self.values) < load.trials:
             return "needs trials"
-        half = stats.mean_interval(self.values, pooled).halfwidth if n > 1 else None
         if load.precision == 0:
             return "done"
-        if half is not None and half <= load.precision:
+        if not open_items and stopping.precise(self.values, load.precision, pooled):
             return "precise"
-        if n >= load.max_trials or self.measured_s >= load.max_cell_seconds or self.out_of_time:
-            return "capped"
-        return "needs trials"
+        return "capped" if self.room(load) == 0 else "needs trials"
+
+    def room(self, load: LoadSpec) -> int:
+        """The trials it may still get under load.max_trials and load.max_cell_seconds."""
+        n = len(self.values)
+        if self.stopped or self.measured_s >= load.max_cell_seconds:
+            return 0
+        by_time = math.floor((load.max_cell_seconds - self.measured_s) / (self.measured_s / n)) if n and self.measured_s else load.max_trials
+        return max(0, min(load.max_trials - n, max(by_time, 1)))
+
+    def seconds_per_trial(self, load: LoadSpec) -> float:
+        """What a trial of it costs, all in: timed in this sweep, else its measured seconds."""
+        if self.wall_s:
+            return sum(self.wall_s) / len(self.wall_s)
+        return self.measured_s / len(self.values) if self.values else load.min_seconds
+
+    def add(self, row: dict) -> None:
+        """Count a complete trial: its metrics.trial_summary row (with the workload's kind, which
+        tells the matrix's cells from the workloads study's: metrics.in_study)."""
+        self.rows.append({**row, "workload_kind": self.cell.workload.kind})
+        self.values.append(row["aggregate_tok_s"])
+        self.measured_s += row["span_s"]
 
     def halfwidth_pct(self, pooled: stats.Pool | None = None) -> float | None:
-        iv = stats.mean_interval(self.values, pooled)
-        return iv.halfwidth * 100 if iv and iv.halfwidth is not None else None
+        half = stopping.halfwidth(self.values, pooled)
+        return half * 100 if half is not None else None
 
 
 def pools(cells: dict[str, CellTrials]) -> dict[str, stats.Pool | None]:
@@ -88,20 +111,61 @@ def pools(cells: dict[str, CellTrials]) -> dict[str, stats.Pool | None]:
     return {rt: stats.pool(groups) for rt, groups in by_runtime.items()}
 
 
-def pending(cells: dict[str, CellTrials], load: LoadSpec) -> list[CellTrials]:
-    """The cells that need another trial."""
+def open_items(cells: dict[str, CellTrials], load: LoadSpec) -> list[stopping.Item]:
+    """What more trials could still close (stopping.py): each cell's own precision, and the
+    matrix's comparisons between cells that have their minimum trials."""
+    if load.precision == 0:
+        return []
     p = pools(cells)
-    return [ct for ct in cells.values() if ct.state(load, p[ct.cell.runtime.name]) == "needs trials"]
+    ready = [ct for ct in cells.values() if not ct.failed and len(ct.values) >= load.trials]
+    items = [it for ct in ready if (it := stopping.precision_item(ct.cell.cell_key, ct.values, load.precision,
+                                                                    p[ct.cell.runtime.name]))]
+    rows = [r for ct in ready for r in ct.rows]
+    return items + (stopping.comparison_items(pl.DataFrame(rows), load.equivalence_margin) if rows else [])
 
 
-def trial_values(raw_dir: Root, run_ids: list[str]) -> dict[str, tuple[float, float]]:
-    """run_id -> (aggregate tok/s, measured seconds) of those runs' measured requests."""
+def states(cells: dict[str, CellTrials], load: LoadSpec) -> dict[str, str]:
+    """cell_key -> CellTrials.state, its open comparisons counted."""
+    p = pools(cells)
+    # a comparison with a side at its caps is capped, not open
+    items = [it for it in open_items(cells, load) if all(cells[c].room(load) for c in it.cells)]
+    return {key: ct.state(load, p[ct.cell.runtime.name], sum(key in it.cells for it in items))
+            for key, ct in cells.items()}
+
+
+def pending(cells: dict[str, CellTrials], load: LoadSpec, budget_s: float | None = None) -> list[CellTrials]:
+    """The cells to measure in the next round: those short of their minimum trials, and those
+    whose open items stopping.plan picks within budget_s (seconds left; None: no budget)."""
+    state = states(cells, load)
+    needing = {key: ct for key, ct in cells.items() if state[key] == "needs trials"}
+    below = {key for key, ct in needing.items() if len(ct.values) < load.trials}
+    if budget_s is not None:  # the minimum trials come first, whatever they cost
+        budget_s -= sum((load.trials - len(cells[key].values)) * cells[key].seconds_per_trial(load) for key in below)
+    items = [it for it in open_items(cells, load) if all(c in needing for c in it.cells)]
+    picked = stopping.plan(items, {key: ct.seconds_per_trial(load) for key, ct in needing.items()},
+                           {key: ct.room(load) for key, ct in needing.items()}, budget_s)
+    return [ct for key, ct in needing.items() if key in below or key in picked]
+
+
+def align_trials(cells, todo: list[CellTrials]) -> None:
+    """Number the round's trials by the round: trial k of the cells whose series began together
+    ran in round k (metrics.with_round), so a cell that sat out rounds skips their numbers."""
+    top: dict[str, int] = {}
+    for ct in cells:
+        start = metrics.series_start(ct.series_id)
+        top[start] = max(top.get(start, 0), ct.next_trial)
+    for ct in todo:
+        ct.next_trial = top[metrics.series_start(ct.series_id)]
+
+
+def trial_rows(raw_dir: Root, run_ids: list[str]) -> dict[str, dict]:
+    """run_id -> the metrics.trial_summary row of those runs' measured requests."""
     if not run_ids:
         return {}
     # only those runs' files, and of them the columns the summary uses
     req = store.scan_table(raw_dir, "requests", store.run_files(raw_dir, "requests", run_ids)).filter(pl.col("run_id").is_in(run_ids) & ~pl.col("warmup"))
     t = metrics.trial_summary(metrics.with_latencies(metrics.with_run_keys(req)))
-    return {r["run_id"]: (r["aggregate_tok_s"], r["span_s"]) for r in t.iter_rows(named=True)}
+    return {r["run_id"]: r for r in t.iter_rows(named=True)}
 
 
 def cell_trials(cells: list[Cell], raw_dir: Root, force: bool = False, anywhere: bool = False
@@ -111,22 +175,23 @@ def cell_trials(cells: list[Cell], raw_dir: Root, force: bool = False, anywhere:
     runs = metrics.with_run_keys(store.read_table(raw_dir, "run"))
     if not anywhere:
         runs = runs.filter(pl.col("machine_id") == machine_id())
-    out = {c.cell_key: CellTrials(c, series_id=store.new_run_id()) for c in cells}
+    # series begun together share their start (metrics.series_start): their trial k ran in round k
+    start = metrics.series_start(store.new_run_id())
+    out = {c.cell_key: CellTrials(c, series_id=start + store.new_run_id()[metrics.SERIES_START:]) for c in cells}
     if force or runs.is_empty():
         return out
     runs = runs.filter(pl.col("cell_key").is_in(list(out)))
     newest = runs.sort("run_id").group_by("cell_key").agg(pl.col("series_id").last())
     series = runs.join(newest, on=["cell_key", "series_id"], how="semi")
     complete = series.filter(pl.col("status") == "complete")
-    values = trial_values(raw_dir, complete["run_id"].to_list())
+    rows = trial_rows(raw_dir, complete["run_id"].to_list())
     for key, g in series.group_by("cell_key"):
         ct = out[key[0]]
         ct.series_id = g["series_id"][0]
         ct.next_trial = int(g["trial"].max()) + 1
-        for run_id in g.filter(pl.col("status") == "complete")["run_id"].to_list():
-            if run_id in values:
-                ct.values.append(values[run_id][0])
-                ct.measured_s += values[run_id][1]
+        for run_id in g.filter(pl.col("status") == "complete").sort("trial")["run_id"].to_list():
+            if run_id in rows:
+                ct.add(rows[run_id])
     return out
 
 
@@ -139,10 +204,12 @@ class SweepResult:
     failed: list[str] = field(default_factory=list)
     halfwidths_pct: list[float] = field(default_factory=list)  # per cell with an interval, at the end
     capped: list[str] = field(default_factory=list)
+    comparisons: int = 0  # the matrix's comparisons (claims table: faster, scales) at the end, with an interval
+    decided: int = 0  # of them, those with a verdict at the report's 95%: a direction or the same within the margin
     seconds: float = 0.0
     run_ids: list[str] = field(default_factory=list)  # the trials this sweep ran
     other_cores: list[float] = field(default_factory=list)  # per trial: cores other work kept busy
-    out_of_time: int = 0  # capped cells stopped by load.max_sweep_seconds
+    stopped: int = 0  # capped cells the sweep stopped: nothing open could close within the caps or the time left
     cut_requests: int = 0  # requests cut at their trial's end (after its grace) or when it stopped
     dropped_errors: int = 0  # failed requests counted but not stored (guard.MAX_ERROR_ROWS a trial)
 
@@ -178,12 +245,15 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
     bar = tqdm(total=need, desc="sweep", unit="trial", file=sys.stdout, disable=not progress)
     kernel = Kernel()
 
+    def budget_s() -> float | None:
+        return None if load.max_sweep_seconds is None else load.max_sweep_seconds - (time.monotonic() - t0)
+
     def out_of_time(ct: CellTrials) -> bool:
         """Past load.max_sweep_seconds a cell with its minimum trials gets no more."""
-        if (load.max_sweep_seconds is None or time.monotonic() - t0 <= load.max_sweep_seconds
-                or len(ct.values) < load.trials):
+        left = budget_s()
+        if left is None or left >= 0 or len(ct.values) < load.trials:
             return False
-        ct.out_of_time = True
+        ct.stopped = True
         bar.total -= 1
         return True
 
@@ -192,12 +262,11 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         the trial is stored here as a failed run with the reason. server_died: the trial failed
         because its server died; the cell goes on, on a server started again (Sessions)."""
         if error is None:
-            got = trial_values(raw_dir, [run_id]).get(run_id)
+            got = trial_rows(raw_dir, [run_id]).get(run_id)
             result.trials += 1
             result.run_ids.append(run_id)
             if got:
-                ct.values.append(got[0])
-                ct.measured_s += got[1]
+                ct.add(got)
             else:
                 error = f"trial {ct.next_trial} measured nothing"
         if error is not None:
@@ -218,9 +287,10 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
             nonlocal kernel, current
             ct = current = self.ct
             bar.set_postfix_str(f"round {result.rounds} · {ct.cell.cell_id}")
-            run_id = store.new_run_id()
+            run_id, started = store.new_run_id(), time.monotonic()
             kernel, error = trial_outcome(kernel, scenario, ct.cell, raw_dir, server, ct.next_trial, ct.series_id,
                                           out_dir, run_id)
+            ct.wall_s.append(time.monotonic() - started)
             if error and ctrl_c.pressed:
                 raise KeyboardInterrupt
             settle(ct, run_id, error, server_died=error is not None and sessions.dead(ct.cell) is not None)
@@ -235,10 +305,11 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
     try:
         with CtrlC() as ctrl_c, Sessions(keep=load.keep_servers, max_restarts=load.max_restarts) as sessions:
             while True:
-                todo = [ct for ct in pending(progress_by_key, load) if not out_of_time(ct)]
+                todo = [ct for ct in pending(progress_by_key, load, budget_s()) if not out_of_time(ct)]
                 if not todo:
                     break
                 result.rounds += 1
+                align_trials(progress_by_key.values(), todo)
                 bar.total = bar.n + sum(max(load.trials - len(ct.values), 1) for ct in todo)
                 bar.refresh()
                 rng = random.Random(f"{sc.seed}:round:{result.rounds}")
@@ -265,14 +336,19 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
     finally:
         kernel.close()
     bar.close()
-    final = pools(progress_by_key)
-    for ct in progress_by_key.values():
+    final, state = pools(progress_by_key), states(progress_by_key, load)
+    for key, ct in progress_by_key.items():
+        if state[key] == "needs trials":  # open, yet the plan gave it no trial: stopped by the sweep
+            ct.stopped = True
+            state[key] = "capped"
         half = ct.halfwidth_pct(final[ct.cell.runtime.name])
         if half is not None:
             result.halfwidths_pct.append(half)
-        if ct.state(load, final[ct.cell.runtime.name]) == "capped":
+        if state[key] == "capped":
             result.capped.append(ct.cell.cell_id)
-            result.out_of_time += ct.out_of_time
+            result.stopped += ct.stopped
+    result.comparisons, result.decided = stopping.decided_share(
+        [r for ct in progress_by_key.values() if not ct.failed for r in ct.rows], load.equivalence_margin)
     if result.run_ids:
         runs = store.read_table(raw_dir, "run").filter(pl.col("run_id").is_in(result.run_ids))
         result.other_cores = runs["other_cores"].drop_nulls().to_list()

@@ -31,7 +31,7 @@ def test_a_cell_the_sweep_budget_stopped_is_capped():
     cell = parse_scenario(SCENARIO).cells()[0]
     spec = LoadSpec(concurrency=[1], trials=3, max_trials=5, precision=0.05, max_sweep_seconds=60)
     assert CellTrials(cell, "s", [100, 120, 90], 10.0).state(spec) == "needs trials"
-    assert CellTrials(cell, "s", [100, 120, 90], 10.0, out_of_time=True).state(spec) == "capped"
+    assert CellTrials(cell, "s", [100, 120, 90], 10.0, stopped=True).state(spec) == "capped"
 
 
 def test_a_pooled_spread_lets_a_calm_cell_settle_and_holds_a_noisy_one():

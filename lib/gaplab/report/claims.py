@@ -74,14 +74,16 @@ def _same_rounds(va: list, vb: list, rounds_a: list | None, rounds_b: list | Non
 def compare(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
             va: list, vb: list, pa, pb, higher_is_better: bool, across: bool = False,
             rounds: tuple[list, list] | None = None, margin: float = stats.MARGIN,
-            round_pools: tuple = (None, None)) -> dict:
+            round_pools: tuple = (None, None), level: float = stats.LEVEL) -> dict:
     """A claims row but its text: a's and b's trial values (pa, pb: their runtimes' pooled
     spreads) as estimates, their ratio with its interval, and the verdict within `margin`.
     rounds: the sweep round of each of a's and b's values; where 2 or more are shared the
-    ratio's interval is paired (round_pools: the runtimes' spreads with the drift taken out)."""
-    ia, ib = stats.mean_interval(va, pa), stats.mean_interval(vb, pb)
+    ratio's interval is paired (round_pools: the runtimes' spreads with the drift taken out). level: of
+    the intervals (the sweep's stopping rule decides at a stricter one than the report states)."""
+    ia, ib = stats.mean_interval(va, pa, level), stats.mean_interval(vb, pb, level)
     paired = _same_rounds(va, vb, *rounds) if rounds else None
-    ratio = stats.paired_ratio_interval(*paired, *round_pools) if paired else stats.ratio_interval(va, vb, pa, pb)
+    ratio = (stats.paired_ratio_interval(*paired, *round_pools, level=level) if paired
+             else stats.ratio_interval(va, vb, pa, pb, level=level))
     verdict = stats.verdict(ratio, higher_is_better, margin)
     return {"claim_id": f"{kind}|{model}|{workload}|{metric}|{a}|{b}|{users}", "kind": kind, "model": model,
             "workload": workload, "metric": metric, "users": users, "users_b": users_b, "a": a, "b": b,
@@ -92,12 +94,12 @@ def compare(kind: str, model: str, workload: str, metric: str, a: str, b: str, u
 
 def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
          va: list, vb: list, across: bool = False, pools: tuple[dict, dict] = ({}, {}),
-         rounds: tuple[list, list] | None = None, margin: float = stats.MARGIN) -> dict:
+         rounds: tuple[list, list] | None = None, margin: float = stats.MARGIN, level: float = stats.LEVEL) -> dict:
     """pools: (runtime, metric) -> its pooled spread, without and with the rounds' drift taken out."""
     pa, pb = (pools[0].get((x.split(" · ")[0], metric)) for x in (a, b))
     ra, rb = (pools[1].get((x.split(" · ")[0], metric)) for x in (a, b))
     row = compare(kind, model, workload, metric, a, b, users, users_b, va, vb, pa, pb, HIGHER_IS_BETTER[metric], across,
-                  rounds, margin, (ra, rb))
+                  rounds, margin, (ra, rb), level)
     verdict, value_a, value_b = row["verdict"], row["value_a"], row["value_b"]
     what, a_md, b_md = UNITS[metric], plain(a), plain(b)
     if kind == "faster":
@@ -115,11 +117,11 @@ def _row(kind: str, model: str, workload: str, metric: str, a: str, b: str, user
 
 
 def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED,
-                 margin: float = stats.MARGIN, paired: bool = True) -> pl.DataFrame:
+                 margin: float = stats.MARGIN, paired: bool = True, level: float = stats.LEVEL) -> pl.DataFrame:
     """All claims for the trials of one machine (metrics.trial_summary rows), on the `compared`
     metrics (the site states aggregate tok/s and TTFT; the claims checker asks for others),
     with `margin` the equivalence margin of their verdicts; paired False takes every interval
-    unpaired (bench/paired_gain.py measures what pairing gains)."""
+    unpaired (bench/paired_gain.py measures what pairing gains); level: of the intervals."""
     if trials.is_empty():
         return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
     trials = with_round(trials)
@@ -153,7 +155,8 @@ def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED,
                     if ka in values and kb in values:
                         pair.append(_row("faster", model, workload, metric, a, b, users, users,
                                          values[ka][metric], values[kb][metric], kinds.get(ra) != kinds.get(rb),
-                                         (pools, round_pools), (rounds[ka], rounds[kb]) if paired else None, margin))
+                                         (pools, round_pools), (rounds[ka], rounds[kb]) if paired else None, margin,
+                                         level))
                 rows += pair + _derived(pair)
             for c in configs:
                 have = [u for u in levels if (model, workload, c, u) in values]
@@ -161,7 +164,8 @@ def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED,
                     lo, hi = (model, workload, c, have[0]), (model, workload, c, have[-1])
                     rows.append(_row("scales", model, workload, metric, c, c, have[-1], have[0],
                                      values[hi][metric], values[lo][metric], pools=(pools, round_pools),
-                                     rounds=(rounds[hi], rounds[lo]) if paired else None, margin=margin))
+                                     rounds=(rounds[hi], rounds[lo]) if paired else None, margin=margin,
+                                     level=level))
     return pl.DataFrame(rows, schema_overrides={"ratio_lo": pl.Float64, "ratio_hi": pl.Float64,
                                                 "interval_method": pl.String},
                         infer_schema_length=None).select(COLUMNS)

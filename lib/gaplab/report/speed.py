@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import stats, store
+from gaplab import stats, stopping, store
 from gaplab.config import RAW_DIR
 from gaplab.metrics import CELL, METRICS, error_kind, selected_runs, trial_summary, with_latencies, with_run_keys
 
@@ -70,8 +70,8 @@ def estimates(trials: pl.DataFrame, precision: float | None = None, metrics: lis
         agg = stats.mean_interval(g["aggregate_tok_s"].to_list(),
                                   pools.get((row["machine_id"], row["runtime"], "aggregate_tok_s")))
         row["halfwidth_pct"] = agg.halfwidth * 100 if agg and agg.halfwidth is not None else None
-        row["precision_met"] = (precision is not None and row["halfwidth_pct"] is not None
-                                and row["halfwidth_pct"] <= precision * 100)
+        row["precision_met"] = precision is not None and stopping.precise(
+            g["aggregate_tok_s"].to_list(), precision, pools.get((row["machine_id"], row["runtime"], "aggregate_tok_s")))
         rows.append(row)
     if not rows:  # no cells: the columns still exist, so a page's filters and joins give empty frames
         return pl.DataFrame(schema={**{c: trials.schema.get(c, pl.String) for c in CELL},
