@@ -82,6 +82,11 @@ class Kernel:
         self.pool.shutdown()
 
 
+def summary_path(out_dir: Path, run_id: str) -> Path:
+    """Where the measure notebook leaves a trial's metrics.trial_summary row, as JSON."""
+    return out_dir / f"{run_id}.summary.json"
+
+
 def measure_trial(kernel: Kernel, scenario: Path, cell: Cell, raw_dir: Root, server: Server | None = None,
                   trial: int = 1, series_id: str = "", out_dir: Path = BUILD_DIR / "runs", run_id: str = "") -> str:
     """One papermill run of the measure notebook for one trial of a cell; returns its run id.
@@ -90,7 +95,8 @@ def measure_trial(kernel: Kernel, scenario: Path, cell: Cell, raw_dir: Root, ser
     run_id = run_id or store.new_run_id()
     params = {"scenario": str(scenario), "cell_id": cell.cell_id,
               "server": json.dumps(server.to_dict()) if server else "",
-              "data_dir": str(raw_dir), "trial": trial, "series_id": series_id, "run_id": run_id}
+              "data_dir": str(raw_dir), "trial": trial, "series_id": series_id, "run_id": run_id,
+              "summary_path": str(summary_path(out_dir, run_id))}
     out_dir.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb"
     kernel.execute(MEASURE, out_dir / name, params)

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import gaplab
-from gaplab import partfiles, store
+from gaplab import partfiles, storage, store
 from gaplab.client import StreamClient
 from gaplab.config import RAW_DIR
 from gaplab.guard import Rules, TrialGuard, TrialStopped
@@ -119,7 +119,8 @@ async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records:
 def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None = None,
              raw_dir: Path = RAW_DIR, progress: bool = True, trial: int = 1, series_id: str = "",
              run_id: str = "") -> dict:
-    """Measure one trial of one cell and store it as a run; returns a short summary.
+    """Measure one trial of one cell and store it as a run; returns a short summary (with the
+    run's folder, so its tables are read back without listing the store).
 
     server: a running server (JSON or dict, as `sweep` passes it); None starts one.
     Interrupted or failed runs are stored too, with their status.
@@ -168,8 +169,8 @@ def run_cell(scenario: str | Path, cell_id: str = "", server: str | dict | None 
             meta["energy_unmeasured"] = sampler.energy_unmeasured
         if guard:
             meta["guard"] = guard.summary()
-        store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta, records,
-                        telemetry=rows)
+        folder = storage.parent(store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta,
+                                                records, telemetry=rows))
     measured = [r for r in records if not r.warmup]
     return {"cell_id": cell.cell_id, "run_id": run_id, "trial": trial, "status": status,
-            "requests": len(measured), "errors": sum(r.error is not None for r in measured)}
+            "requests": len(measured), "errors": sum(r.error is not None for r in measured), "folder": str(folder)}

@@ -264,8 +264,11 @@ def read_table(raw_dir: Root, name: str) -> pl.DataFrame:
     return _READ[key][1]
 
 
-def read_run(raw_dir: Root, run_id: str, name: str) -> pl.DataFrame:
-    """One table of one run."""
+def read_run(raw_dir: Root, run_id: str, name: str, folder: Root | None = None) -> pl.DataFrame:
+    """One table of one run; folder: the run's own (write_run's path's parent), read without
+    listing the store."""
+    if folder is not None:
+        return pl.from_arrow(storage.read_parquet(storage.join(folder, f"{run_id}.{name}.parquet")))
     files = storage.glob(raw_dir, f"**/{run_id}.{name}.parquet")
     if not files:
         raise FileNotFoundError(f"run {run_id} has no {name} table under {raw_dir}")

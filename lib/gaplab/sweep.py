@@ -36,7 +36,7 @@ from tqdm import tqdm
 from gaplab import bandwidth, cluster, metrics, partfiles, stats, stopping, store
 from gaplab.config import BUILD_DIR, RAW_DIR
 from gaplab.hardware import machine_id
-from gaplab.kernel import CtrlC, Kernel, trial_outcome
+from gaplab.kernel import CtrlC, Kernel, summary_path, trial_outcome
 from gaplab.load_spec import LoadSpec
 from gaplab.measure import write_failed
 from gaplab.runtimes import Server
@@ -257,12 +257,22 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         bar.total -= 1
         return True
 
+    def trial_summary(run_id: str) -> dict | None:
+        """The trial's summary row as its notebook left it, else (a trial run elsewhere, as on a
+        Ray cluster's workers) read from the store."""
+        path = summary_path(out_dir, run_id)
+        if path.exists():
+            rows = pl.read_json(path)
+            path.unlink()
+            return rows.row(0, named=True) if rows.height else None
+        return trial_rows(raw_dir, [run_id]).get(run_id)
+
     def settle(ct: CellTrials, run_id: str | None, error: str | None, server_died: bool = False) -> None:
         """Count one trial of ct. run_id None: nothing was stored (its server never started), so
         the trial is stored here as a failed run with the reason. server_died: the trial failed
         because its server died; the cell goes on, on a server started again (Sessions)."""
         if error is None:
-            got = trial_rows(raw_dir, [run_id]).get(run_id)
+            got = trial_summary(run_id)
             result.trials += 1
             result.run_ids.append(run_id)
             if got:

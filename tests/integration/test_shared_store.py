@@ -3,9 +3,11 @@ sweep's runs, written by the measure notebook through papermill, read back by th
 frames, and recovered from part files; bad store URLs and missing credentials stop a command
 in one line before anything is measured."""
 
+import json
 import os
 import secrets
 import subprocess
+from urllib.parse import parse_qs, urlsplit
 
 import polars as pl
 import pytest
@@ -22,7 +24,9 @@ SECRET = "never-stored-9f3c"  # the secret key the tests use: it must not reach 
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
+def s3_endpoint(tmp_path_factory):
+    # where moto's request recorder writes, read when moto is imported (its default is the cwd)
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(tmp_path_factory.mktemp("moto") / "requests.jsonl")
     moto = pytest.importorskip("moto.server")
     server = moto.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -56,15 +60,46 @@ def server_url():
         yield url
 
 
-def _scenario(folder, url):
-    path = folder / "s3.yaml"
+def _scenario(folder, url, trials: int = 1):
+    path = folder / f"s3-{trials}.yaml"
     path.write_text(yaml.safe_dump({
         "name": "s3", "models": [{"name": "fake", "api": "chat", "quants": ["fp16"]}],
         "runtimes": [{"name": "fake", "kind": "openai", "base_url": url}],
         "workloads": [{"name": "p8-o12", "prompt_tokens": 8, "output_tokens": 12}],
-        "load": {"concurrency": [1, 2], "requests": 3, "min_seconds": 0, "warmup": 1, "trials": 1, "max_trials": 1,
-                 "precision": 0}}))
+        "load": {"concurrency": [1, 2], "requests": 3, "min_seconds": 0, "warmup": 1, "trials": trials,
+                 "max_trials": trials, "precision": 0}}))
     return path
+
+
+def _store_listings(endpoint: str, store_url: str, sweep) -> int:
+    """How many times the store's whole tree was listed (S3 ListObjectsV2 from its root) while
+    sweep() ran, as the S3 server recorded the requests."""
+    import requests
+
+    requests.post(f"{endpoint}/moto-api/recorder/reset-recording")
+    requests.post(f"{endpoint}/moto-api/recorder/start-recording")
+    try:
+        sweep()
+    finally:
+        requests.post(f"{endpoint}/moto-api/recorder/stop-recording")
+    root = store_url.split("://", 1)[1].split("/", 1)[1].rstrip("/")
+    urls = [json.loads(line)["url"] for line in requests.get(f"{endpoint}/moto-api/recorder/download-recording")
+            .text.splitlines() if line.strip()]
+    listed = [parse_qs(urlsplit(u).query) for u in urls if "list-type=2" in u]
+    return sum(q.get("prefix", [""])[0].rstrip("/") in ("", root) for q in listed)
+
+
+def test_a_sweep_lists_the_store_once_a_round_at_most(s3_endpoint, s3_env, server_url, tmp_path, gaplab_cli):
+    """The notebook hands each trial's figures to the sweep, so no trial lists the store: three
+    rounds list it no more than one round does, but for one listing a round."""
+    def sweep(trials: int, where: str):
+        res = subprocess.run([*gaplab_cli, "sweep", str(_scenario(tmp_path, server_url, trials)), "--data-dir",
+                              f"{s3_env}/{where}"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 and f"{2 * trials} trials in {trials} rounds" in res.stdout, res.stdout + res.stderr
+
+    one = _store_listings(s3_endpoint, f"{s3_env}/one", lambda: sweep(1, "one"))
+    three = _store_listings(s3_endpoint, f"{s3_env}/three", lambda: sweep(3, "three"))
+    assert one >= 1 and three - one <= 2, (one, three)  # 4 more trials, 2 more rounds
 
 
 def test_a_sweep_writes_to_object_storage_and_the_report_reads_it(s3_env, server_url, tmp_path, gaplab_cli):
