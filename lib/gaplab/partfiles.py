@@ -14,10 +14,9 @@ import json
 import pyarrow as pa
 
 from gaplab import storage
-from gaplab.config import SCHEMA_VERSION
 from gaplab.records import RequestRecord, RunIdentity
 from gaplab.storage import Root
-from gaplab.store import IDENTITY, TABLES, _identity_row, _remove_parts, _rows, _run_row, _table, _write_tables, run_dir, stored
+from gaplab.store import IDENTITY, SCHEMA_VERSION, TABLES, _identity_row, _remove_parts, _rows, _run_row, _table, _write_tables, run_dir, stored
 
 
 class RunWriter:

@@ -11,9 +11,10 @@ final tables replace them when it ends; if the process is killed first, `partfil
 turns the part files into a normal run marked "interrupted", so at most one flush interval of
 finished requests is lost.
 
-Schema 2 added machine_id (the machine that measured, beside hardware_id, its class),
-series_id (the trials combined into one estimate) and trial. Files of schema 1 read
-with those columns null: one trial, from an unknown machine of their class.
+Every file records the schema version it was written with; ADDED below is the schema's whole
+history (what each version added, and why), SCHEMA_VERSION its newest. A file of an older
+schema reads with the later columns null: schema 1 files, say, as one trial from an unknown
+machine of their class.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import polars as pl
 import pyarrow as pa
 
 from gaplab import storage
-from gaplab.config import SCHEMA_VERSION
 from gaplab.records import RequestRecord, RunIdentity
 from gaplab.storage import Root
 
@@ -109,16 +109,18 @@ TELEMETRY = pa.schema(list(IDENTITY) + [
 TABLES = {"run": RUNS, "requests": REQUESTS, "chunks": CHUNKS, "telemetry": TELEMETRY}
 
 
-# Columns each schema version added, so a file is checked against the schema it was written with.
-ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target"},
-         3: {"other_cores", "steal_cores"},
+# The schema's history: the columns each version added (so a file is checked against the schema
+# it was written with), and why.
+ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target"},  # trials and machines
+         3: {"other_cores", "steal_cores"},  # other work beside a trial
          4: {"server_started_ns", "server_healthy_ns", "server_first_token_ns", "model_bytes_loaded",
-             "model_bytes_gpu"},
-         5: {"weight_bytes", "kv_bytes_per_token"},
-         6: {"device"},
-         7: {"rate", "workload_kind", "target_prompt_tokens", "target_output_tokens", "tag", "max_gap_ns"},
-         8: {"server_loaded_ns", "engine_version"},
-         9: {"first_answer_ns", "reasoning_chunks", "server_reasoning_tokens", "energy_unmeasured"}}
+             "model_bytes_gpu"},  # cold start and the model's placement as run columns
+         5: {"weight_bytes", "kv_bytes_per_token"},  # what a decode step reads (roofline)
+         6: {"device"},  # bandwidth rows name their device; the capability table
+         7: {"rate", "workload_kind", "target_prompt_tokens", "target_output_tokens", "tag", "max_gap_ns"},  # open loop
+         8: {"server_loaded_ns", "engine_version"},  # the model's load apart from the server's start
+         9: {"first_answer_ns", "reasoning_chunks", "server_reasoning_tokens", "energy_unmeasured"}}  # reasoning, RAPL
+SCHEMA_VERSION = max(ADDED)
 
 
 def schema_for(name: str, version: int) -> pa.Schema:
