@@ -129,9 +129,9 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
                    f"{q(0.5):.1f}%, p90 {q(0.9):.1f}%, max {halves[-1]:.1f}%; {capped}")
     elif result.capped:
         typer.echo(f"gaplab: no cell has two trials yet, so no interval; {capped}")
-    if result.comparisons:
+    if result.decided.get("all", (0, 0))[0]:
         typer.echo(f"gaplab: comparisons decided (a direction, or the same within {sc.load.equivalence_margin:.0%}, at 95%): "
-                   f"{result.decided} of {result.comparisons} ({result.decided / result.comparisons:.0%})")
+                   + "; ".join(f"{what} {d} of {n} ({d / n:.0%})" for what, (n, d) in result.decided.items() if n))
     if result.other_cores:
         from gaplab.report.speed_prose import background_story
 

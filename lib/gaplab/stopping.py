@@ -4,7 +4,9 @@ A cell gets `load.trials` trials first. Then it gets another, in the next round,
 capped (`load.max_trials`, `load.max_cell_seconds`, or the sweep's `load.max_sweep_seconds`) and
 either its interval of aggregate tok/s is wider than `load.precision`, or a comparison it takes part
 in is open: a row of the claims table (report/claims.py: faster, scales) between two cells of the
-matrix whose interval at STOP_LEVEL neither excludes parity nor lies inside the equivalence margin.
+matrix on the same weights (the same quant: a comparison across files is not like for like, and no
+number of trials makes it one) whose interval at STOP_LEVEL neither excludes parity nor lies inside
+the equivalence margin.
 
 Where the time budget cannot give every open item its trials, the sweep spends it where a verdict
 is nearest per second of measuring (`plan`): each item's trials still needed for the report's 95%
@@ -81,6 +83,11 @@ def precision_item(cell_key: str, values: list[float], precision: float, pooled:
     return Item(f"precision|{cell_key}", (cell_key,), more_trials(half, precision, len(values)))
 
 
+def same_weights() -> pl.Expr:
+    """Claims rows whose two sides serve the same weights (subjects are "runtime · quant")."""
+    return pl.col("a").str.split(" · ").list.last() == pl.col("b").str.split(" · ").list.last()
+
+
 def comparison_items(trials: pl.DataFrame, margin: float = stats.MARGIN) -> list[Item]:
     """The matrix's open comparisons (metrics.trial_summary rows of the cells measured so far):
     those undecided at STOP_LEVEL, each with the trials a side still needs for the report's 95%
@@ -89,7 +96,7 @@ def comparison_items(trials: pl.DataFrame, margin: float = stats.MARGIN) -> list
     matrix = in_study(trials, "matrix")
     if matrix.is_empty():
         return []
-    kinds = pl.col("kind").is_in(["faster", "scales"])
+    kinds = pl.col("kind").is_in(["faster", "scales"]) & same_weights()
     open_verdicts = [stats.UNDECIDED, stats.NO_INTERVAL]
     at_stop = claims_table(matrix, margin=margin, level=STOP_LEVEL).filter(kinds & pl.col("verdict").is_in(open_verdicts))
     if at_stop.is_empty():
@@ -114,15 +121,16 @@ def comparison_items(trials: pl.DataFrame, margin: float = stats.MARGIN) -> list
     return items
 
 
-def decided_share(rows: list[dict], margin: float = stats.MARGIN) -> tuple[int, int]:
+def decided_share(rows: list[dict], margin: float = stats.MARGIN) -> dict[str, tuple[int, int]]:
     """(comparisons with an interval, decided ones) among the matrix's claims (faster, scales) at
-    the report's 95%, from metrics.trial_summary rows: what the sweep prints at its end."""
+    the report's 95%, from metrics.trial_summary rows: "all" of them, and those on "same weights",
+    the ones the sweep spends trials on. What the sweep prints at its end."""
     if not rows:
-        return 0, 0
-    matrix = in_study(pl.DataFrame(rows), "matrix")
-    table = claims_table(matrix, margin=margin).filter(pl.col("kind").is_in(["faster", "scales"])
-                                                       & pl.col("ratio_lo").is_not_null())
-    return table.height, decided(table).height
+        return {"all": (0, 0), "same weights": (0, 0)}
+    table = claims_table(in_study(pl.DataFrame(rows), "matrix"), margin=margin).filter(
+        pl.col("kind").is_in(["faster", "scales"]) & pl.col("ratio_lo").is_not_null())
+    like = table.filter(same_weights())
+    return {"all": (table.height, decided(table).height), "same weights": (like.height, decided(like).height)}
 
 
 def plan(items: list[Item], seconds: dict[str, float], room: dict[str, int], budget_s: float | None) -> set[str]:

@@ -204,8 +204,9 @@ class SweepResult:
     failed: list[str] = field(default_factory=list)
     halfwidths_pct: list[float] = field(default_factory=list)  # per cell with an interval, at the end
     capped: list[str] = field(default_factory=list)
-    comparisons: int = 0  # the matrix's comparisons (claims table: faster, scales) at the end, with an interval
-    decided: int = 0  # of them, those with a verdict at the report's 95%: a direction or the same within the margin
+    # the matrix's comparisons (claims table: faster, scales) with an interval at the end, and those
+    # decided at the report's 95% (a direction, or the same within the margin): all, and on the same weights
+    decided: dict[str, tuple[int, int]] = field(default_factory=dict)
     seconds: float = 0.0
     run_ids: list[str] = field(default_factory=list)  # the trials this sweep ran
     other_cores: list[float] = field(default_factory=list)  # per trial: cores other work kept busy
@@ -357,7 +358,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         if state[key] == "capped":
             result.capped.append(ct.cell.cell_id)
             result.stopped += ct.stopped
-    result.comparisons, result.decided = stopping.decided_share(
+    result.decided = stopping.decided_share(
         [r for ct in progress_by_key.values() if not ct.failed for r in ct.rows], load.equivalence_margin)
     if result.run_ids:
         runs = store.read_table(raw_dir, "run").filter(pl.col("run_id").is_in(result.run_ids))

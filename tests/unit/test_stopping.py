@@ -33,6 +33,11 @@ def test_a_decided_comparison_is_closed_and_an_open_one_names_both_cells_and_its
     close = rows({("a", 1): [100, 104, 97], ("b", 1): [98, 101, 99]})  # ~1.01: neither side of the margin yet
     items = stopping.comparison_items(pl.DataFrame(close))
     assert items and {it.cells for it in items} == {("a@1", "b@1")} and all(it.extra >= 1 for it in items)
+    # two files are not like for like however many trials: a comparison across quants gets none
+    across = [{**r, "quant": "Q8", "runtime_kind": "vllm", "cell_key": "b8@1"} if r["runtime"] == "b" else r
+              for r in close]
+    assert stopping.comparison_items(pl.DataFrame(across)) == []
+    assert stopping.decided_share(across) == {"all": (2, 0), "same weights": (0, 0)}  # tok/s and TTFT, both open
     # the open-loop study's cells are not the matrix's comparisons
     assert stopping.comparison_items(pl.DataFrame(rows({("a", 1): [100, 104, 97], ("b", 1): [98, 101, 99]},
                                                        "open_loop"))) == []
