@@ -13,7 +13,7 @@ is nearest per second of measuring (`plan`): each item's trials still needed for
 verdict are projected from its interval (the half-width shrinks as one over the square root of the
 trials) and costed at its cells' seconds per trial; the cheapest go first, those the report can
 state already (open at STOP_LEVEL only) last, and an item that cannot close within its cells' caps
-or the time left gets none. Both sides of a comparison run in the same round, so it stays
+or the time left comes last. Both sides of a comparison run in the same round, so it stays
 paired (stats.paired_ratio_interval).
 
 Optional stopping: looking after every round and stopping once an interval decides gives a fluke
@@ -136,13 +136,20 @@ def decided_share(rows: list[dict], margin: float = stats.MARGIN) -> dict[str, t
 def plan(items: list[Item], seconds: dict[str, float], room: dict[str, int], budget_s: float | None) -> set[str]:
     """The cells to measure in the next round: those of the open items, cheapest first (an item's
     cost: its extra trials times its cells' seconds per trial; items the report can state already
-    last), while the projected time of all taken fits budget_s (None: no budget). room: the trials each cell may still get under its
-    caps; an item needing more than its cells have room for is left out, as it cannot close."""
+    after those it cannot, and items projected to need more trials than their cells have room
+    for (load.max_trials, load.max_cell_seconds) last, at what room there is: a projection from
+    two or three trials is rough), while the projected time of all taken fits budget_s (None: no
+    budget)."""
+    def order(item: Item) -> tuple:
+        return (any(item.extra > room[c] for c in item.cells), item.confirms,
+                item.extra * sum(seconds[c] for c in item.cells))
+
     need: dict[str, int] = {}
-    for item in sorted(items, key=lambda i: (i.confirms, i.extra * sum(seconds[c] for c in i.cells))):
-        if any(item.extra > room[c] for c in item.cells):
+    for item in sorted(items, key=order):
+        want = {c: min(item.extra, room[c]) for c in item.cells}
+        if not all(want.values()):
             continue
-        taken = {**need, **{c: max(need.get(c, 0), item.extra) for c in item.cells}}
+        taken = {**need, **{c: max(need.get(c, 0), n) for c, n in want.items()}}
         if budget_s is not None and sum(n * seconds[c] for c, n in taken.items()) > budget_s:
             continue
         need = taken

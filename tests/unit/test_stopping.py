@@ -50,7 +50,10 @@ def test_the_plan_takes_the_cheapest_items_that_fit_the_time_left_and_their_cell
     room = dict.fromkeys("abcde", 3)
     assert stopping.plan(items, seconds, room, None) == set("abcde")
     assert stopping.plan(items, seconds, room, 45) == set("abe")  # 20 s + 20 s; c and d would need 60 more
-    assert stopping.plan(items, seconds, {**room, "e": 1}, 45) == set("ab")  # e cannot get its 2 trials
+    # e cannot get its 2 trials: it comes after what can close, at the trial it has room for
+    assert stopping.plan(items, seconds, {**room, "e": 1}, 25) == set("ab")
+    assert stopping.plan(items, seconds, {**room, "e": 1}, 30) == set("abe")
+    assert stopping.plan(items, seconds, {**room, "e": 0}, None) == set("abcd")
     # what the report can state already waits for what it cannot, however cheap
     confirming = [stopping.Item("stated", ("a", "b"), 1, confirms=True), stopping.Item("open", ("c", "d"), 2)]
     assert stopping.plan(confirming, seconds, room, 45) == set("cd")
