@@ -67,6 +67,7 @@ bench: setup
 	$(BIN)/python bench/open_loop_lag.py
 	$(BIN)/python bench/store_scale.py --no-eager  # the eager reference: 15 GB, a minute more
 	$(BIN)/python bench/cluster_sweep.py
+	$(BIN)/python bench/targeting.py --runs 20 --budget 300
 
 clean:
 	rm -rf build _site .quarto _freeze notebooks/*.qmd
