@@ -227,37 +227,17 @@ def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe a
     _done(f"gaplab: capabilities probed on {len(found)} servers, {skipped} already probed here", failed)
 
 
-def _ollama_found() -> str:
-    from gaplab.provision import SetupError, ollama
-
-    try:
-        binary = ollama.find_binary()
-    except SetupError as exc:
-        return str(exc)
-    return f"{ollama.binary_version(binary)} at {binary}"
-
-
 @app.command()
 def doctor():
-    """Say what is installed and what is missing."""
+    """Say what this machine can launch, measure and publish with, and how to get what is missing."""
+    from gaplab.doctor import checks
     from gaplab.hardware import hardware, machine_id
-    from gaplab.provision import llama_build, models
 
     hw = hardware()
-    typer.echo(f"machine:   {machine_id()}, class {hw['hardware_id']} ({hw['cpu_model']}, {hw['cpu_cores']} cores, "
-               f"{hw['memory_gib']} GiB)")
-    typer.echo(f"llama.cpp: {'built, ' + llama_build.llama_version() if llama_build.llama_built() else 'not built (gaplab local setup)'}")
-    for name, src in models.MODELS.items():
-        have = [q for q in [src.quant, *models.DERIVED_QUANTS] if models.model_path(name, q).exists()]
-        typer.echo(f"model:     {name}: {', '.join(have) or 'not provisioned (gaplab local setup)'}")
-    for name in list(llama_build.BUILDS)[1:]:
-        typer.echo(f"llama.cpp: {name} build {'built' if llama_build.llama_built(name) else 'not built'} "
-                   f"(gaplab local setup --build {name})")
-    typer.echo(f"ollama:    {_ollama_found()}")
-    from gaplab.report.site import quarto_bin
-
-    typer.echo(f"quarto:    {quarto_bin() or 'not found: the report is built with nbconvert'}")
-    typer.echo(f"python:    {sys.executable}")
+    typer.echo(f"machine: {machine_id()}, class {hw['hardware_id']} ({hw['cpu_model']}, {hw['cpu_cores']} cores, "
+               f"{hw['memory_gib']} GiB); python {sys.executable}")
+    for c in checks(hw["gpus"]):
+        typer.echo(f"  {c.part + ':':<24}{c.status:<10} {c.detail}")
 
 
 @app.command()
