@@ -101,3 +101,8 @@ def test_a_difference_within_the_margin_is_stated_as_the_same():
     assert claims.stated(claims.claims_table(drifting(101, 100))).is_empty()
     # a margin too narrow for the interval: undecided, since it holds 1
     assert faster_row(claims.claims_table(drifting(101, 100), margin=0.005))["verdict"] == "undecided"
+
+
+def test_one_cell_makes_an_empty_table_with_the_columns():
+    c = claims.claims_table(trials({("llamacpp-batch", "Q4", 1): [40, 41, 42]}))
+    assert c.is_empty() and c.columns == claims.COLUMNS

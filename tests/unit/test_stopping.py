@@ -28,6 +28,9 @@ def test_trials_needed_shrink_the_half_width_as_one_over_root_n():
 
 
 def test_a_decided_comparison_is_closed_and_an_open_one_names_both_cells_and_its_trials():
+    alone = rows({("a", 1): [100, 101, 99]})  # a sweep of one cell compares nothing
+    assert stopping.comparison_items(pl.DataFrame(alone)) == []
+    assert stopping.decided_share(alone) == {"all": (0, 0), "same weights": (0, 0)}
     clear = rows({("a", 1): [100, 101, 99], ("b", 1): [50, 51, 49]})
     assert stopping.comparison_items(pl.DataFrame(clear)) == []
     close = rows({("a", 1): [100, 104, 97], ("b", 1): [98, 101, 99]})  # ~1.01: neither side of the margin yet

@@ -122,8 +122,9 @@ def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED,
     metrics (the site states aggregate tok/s and TTFT; the claims checker asks for others),
     with `margin` the equivalence margin of their verdicts; paired False takes every interval
     unpaired (bench/paired_gain.py measures what pairing gains); level: of the intervals."""
+    empty = pl.DataFrame(schema={c: pl.String for c in COLUMNS})
     if trials.is_empty():
-        return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
+        return empty
     trials = with_round(trials)
     values: dict[tuple, dict[str, list]] = {}
     rounds: dict[tuple, list] = {}
@@ -166,6 +167,8 @@ def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED,
                                      values[hi][metric], values[lo][metric], pools=(pools, round_pools),
                                      rounds=(rounds[hi], rounds[lo]) if paired else None, margin=margin,
                                      level=level))
+    if not rows:  # one config at one level: nothing to compare
+        return empty
     return pl.DataFrame(rows, schema_overrides={"ratio_lo": pl.Float64, "ratio_hi": pl.Float64,
                                                 "interval_method": pl.String},
                         infer_schema_length=None).select(COLUMNS)
