@@ -102,6 +102,14 @@ def _error(mutate) -> str:
     (lambda d: d["runtimes"][0].update(build="b9999"), "runtimes.0.build: got 'b9999'; input should be one of native"),
     (lambda d: d["runtimes"].append({"name": "o", "kind": "ollama", "build": "b10488-avx2"}),
      "runtimes.2: build: only llamacpp runtimes have builds, not 'ollama'"),
+    (lambda d: d["runtimes"].append({"name": "c", "kind": "openai", "base_url": "http://x/v1",
+                                     "model_config": {"m": "/no/such/config.json"}}),
+     "runtimes.2.model_config: m: /no/such/config.json does not exist here"),
+    (lambda d: d["runtimes"].append({"name": "c", "kind": "openai", "base_url": "http://x/v1",
+                                     "model_config": {"other": "/"}}),
+     "runtimes.2.model_config: 'other' is not one of the scenario's models (m)"),
+    (lambda d: d["runtimes"][0].update(model_config={"m": "/"}),
+     "runtimes.0: model_config: only for servers gaplab attaches to"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()
