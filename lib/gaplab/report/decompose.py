@@ -76,14 +76,16 @@ CLIENT_ONLY = {"client_queue": "measured (client)", "server_queue": "not reporte
 # Per engine that times requests only in aggregate: the Prometheus samples whose change over a
 # trial gives its parts. Histograms by name (their _sum and _count samples are read), counters by
 # their sample's name; then how the per-request means (seconds, tokens) make the server's queue,
-# prompt and decode time (ms) and tokens per request.
+# prompt and decode time (ms) and tokens per request, and the share of prompt tokens its prefix
+# cache served (a counter the server does not expose leaves that share null, the parts stand).
 SERVER_METRICS = {
     "vllm": {
         "histograms": {"queue": "vllm:request_queue_time_seconds", "prefill": "vllm:request_prefill_time_seconds",
                        "decode": "vllm:request_decode_time_seconds", "tokens": "vllm:request_generation_tokens"},
         "counters": {"prefix_queries": "vllm:prefix_cache_queries_total", "prefix_hits": "vllm:prefix_cache_hits_total"},
         "parts": lambda m: {"server_queue": m["queue"] * 1e3, "prompt": m["prefill"] * 1e3,
-                            "decode": m["decode"] * 1e3, "tokens": m["tokens"], "requests": m["decode_count"]},
+                            "decode": m["decode"] * 1e3, "tokens": m["tokens"], "requests": m["decode_count"],
+                            "prefix_hit_pct": m["prefix_hits"] / m["prefix_queries"] * 100},  # in tokens
     },
     "sglang": {
         "histograms": {"queue": "sglang:queue_time_seconds", "ttft": "sglang:time_to_first_token_seconds",
@@ -92,7 +94,8 @@ SERVER_METRICS = {
                      "prompt_tokens": "sglang:prompt_tokens_total", "cached_tokens": "sglang:cached_tokens_total"},
         "parts": lambda m: {"server_queue": m["queue"] * 1e3, "prompt": (m["ttft"] - m["queue"]) * 1e3,
                             "decode": (m["e2e"] - m["ttft"]) * 1e3, "tokens": m["generated"] / m["requests"],
-                            "requests": m["e2e_count"]},
+                            "requests": m["e2e_count"],
+                            "prefix_hit_pct": m["cached_tokens"] / m["prompt_tokens"] * 100},  # cached of all
     },
 }
 
@@ -129,8 +132,9 @@ def request_parts(requests: pl.DataFrame) -> pl.DataFrame:
 
 def server_means(raw_dir: Path, run_ids: list[str], engine: str) -> pl.DataFrame:
     """Per run of that engine (SERVER_METRICS): its mean queue, prompt and decode time per request
-    (srv_server_queue, srv_prompt, srv_decode, ms), generated tokens per request (srv_tokens) and
-    the requests counted (srv_requests), from the change of its histograms' _sum and _count and of
+    (srv_server_queue, srv_prompt, srv_decode, ms), generated tokens per request (srv_tokens),
+    the requests counted (srv_requests) and the prompt tokens its prefix cache served
+    (srv_prefix_hit_pct, null where not reported), from the change of its histograms' _sum and _count and of
     its counters from the first sample after the warmup requests ended (they are not measured) to
     the last."""
     table = SERVER_METRICS[engine]
@@ -158,7 +162,8 @@ def server_means(raw_dir: Path, run_ids: list[str], engine: str) -> pl.DataFrame
     for key, c in table["counters"].items():
         means[key] = wide[c] if c in wide.columns else pl.Series([None] * wide.height, dtype=pl.Float64)
     out = wide.select("run_id").with_columns(**{f"srv_{k}": v for k, v in table["parts"](means).items()})
-    return out.filter(pl.all_horizontal(pl.col(c).is_finite() for c in out.columns if c.startswith("srv_")))
+    needed = ["srv_server_queue", "srv_prompt", "srv_decode", "srv_tokens", "srv_requests"]
+    return out.filter(pl.all_horizontal(pl.col(c).is_finite() for c in needed))
 
 
 def trial_parts(requests: pl.DataFrame, raw_dir: Path) -> pl.DataFrame:
