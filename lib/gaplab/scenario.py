@@ -106,12 +106,15 @@ class RuntimeSpec(Strict):
 
     @field_validator("model_files")
     @classmethod
-    def _files_exist(cls, files: dict[str, str]) -> dict[str, str]:
-        for model, path in files.items():
-            if not Path(path).expanduser().exists():
-                raise ValueError(f"{model}: {path} does not exist here; name a GGUF file or a Hugging Face "
+    def _files_exist(cls, files: dict[str, str], info) -> dict[str, str]:
+        """Each path as read: a relative one from the scenario file's folder, as workload files."""
+        base = Path((info.context or {}).get("base_dir", "."))
+        found = {model: base / Path(path).expanduser() for model, path in files.items()}
+        for model, path in found.items():
+            if not path.exists():
+                raise ValueError(f"{model}: {files[model]} does not exist here; name a GGUF file or a Hugging Face "
                                  "config.json on the machine that runs gaplab")
-        return {model: str(Path(path).expanduser()) for model, path in files.items()}
+        return {model: str(path.resolve()) for model, path in found.items()}
 
     @field_validator("build")
     @classmethod

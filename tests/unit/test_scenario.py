@@ -281,3 +281,16 @@ def test_the_runtimes_page_lists_the_fields_each_kind_reserves():
         row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
         listed = re.findall(r"`([a-z_.]+)`", row.split(" | ")[3])
         assert sorted(listed) == sorted(kind.reserved), (name, listed)
+
+
+def test_model_config_paths_are_read_from_the_scenarios_folder(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "config.json").write_text("{}")
+    data = copy.deepcopy(GOOD)
+    data["runtimes"].append({"name": "c", "kind": "openai", "base_url": "http://x/v1",
+                             "model_config": {"m": "models/config.json"}})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    described = load_scenario(tmp_path / "s.yaml")
+    assert described.runtimes[2].model_files == {"m": str(tmp_path / "models" / "config.json")}
+    del data["runtimes"][2]["model_config"]  # which file describes the model is not part of a cell's identity
+    assert [c.cell_key for c in parse_scenario(data).cells()] == [c.cell_key for c in described.cells()]

@@ -101,8 +101,8 @@ def served_traffic(engine: Engine, root: str, served: str, api_key: str | None =
         meta = next((m.get("meta") or {} for m in listed if m.get("id") == served), None)
         meta = meta if meta is not None else (listed[0].get("meta") or {}) if listed else {}
         path = _local(engine.facts.get("model_path"))
-        kv = traffic_or_none(gguf_traffic, path).kv_bytes_per_token if path else None  # K and V in f16, its default
-        return Traffic(meta.get("size"), kv)
+        file = traffic_or_none(gguf_traffic, path) if path else Traffic(None, None)  # K and V in f16, its default
+        return Traffic(meta.get("size") or file.weight_bytes, file.kv_bytes_per_token)
     if engine.name == "ollama":
         from gaplab.runtimes.ollama import same_model
 
