@@ -31,10 +31,20 @@ def attach_openai(runtime, model, api_key: str | None) -> Server:
     slots = engine.name == "llamacpp" and engine.facts.get("endpoint_slots")  # llama-server --slots (default on)
     return Server(base_url=base, served_model=served, api_key=api_key,
                   runtime_version=f"{engine.label} behind an OpenAI-compatible URL", engine=engine.name,
-                  engine_version=engine.label if engine.name else "", launch_command=f"attached to {base}",
+                  engine_version=under(engine), launch_command=f"attached to {base}",
                   extra_body=dict(runtime.extra_body), metrics_url=None if engine.name == "ollama" else root + "/metrics",
                   slots_url=root + "/slots" if slots else None, weight_bytes=traffic.weight_bytes,
                   kv_bytes_per_token=traffic.kv_bytes_per_token)
+
+
+def under(engine) -> str:
+    """The inference engine under the server, as runs record it (engine_version): Ollama's runner,
+    else the engine itself."""
+    from gaplab.provision.ollama import engine as ollama_runner
+
+    if engine.name == "ollama":
+        return ollama_runner(engine.version)
+    return engine.label if engine.name else ""
 
 
 KIND = RuntimeKind("openai", starts=False, attaches=True, quick=True, identity_flags=attached_flags,
