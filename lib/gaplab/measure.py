@@ -70,6 +70,7 @@ def run_meta(cell: Cell, server: Server | None, started: str, status: str, error
             "server_first_token_ns": server.first_token_ns if server else None,
             "server_loaded_ns": server.loaded_ns if server else None,
             "engine_version": server.engine_version if server else None,
+            "engine": server.engine if server else None,
             "weight_bytes": server.weight_bytes if server else None,
             "kv_bytes_per_token": server.kv_bytes_per_token if server else None}
 

@@ -78,21 +78,25 @@ def gguf_metadata(path: Path) -> dict:
 
 def gguf_traffic(path: Path, kv_element_bytes: int = 2) -> Traffic:
     """A GGUF file's traffic; llama.cpp keeps its K and V cache in f16 unless told otherwise."""
-    meta = gguf_metadata(path)
+    return Traffic(Path(path).stat().st_size, gguf_kv_bytes(gguf_metadata(path), kv_element_bytes))
+
+
+def gguf_kv_bytes(meta: dict, kv_element_bytes: int = 2) -> int | None:
+    """K and V bytes per token of context from GGUF metadata keys (a file's header, or Ollama's
+    /api/show model_info, which holds the same keys); None when they do not say."""
     arch = meta.get("general.architecture", "")
     get = lambda key: meta.get(f"{arch}.{key}")  # noqa: E731
     layers, heads = get("block_count"), get("attention.head_count")
-    kv = None
     if isinstance(heads, list):  # per layer: the widest layer sets the head size
         heads = max(heads) or None
     key_len = get("attention.key_length") or (get("embedding_length") // heads if heads and get("embedding_length")
                                                else None)
-    if layers and key_len:
-        value_len = get("attention.value_length") or key_len
-        kv_heads = get("attention.head_count_kv") or heads
-        per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers  # some models vary by layer
-        kv = sum(per_layer) * (key_len + value_len) * kv_element_bytes
-    return Traffic(Path(path).stat().st_size, kv)
+    if not (layers and key_len):
+        return None
+    value_len = get("attention.value_length") or key_len
+    kv_heads = get("attention.head_count_kv") or heads
+    per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers  # some models vary by layer
+    return sum(per_layer) * (key_len + value_len) * kv_element_bytes
 
 
 def traffic_or_none(read, *args) -> Traffic:
@@ -104,21 +108,39 @@ def traffic_or_none(read, *args) -> Traffic:
         return Traffic(None, None)
 
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # a dtype missing here: traffic unknown
 
 
-def hf_traffic(folder: Path, dtype: str) -> Traffic:
-    """A Hugging Face folder's traffic when served in `dtype` (vLLM keeps K and V in it too)."""
-    cfg = json.loads((Path(folder) / "config.json").read_text())
+def hf_traffic(folder: Path, dtype: str | None = None) -> Traffic:
+    """A Hugging Face folder's traffic (or that of the config file named, and the safetensors
+    beside it) when served in `dtype` (vLLM keeps K and V in it too); without a dtype, as
+    stored (a quantized checkpoint is read as it is), K and V in the config's dtype. No
+    safetensors beside the config: the weights are unknown."""
+    config = Path(folder) if Path(folder).is_file() else Path(folder) / "config.json"
+    folder = config.parent
+    cfg = json.loads(config.read_text())
     cfg = {**cfg, **cfg.get("text_config", {})}  # multimodal configs nest the language model's sizes
-    stored = DTYPE_BYTES[cfg.get("dtype") or cfg.get("torch_dtype") or "float32"]
+    stored = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
     # tensors only: a safetensors file is an 8-byte length, a JSON header, then the tensors
     tensors = 0
-    for f in Path(folder).glob("*.safetensors"):
+    files = list(Path(folder).glob("*.safetensors"))
+    for f in files:
         with open(f, "rb") as fh:
             tensors += f.stat().st_size - 8 - struct.unpack("<Q", fh.read(8))[0]
-    size = DTYPE_BYTES[dtype]
+    size = DTYPE_BYTES[dtype or stored]
+    weights = (tensors // DTYPE_BYTES[stored] * size if dtype else tensors) if files else None
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     kv = cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim * 2 * size
-    return Traffic(tensors // stored * size, kv)
+    return Traffic(weights, kv)
+
+
+def config_traffic(path: Path) -> Traffic:
+    """The traffic of a model named by a scenario's model_config: a GGUF file, a Hugging Face
+    config.json, or the folder that holds one."""
+    path = Path(path)
+    if path.is_dir():
+        return hf_traffic(path)
+    with open(path, "rb") as f:
+        gguf = f.read(4) == b"GGUF"
+    return gguf_traffic(path) if gguf else hf_traffic(path)

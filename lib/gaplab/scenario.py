@@ -69,6 +69,10 @@ class RuntimeSpec(Strict):
     # openai and ollama: the server to attach to (ollama without it: gaplab starts one)
     base_url: str | None = None
     api_key_env: str | None = None
+    # attach: per model, a file on this machine that describes what the server serves (a GGUF
+    # file, or a Hugging Face config.json or its folder), for the bytes a decode step reads where
+    # the server does not say them (runtimes.identify); not part of the cell's identity
+    model_files: dict[str, str] = Field({}, alias="model_config")
     # what one server of this runtime takes on a Ray cluster's node (gaplab sweep --ray)
     cpus: float | None = Field(None, gt=0, description="CPUs a server group's task reserves on a Ray node "
                                "(default: threads + 1 for a server gaplab starts, 1 for one it attaches to)")
@@ -100,6 +104,18 @@ class RuntimeSpec(Strict):
                                  "length and stream it; remove it (a workload's output_tokens sets the length)")
         return extra
 
+    @field_validator("model_files")
+    @classmethod
+    def _files_exist(cls, files: dict[str, str], info) -> dict[str, str]:
+        """Each path as read: a relative one from the scenario file's folder, as workload files."""
+        base = Path((info.context or {}).get("base_dir", "."))
+        found = {model: base / Path(path).expanduser() for model, path in files.items()}
+        for model, path in found.items():
+            if not path.exists():
+                raise ValueError(f"{model}: {files[model]} does not exist here; name a GGUF file or a Hugging Face "
+                                 "config.json on the machine that runs gaplab")
+        return {model: str(path.resolve()) for model, path in found.items()}
+
     @field_validator("build")
     @classmethod
     def _known_build(cls, build: str) -> str:
@@ -126,6 +142,9 @@ class RuntimeSpec(Strict):
         if not self.prefix_cache and not self.started_here:
             raise ValueError("prefix_cache: an attached server's cache is set where it is started; "
                              "remove the field, or start the server without its prefix cache")
+        if self.model_files and self.started_here:
+            raise ValueError("model_config: only for servers gaplab attaches to (it reads the files of those it "
+                             "starts); remove the field")
         if not kind.attaches and self.base_url:
             attached = " and ".join(f"'{k}'" for k, v in sorted(runtimes.kinds().items()) if v.attaches)
             raise ValueError(f"base_url is only for kinds {attached}; a '{self.kind}' runtime is started by gaplab")
@@ -175,6 +194,12 @@ class Scenario(Strict):
                 if unknown:
                     raise ValueError(f"runtimes.{i}.{field}: {unknown[0]!r} is not one of the scenario's {field} "
                                      f"({', '.join(sorted(names))})")
+        models = {m.name for m in self.models}
+        for i, rt in enumerate(self.runtimes):
+            unknown = sorted(set(rt.model_files) - models)
+            if unknown:
+                raise ValueError(f"runtimes.{i}.model_config: {unknown[0]!r} is not one of the scenario's models "
+                                 f"({', '.join(sorted(models))})")
         for i, wl in enumerate(self.workloads):
             if wl.kind == "multi-turn" and self.levels(wl)[1]:
                 raise ValueError(f"workloads.{i}: a multi-turn workload runs with users (concurrency), not rates: "

@@ -98,6 +98,8 @@ RUNS = pa.schema(list(IDENTITY) + [
     ("server_loaded_ns", pa.int64()), ("engine_version", pa.string()),
     # schema 9: why the CPU package's energy was not read (telemetry.Rapl); null where it was
     ("energy_unmeasured", pa.string()),
+    # schema 10: the server software that answered (runtimes.identify.NAMES), attached servers included
+    ("engine", pa.string()),
     ("meta_json", pa.string()),
 ])
 
@@ -119,7 +121,8 @@ ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target
          6: {"device"},  # bandwidth rows name their device; the capability table
          7: {"rate", "workload_kind", "target_prompt_tokens", "target_output_tokens", "tag", "max_gap_ns"},  # open loop
          8: {"server_loaded_ns", "engine_version"},  # the model's load apart from the server's start
-         9: {"first_answer_ns", "reasoning_chunks", "server_reasoning_tokens", "energy_unmeasured"}}  # reasoning, RAPL
+         9: {"first_answer_ns", "reasoning_chunks", "server_reasoning_tokens", "energy_unmeasured"},  # reasoning, RAPL
+         10: {"engine"}}  # the engine that answered, attached servers included (runtimes.identify)
 SCHEMA_VERSION = max(ADDED)
 
 

@@ -1,5 +1,6 @@
-"""Where the time goes: parts from hand-built requests with known server figures, vLLM's
-parts from its histograms' deltas over a trial, and waterfalls that add up."""
+"""Where the time goes: parts from hand-built requests with known server figures, vLLM's and
+SGLang's parts from their histograms' deltas over a trial (by the engine a run recorded, whatever
+its kind), and waterfalls that add up."""
 
 import json
 
@@ -146,7 +147,56 @@ def test_vllm_deltas_start_after_the_warmup_requests(tmp_path):
             + _histogram_rows(3000 * ms, 5.02, 5.2, 5.98, 33, 3))
     store.write_run(tmp_path, ident("20260101T000000Z-vvvvvv", runtime="v", kind="vllm"), {"status": "complete"},
                     recs, telemetry=tele)
-    means = decompose.vllm_means(tmp_path, ["20260101T000000Z-vvvvvv"]).row(0, named=True)
-    assert means["vllm_requests"] == 2  # the warmup request is not in the delta
-    assert means["vllm_server_queue"] == pytest.approx(10) and means["vllm_prompt"] == pytest.approx(100)
-    assert means["vllm_decode"] == pytest.approx(490) and means["vllm_tokens"] == pytest.approx(11)
+    means = decompose.server_means(tmp_path, ["20260101T000000Z-vvvvvv"], "vllm").row(0, named=True)
+    assert means["srv_requests"] == 2  # the warmup request is not in the delta
+    assert means["srv_server_queue"] == pytest.approx(10) and means["srv_prompt"] == pytest.approx(100)
+    assert means["srv_decode"] == pytest.approx(490) and means["srv_tokens"] == pytest.approx(11)
+    assert means["srv_prefix_hit_pct"] is None  # no prefix-cache counters among these samples
+
+
+def test_a_vllm_attached_by_url_is_read_by_the_engine_it_was_identified_as(tmp_path):
+    recs = [request(i, 0, 0, 300, 800, 800, 11) for i in range(2)]
+    tele = _histogram_rows(1, 1.0, 1.0, 3.0, 55, 5) + _histogram_rows(2, 1.02, 1.2, 3.98, 77, 7)
+    tele += [{"t_ns": t, "source": "metrics", "metric": f"vllm:prefix_cache_{name}_total", "labels": "", "value": v}
+             for t, name, v in ((1, "queries", 100), (1, "hits", 10), (2, "queries", 132), (2, "hits", 34))]
+    for run_id, engine in (("20260101T000000Z-aaaaaa", "vllm"), ("20260101T000000Z-bbbbbb", None)):
+        store.write_run(tmp_path, ident(run_id, runtime=f"o-{run_id[-1]}", kind="openai"),
+                        {"status": "complete", "engine": engine}, recs, telemetry=tele)
+    t = decompose.trial_parts(speed.measured_requests(tmp_path), tmp_path).sort("run_id")
+    identified, unknown = t.row(0, named=True), t.row(1, named=True)
+    assert identified["engine"] == "vllm" and identified["timed_by"] == "server (trial histograms)"
+    assert identified["server_queue"] == pytest.approx(10) and identified["prompt"] == pytest.approx(100)
+    means = decompose.server_means(tmp_path, ["20260101T000000Z-aaaaaa"], "vllm").row(0, named=True)
+    assert means["srv_prefix_hit_pct"] == pytest.approx(75)  # 24 of the 32 tokens queried in the trial
+    # the same samples from a server nothing identified: the client's parts only
+    assert unknown["engine"] is None and unknown["timed_by"] == "client" and unknown["server_queue"] is None
+    table = decompose.sources([identified["engine"], unknown["engine"]])
+    assert table.columns == ["part", "vLLM", "unidentified server"]
+    assert table.row(1, named=True)["vLLM"].startswith("measured (server histogram")
+
+
+def _sglang_rows(t_ns, queue_s, ttft_s, e2e_s, count, generated):
+    labels = json.dumps({"model_name": "m"})
+    rows = [{"t_ns": t_ns, "source": "metrics", "metric": f"sglang:{name}_{end}", "labels": labels, "value": v}
+            for name, total in (("queue_time_seconds", queue_s), ("time_to_first_token_seconds", ttft_s),
+                                ("e2e_request_latency_seconds", e2e_s))
+            for end, v in (("sum", total), ("count", count))]
+    counters = (("sglang:generation_tokens_total", generated), ("sglang:num_requests_total", count),
+                ("sglang:prompt_tokens_total", 10 * count), ("sglang:cached_tokens_total", 4 * count))
+    return rows + [{"t_ns": t_ns, "source": "metrics", "metric": name, "labels": labels, "value": v}
+                   for name, v in counters]
+
+
+def test_sglang_parts_come_from_its_queue_ttft_and_e2e_histograms_and_token_counters(tmp_path):
+    recs = [request(i, 0, 0, 300, 800, 800, 11) for i in range(2)]
+    # over the trial: 2 requests, 0.02 s queue, 0.22 s to the first token, 1.2 s end to end, 22 tokens
+    tele = _sglang_rows(1, 1.0, 2.0, 9.0, 5, 50) + _sglang_rows(2, 1.02, 2.22, 10.2, 7, 72)
+    store.write_run(tmp_path, ident("20260101T000000Z-ssssss", runtime="s", kind="openai"),
+                    {"status": "complete", "engine": "sglang"}, recs, telemetry=tele)
+    t = decompose.trial_parts(speed.measured_requests(tmp_path), tmp_path).row(0, named=True)
+    assert t["timed_by"] == "server (trial histograms)"
+    assert t["server_queue"] == pytest.approx(10) and t["prompt"] == pytest.approx(100)  # TTFT 110 - queue 10
+    assert t["first_decode"] == pytest.approx(49) and t["decode_rest"] == pytest.approx(441)  # 490 ms, 11 tokens
+    assert sum(t[p] for p in decompose.PARTS) == pytest.approx(t["latency"])
+    means = decompose.server_means(tmp_path, ["20260101T000000Z-ssssss"], "sglang").row(0, named=True)
+    assert means["srv_requests"] == 2 and means["srv_prefix_hit_pct"] == pytest.approx(40)  # 8 of 20 tokens

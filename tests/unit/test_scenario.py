@@ -102,6 +102,14 @@ def _error(mutate) -> str:
     (lambda d: d["runtimes"][0].update(build="b9999"), "runtimes.0.build: got 'b9999'; input should be one of native"),
     (lambda d: d["runtimes"].append({"name": "o", "kind": "ollama", "build": "b10488-avx2"}),
      "runtimes.2: build: only llamacpp runtimes have builds, not 'ollama'"),
+    (lambda d: d["runtimes"].append({"name": "c", "kind": "openai", "base_url": "http://x/v1",
+                                     "model_config": {"m": "/no/such/config.json"}}),
+     "runtimes.2.model_config: m: /no/such/config.json does not exist here"),
+    (lambda d: d["runtimes"].append({"name": "c", "kind": "openai", "base_url": "http://x/v1",
+                                     "model_config": {"other": "/"}}),
+     "runtimes.2.model_config: 'other' is not one of the scenario's models (m)"),
+    (lambda d: d["runtimes"][0].update(model_config={"m": "/"}),
+     "runtimes.0: model_config: only for servers gaplab attaches to"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()
@@ -273,3 +281,16 @@ def test_the_runtimes_page_lists_the_fields_each_kind_reserves():
         row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
         listed = re.findall(r"`([a-z_.]+)`", row.split(" | ")[3])
         assert sorted(listed) == sorted(kind.reserved), (name, listed)
+
+
+def test_model_config_paths_are_read_from_the_scenarios_folder(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "config.json").write_text("{}")
+    data = copy.deepcopy(GOOD)
+    data["runtimes"].append({"name": "c", "kind": "openai", "base_url": "http://x/v1",
+                             "model_config": {"m": "models/config.json"}})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    described = load_scenario(tmp_path / "s.yaml")
+    assert described.runtimes[2].model_files == {"m": str(tmp_path / "models" / "config.json")}
+    del data["runtimes"][2]["model_config"]  # which file describes the model is not part of a cell's identity
+    assert [c.cell_key for c in parse_scenario(data).cells()] == [c.cell_key for c in described.cells()]

@@ -12,9 +12,11 @@ moment it was scheduled to the end of its response:
 - tail           from the last token to the end of the response, plus any disagreement
                  between the client's first-to-last-token span and the server's decode time
 TTFT is server_queue + prompt + ttft_other. How each part is obtained depends on what the
-runtime reports (SOURCES): llama.cpp and Ollama time every request themselves; vLLM does
-not, so its parts are per-trial means from the deltas of its Prometheus histograms over
-the trial; a server that reports nothing gets the client's parts only.
+engine behind the server reports (SOURCES), whatever the runtime's kind: a server attached by
+URL is read as the engine it was identified as (runtimes.identify; the run's `engine`).
+llama.cpp and Ollama time every request themselves; vLLM and SGLang do not, so their parts
+are per-trial means from the deltas of their Prometheus histograms and counters over the trial
+(SERVER_METRICS, one table for both); a server that reports nothing gets the client's parts only.
 
 The parts are columns of these frames, computed from the stored rows at read time, so a
 better derivation never needs the data rewritten.
@@ -56,15 +58,56 @@ SOURCES = {
         "decode_rest": "measured (server histogram, trial mean: request_decode_time) - first step",
         "tail": "measured (client): E2E - TTFT - server decode time",
     },
+    "sglang": {
+        "client_queue": "measured (client)",
+        "server_queue": "measured (server histogram, trial mean: queue_time)",
+        "prompt": "inferred: server TTFT - queue (histogram trial means: time_to_first_token, queue_time)",
+        "ttft_other": "inferred: client TTFT - server TTFT (transport)",
+        "first_decode": "inferred: decode time / (tokens - 1)",
+        "decode_rest": "inferred: server E2E - server TTFT (histogram trial means) - first step",
+        "tail": "measured (client): E2E - TTFT - server decode time",
+    },
 }
 CLIENT_ONLY = {"client_queue": "measured (client)", "server_queue": "not reported", "prompt": "not reported",
                "ttft_other": "measured (client): all of TTFT", "first_decode": "inferred: span / (tokens - 1)",
                "decode_rest": "measured (client): first-to-last token span - first step",
                "tail": "measured (client): E2E - TTFT - span"}
 
-# vLLM's histograms whose per-trial deltas give its parts (seconds, and tokens)
-VLLM_HISTOGRAMS = {"server_queue": "vllm:request_queue_time_seconds", "prompt": "vllm:request_prefill_time_seconds",
-                   "decode": "vllm:request_decode_time_seconds", "tokens": "vllm:request_generation_tokens"}
+# Per engine that times requests only in aggregate: the Prometheus samples whose change over a
+# trial gives its parts. Histograms by name (their _sum and _count samples are read), counters by
+# their sample's name; then how the per-request means (seconds, tokens) make the server's queue,
+# prompt and decode time (ms) and tokens per request, and the share of prompt tokens its prefix
+# cache served (a counter the server does not expose leaves that share null, the parts stand).
+SERVER_METRICS = {
+    "vllm": {
+        "histograms": {"queue": "vllm:request_queue_time_seconds", "prefill": "vllm:request_prefill_time_seconds",
+                       "decode": "vllm:request_decode_time_seconds", "tokens": "vllm:request_generation_tokens"},
+        "counters": {"prefix_queries": "vllm:prefix_cache_queries_total", "prefix_hits": "vllm:prefix_cache_hits_total"},
+        "parts": lambda m: {"server_queue": m["queue"] * 1e3, "prompt": m["prefill"] * 1e3,
+                            "decode": m["decode"] * 1e3, "tokens": m["tokens"], "requests": m["decode_count"],
+                            "prefix_hit_pct": m["prefix_hits"] / m["prefix_queries"] * 100},  # in tokens
+    },
+    "sglang": {
+        "histograms": {"queue": "sglang:queue_time_seconds", "ttft": "sglang:time_to_first_token_seconds",
+                       "e2e": "sglang:e2e_request_latency_seconds"},
+        "counters": {"generated": "sglang:generation_tokens_total", "requests": "sglang:num_requests_total",
+                     "prompt_tokens": "sglang:prompt_tokens_total", "cached_tokens": "sglang:cached_tokens_total"},
+        "parts": lambda m: {"server_queue": m["queue"] * 1e3, "prompt": (m["ttft"] - m["queue"]) * 1e3,
+                            "decode": (m["e2e"] - m["ttft"]) * 1e3, "tokens": m["generated"] / m["requests"],
+                            "requests": m["e2e_count"],
+                            "prefix_hit_pct": m["cached_tokens"] / m["prompt_tokens"] * 100},  # cached of all
+    },
+}
+
+
+def engines(raw_dir: Path, run_ids: list[str]) -> pl.DataFrame:
+    """run_id -> engine: the one the run recorded (schema 10), else its kind where the kind is one."""
+    from gaplab.runtimes.identify import NAMES
+
+    runs = store.read_table(raw_dir, "run").filter(pl.col("run_id").is_in(run_ids))
+    recorded = pl.col("engine") if "engine" in runs.columns else pl.lit(None, pl.String)
+    kind = pl.when(pl.col("runtime_kind").is_in(list(NAMES))).then(pl.col("runtime_kind"))
+    return runs.select("run_id", engine=pl.coalesce(recorded, kind)).unique("run_id")
 
 
 def request_parts(requests: pl.DataFrame) -> pl.DataFrame:
@@ -87,11 +130,16 @@ def request_parts(requests: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.lit("client")))
 
 
-def vllm_means(raw_dir: Path, run_ids: list[str]) -> pl.DataFrame:
-    """Per run: vLLM's mean queue, prefill and decode time per request (ms), generated tokens per
-    request and the requests counted, from the change of its histograms' _sum and _count from
-    the first sample after the warmup requests ended (they are not measured) to the last."""
-    names = [f"{h}_{end}" for h in VLLM_HISTOGRAMS.values() for end in ("sum", "count")]
+def server_means(raw_dir: Path, run_ids: list[str], engine: str) -> pl.DataFrame:
+    """Per run of that engine (SERVER_METRICS): its mean queue, prompt and decode time per request
+    (srv_server_queue, srv_prompt, srv_decode, ms), generated tokens per request (srv_tokens),
+    the requests counted (srv_requests) and the prompt tokens its prefix cache served
+    (srv_prefix_hit_pct, null where not reported), from the change of its histograms' _sum and _count and of
+    its counters from the first sample after the warmup requests ended (they are not measured) to
+    the last."""
+    table = SERVER_METRICS[engine]
+    names = [f"{h}_{end}" for h in table["histograms"].values() for end in ("sum", "count")]
+    names += list(table["counters"].values())
     warmup = (store.scan_table(raw_dir, "requests").filter(pl.col("run_id").is_in(run_ids) & pl.col("warmup"))
               .group_by("run_id").agg(warmup_end_ns=pl.col("end_ns").max()))
     tele = (store.scan_table(raw_dir, "telemetry")
@@ -101,43 +149,56 @@ def vllm_means(raw_dir: Path, run_ids: list[str]) -> pl.DataFrame:
             .group_by("run_id", "metric", "t_ns").agg(pl.col("value").sum())  # summed over label sets
             .sort("t_ns").group_by("run_id", "metric").agg(delta=pl.col("value").last() - pl.col("value").first())
             .collect())
+    empty = pl.DataFrame(schema={"run_id": pl.String})
     if tele.is_empty():
-        return pl.DataFrame(schema={"run_id": pl.String})
+        return empty
     wide = tele.pivot(on="metric", index="run_id", values="delta")
-    out = wide.select("run_id", vllm_requests=pl.col(f"{VLLM_HISTOGRAMS['decode']}_count"))
-    for part, h in VLLM_HISTOGRAMS.items():
-        if f"{h}_sum" in wide.columns and f"{h}_count" in wide.columns:
-            mean = wide[f"{h}_sum"] / wide[f"{h}_count"]
-            out = out.with_columns((mean * (1 if part == "tokens" else 1e3)).alias(f"vllm_{part}"))
-    return out.filter(pl.all_horizontal(pl.col(c).is_finite() for c in out.columns if c.startswith("vllm_")))
+    means = {}
+    for key, h in table["histograms"].items():
+        if f"{h}_sum" not in wide.columns or f"{h}_count" not in wide.columns:
+            return empty  # a histogram the server does not expose: no server-side parts
+        means[key] = wide[f"{h}_sum"] / wide[f"{h}_count"]
+        means[f"{key}_count"] = wide[f"{h}_count"]
+    for key, c in table["counters"].items():
+        means[key] = wide[c] if c in wide.columns else pl.Series([None] * wide.height, dtype=pl.Float64)
+    out = wide.select("run_id").with_columns(**{f"srv_{k}": v for k, v in table["parts"](means).items()})
+    needed = ["srv_server_queue", "srv_prompt", "srv_decode", "srv_tokens", "srv_requests"]
+    return out.filter(pl.all_horizontal(pl.col(c).is_finite() for c in needed))
 
 
 def trial_parts(requests: pl.DataFrame, raw_dir: Path) -> pl.DataFrame:
     """One row per trial: the mean of each part over its successful requests, its mean TTFT, E2E
-    and latency, and `timed_by`. vLLM trials take their server-side parts from its histograms."""
+    and latency, `timed_by` and `engine` (runtimes.identify.NAMES, null where unknown). Trials of
+    an engine in SERVER_METRICS take their server-side parts from its histograms."""
     rp = request_parts(requests)
     trials = rp.group_by(GROUP).agg(
         *[pl.col(p).mean() for p in PARTS], ttft=pl.col("ttft_ms").mean(), e2e=pl.col("e2e_ms").mean(),
         latency=pl.col("latency").mean(), n=pl.len(), timed_by=pl.col("timed_by").mode().first(),
         config=(pl.col("runtime") + " · " + pl.col("quant")).first())
-    vllm_runs = trials.filter(pl.col("runtime_kind") == "vllm")["run_id"].to_list()
-    hist = vllm_means(raw_dir, vllm_runs) if vllm_runs else pl.DataFrame(schema={"run_id": pl.String})
-    if "vllm_decode" not in hist.columns:
+    trials = trials.join(engines(raw_dir, trials["run_id"].to_list()), on="run_id", how="left")
+    hist = [server_means(raw_dir, g["run_id"].to_list(), engine)
+            for (engine,), g in trials.group_by("engine") if engine in SERVER_METRICS]
+    hist = [h for h in hist if "srv_decode" in h.columns]
+    if not hist:
         return trials.sort(GROUP)
-    v = trials.join(hist, on="run_id", how="inner")
-    first = v["vllm_decode"] / (v["vllm_tokens"] - 1).clip(lower_bound=1)
-    v = v.with_columns(server_queue=v["vllm_server_queue"], prompt=v["vllm_prompt"],
-                       ttft_other=v["ttft"] - v["vllm_server_queue"] - v["vllm_prompt"], first_decode=first,
-                       decode_rest=v["vllm_decode"] - first, tail=v["e2e"] - v["ttft"] - v["vllm_decode"],
+    v = trials.join(pl.concat(hist, how="diagonal_relaxed"), on="run_id", how="inner")
+    first = v["srv_decode"] / (v["srv_tokens"] - 1).clip(lower_bound=1)
+    v = v.with_columns(server_queue=v["srv_server_queue"], prompt=v["srv_prompt"],
+                       ttft_other=v["ttft"] - v["srv_server_queue"] - v["srv_prompt"], first_decode=first,
+                       decode_rest=v["srv_decode"] - first, tail=v["e2e"] - v["ttft"] - v["srv_decode"],
                        timed_by=pl.lit("server (trial histograms)")).select(trials.columns)
     return pl.concat([trials.join(v.select("run_id"), on="run_id", how="anti"), v]).sort(GROUP)
 
 
-def sources(kinds: list[str]) -> pl.DataFrame:
-    """Per runtime kind and part: measured directly (by whom) or inferred (from what)."""
-    rows = [{"runtime kind": k, **{LABELS[p]: SOURCES.get(k, CLIENT_ONLY)[p] for p in PARTS}} for k in kinds]
+def sources(engines: list[str | None]) -> pl.DataFrame:
+    """Per engine (trial_parts' `engine`; None: not identified) and part: measured directly (by
+    whom) or inferred (from what)."""
+    from gaplab.runtimes.identify import NAMES
+
+    rows = [{"engine": NAMES.get(e, "unidentified server"), **{LABELS[p]: SOURCES.get(e, CLIENT_ONLY)[p] for p in PARTS}}
+            for e in engines]
     return pl.DataFrame(rows).transpose(include_header=True, header_name="part",
-                                        column_names="runtime kind") if rows else pl.DataFrame()
+                                        column_names="engine") if rows else pl.DataFrame()
 
 
 def check(requests: pl.DataFrame) -> dict:

@@ -7,6 +7,10 @@ and yields B tokens, so memory bandwidth M bounds the output at
 
     bound tok/s = B x M / (W + B x K x T).
 
+W and K are what each run stored: read from the model file for a server gaplab starts, and
+for one it attaches to from what the server's API says, else from the file the runtime's
+model_config names (runtimes.identify); a run with neither is left out.
+
 B is the sequences a step can hold: the users, up to the server's slots (llama.cpp's -np,
 vLLM's max-num-seqs). T is the prompt plus half the output (the mean context over the
 decode). M comes from the machine's newest bandwidth run (bandwidth.py): the CPU triad (the

@@ -72,6 +72,9 @@ class Server:
     served_model: str  # the model name to put in requests
     runtime_version: str
     engine_version: str = ""  # the inference engine under the server (Ollama runs llama.cpp)
+    # the server software that answers, a key of identify.NAMES: what its metrics and figures mean
+    # (the kind for servers gaplab starts, what answered the probes for one attached by URL)
+    engine: str | None = None
     api_key: str | None = None
     launch_command: str = ""
     extra_body: dict = field(default_factory=dict)  # forces output length where the runtime allows it

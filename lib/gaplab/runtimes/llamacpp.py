@@ -48,7 +48,7 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(runtime.build),
-                         engine_version=llama_build.BUILDS[runtime.build].engine,
+                         engine_version=llama_build.BUILDS[runtime.build].engine, engine="llamacpp",
                          launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
                          pid=proc.pid, started_ns=started, healthy_ns=healthy, loaded_ns=healthy,

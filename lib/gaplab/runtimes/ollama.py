@@ -34,6 +34,7 @@ from gaplab.modelfile import gguf_traffic, traffic_or_none
 from gaplab.provision import models
 from gaplab.provision import ollama as install
 from gaplab.runtimes import RuntimeKind, Server, attached_flags, process
+from gaplab.runtimes.identify import Engine, attached_traffic
 from gaplab.runtimes.process import free_port, wait_healthy
 
 
@@ -43,6 +44,11 @@ def _root(url: str) -> str:
 
 def _names(name: str) -> set[str]:
     return {name, name.removesuffix(":latest"), name + ":latest"}
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two of Ollama's model names are one model (":latest" is the tag a bare name means)."""
+    return bool(_names(a) & _names(b))
 
 
 def attach_ollama(runtime, model) -> Server:
@@ -58,8 +64,10 @@ def attach_ollama(runtime, model) -> Server:
         raise RuntimeError(f"models.{model.name}: Ollama at {base} has {names}, not {served!r}; "
                            f"run 'ollama pull {served}' or set served_name")
     v = version.get("version", "?")
+    traffic = attached_traffic(runtime, model, Engine("ollama", v), base, served, None)
     return Server(base_url=base, served_model=served, runtime_version=f"Ollama {v}", engine_version=install.engine(v),
-                  launch_command=f"attached to {base}", extra_body=dict(runtime.extra_body), protocol="ollama")
+                  engine="ollama", launch_command=f"attached to {base}", extra_body=dict(runtime.extra_body),
+                  protocol="ollama", weight_bytes=traffic.weight_bytes, kv_bytes_per_token=traffic.kv_bytes_per_token)
 
 
 def server_env(runtime, port: int) -> dict:
@@ -109,7 +117,8 @@ def ollama_server(runtime, model: str, quant: str, timeout: float = 120) -> Iter
             version = (get_json(base + "/api/version") or {}).get("version", "unknown")
             loaded = load(base, served, fields, timeout, log)
             yield Server(base_url=base, served_model=served, runtime_version=f"Ollama {version}",
-                         engine_version=install.engine(version), launch_command=_launch_command(env, proc),
+                         engine_version=install.engine(version), engine="ollama",
+                         launch_command=_launch_command(env, proc),
                          extra_body=fields, model_file=model_file.name, model_sha256=info["sha256"],
                          model_note=f"{info['note']}; imported into Ollama as {name}", served_digest=digest,
                          pid=proc.pid, started_ns=started, healthy_ns=healthy, loaded_ns=loaded, protocol="ollama",

@@ -69,7 +69,7 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
         try:
             healthy = wait_healthy(base, proc, timeout, log)
             yield Server(base_url=base + "/v1", served_model=model, runtime_version=vllm_version(),
-                         engine_version=vllm_version(), launch_command=shlex.join(cmd),
+                         engine_version=vllm_version(), engine="vllm", launch_command=shlex.join(cmd),
                          extra_body=request_fields(runtime),
                          model_file=f"{folder.name} (from {src['source']})", model_sha256=src["source_sha256"],
                          model_note=f"{src['note']}; served as {dtype}", pid=proc.pid, started_ns=started,
