@@ -212,7 +212,8 @@ def test_a_model_the_attached_server_lacks_is_one_line(binary, own_store, tmp_pa
 def test_extra_body_options_keep_the_forced_length_on_an_attached_server(binary, own_store, tmp_path, gaplab_cli):
     """Issue 28's setup: Ollama started by hand, attached, with its threads pinned through
     extra_body's options. Those options once replaced gaplab's own, num_predict with them, and the
-    first request generated 5,600 tokens. Now every request stops at the workload's 48."""
+    first request generated 5,600 tokens. Now no request passes the workload's 48 (the model may
+    still end one sooner: Ollama has no ignore_eos, and a CI run saw one stop at 12)."""
     path = write_scenario(tmp_path, RUNTIME, (16, OUTPUT_TOKENS), LOAD)
     with open_server(load_scenario(path).cells()[0]) as server:
         runtime = {"name": "at", "kind": "ollama", "base_url": server.base_url,
@@ -228,8 +229,8 @@ def test_extra_body_options_keep_the_forced_length_on_an_attached_server(binary,
                              capture_output=True, text=True, timeout=120)
     assert result["status"] == "complete" and result["errors"] == 0
     req = store.read_table(tmp_path / "raw", "requests")
-    assert req.height == 5 and (req["completion_tokens"] == 48).all()
-    assert (req["server_predicted_n"] == 48).all()  # Ollama's own eval_count
+    assert req.height == 5 and (req["completion_tokens"] <= 48).all() and (req["completion_tokens"] == 48).any()
+    assert (req["server_predicted_n"] == req["completion_tokens"]).all()  # Ollama's own eval_count
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
     assert "extra_body: options.num_predict is set by gaplab for kind 'ollama'" in res.stderr, res.stderr
 
