@@ -45,7 +45,9 @@ def test_decode_rate_agrees_with_the_servers_own(two_levels):
         ratio = row["per_user_tok_s"] / row["server_decode_tok_s"]
         print(f"\nc{row['concurrency']}: client {row['per_user_tok_s']:.1f} tok/s, "
               f"server {row['server_decode_tok_s']:.1f} tok/s ({ratio:.3f})")
-        assert 0.9 <= ratio <= 1.1
+        # near 1 on a quiet machine; with a core kept busy the client reads its chunks late (a CI run
+        # read 0.898 at 2 users). A decode span off by 200 ms reads below 0.8 at either level here.
+        assert 0.85 <= ratio <= 1.15
 
 
 def test_run_metadata_says_what_ran(two_levels):
