@@ -124,11 +124,12 @@ def open_items(cells: dict[str, CellTrials], load: LoadSpec) -> list[stopping.It
     return items + (stopping.comparison_items(pl.DataFrame(rows), load.equivalence_margin) if rows else [])
 
 
-def states(cells: dict[str, CellTrials], load: LoadSpec) -> dict[str, str]:
-    """cell_key -> CellTrials.state, its open comparisons counted."""
+def states(cells: dict[str, CellTrials], load: LoadSpec, items: list[stopping.Item] | None = None) -> dict[str, str]:
+    """cell_key -> CellTrials.state, its open comparisons counted (items: open_items, when at hand)."""
     p = pools(cells)
     # a comparison with a side at its caps is capped, not open
-    items = [it for it in open_items(cells, load) if all(cells[c].room(load) for c in it.cells)]
+    items = [it for it in (open_items(cells, load) if items is None else items)
+             if all(cells[c].room(load) for c in it.cells)]
     return {key: ct.state(load, p[ct.cell.runtime.name], sum(key in it.cells for it in items))
             for key, ct in cells.items()}
 
@@ -136,12 +137,13 @@ def states(cells: dict[str, CellTrials], load: LoadSpec) -> dict[str, str]:
 def pending(cells: dict[str, CellTrials], load: LoadSpec, budget_s: float | None = None) -> list[CellTrials]:
     """The cells to measure in the next round: those short of their minimum trials, and those
     whose open items stopping.plan picks within budget_s (seconds left; None: no budget)."""
-    state = states(cells, load)
+    found = open_items(cells, load)
+    state = states(cells, load, found)
     needing = {key: ct for key, ct in cells.items() if state[key] == "needs trials"}
     below = {key for key, ct in needing.items() if len(ct.values) < load.trials}
     if budget_s is not None:  # the minimum trials come first, whatever they cost
         budget_s -= sum((load.trials - len(cells[key].values)) * cells[key].seconds_per_trial(load) for key in below)
-    items = [it for it in open_items(cells, load) if all(c in needing for c in it.cells)]
+    items = [it for it in found if all(c in needing for c in it.cells)]
     picked = stopping.plan(items, {key: ct.seconds_per_trial(load) for key, ct in needing.items()},
                            {key: ct.room(load) for key, ct in needing.items()}, budget_s)
     return [ct for key, ct in needing.items() if key in below or key in picked]
