@@ -1,5 +1,5 @@
 """Does the memory-bandwidth figure repeat? Measures it twice in this process, as the sweep
-does before its first trial (lib/gaplab/bandwidth.py: numpy triad, one thread and all
+does before its first trial (lib/gaplab/machine/bandwidth.py: numpy triad, one thread and all
 threads, each figure the best of 20 passes, two figures per run), and prints both runs and
 how far apart they are. Nothing is stored.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import bandwidth  # noqa: E402
+from gaplab.machine import bandwidth  # noqa: E402
 
 runs = [bandwidth.measure() for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else 2)]
 for k, rows in enumerate(runs, 1):

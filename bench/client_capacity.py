@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import sse_server  # noqa: E402
 
-from gaplab.client import StreamClient  # noqa: E402
-from gaplab.load import closed_loop, run_sync  # noqa: E402
-from gaplab.load_processes import Job, Requests, drive_processes  # noqa: E402
-from gaplab.records import RequestRecord  # noqa: E402
-from gaplab.workload_spec import FixedWorkload  # noqa: E402
+from gaplab.measure.client import StreamClient  # noqa: E402
+from gaplab.measure.client_processes import Job, Requests, drive_processes  # noqa: E402
+from gaplab.measure.loadgen import closed_loop, run_sync  # noqa: E402
+from gaplab.measure.records import RequestRecord  # noqa: E402
+from gaplab.spec.workloads import FixedWorkload  # noqa: E402
 
 TOKENS = [2000]  # chunks per stream (--tokens)
 
@@ -249,8 +249,7 @@ def store_cost(records: list[RequestRecord]) -> float:
     Arrow table, Parquet), the work a trial's writer does every load.flush_seconds beside the load."""
     import tempfile
 
-    from gaplab import partfiles
-
+    from gaplab.storage import partfiles
     ident = {"run_id": "20260101T000000Z-bench0", "cell_id": "c", "cell_key": "k", "scenario": "s",
              "hardware_id": "hw", "machine_id": "m", "series_id": "s", "trial": 1, "runtime": "rt",
              "runtime_kind": "openai", "runtime_version": "v", "model": "m", "quant": "q", "workload": "w",

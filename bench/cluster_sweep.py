@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 import sse_server  # noqa: E402
 from ray_cluster import local_cluster  # noqa: E402
 
-from gaplab import store  # noqa: E402
+from gaplab.storage import store  # noqa: E402
 
 GAPLAB = str(Path(sys.executable).parent / "gaplab")
 

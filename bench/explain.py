@@ -20,7 +20,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import metrics  # noqa: E402
+from gaplab.analysis import metrics  # noqa: E402
 from gaplab.report import (  # noqa: E402
     capability,
     checker,

@@ -31,7 +31,7 @@ except ImportError:
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab.http1 import parse_response  # noqa: E402
+from gaplab.measure.http1 import parse_response  # noqa: E402
 
 
 def reads(tokens: int) -> list[tuple[int, bytes]]:

@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 import sse_server  # noqa: E402
 
-from gaplab.capability import most_at_once  # noqa: E402
-from gaplab.client import StreamClient  # noqa: E402
-from gaplab.load import arrival_offsets, open_loop, run_sync  # noqa: E402
+from gaplab.capability.judges import most_at_once  # noqa: E402
+from gaplab.measure.client import StreamClient  # noqa: E402
+from gaplab.measure.loadgen import arrival_offsets, open_loop, run_sync  # noqa: E402
 
 args = [a for a in sys.argv[1:] if a != "--gc-on"]
 rate = float(args[0]) if len(args) > 0 else 60.0

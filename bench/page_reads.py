@@ -21,8 +21,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import metrics, store  # noqa: E402
+from gaplab.analysis import metrics  # noqa: E402
 from gaplab.report import cold_start, speed, speed_prose  # noqa: E402
+from gaplab.storage import store
 
 RAW = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "raw"
 OPENED = [0]

@@ -21,8 +21,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import metrics, store  # noqa: E402
+from gaplab.analysis import metrics  # noqa: E402
 from gaplab.report import claims, speed  # noqa: E402
+from gaplab.storage import store
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 

@@ -25,8 +25,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import metrics, store  # noqa: E402
+from gaplab.analysis import metrics  # noqa: E402
 from gaplab.report import claims, speed  # noqa: E402
+from gaplab.storage import store
 
 
 def load(folder: Path, machine: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:

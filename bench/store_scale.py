@@ -42,9 +42,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gaplab import metrics, store
+from gaplab.analysis import metrics
 from gaplab.report import speed
-from gaplab.store import SCHEMA_VERSION
+from gaplab.storage import store
+from gaplab.storage.store import SCHEMA_VERSION
 
 MACHINES = [("m-5c1e0a2b", "amd-epyc-2c-24g-f33533", 1.0), ("m-97ae1521", "intel-r-xeon-r-processor-2c-24g-6ea473", 0.8),
             ("m-0d4f7e19", "intel-xeon-8c-32g-3a91c2", 3.2)]  # (machine, hardware class, relative speed)

@@ -10,9 +10,9 @@ with more users, a second engine near the first at one user), a drift shared by 
 a round (sd 8%) and each trial's own noise (sd `--noise`, 5%), TTFT moving against it with its own noise;
 5 s a trial, at least 2 trials and at most 5 a cell, and `--budget` seconds for the rest. Two
 rules spend the same budget:
-- precision only (the sweep before gaplab.stopping): every cell wider than ±5% gets a trial
+- precision only (the sweep before gaplab.analysis.stopping): every cell wider than ±5% gets a trial
   each round;
-- targeted (gaplab.stopping): the comparisons on the same weights still open at 99.9%, the
+- targeted (gaplab.analysis.stopping): the comparisons on the same weights still open at 99.9%, the
   cheapest to decide first.
 Printed, averaged over --runs seeds: the share of comparisons decided at 95% (all, and on the
 same weights), trials spent, and false findings among the decided: a direction the truth
@@ -32,11 +32,11 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from gaplab import stats, stopping  # noqa: E402
-from gaplab.load_spec import LoadSpec  # noqa: E402
+from gaplab.analysis import stats, stopping  # noqa: E402
 from gaplab.report.claims import claims_table  # noqa: E402
-from gaplab.scenario import parse_scenario  # noqa: E402
-from gaplab.sweep import CellTrials, align_trials, pending, pools  # noqa: E402
+from gaplab.spec.load import LoadSpec  # noqa: E402
+from gaplab.spec.scenario import parse_scenario  # noqa: E402
+from gaplab.sweep.rounds import CellTrials, align_trials, pending, pools  # noqa: E402
 
 DRIFT, NOISE, TRIAL_S = 0.08, 0.05, 5.0
 LEVELS = [1, 4, 8]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from gaplab.config import BUILD_DIR, SITE_DIR
+from gaplab.spec.config import BUILD_DIR, SITE_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 local_app = typer.Typer(no_args_is_help=True, help="The embedded default: llama.cpp and small models.")
@@ -34,10 +34,9 @@ def _done(summary: str, failed: list[str]) -> None:
 def _store(data_dir: str, write: bool = True):
     """The store a --data-dir names (a folder or a URL), opened once so that a missing package,
     an unknown scheme or refused credentials stop the command here, in one line."""
-    from gaplab import storage
-
-    root = _guard(storage.location, data_dir)
-    _guard(storage.check, root, write)
+    from gaplab.storage import backend
+    root = _guard(backend.location, data_dir)
+    _guard(backend.check, root, write)
     return root
 
 
@@ -47,7 +46,7 @@ DATA_DIR_HELP = "where raw Parquet files are: a folder or a URL (s3://bucket/pre
 def _guard(fn, *args, **kwargs):
     """Run fn, turning user-facing errors into one line."""
     from gaplab.provision import SetupError
-    from gaplab.scenario import ScenarioError
+    from gaplab.spec.scenario import ScenarioError
 
     try:
         return fn(*args, **kwargs)
@@ -98,9 +97,9 @@ def sweep(scenario: Path, force: bool = typer.Option(False, help="measure every 
                                   "a task; give a --data-dir every worker can reach")):
     """Measure every cell of SCENARIO that still needs trials on this machine (or, with --ray,
     that the store lacks)."""
-    from gaplab.scenario import load_scenario
-    from gaplab.sweep import Interrupted, cell_trials, pools, states
-    from gaplab.sweep import sweep as run_sweep
+    from gaplab.spec.scenario import load_scenario
+    from gaplab.sweep.rounds import Interrupted, cell_trials, pools, states
+    from gaplab.sweep.rounds import sweep as run_sweep
 
     sc = _guard(load_scenario, scenario)
     data_dir = _store(data_dir)
@@ -152,11 +151,11 @@ def _where(root) -> str:
 def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --list); default: the first"),
         data_dir: str = typer.Option("", help=DATA_DIR_HELP)):
     """Measure one trial of one cell in this process (no papermill), starting its server."""
-    from gaplab.measure import run_cell
+    from gaplab.measure.trial import run_trial
 
     data_dir = _store(data_dir)
     try:
-        typer.echo(json.dumps(_guard(run_cell, scenario, cell, raw_dir=data_dir)))
+        typer.echo(json.dumps(_guard(run_trial, scenario, cell, raw_dir=data_dir)))
     except KeyboardInterrupt:
         typer.echo("gaplab: interrupted: the requests that finished are stored, marked interrupted", err=True)
         raise typer.Exit(130)
@@ -175,7 +174,7 @@ def report(data_dir: str = typer.Option("", help=DATA_DIR_HELP),
 
     from gaplab.report import capability, claims_file, cost, speed
     from gaplab.report.site import build_site
-    from gaplab.storage import glob
+    from gaplab.storage.backend import glob
 
     data_dir = _store(data_dir, write=False)
     _guard(claims_file.load_claims)  # a bad claims row stops here, in one line, not inside a notebook
@@ -215,23 +214,22 @@ def capabilities(scenario: Path, force: bool = typer.Option(False, help="probe a
     """Probe what each runtime of SCENARIO can do, with real requests: streamed usage, forced output
     length, concurrent streams, tool calls, JSON-schema output, logprobs, prefix cache reuse, several
     models. Stores pass / fail / not offered with the evidence, one server per runtime by default."""
-    from gaplab import capability, probes
-
+    from gaplab.capability import judges, probes
     found, skipped = _guard(probes.measure, scenario, _store(data_dir), force, every_model, runtime or None)
     failed = []
     for server, findings in found:
         verdicts = [f.verdict for f in findings]
-        typer.echo(f"  {server}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in capability.VERDICTS
+        typer.echo(f"  {server}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in judges.VERDICTS
                                                if verdicts.count(v)))
-        failed += [f"{server}: {f.evidence}" for f in findings if f.capability in capability.BROKEN]
+        failed += [f"{server}: {f.evidence}" for f in findings if f.capability in judges.BROKEN]
     _done(f"gaplab: capabilities probed on {len(found)} servers, {skipped} already probed here", failed)
 
 
 @app.command()
 def doctor():
     """Say what this machine can launch, measure and publish with, and how to get what is missing."""
-    from gaplab.doctor import checks
-    from gaplab.hardware import hardware, machine_id
+    from gaplab.machine.doctor import checks
+    from gaplab.machine.hardware import hardware, machine_id
 
     hw = hardware()
     typer.echo(f"machine: {machine_id()}, class {hw['hardware_id']} ({hw['cpu_model']}, {hw['cpu_cores']} cores, "
@@ -246,8 +244,8 @@ def lab(port: int = typer.Option(0, help="the port JupyterLab listens on (0: a f
     """Open JupyterLab on the project's notebooks, with this Python (the project's venv) as the kernel."""
     import os
 
-    from gaplab.config import ROOT
     from gaplab.report.site import write_vega
+    from gaplab.spec.config import ROOT
 
     write_vega()  # the charts' Vega bundle, which the notebooks' charts load from the Lab server
     args = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={ROOT}",
@@ -281,7 +279,6 @@ def quality(scenario: Path, force: bool = typer.Option(False, help="measure agai
     perplexity, KL divergence and top-1 agreement of each quant against the highest-precision file
     (llama-perplexity), task accuracy through the runtime's API, and agreement between runtimes."""
     from gaplab import quality as q
-
     res = _guard(q.measure, scenario, raw_dir=_store(data_dir), force=force, chunks=chunks, eval_path=eval_set,
                  runtimes=runtime or None, task_on_all=task_on_all)
     _done(f"gaplab: quality done in {res.seconds:.0f} s: {res.fidelity_runs} fidelity, {res.task_runs} task "

@@ -20,17 +20,18 @@ import pytest
 import yaml
 from conftest import SMOLLM2, write_scenario
 
-from gaplab import metrics, store
-from gaplab.hardware import machine_id
-from gaplab.measure import run_cell
-from gaplab.modelfile import gguf_traffic, hf_traffic
+from gaplab.analysis import metrics
+from gaplab.machine.hardware import machine_id
+from gaplab.machine.modelfile import gguf_traffic, hf_traffic
+from gaplab.measure.trial import run_trial
 from gaplab.provision import llama_build, vllm_env
 from gaplab.provision import ollama as install
 from gaplab.provision.models import model_path
 from gaplab.report import decompose, roofline, speed
 from gaplab.runtimes import vllm
-from gaplab.scenario import RuntimeSpec
-from gaplab.sweep import sweep
+from gaplab.spec.scenario import RuntimeSpec
+from gaplab.storage import store
+from gaplab.sweep.rounds import sweep
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +202,7 @@ def test_a_vllm_attached_as_openai_is_named_and_timed_by_its_histograms(vllm_url
     runtime = {"name": "vllm-url", "kind": "openai", "base_url": vllm_url + "/v1", "extra_body": {"ignore_eos": True}}
     path = write_scenario(tmp_path, runtime, (16, 16), {**LOAD, "concurrency": [2], "requests": 4, "min_seconds": 2})
     raw = tmp_path / "raw"
-    run_cell(path, raw_dir=raw, progress=False)  # one trial: a one-cell sweep has no comparison to stop on
+    run_trial(path, raw_dir=raw, progress=False)  # one trial: a one-cell sweep has no comparison to stop on
     run = store.read_table(raw, "run").row(0, named=True)
     assert run["status"] == "complete", run["error"]
     version = _get(vllm_url + "/version")["version"]

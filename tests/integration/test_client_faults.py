@@ -11,9 +11,9 @@ import fault_server
 import pytest
 from fault_server import CUT_AFTER, FAULTS, REASONING, SLOW_HEADERS_S, TOKENS
 
-from gaplab.client import StreamClient
-from gaplab.metrics import error_kind
-from gaplab.records import CONTENT, ROLE, TOKEN_KINDS, RequestRecord
+from gaplab.analysis.metrics import error_kind
+from gaplab.measure.client import StreamClient
+from gaplab.measure.records import CONTENT, ROLE, TOKEN_KINDS, RequestRecord
 
 USERS, TIMEOUT_S = 4, 1.0
 REQUESTS = 2 * len(FAULTS)

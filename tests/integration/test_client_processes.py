@@ -16,10 +16,10 @@ import pytest
 import sse_server
 import yaml
 
-from gaplab import store
-from gaplab.load import arrival_offsets, run_sync
-from gaplab.load_processes import ClientProcessError, Job, drive_processes
-from gaplab.measure import run_cell
+from gaplab.measure.client_processes import ClientProcessError, Job, drive_processes
+from gaplab.measure.loadgen import arrival_offsets, run_sync
+from gaplab.measure.trial import run_trial
+from gaplab.storage import store
 
 # Each response takes 0.05 + 0.02 x 9 = 0.23 s.
 TTFT_S, ITL_S, TOKENS = 0.05, 0.02, 10
@@ -63,7 +63,7 @@ def job(url: str, requests=Tagged(), **load) -> Job:
 
 
 def drive(j: Job, tick=None) -> tuple[list, int, int]:
-    """Run the job in 2 processes (as run_cell does: run_sync, ticking); (records, before, after)."""
+    """Run the job in 2 processes (as run_trial does: run_sync, ticking); (records, before, after)."""
     records: list = []
     before = time.perf_counter_ns()
     run_sync(lambda: drive_processes(j, 2, records), tick=lambda: tick(records) if tick else None,
@@ -175,7 +175,7 @@ def test_run_cell_with_processes_stores_one_run(server, tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(scenario))
     attach = {"base_url": server, "served_model": "fake", "runtime_version": "test"}
-    summary = run_cell(path, server=attach, raw_dir=tmp_path / "raw", progress=False)
+    summary = run_trial(path, server=attach, raw_dir=tmp_path / "raw", progress=False)
     assert summary["status"] == "complete" and summary["requests"] == 9 and summary["errors"] == 0, summary
     rows = store.read_table(tmp_path / "raw", "requests")
     assert rows["run_id"].n_unique() == 1

@@ -12,9 +12,10 @@ import fault_server
 import pytest
 from fault_server import THINK_PAUSE_S, THOUGHTS, TOKENS
 
-from gaplab import metrics, store
-from gaplab.client import StreamClient
-from gaplab.records import CONTENT, REASONING, ROLE, RequestRecord
+from gaplab.analysis import metrics
+from gaplab.measure.client import StreamClient
+from gaplab.measure.records import CONTENT, REASONING, ROLE, RequestRecord
+from gaplab.storage import store
 
 # (fault, protocol, api)
 STREAMS = [("reasoning", "openai", "chat"), ("reasoning-field", "openai", "chat"),

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from conftest import write_scenario
 
-from gaplab import partfiles, store
+from gaplab.storage import partfiles, store
 
 pytestmark = pytest.mark.slow
 

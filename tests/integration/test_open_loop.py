@@ -6,9 +6,9 @@ import gc
 import pytest
 import sse_server
 
-from gaplab.capability import most_at_once
-from gaplab.client import StreamClient
-from gaplab.load import arrival_offsets, open_loop, run_sync
+from gaplab.capability.judges import most_at_once
+from gaplab.measure.client import StreamClient
+from gaplab.measure.loadgen import arrival_offsets, open_loop, run_sync
 
 # Each response takes 0.1 + 0.02 x 19 = 0.48 s; 40 requests at 25/s arrive over 1.56 s. A client
 # that waited for answers (a closed loop) would hold one in flight and take 19 s.

@@ -7,8 +7,9 @@ import yaml
 from conftest import SMOLLM2
 from ollama_replay import OllamaReplay
 
-from gaplab import capability, probes, store
+from gaplab.capability import judges, probes
 from gaplab.report import capability as page
+from gaplab.storage import store
 
 
 def verdicts(raw, runtime: str) -> dict[str, str]:
@@ -35,12 +36,12 @@ def test_llama_cpp_as_launched(llama):
                                                                  "one-slot/smollm2-135m/Q4_1"]
     four, one = verdicts(raw, "four-slots"), verdicts(raw, "one-slot")
     for v in (four, one):
-        assert v["streamed usage"] == v["forced output length"] == v["logprobs"] == capability.PASS
-        assert v["JSON-schema output"] == v["prefix cache reuse"] == capability.PASS
-        assert v["several models or adapters"] == capability.NOT_OFFERED
+        assert v["streamed usage"] == v["forced output length"] == v["logprobs"] == judges.PASS
+        assert v["JSON-schema output"] == v["prefix cache reuse"] == judges.PASS
+        assert v["several models or adapters"] == judges.NOT_OFFERED
         # SmolLM2's chat template has no tools: llama.cpp answers in text although a call was required
-        assert v["tool calls"] == capability.FAIL
-    assert four["concurrent streams"] == capability.PASS and one["concurrent streams"] == capability.FAIL
+        assert v["tool calls"] == judges.FAIL
+    assert four["concurrent streams"] == judges.PASS and one["concurrent streams"] == judges.FAIL
 
 
 def test_evidence_is_the_servers_own(llama):
@@ -51,7 +52,7 @@ def test_evidence_is_the_servers_own(llama):
     assert "prompt tokens from cache" in row["prefix cache reuse"]["evidence"]  # llama.cpp's timings.cache_n
     assert row["prefix cache reuse"]["value"] < 0.5
     assert "does not support tools" in row["tool calls"]["evidence"]
-    assert row["forced output length"]["value"] == capability.FORCED_TOKENS
+    assert row["forced output length"]["value"] == judges.FORCED_TOKENS
     assert set(cap["cell_id"]) == {"one-slot/smollm2-135m/Q4_1/capabilities"} and (cap["workload"] == "capability-probe").all()
 
 
@@ -82,10 +83,10 @@ def test_ollama_through_its_documented_responses(tmp_path):
         probes.measure(path, tmp_path / "raw")
         asked = replay.openai_bodies
     v = verdicts(tmp_path / "raw", "ollama")
-    assert v == {"streamed usage": capability.PASS, "forced output length": capability.NOT_OFFERED,
-                 "concurrent streams": capability.FAIL, "tool calls": capability.PASS,
-                 "JSON-schema output": capability.PASS, "logprobs": capability.PASS,
-                 "prefix cache reuse": capability.PASS, "several models or adapters": capability.NOT_OFFERED}
+    assert v == {"streamed usage": judges.PASS, "forced output length": judges.NOT_OFFERED,
+                 "concurrent streams": judges.FAIL, "tool calls": judges.PASS,
+                 "JSON-schema output": judges.PASS, "logprobs": judges.PASS,
+                 "prefix cache reuse": judges.PASS, "several models or adapters": judges.NOT_OFFERED}
     # what the probes sent is what Ollama's OpenAI compatibility document lists
     usage = next(b for b in asked if b.get("stream"))  # the usage probe streams on the OpenAI-compatible API
     assert usage["stream_options"] == {"include_usage": True}

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from gaplab import quality as q
-from gaplab import store
 from gaplab.provision import models
 from gaplab.report import quality as qframes
 from gaplab.runtimes.llamacpp import llama_server
-from gaplab.scenario import RuntimeSpec
+from gaplab.spec.scenario import RuntimeSpec
+from gaplab.storage import store
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,9 @@ import sse_server
 import yaml
 from ray_cluster import local_cluster
 
-from gaplab import cluster, store
 from gaplab.runtimes.process import free_port
+from gaplab.storage import store
+from gaplab.sweep import cluster
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +103,7 @@ def test_a_killed_worker_costs_only_its_cell_and_the_sweep_resumes(ray_address, 
 def test_a_group_whose_retries_are_spent_is_recorded_failed(ray_address, servers, tmp_path, monkeypatch):
     import ray
 
-    from gaplab.sweep import sweep
+    from gaplab.sweep.rounds import sweep
 
     monkeypatch.setattr(cluster, "RETRIES", 0)
     path = _scenario(tmp_path, servers[:2])

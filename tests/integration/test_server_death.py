@@ -14,7 +14,7 @@ import psutil
 import pytest
 from conftest import write_scenario
 
-from gaplab import store
+from gaplab.storage import store
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,10 @@ import pytest
 import sse_server
 import yaml
 
-from gaplab import metrics, partfiles, storage, store
-from gaplab.hardware import machine_id
+from gaplab.analysis import metrics
+from gaplab.machine.hardware import machine_id
 from gaplab.report import speed
+from gaplab.storage import backend, partfiles, store
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +109,7 @@ def test_a_sweep_writes_to_object_storage_and_the_report_reads_it(s3_env, server
                          text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert not list(tmp_path.rglob("*.parquet"))  # nothing went to a local folder named like the URL
-    files = storage.glob(s3_env, "**/*.parquet")
+    files = backend.glob(s3_env, "**/*.parquet")
     assert files and all(f.startswith(s3_env + "/") for f in files)
     runs = store.read_table(s3_env, "run")
     assert sorted(runs["cell_id"]) == ["fake/fake/fp16/p8-o12/c1", "fake/fake/fp16/p8-o12/c2"]
@@ -116,7 +117,7 @@ def test_a_sweep_writes_to_object_storage_and_the_report_reads_it(s3_env, server
     # the report's own frames, from the bucket
     trials = metrics.trial_summary(speed.measured_requests(s3_env, machine_id()))
     assert trials.height == 2 and (trials["requests"] >= 3).all()
-    fs = storage.filesystem(s3_env)
+    fs = backend.filesystem(s3_env)
     assert not [f for f in files if SECRET.encode() in fs.cat_file(f.split("://", 1)[1])]
     again = subprocess.run([*gaplab_cli, "sweep", str(path), "--data-dir", s3_env], capture_output=True, text=True,
                            timeout=120)
@@ -131,7 +132,7 @@ def test_a_sweep_writes_to_object_storage_and_the_report_reads_it(s3_env, server
 
 
 def test_part_files_in_a_bucket_are_recovered(s3_env):
-    from gaplab.records import RequestRecord
+    from gaplab.measure.records import RequestRecord
 
     ident = {n: None for n in store.IDENTITY.names}
     ident.update(run_id=store.new_run_id(), cell_id="c", cell_key="k", scenario="s", hardware_id="hw",
@@ -141,12 +142,12 @@ def test_part_files_in_a_bucket_are_recovered(s3_env):
     recs = [RequestRecord(index=i, user=0, warmup=False, scheduled_ns=i, sent_ns=i, end_ns=i + 5) for i in range(3)]
     writer.flush(recs[:2])
     writer.flush(recs)
-    assert len(storage.glob(s3_env, "**/*.part-*.parquet")) == 4  # two flushes, requests and chunks each
+    assert len(backend.glob(s3_env, "**/*.part-*.parquet")) == 4  # two flushes, requests and chunks each
     assert partfiles.recover(s3_env) == [ident["run_id"]]
     run = store.read_table(s3_env, "run").row(0, named=True)
     assert run["status"] == "interrupted" and run["n_requests"] == 3
     assert store.read_run(s3_env, ident["run_id"], "requests")["request_index"].to_list() == [0, 1, 2]
-    assert not storage.glob(s3_env, "**/*.part-*.parquet")
+    assert not backend.glob(s3_env, "**/*.part-*.parquet")
 
 
 @pytest.mark.parametrize("url, says", [

@@ -11,9 +11,9 @@ import fault_server
 import pytest
 from fault_server import TOKENS
 
-from gaplab.client import StreamClient
-from gaplab.guard import CUT_AT_END, CUT_STOPPED, Rules, TrialGuard
-from gaplab.load import closed_loop, one_by_one, open_loop
+from gaplab.measure.client import StreamClient
+from gaplab.measure.guard import CUT_AT_END, CUT_STOPPED, Rules, TrialGuard
+from gaplab.measure.loadgen import closed_loop, one_by_one, open_loop
 
 USERS = 4
 

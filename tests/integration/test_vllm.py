@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 from conftest import write_scenario
 
-from gaplab import store
-from gaplab.measure import run_cell
+from gaplab.measure.trial import run_trial
 from gaplab.provision import vllm_env
 from gaplab.report import cold_start
+from gaplab.storage import store
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def run(llama_ready, tmp_path_factory):
     path = write_scenario(tmp, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1, "enforce_eager": True,
                                 "quants": ["BF16"]}, (16, 16),
                           {"concurrency": [2], "requests": 4, "min_seconds": 0, "warmup": 1, "max_seconds": 120})
-    res = run_cell(path, raw_dir=tmp / "raw", progress=False)
+    res = run_trial(path, raw_dir=tmp / "raw", progress=False)
     assert res["status"] == "complete", res
     return tmp / "raw", res["run_id"]
 
@@ -56,16 +56,15 @@ def test_metadata_telemetry_and_cold_start(run):
 def test_capabilities_as_launched(llama_ready, tmp_path):
     """The probes against vLLM's CPU build: continuous batching, guided JSON output, logprobs and a
     prefix cache out of the box; tool_choice 'required' refused without --tool-call-parser."""
-    from gaplab import capability, probes
-
+    from gaplab.capability import judges, probes
     path = write_scenario(tmp_path, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1,
                                      "enforce_eager": True, "quants": ["BF16"]}, (16, 16), {"concurrency": [1]})
     found, _ = probes.measure(path, tmp_path / "raw")
     by = {f.capability: f for f in found[0][1]}
     assert {c: f.verdict for c, f in by.items()} == {
-        "streamed usage": capability.PASS, "forced output length": capability.PASS,
-        "concurrent streams": capability.PASS, "tool calls": capability.NOT_OFFERED,
-        "JSON-schema output": capability.PASS, "logprobs": capability.PASS,
-        "prefix cache reuse": capability.PASS, "several models or adapters": capability.NOT_OFFERED}
+        "streamed usage": judges.PASS, "forced output length": judges.PASS,
+        "concurrent streams": judges.PASS, "tool calls": judges.NOT_OFFERED,
+        "JSON-schema output": judges.PASS, "logprobs": judges.PASS,
+        "prefix cache reuse": judges.PASS, "several models or adapters": judges.NOT_OFFERED}
     assert by["tool calls"].http_status == 400 and "tool-call-parser" in by["tool calls"].evidence
     assert by["concurrent streams"].value >= 2

@@ -13,11 +13,11 @@ import pytest
 import yaml
 from browser import draw, serve
 
-from gaplab import store
-from gaplab.load import arrival_offsets, open_loop_count
-from gaplab.measure import run_cell
+from gaplab.measure.loadgen import arrival_offsets, open_loop_count
+from gaplab.measure.trial import run_trial
 from gaplab.report import speed, workloads
-from gaplab.scenario import load_scenario
+from gaplab.spec.scenario import load_scenario
+from gaplab.storage import store
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ SCENARIO = {
 
 @pytest.fixture(scope="module")
 def measured(llama_ready, gaplab_cli, tmp_path_factory):
-    """Every cell measured once: the open-loop one by `gaplab run`, the others by run_cell."""
+    """Every cell measured once: the open-loop one by `gaplab run`, the others by run_trial."""
     if not llama_ready.model_path(MODEL["name"], "Q8_0").exists():
         pytest.fail("SmolLM2 Q8_0 is not provisioned: run 'make test' (or '.venv/bin/gaplab local setup "
                     "--model smollm2-135m --quant Q8_0 --runtime llamacpp')")
@@ -68,7 +68,7 @@ def measured(llama_ready, gaplab_cli, tmp_path_factory):
             assert res.returncode == 0, res.stderr[-2000:]
             summary = json.loads(res.stdout.strip().splitlines()[-1])
         else:
-            summary = run_cell(path, cell_id, raw_dir=raw, progress=False)
+            summary = run_trial(path, cell_id, raw_dir=raw, progress=False)
         assert summary["status"] == "complete" and summary["errors"] == 0, summary
     return raw, {c.workload.name + ("-nocache" if not c.runtime.prefix_cache else ""): c for c in cells.values()}
 

@@ -132,8 +132,8 @@ async def measure(server, url: str, streams: int, rounds: int, tokens: int):
     ({id: RequestRecord}, {id: (arrived_ns, first_token_sent_ns)} from the server's log,
     client CPU seconds spent in the rounds). The log is read after each round, so the
     server's pipe never fills."""
-    from gaplab.client import StreamClient
-    from gaplab.records import RequestRecord
+    from gaplab.measure.client import StreamClient
+    from gaplab.measure.records import RequestRecord
 
     recs, truth, cpu = {}, {}, 0.0
     async with StreamClient(url, "chat") as client:

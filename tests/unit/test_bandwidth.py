@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from gaplab import bandwidth
+from gaplab.machine import bandwidth
 
 
 class NVMLError(Exception):

@@ -6,9 +6,9 @@ import json
 import polars as pl
 import pytest
 
-from gaplab import capability as cap
-from gaplab import probes
-from gaplab.records import CONTENT, USAGE, RequestRecord
+from gaplab.capability import judges as cap
+from gaplab.capability import probes
+from gaplab.measure.records import CONTENT, USAGE, RequestRecord
 from gaplab.report import capability as page
 
 
@@ -138,7 +138,7 @@ def test_prefix_cache_reuse_trusts_the_servers_count_over_the_clock():
 def test_one_server_per_runtime_with_its_first_chat_model(tmp_path):
     from conftest import write_scenario
 
-    from gaplab.scenario import load_scenario
+    from gaplab.spec.scenario import load_scenario
 
     models = ({"name": "gemma3-270m", "api": "completions", "quants": ["Q8_0"]},
               {"name": "smollm2-135m", "api": "chat", "quants": ["Q8_0", "F16"]})
@@ -198,8 +198,8 @@ def test_a_table_without_a_column_is_refused_in_one_line(tmp_path):
 def test_a_server_that_does_not_answer_is_stored_as_failed_and_probed_again(tmp_path):
     import yaml
 
-    from gaplab import store
     from gaplab.runtimes.process import free_port
+    from gaplab.storage import store
 
     path = tmp_path / "attach.yaml"
     path.write_text(yaml.safe_dump({

@@ -1,11 +1,11 @@
 import orjson
 import pytest
 
-from gaplab.client import StreamClient, merged
-from gaplab.protocols import classify, fill_from_events, fill_from_ollama
-from gaplab.records import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord
+from gaplab.measure.client import StreamClient, merged
+from gaplab.measure.protocols import classify, fill_from_events, fill_from_ollama
+from gaplab.measure.records import CONTENT, EMPTY, REASONING, ROLE, TOOL, USAGE, RequestRecord
 from gaplab.runtimes import llamacpp, vllm
-from gaplab.scenario import RuntimeSpec
+from gaplab.spec.scenario import RuntimeSpec
 
 
 def test_role_only_and_empty_chunks_are_not_tokens():
@@ -76,7 +76,7 @@ def test_an_ollama_stream_finishes_only_with_done_true():
 def test_arrival_schedules_are_seeded_and_keep_their_rate():
     import statistics
 
-    from gaplab.load import arrival_offsets
+    from gaplab.measure.loadgen import arrival_offsets
 
     assert arrival_offsets(4.0, 5, "constant") == [0.0, 0.25, 0.5, 0.75, 1.0]
     poisson = arrival_offsets(10.0, 20_000, "poisson", seed=3)
@@ -97,7 +97,7 @@ def test_arrival_schedules_are_seeded_and_keep_their_rate():
     ((1.0, 3, "gamma", 0, 0.0), r"shape: got 0; a gamma shape must be above 0"),
 ])
 def test_a_bad_schedule_is_refused_in_one_line(args, error):
-    from gaplab.load import arrival_offsets
+    from gaplab.measure.loadgen import arrival_offsets
 
     with pytest.raises(ValueError, match=error):
         arrival_offsets(*args)

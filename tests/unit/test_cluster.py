@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from gaplab import cluster
-from gaplab.scenario import RuntimeSpec
+from gaplab.spec.scenario import RuntimeSpec
+from gaplab.sweep import cluster
 
 
 @pytest.mark.parametrize("address, host_port", [
@@ -63,7 +63,7 @@ def test_a_runtime_no_single_node_can_place_is_refused(monkeypatch, fields, says
 
 
 def test_cells_of_one_attached_server_go_in_one_task():
-    from gaplab.scenario import parse_scenario
+    from gaplab.spec.scenario import parse_scenario
 
     sc = parse_scenario({"name": "s", "runtimes": [
         {"name": "a", "kind": "openai", "base_url": "http://h:8000/v1", "served_names": {"m2": "x"}},

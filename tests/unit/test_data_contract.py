@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gaplab import store
+from gaplab.storage import store
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,8 +3,8 @@ and how to get it."""
 
 from typer.testing import CliRunner
 
-from gaplab import doctor
 from gaplab.cli import app
+from gaplab.machine import doctor
 
 
 def by_part(checks) -> dict:

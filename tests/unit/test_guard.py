@@ -4,9 +4,9 @@ test_trial_guard.py drives the same guard through a real client)."""
 
 import pytest
 
-from gaplab import guard as guard_module
-from gaplab.guard import MAX_ERROR_ROWS, NO_LATENCY_GRACE_S, Rules, TrialGuard
-from gaplab.records import RequestRecord
+from gaplab.measure import guard as guard_module
+from gaplab.measure.guard import MAX_ERROR_ROWS, NO_LATENCY_GRACE_S, Rules, TrialGuard
+from gaplab.measure.records import RequestRecord
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ fed the same bytes cut into network reads at every position: the result must not
 on where the reads were cut, and each line must carry the arrival time of the read that
 brought its last byte."""
 
-from gaplab.http1 import body_lines, parse_response
+from gaplab.measure.http1 import body_lines, parse_response
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 EVENTS = [b'data: {"a": 1}', b'data: {"b": 22}', b'data: {"c": 333}', b"data: [DONE]"]

@@ -18,9 +18,9 @@ import struct
 import pytest
 from static_server import serving
 
-from gaplab.modelfile import Traffic
+from gaplab.machine.modelfile import Traffic
 from gaplab.runtimes.identify import Engine, attached_traffic, identify, served_traffic
-from gaplab.scenario import ModelSpec, RuntimeSpec
+from gaplab.spec.scenario import ModelSpec, RuntimeSpec
 
 VLLM_METRICS = ("# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
                 "# TYPE vllm:num_requests_running gauge\n"

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from gaplab import modelfile
+from gaplab.machine import modelfile
 
 
 def _str(s: str) -> bytes:

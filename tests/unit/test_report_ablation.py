@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from gaplab.report import ablation
-from gaplab.scenario import parse_scenario
+from gaplab.spec.scenario import parse_scenario
 
 SPREAD = (0.98, 1.0, 1.02, 0.99, 1.01)
 CHAIN = {"a": "base · Q4", "b": "both · Q4", "factor:slots": "slots · Q4", "factor:engine": "engine · Q4"}
@@ -94,7 +94,7 @@ def test_a_scenarios_ablation_is_stored_resolved_with_every_cell():
     ({"metric": "tok_s"}, "ablations.0.metric"),
 ])
 def test_a_bad_ablation_names_its_field(change, expected):
-    from gaplab.scenario import ScenarioError
+    from gaplab.spec.scenario import ScenarioError
 
     bad = copy.deepcopy(SCENARIO)
     bad["ablations"][0].update(change)
@@ -103,8 +103,8 @@ def test_a_bad_ablation_names_its_field(change, expected):
 
 
 def test_each_run_stores_its_scenarios_ablations_and_the_page_reads_them_back(tmp_path):
-    from gaplab import store
-    from gaplab.measure import run_meta
+    from gaplab.measure.trial import run_meta
+    from gaplab.storage import store
 
     cell = parse_scenario(SCENARIO).cells()[0]
     meta = run_meta(cell, None, "2026-01-01T00:00:00+00:00", "complete", None)

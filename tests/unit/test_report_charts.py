@@ -2,7 +2,7 @@ import itertools
 
 import polars as pl
 
-from gaplab import metrics
+from gaplab.analysis import metrics
 from gaplab.report import charts, markup
 
 

@@ -7,9 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from gaplab import store
-from gaplab.records import RequestRecord
+from gaplab.measure.records import RequestRecord
 from gaplab.report import decompose, speed
+from gaplab.storage import store
 
 MS = 1_000_000
 

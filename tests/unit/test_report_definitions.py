@@ -3,9 +3,9 @@ near zero, a queue wait moves TPOT with the first token included."""
 
 import pytest
 
-from gaplab import store
-from gaplab.records import RequestRecord
+from gaplab.measure.records import RequestRecord
 from gaplab.report import definitions, speed
+from gaplab.storage import store
 
 MS = 1_000_000
 

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from gaplab import metrics, stats, store
-from gaplab.records import RequestRecord
+from gaplab.analysis import metrics, stats
+from gaplab.measure.records import RequestRecord
 from gaplab.report import energy, speed
+from gaplab.storage import store
 
 S = 1_000_000_000
 REASON = "/sys/class/powercap does not exist (no RAPL driver for this CPU; a virtual machine usually exposes none)"

@@ -3,9 +3,10 @@ flagged with that check, and only that one."""
 
 import polars as pl
 
-from gaplab import metrics, store
-from gaplab.records import RequestRecord
+from gaplab.analysis import metrics
+from gaplab.measure.records import RequestRecord
 from gaplab.report import checker, claims, claims_file, fairness, speed
+from gaplab.storage import store
 
 SHA = "a" * 64
 

@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 
 from gaplab import quality as q
-from gaplab import store
 from gaplab.report import quality as qframes
 from gaplab.report import quality_prose as qprose
+from gaplab.storage import store
 
 ROOT = Path(__file__).resolve().parents[2]
 

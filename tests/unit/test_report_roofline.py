@@ -2,9 +2,10 @@
 
 import pytest
 
-from gaplab import metrics, store
-from gaplab.records import RequestRecord
+from gaplab.analysis import metrics
+from gaplab.measure.records import RequestRecord
 from gaplab.report import roofline, speed
+from gaplab.storage import store
 
 MS = 1_000_000
 

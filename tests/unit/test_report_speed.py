@@ -1,9 +1,10 @@
 import polars as pl
 import pytest
 
-from gaplab import metrics, store
-from gaplab.records import RequestRecord
+from gaplab.analysis import metrics
+from gaplab.measure.records import RequestRecord
 from gaplab.report import speed, speed_prose
+from gaplab.storage import store
 
 MS = 1_000_000
 
@@ -137,8 +138,7 @@ def test_background_story_flags_trials_beside_other_work():
 
 
 def test_the_equivalence_margin_is_the_newest_runs_scenarios(tmp_path):
-    from gaplab import stats
-
+    from gaplab.analysis import stats
     _trial(tmp_path, 1, 10)  # stored before the setting existed
     assert speed.equivalence_margin(tmp_path, "m-1") == stats.MARGIN
     recs = [rec(0, 0, 100, 900, 1000, 5, 5)]

@@ -15,9 +15,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gaplab import metrics, store
-from gaplab.records import RequestRecord
+from gaplab.analysis import metrics
+from gaplab.measure.records import RequestRecord
 from gaplab.report import speed, workloads
+from gaplab.storage import store
 
 MS = 1_000_000
 T0 = 5_000_000_000_000  # perf_counter_ns-like origin

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gaplab.scenario import ScenarioError, load_scenario, parse_scenario
+from gaplab.spec.scenario import ScenarioError, load_scenario, parse_scenario
 
 GOOD = {
     "name": "t",
@@ -137,7 +137,6 @@ def test_runtime_kinds_come_from_the_adapter_modules():
     """Each kind is one module's KIND; the scenario's kind field, started_here and launch
     flags all read it, so a runtime added as a module is known everywhere at once."""
     from gaplab import runtimes
-
     found = runtimes.kinds()
     for name, kind in found.items():
         module = __import__(kind.open.__module__, fromlist=["KIND"])
@@ -275,7 +274,6 @@ def test_the_runtimes_page_lists_the_fields_each_kind_reserves():
     import re
 
     from gaplab import runtimes
-
     page = (Path(__file__).resolve().parents[2] / "guide" / "runtimes.qmd").read_text()
     for name, kind in runtimes.kinds().items():
         row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))

@@ -8,10 +8,12 @@ from contextlib import contextmanager
 
 import pytest
 
-from gaplab import records, sessions, store
+from gaplab.measure import records
 from gaplab.runtimes import Server
 from gaplab.runtimes.process import exit_status
-from gaplab.scenario import parse_scenario
+from gaplab.spec.scenario import parse_scenario
+from gaplab.storage import store
+from gaplab.sweep import servers
 
 SCENARIO = {"name": "t", "runtimes": [{"name": "a", "kind": "llamacpp"}, {"name": "b", "kind": "llamacpp"}],
             "models": [{"name": "m", "quants": ["Q4"]}],
@@ -37,7 +39,7 @@ def events(monkeypatch):
             proc.wait()
             log.append(("stop", cell.server_key))
 
-    monkeypatch.setattr(sessions, "open_server", fake_open)
+    monkeypatch.setattr(servers, "open_server", fake_open)
     return log
 
 
@@ -66,7 +68,7 @@ def cells():
 
 def test_a_session_runs_its_measurements_on_one_server_then_stops_it(events):
     a, _ = cells()
-    with sessions.Sessions() as s:
+    with servers.ServerPool() as s:
         assert s.serve(a[0], [Recorder(events, "t1"), Recorder(events, "t2")])
     key = a[0].server_key
     assert events == [("start", key), ("run", "t1", f"server:{key}", 0), ("run", "t2", f"server:{key}", 0),
@@ -75,7 +77,7 @@ def test_a_session_runs_its_measurements_on_one_server_then_stops_it(events):
 
 def test_kept_servers_are_started_once_and_stopped_at_close(events):
     a, _ = cells()
-    with sessions.Sessions(keep=True) as s:
+    with servers.ServerPool(keep=True) as s:
         s.serve(a[0], [Recorder(events, "t1")])
         s.serve(a[1], [Recorder(events, "t2")])  # same server, another concurrency
         assert [e[0] for e in events] == ["start", "run", "run"]
@@ -84,7 +86,7 @@ def test_kept_servers_are_started_once_and_stopped_at_close(events):
 
 def test_a_server_that_will_not_start_fails_each_measurement_with_the_reason(events):
     _, b = cells()
-    with sessions.Sessions() as s:
+    with servers.ServerPool() as s:
         assert not s.serve(b[0], [Recorder(events, "t1"), Recorder(events, "t2")])
     assert events == [("fail", "t1", "RuntimeError: llama-server exited with code 1"),
                       ("fail", "t2", "RuntimeError: llama-server exited with code 1")]
@@ -92,7 +94,7 @@ def test_a_server_that_will_not_start_fails_each_measurement_with_the_reason(eve
 
 def test_ctrl_c_in_a_measurement_still_stops_the_server(events):
     a, _ = cells()
-    with pytest.raises(KeyboardInterrupt), sessions.Sessions() as s:
+    with pytest.raises(KeyboardInterrupt), servers.ServerPool() as s:
         s.serve(a[0], [Recorder(events, "t1", interrupt=True), Recorder(events, "t2")])
     assert [e[0] for e in events] == ["start", "run", "stop"]
 
@@ -100,7 +102,7 @@ def test_ctrl_c_in_a_measurement_still_stops_the_server(events):
 def test_a_server_that_died_is_started_again_for_the_next_measurement(events):
     a, _ = cells()
     key = a[0].server_key
-    with sessions.Sessions() as s:
+    with servers.ServerPool() as s:
         assert s.serve(a[0], [Recorder(events, "t1", kill=True), Recorder(events, "t2")])
     assert events == [("start", key), ("run", "t1", f"server:{key}", 0), ("stop", key), ("start", key),
                       ("run", "t2", f"server:{key}", 1), ("stop", key)]
@@ -108,7 +110,7 @@ def test_a_server_that_died_is_started_again_for_the_next_measurement(events):
 
 def test_a_server_that_keeps_dying_is_not_started_past_max_restarts(events):
     a, _ = cells()
-    with sessions.Sessions(keep=True, max_restarts=1) as s:
+    with servers.ServerPool(keep=True, max_restarts=1) as s:
         assert s.serve(a[0], [Recorder(events, "t1", kill=True), Recorder(events, "t2", kill=True)])
         assert "was killed by signal 9" in s.dead(a[0])
         assert not s.serve(a[1], [Recorder(events, "t3")])
@@ -120,11 +122,11 @@ def test_a_server_that_keeps_dying_is_not_started_past_max_restarts(events):
 
 def test_the_run_identity_is_typed_and_names_every_stored_identity_column():
     a, _ = cells()
-    ident = sessions.run_identity(a[0], None, "r1", trial=2, series_id="s1")
+    ident = servers.run_identity(a[0], None, "r1", trial=2, series_id="s1")
     assert isinstance(ident, records.RunIdentity)
     assert list(ident.row()) == store.IDENTITY.names
     assert (ident.trial, ident.series_id, ident.runtime_version, ident.concurrency) == (2, "s1", "unknown", 1)
-    other = sessions.run_identity(a[0], None, "r2", cell_id="quality/x", workload="task:set")
+    other = servers.run_identity(a[0], None, "r2", cell_id="quality/x", workload="task:set")
     assert (other.cell_id, other.workload, other.series_id) == ("quality/x", "task:set", "r2")
     with pytest.raises(TypeError, match="not identity fields"):
-        sessions.run_identity(a[0], None, "r3", colour="blue")
+        servers.run_identity(a[0], None, "r3", colour="blue")

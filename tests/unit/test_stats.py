@@ -3,7 +3,7 @@ import math
 import pytest
 from scipy import stats as st
 
-from gaplab import stats
+from gaplab.analysis import stats
 
 
 def test_mean_interval_is_students_t_over_trials():
@@ -63,7 +63,7 @@ def test_a_calm_cell_takes_its_runtimes_spread_and_a_noisy_one_keeps_its_own():
 def test_a_difference_interval_is_welchs_and_needs_two_trials_a_side():
     from scipy import stats as st
 
-    from gaplab.stats import difference_interval
+    from gaplab.analysis.stats import difference_interval
 
     a, b = [10.0, 12.0, 11.0], [20.0, 23.0, 21.0, 22.0]
     iv = difference_interval(a, b)

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import polars as pl
 
-from gaplab import stats, stopping
-from gaplab.load_spec import LoadSpec
-from gaplab.scenario import parse_scenario
-from gaplab.sweep import CellTrials, align_trials, pending, states
+from gaplab.analysis import stats, stopping
+from gaplab.spec.load import LoadSpec
+from gaplab.spec.scenario import parse_scenario
+from gaplab.sweep.rounds import CellTrials, align_trials, pending, states
 
 
 def rows(values: dict, workload_kind: str = "fixed") -> list[dict]:

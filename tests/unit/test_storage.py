@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from test_store import identity, records  # noqa: E402
 
-from gaplab import partfiles, storage, store
-from gaplab.config import RAW_DIR
+from gaplab.spec.config import RAW_DIR
+from gaplab.storage import backend, partfiles, store
 
 
 @pytest.fixture
@@ -29,14 +29,14 @@ def memory_root():
     ("s3://bucket/study/", "s3://bucket/study"), ("gs://b", "gs://b"), (Path("/x"), Path("/x")),
 ])
 def test_location_keeps_urls_as_text_and_folders_as_paths(given, root):
-    assert storage.location(given) == root
+    assert backend.location(given) == root
 
 
 def test_a_run_at_a_url_is_written_listed_and_read_like_a_local_one(memory_root, tmp_path):
     at_url = store.write_run(memory_root, identity(), {"status": "complete"}, records())
     local = store.write_run(tmp_path, identity(), {"status": "complete"}, records())
     assert at_url == f"{memory_root}/hw/rt/m/Q8_0/2026-01-01/20260101T000000Z-abc123.run.parquet"
-    assert [storage.name(p) for p in storage.glob(memory_root, "**/*.parquet")] == sorted(
+    assert [backend.name(p) for p in backend.glob(memory_root, "**/*.parquet")] == sorted(
         p.name for p in local.parent.iterdir())
     for name in ("run", "requests", "chunks"):
         assert store.read_table(memory_root, name).equals(store.read_table(tmp_path, name))
@@ -57,10 +57,10 @@ def test_a_url_scan_pushes_the_filter_and_selection_down(memory_root):
 def test_a_killed_run_at_a_url_is_recovered(memory_root):
     writer = partfiles.RunWriter(memory_root, identity(), {"status": "interrupted"})
     writer.flush(records())
-    assert len(storage.glob(memory_root, "**/*.part-*.parquet")) == 2
+    assert len(backend.glob(memory_root, "**/*.part-*.parquet")) == 2
     assert partfiles.recover(memory_root) == ["20260101T000000Z-abc123"]
     assert store.read_table(memory_root, "run")["status"].to_list() == ["interrupted"]
-    assert not storage.glob(memory_root, "**/*.part-*.parquet")
+    assert not backend.glob(memory_root, "**/*.part-*.parquet")
 
 
 def test_a_part_file_of_a_run_written_elsewhere_is_dropped_not_recovered(tmp_path):
@@ -72,6 +72,6 @@ def test_a_part_file_of_a_run_written_elsewhere_is_dropped_not_recovered(tmp_pat
 
 
 def test_check_accepts_a_writable_url_and_names_what_is_missing(memory_root):
-    storage.check(memory_root)
+    backend.check(memory_root)
     with pytest.raises(ValueError, match=r"^--data-dir: nope://x: no file system is known for nope://"):
-        storage.check("nope://x")
+        backend.check("nope://x")

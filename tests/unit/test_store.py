@@ -4,8 +4,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from gaplab import partfiles, store
-from gaplab.records import RequestRecord
+from gaplab.measure.records import RequestRecord
+from gaplab.storage import partfiles, store
 
 
 def identity(run_id="20260101T000000Z-abc123", **kw):
@@ -115,7 +115,7 @@ def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path
     meta = {"status": "complete", "server_started_ns": 1_000_000_000, "server_healthy_ns": 3_500_000_000,
             "server_first_token_ns": 3_600_000_000, "model_bytes_loaded": 2**30, "model_bytes_gpu": 2**29,
             "server_loaded_ns": 3_550_000_000, "engine_version": "llama.cpp b10488"}
-    store.write_run(tmp_path, identity(), meta, records())  # keys as measure.run_meta and run_cell set them
+    store.write_run(tmp_path, identity(), meta, records())  # keys as measure.run_meta and run_trial set them
     run = store.read_table(tmp_path, "run")
     assert run["server_healthy_ns"][0] == 3_500_000_000 and run["model_bytes_gpu"][0] == 2**29
     # a schema-3 run keeps these only in meta_json: the readers fall back to it
@@ -163,8 +163,7 @@ def test_a_column_a_schema_version_added_belongs_to_one_table_or_to_the_identity
 def test_a_bandwidth_measurement_is_stored_as_a_run_of_the_machine(tmp_path):
     import os
 
-    from gaplab import bandwidth
-
+    from gaplab.machine import bandwidth
     rows = bandwidth.record(tmp_path, "s")
     assert {(r["repeat"], r["threads_used"]) for r in rows if r["device"] == "cpu"} == {(k, t) for k in (1, 2) for t in {1, os.cpu_count()}}
     stored = store.read_table(tmp_path, "bandwidth")

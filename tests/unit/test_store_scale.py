@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
-from gaplab import metrics, store
+from gaplab.analysis import metrics
 from gaplab.report import speed
+from gaplab.storage import store
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "store_scale.py"
 _spec = importlib.util.spec_from_file_location("store_scale", BENCH)

@@ -1,8 +1,8 @@
 import pytest
 
-from gaplab.load_spec import LoadSpec
-from gaplab.scenario import parse_scenario
-from gaplab.sweep import CellTrials
+from gaplab.spec.load import LoadSpec
+from gaplab.spec.scenario import parse_scenario
+from gaplab.sweep.rounds import CellTrials
 
 SCENARIO = {"name": "t", "runtimes": [{"name": "a", "kind": "llamacpp"}],
             "models": [{"name": "m", "quants": ["Q4"]}],
@@ -35,7 +35,7 @@ def test_a_cell_the_sweep_budget_stopped_is_capped():
 
 
 def test_a_pooled_spread_lets_a_calm_cell_settle_and_holds_a_noisy_one():
-    from gaplab.stats import Pool
+    from gaplab.analysis.stats import Pool
 
     assert state([100, 103, 97], pooled=None) == "needs trials"  # +-7.5% from 3 trials alone
     assert state([100, 103, 97], pooled=Pool(0.02, 60)) == "precise"

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from gaplab.telemetry import Rapl, Sampler
+from gaplab.measure.telemetry import Rapl, Sampler
 
 RANGE = 262_143_328_850  # max_energy_range_uj of a real package counter
 

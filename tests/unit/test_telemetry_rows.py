@@ -2,7 +2,7 @@
 
 import pytest
 
-from gaplab.telemetry import background
+from gaplab.measure.telemetry import background
 
 
 def test_background_subtracts_the_server_and_the_client():

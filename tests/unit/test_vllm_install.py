@@ -17,7 +17,7 @@ def test_requirements_drop_the_cuda_builds_and_triton(tmp_path):
 
 
 def test_server_binds_threads_and_selects_the_cpu_platform():
-    from gaplab.scenario import RuntimeSpec
+    from gaplab.spec.scenario import RuntimeSpec
 
     env = vllm.server_env(RuntimeSpec(name="v", kind="vllm", threads=2))
     assert env["VLLM_TARGET_DEVICE"] == "cpu" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"

@@ -6,10 +6,10 @@ import statistics
 import orjson
 import pytest
 
-from gaplab.client import StreamClient
-from gaplab.scenario import ScenarioError, load_scenario, parse_scenario
-from gaplab.workload import WORDS, make_prompt, request
-from gaplab.workload_spec import LengthSpec
+from gaplab.measure.client import StreamClient
+from gaplab.measure.prompts import WORDS, make_prompt, request
+from gaplab.spec.scenario import ScenarioError, load_scenario, parse_scenario
+from gaplab.spec.workloads import LengthSpec
 
 BASE = {"name": "t", "runtimes": [{"name": "a", "kind": "llamacpp"}], "models": [{"name": "m", "quants": ["F16"]}],
         "load": {"concurrency": [1]}}
@@ -210,7 +210,7 @@ def test_words_are_the_vocabulary():
 
 
 def test_workload_specs_are_as_strict_as_the_rest_of_a_scenario():
-    from gaplab import load_spec, scenario, workload_spec  # one base for all (workload_spec: no import cycle)
+    from gaplab.spec import load, scenario, workloads  # one base for all (workload_spec: no import cycle)
 
-    assert workload_spec.Strict.model_config == {"extra": "forbid", "frozen": True}
-    assert issubclass(scenario.RuntimeSpec, workload_spec.Strict) and issubclass(load_spec.LoadSpec, workload_spec.Strict)
+    assert workloads.Strict.model_config == {"extra": "forbid", "frozen": True}
+    assert issubclass(scenario.RuntimeSpec, workloads.Strict) and issubclass(load.LoadSpec, workloads.Strict)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gaplab.config import CACHE_DIR
 from gaplab.provision import SetupError
 from gaplab.provision.pypi import pip_download
+from gaplab.spec.config import CACHE_DIR
 
 LLAMA_CPP_PYTHON = "0.3.36"
 # The llama.cpp it vendors (the sdist's CHANGELOG; a build from the sdist has no git, so the

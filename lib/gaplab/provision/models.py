@@ -9,10 +9,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gaplab.config import CACHE_DIR
 from gaplab.provision import SetupError, sha256
 from gaplab.provision.llama_build import build_llama_cpp, tool_path
 from gaplab.provision.pypi import pip_download
+from gaplab.spec.config import CACHE_DIR
 
 DERIVED_QUANTS = ["F16", "Q8_0", "Q4_0"]
 

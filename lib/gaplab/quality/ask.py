@@ -7,7 +7,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from gaplab.client import StreamClient
+from gaplab.measure.client import StreamClient
 from gaplab.quality.questions import (
     AGREE_TOKENS,
     MAX_TOKENS,

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gaplab import provision
-from gaplab.config import CACHE_DIR
 from gaplab.provision import SetupError
+from gaplab.spec.config import CACHE_DIR
 
 QUALITY_DIR = CACHE_DIR / "quality"  # the evaluation text and the (large, temporary) logits files
 

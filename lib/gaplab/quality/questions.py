@@ -9,9 +9,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gaplab import jsonl
-from gaplab.config import ROOT
 from gaplab.quality.evaltext import eval_text
+from gaplab.spec import jsonl
+from gaplab.spec.config import ROOT
 
 EVAL_DIR = ROOT / "data" / "eval"  # the shipped question set lives with the code, not under GAPLAB_DATA_DIR
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gaplab import provision
-from gaplab.config import RAW_DIR
+from gaplab.measure.records import RunIdentity
 from gaplab.provision import SetupError, llama_build, models
 from gaplab.quality.ask import Answer, accuracy_rows, ask_all, continue_all
 from gaplab.quality.evaltext import EVAL_TEXT, eval_text
@@ -27,12 +27,12 @@ from gaplab.quality.questions import (
     continuation_items,
     load_eval_set,
 )
-from gaplab.records import RunIdentity
 from gaplab.runtimes import kinds
-from gaplab.scenario import stable_key
+from gaplab.spec.config import RAW_DIR
+from gaplab.spec.scenario import stable_key
 
 if TYPE_CHECKING:
-    from gaplab.scenario import Cell
+    from gaplab.spec.scenario import Cell
 
 
 def _now() -> str:
@@ -113,9 +113,9 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
     """
     from tqdm import tqdm
 
-    from gaplab import store
-    from gaplab.hardware import hardware, machine_id
-    from gaplab.scenario import load_scenario
+    from gaplab.machine.hardware import hardware, machine_id
+    from gaplab.spec.scenario import load_scenario
+    from gaplab.storage import store
 
     t_start = time.monotonic()
     sc = load_scenario(scenario)
@@ -213,8 +213,7 @@ def _concurrency(rt) -> int:
 
 def _write_fidelity(raw_dir, scenario: str, hw: dict, model: str, quant: str, ref: str, chunks: int,
                     res: FidelityResult | None, meta: dict, error: str | None) -> None:
-    from gaplab import store
-
+    from gaplab.storage import store
     run_id = store.new_run_id()
     # a tool run on a file, not a server cell: no sessions.run_identity(cell, ...) to start from
     ident = RunIdentity(
@@ -264,8 +263,8 @@ class Asking:
         self._store(None, None, error[:500])
 
     def _store(self, srv, got: list[Answer] | None, error: str | None) -> None:
-        from gaplab import store
-        from gaplab.sessions import run_identity
+        from gaplab.storage import store
+        from gaplab.sweep.servers import run_identity
 
         c, part = self.cell, self.part
         kind, name, sha = part.kind, part.eval_name, part.eval_sha
@@ -301,11 +300,11 @@ def _run_jobs(jobs: list[Job], raw_dir: Path, bar, result: QualityResult, task_o
     """Two server sessions at a time: with -t 1 servers, that keeps both cores busy."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gaplab.sessions import Sessions
+    from gaplab.sweep.servers import ServerPool
 
     tally = threading.Lock()
     pool = ThreadPoolExecutor(max_workers=2)
-    with Sessions() as sessions:
+    with ServerPool() as sessions:
         try:
             for f in [pool.submit(sessions.serve, j.cell,
                                   [Asking(j.cell, p, raw_dir, bar, result, tally, task_on_all) for p in j.parts])

@@ -23,12 +23,13 @@ import numpy as np
 import polars as pl
 from scipy import stats as st
 
-from gaplab import stats, store
-from gaplab.metrics import HIGHER_IS_BETTER, selected_runs
+from gaplab.analysis import stats
+from gaplab.analysis.metrics import HIGHER_IS_BETTER, selected_runs
+from gaplab.analysis.stats import LEVEL
 from gaplab.report import speed
 from gaplab.report.claims import COLUMNS, UNITS, users_text
 from gaplab.report.markup import plain
-from gaplab.stats import LEVEL
+from gaplab.storage import store
 
 
 def specs(raw_dir, machine_id: str) -> list[dict]:

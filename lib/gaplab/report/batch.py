@@ -25,8 +25,8 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import store
-from gaplab.records import TOKEN_KINDS
+from gaplab.measure.records import TOKEN_KINDS
+from gaplab.storage import store
 
 STEP_SHARE = 0.3
 STALL_FACTOR = 3.0

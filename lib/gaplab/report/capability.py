@@ -1,4 +1,4 @@
-"""The measured capability matrix (gaplab.capability's probe runs) beside the feature tables
+"""The measured capability matrix (gaplab.capability.judges's probe runs) beside the feature tables
 the articles print by hand (data/reference/capabilities.csv)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
-from gaplab import store
-from gaplab.capability import BROKEN, CAPABILITIES, FAIL, NOT_OFFERED, PASS, UNDECIDED, VERDICTS
-from gaplab.config import ROOT
+from gaplab.capability.judges import BROKEN, CAPABILITIES, FAIL, NOT_OFFERED, PASS, UNDECIDED, VERDICTS
 from gaplab.report.markup import plain
+from gaplab.spec.config import ROOT
+from gaplab.storage import store
 
 CAPABILITIES_FILE = ROOT / "data" / "reference" / "capabilities.csv"
 COLUMNS = ("seed_file", "source", "runtime", "capability", "says", "words")

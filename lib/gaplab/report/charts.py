@@ -14,7 +14,7 @@ import itertools
 import altair as alt
 import polars as pl
 
-from gaplab import stats
+from gaplab.analysis import stats
 from gaplab.report.markup import script_json
 
 _ids = itertools.count()

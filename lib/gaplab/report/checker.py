@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 from scipy import stats as st
 
-from gaplab import stats
+from gaplab.analysis import stats
 from gaplab.report.claims_file import matches
 
 SIXTEEN_BIT = ("F16", "BF16", "F32")  # what "the 16-bit model" may be measured as

@@ -34,8 +34,8 @@ import itertools
 
 import polars as pl
 
-from gaplab import stats
-from gaplab.metrics import HIGHER_IS_BETTER, with_round
+from gaplab.analysis import stats
+from gaplab.analysis.metrics import HIGHER_IS_BETTER, with_round
 from gaplab.report.markup import plain
 
 COLUMNS = ["claim_id", "kind", "model", "workload", "metric", "users", "users_b", "a", "b", "across_kinds", "value_a", "value_b",

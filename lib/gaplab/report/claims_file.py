@@ -20,8 +20,8 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab.config import REFERENCE_DIR
-from gaplab.metrics import METRICS
+from gaplab.analysis.metrics import METRICS
+from gaplab.spec.config import REFERENCE_DIR
 
 CLAIMS_FILE = REFERENCE_DIR / "claims.csv"
 COLUMNS = ["claim_id", "seed_file", "source", "claim", "test", "a", "b", "metric", "users", "threshold", "needs"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import store
-from gaplab.metrics import with_run_keys
+from gaplab.analysis.metrics import with_run_keys
+from gaplab.storage import store
 
 
 def cold_starts(raw_dir: Path, machine_id: str | None = None) -> pl.DataFrame:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import stats, store
-from gaplab.metrics import GROUP
+from gaplab.analysis import stats
+from gaplab.analysis.metrics import GROUP
+from gaplab.storage import store
 
 PARTS = ["client_queue", "server_queue", "prompt", "ttft_other", "first_decode", "decode_rest", "tail"]
 TTFT_PARTS = ["server_queue", "prompt", "ttft_other"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import store
+from gaplab.storage import store
 
 # metric, convention, who uses it, used by this report's figures
 DEFINITIONS = [

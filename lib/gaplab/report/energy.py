@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from gaplab import store
-from gaplab.metrics import Frame, selected_runs
+from gaplab.analysis.metrics import Frame, selected_runs
 from gaplab.report import markup, speed
 from gaplab.report.charts import with_intervals
+from gaplab.storage import store
 
 METRICS = ["joules_per_token", "package_w"]
 

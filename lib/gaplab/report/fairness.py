@@ -27,10 +27,10 @@ import json
 
 import polars as pl
 
-from gaplab import store
-from gaplab.metrics import selected_runs
+from gaplab.analysis.metrics import selected_runs
+from gaplab.measure.telemetry import CONTENDED_CORES
 from gaplab.report.markup import plain
-from gaplab.telemetry import CONTENDED_CORES
+from gaplab.storage import store
 
 CHECKS = {"prompt": "same prompt tokens", "output": "same output tokens", "weights": "same weights",
           "threads": "same threads", "engine": "same engine version", "lag": "client on time",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab.config import RAW_DIR
+from gaplab.spec.config import RAW_DIR
 
 K3 = ["hardware_id", "model", "quant"]
 K4 = ["hardware_id", "runtime", "model", "quant"]
@@ -22,8 +22,7 @@ def latest_quality(quality: pl.DataFrame) -> pl.DataFrame:
 
 def read_quality(raw_dir: Path = RAW_DIR, machine_id: str = "") -> tuple[pl.DataFrame, pl.DataFrame]:
     """(figures, answers) of the newest complete quality runs, of one machine when given."""
-    from gaplab import store
-
+    from gaplab.storage import store
     q = latest_quality(store.read_table(raw_dir, "quality"))
     a = store.read_table(raw_dir, "answers").join(q.select("run_id", "machine_id").unique(), on="run_id", how="semi")
     a = a.with_columns(machine_id=pl.coalesce("machine_id", "hardware_id"))

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import store
 from gaplab.runtimes import kinds
+from gaplab.storage import store
 
 
 def _of_machine(raw_dir: Path, machine_id: str) -> pl.DataFrame:

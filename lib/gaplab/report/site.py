@@ -38,7 +38,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from gaplab.config import BUILD_DIR, RAW_DIR, ROOT, SITE_DIR
+from gaplab.spec.config import BUILD_DIR, RAW_DIR, ROOT, SITE_DIR
 
 VEGA_DIR = BUILD_DIR / "vega"  # vega.js and gaplab.css; vega.lua hands them to Quarto as a page dependency
 EMBED = re.compile(r"\{\{<\s*embed\s+([^#\s]+)#([\w-]+)\s*>\}\}")
@@ -85,8 +85,8 @@ def notebook_of(page: str, root: Path = ROOT) -> Path | None:
 def inputs_key(root: Path, parameters: dict) -> str:
     """What a notebook page's output depends on besides its notebook: the data it reads, the
     reference figures, gaplab's code and the parameters given to the render."""
-    from gaplab.config import DATA_DIR
-    from gaplab.storage import glob, location
+    from gaplab.spec.config import DATA_DIR
+    from gaplab.storage.backend import glob, location
 
     data = location(parameters.get("data_dir") or "", RAW_DIR)
     h = hashlib.sha256(repr((sorted(parameters.items()), str(data))).encode())

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import stats, stopping, store
-from gaplab.config import RAW_DIR
-from gaplab.metrics import CELL, METRICS, error_kind, selected_runs, trial_summary, with_latencies, with_run_keys
+from gaplab.analysis import stats, stopping
+from gaplab.analysis.metrics import CELL, METRICS, error_kind, selected_runs, trial_summary, with_latencies, with_run_keys
+from gaplab.spec.config import RAW_DIR
+from gaplab.storage import store
 
 
 def scan_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None,
@@ -110,7 +111,7 @@ def equivalence_margin(raw_dir: Path, machine_id: str) -> float:
 def pick_machine(raw_dir: Path, machine_id: str = "") -> str:
     """The machine a page reports on: the one asked for, else this one if it has runs, else the
     one with the newest run (then the page says these are reference runs from elsewhere)."""
-    from gaplab.hardware import machine_id as this_machine
+    from gaplab.machine.hardware import machine_id as this_machine
 
     runs = with_run_keys(store.read_table(raw_dir, "run"))
     known = runs["machine_id"].unique().to_list()
@@ -125,7 +126,7 @@ def pick_machine(raw_dir: Path, machine_id: str = "") -> str:
 
 
 def read_reference(path: Path | None = None) -> pl.DataFrame:
-    from gaplab.config import REFERENCE_DIR
+    from gaplab.spec.config import REFERENCE_DIR
 
     return pl.read_csv(path or REFERENCE_DIR / "published_results.csv")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import store
-from gaplab.metrics import selected_runs
+from gaplab.analysis.metrics import selected_runs
 from gaplab.report import claims as cl
 from gaplab.report.markup import code, plain
+from gaplab.storage import store
 
 
 def _iv(row: dict, m: str, digits: int = 1) -> str:
@@ -123,7 +123,7 @@ def precision_story(estimates: pl.DataFrame, precision: float | None) -> str:
 
 def background_story(other_cores: list[float]) -> str:
     """One sentence on the other work that ran beside the trials (telemetry.background)."""
-    from gaplab.telemetry import CONTENDED_CORES
+    from gaplab.measure.telemetry import CONTENDED_CORES
 
     v = sorted(other_cores)
     if not v:
@@ -140,7 +140,7 @@ def background_story(other_cores: list[float]) -> str:
 
 def setup_story(raw_dir: Path, machine_id: str, summary: pl.DataFrame) -> str:
     """Where, when and how the figures were measured, and which other machines the store holds."""
-    from gaplab.hardware import machine_id as this_machine
+    from gaplab.machine.hardware import machine_id as this_machine
 
     all_runs = selected_runs(store.read_table(raw_dir, "run"))
     runs = all_runs.filter(pl.col("machine_id") == machine_id)

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import polars as pl
 
-from gaplab import metrics, stats, store
-from gaplab.load_spec import SLO_METRICS, SLO_PERCENTILES
+from gaplab.analysis import metrics, stats
 from gaplab.report import speed
 from gaplab.report.claims import COLUMNS, _fmt, _ratio_text, compare, users_text
 from gaplab.report.markup import plain
+from gaplab.spec.load import SLO_METRICS, SLO_PERCENTILES
+from gaplab.storage import store
 
 KEEP_UP = 0.9
 LAG_MS = 10.0  # load.max_lag_ms of runs that did not record one

@@ -39,7 +39,7 @@ class RuntimeKind:
     def reserved(self) -> tuple[str, ...]:
         """Request fields gaplab sets for this kind (dotted: nested), which extra_body may not set:
         those that force each request's output length and stream it."""
-        from gaplab.protocols import LENGTH_FIELDS
+        from gaplab.measure.protocols import LENGTH_FIELDS
 
         return LENGTH_FIELDS[self.protocol] + self.forcing
 
@@ -125,9 +125,9 @@ def open_server(cell, attach: dict | None = None) -> Iterator[Server]:
 
 def probe(server: Server, api: str) -> int | None:
     """Send one short request to a server just started: its first token ends the cold start."""
-    from gaplab.client import StreamClient
-    from gaplab.load import run_sync
-    from gaplab.records import RequestRecord
+    from gaplab.measure.client import StreamClient
+    from gaplab.measure.loadgen import run_sync
+    from gaplab.measure.records import RequestRecord
 
     async def one() -> RequestRecord:
         rec = RequestRecord(index=-1, user=0, warmup=True, scheduled_ns=0)

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gaplab.httpget import get_bytes, get_json, post_json
-from gaplab.modelfile import Traffic, config_traffic, gguf_kv_bytes, gguf_traffic, hf_traffic, traffic_or_none
+from gaplab.machine.modelfile import Traffic, config_traffic, gguf_kv_bytes, gguf_traffic, hf_traffic, traffic_or_none
+from gaplab.measure.httpget import get_bytes, get_json, post_json
 
 NAMES = {"llamacpp": "llama.cpp", "vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI", "ollama": "Ollama"}
 METRIC_PREFIXES = {"vllm:": "vllm", "sglang:": "sglang", "llamacpp:": "llamacpp", "tgi_": "tgi"}

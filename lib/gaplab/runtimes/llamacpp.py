@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gaplab.config import BUILD_DIR
-from gaplab.modelfile import gguf_traffic, traffic_or_none
+from gaplab.machine.modelfile import gguf_traffic, traffic_or_none
 from gaplab.provision import llama_build, models
 from gaplab.runtimes import RuntimeKind, Server, process
 from gaplab.runtimes.process import free_port, wait_healthy
+from gaplab.spec.config import BUILD_DIR
 
 
 def server_command(runtime, model_file: Path, port: int) -> list[str]:

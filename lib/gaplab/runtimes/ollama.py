@@ -28,14 +28,14 @@ from contextlib import contextmanager, nullcontext
 
 import psutil
 
-from gaplab.config import BUILD_DIR
-from gaplab.httpget import get_json, post_json
-from gaplab.modelfile import gguf_traffic, traffic_or_none
+from gaplab.machine.modelfile import gguf_traffic, traffic_or_none
+from gaplab.measure.httpget import get_json, post_json
 from gaplab.provision import models
 from gaplab.provision import ollama as install
 from gaplab.runtimes import RuntimeKind, Server, attached_flags, process
 from gaplab.runtimes.identify import Engine, attached_traffic
 from gaplab.runtimes.process import free_port, wait_healthy
+from gaplab.spec.config import BUILD_DIR
 
 
 def _root(url: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from gaplab.httpget import get_json
+from gaplab.measure.httpget import get_json
 from gaplab.runtimes import RuntimeKind, Server, attached_flags
 from gaplab.runtimes.identify import attached_traffic, identify
 

