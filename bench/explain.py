@@ -29,11 +29,11 @@ from gaplab.report import (  # noqa: E402
     cold_start,
     decompose,
     definitions,
+    over_time,
     quality,
     roofline,
     speed,
     speed_prose,
-    telemetry,
 )
 
 RAW = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "raw"
@@ -77,7 +77,7 @@ for r in found.iter_rows(named=True):
 print(side.group_by("verdict").len().sort("verdict"))
 
 print("\n## Published claims")
-with_rss = trials.join(telemetry.rss_mb(RAW, trials["run_id"].to_list()), on="run_id", how="left")
+with_rss = trials.join(over_time.rss_mb(RAW, trials["run_id"].to_list()), on="run_id", how="left")
 scores, _ = quality.read_quality(RAW, machine)
 recovery = (quality.recovery(quality.quality_speed_size(scores, estimates)) if not scores.is_empty()
             else pl.DataFrame())

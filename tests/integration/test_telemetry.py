@@ -13,7 +13,7 @@ from conftest import write_scenario
 
 from gaplab.measure.telemetry import Rapl, Sampler, background, prometheus_rows
 from gaplab.measure.trial import run_trial
-from gaplab.report import batch, telemetry
+from gaplab.report import batch, over_time
 from gaplab.storage import store
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,7 @@ def test_server_in_flight_matches_the_clients_within_one_interval(run):
     for t, running, deferred in server.select("t_ns", "llamacpp:requests_processing",
                                               "llamacpp:requests_deferred").iter_rows():
         probes = [t - iv, t + iv] + [e for e in edges if t - iv <= e <= t + iv] + [e - 1 for e in edges if t - iv < e <= t + iv]
-        counts = telemetry.in_flight(req, probes)
+        counts = over_time.in_flight(req, probes)
         if not min(min(counts), 2) <= running <= min(max(counts), 2) or running + deferred > max(counts):
             misses.append((t, running, deferred, min(counts), max(counts)))
     assert server.height >= 5 and not misses, misses[:5]
@@ -115,7 +115,7 @@ def test_server_in_flight_matches_the_clients_within_one_interval(run):
 
 def test_timeline_names_each_series(run):
     raw, run_id = run
-    tl = telemetry.timeline(raw, run_id)
+    tl = over_time.timeline(raw, run_id)
     assert {"running (server)", "waiting (server)", "server CPU (% of one core)", "in flight (client)"} <= set(tl["series"])
     assert tl["t_s"].min() < 0.5
 

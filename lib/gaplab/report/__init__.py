@@ -5,7 +5,7 @@ One module per concept; the notebooks call them, never the store's files directl
 - speed.py          the trials the report combines and one estimate per cell, with its interval
 - claims.py         every comparison the site states, as rows with their intervals and verdicts
 - speed_prose.py    the speed pages' sentences, rendered from claims, estimates and the frames below
-- timeline.py       one run's server telemetry over time, beside the client's in-flight count
+- over_time.py      one run's server telemetry over time, beside the client's in-flight count
 - cold_start.py     seconds from a server's start to healthy and to its first token
 - energy.py         joules per output token from the CPU packages' RAPL counters, or why not measured
 - decompose.py      each request's latency in parts (queues, prompt, decode, front end) and waterfalls

@@ -157,7 +157,7 @@ def measure_group(scenario_path: str, scenario_text: str, raw_dir: str, trials: 
     measured again; one it left part files of starts afresh."""
     from gaplab.spec.config import BUILD_DIR
     from gaplab.spec.scenario import load_scenario
-    from gaplab.sweep.notebook import Kernel, trial_outcome
+    from gaplab.sweep.notebook import MeasureNotebook
     from gaplab.sweep.servers import ServerPool
 
     path = _scenario_here(scenario_path, scenario_text)
@@ -170,7 +170,7 @@ def measure_group(scenario_path: str, scenario_text: str, raw_dir: str, trials: 
         if t["run_id"] not in done:
             partfiles.discard_parts(raw, t["run_id"])
             by_server.setdefault(cells[t["cell_id"]].server_key, []).append(t)
-    kernel = [Kernel()]
+    notebook = MeasureNotebook()
 
     class Trial:
         def __init__(self, t: dict):
@@ -178,8 +178,8 @@ def measure_group(scenario_path: str, scenario_text: str, raw_dir: str, trials: 
 
         def run(self, server) -> None:
             t = self.t
-            kernel[0], error = trial_outcome(kernel[0], path, cells[t["cell_id"]], raw, server, t["trial"],
-                                             t["series_id"], BUILD_DIR / "runs", t["run_id"])
+            error = notebook.run_trial(path, cells[t["cell_id"]], raw, server, t["trial"], t["series_id"],
+                                       BUILD_DIR / "runs", t["run_id"])
             kept = bool(store.stored(raw, [t["run_id"]]))  # a notebook that could not write stored nothing
             outcomes.append({"run_id": t["run_id"], "stored": kept,
                              "error": error or (None if kept else "the trial's run was not stored")})
@@ -188,11 +188,11 @@ def measure_group(scenario_path: str, scenario_text: str, raw_dir: str, trials: 
             outcomes.append({"run_id": self.t["run_id"], "error": error, "stored": False})
 
     try:
-        with ServerPool() as sessions:
+        with ServerPool() as servers:
             for group in by_server.values():
-                sessions.serve(cells[group[0]["cell_id"]], [Trial(t) for t in group])
+                servers.serve(cells[group[0]["cell_id"]], [Trial(t) for t in group])
     finally:
-        kernel[0].close()
+        notebook.close()
     return outcomes
 
 

@@ -49,16 +49,21 @@ class CtrlC:
             k.send_signal(signal.SIGINT)
 
 
-class Kernel:
-    """One notebook kernel for the whole sweep: papermill runs the measure notebook in it once
-    per trial (0.25 s instead of 2.5 s for a new kernel and its imports here). papermill runs on
-    a worker thread, so its event loop does not take over Ctrl-C from _CtrlC."""
+class MeasureNotebook:
+    """The measure notebook in one Jupyter kernel kept for the whole sweep: papermill runs it there once
+    per trial (0.25 s instead of 2.5 s for a new kernel and its imports here). papermill runs on a
+    worker thread, so its event loop does not take over Ctrl-C from CtrlC. A kernel that dies is
+    replaced before the next trial."""
 
     def __init__(self):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gaplab-papermill")
+        self.km = self._manager()
+
+    @staticmethod
+    def _manager():
         from jupyter_client.manager import AsyncKernelManager
 
-        self.km = AsyncKernelManager(kernel_name="python3")
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gaplab-papermill")
+        return AsyncKernelManager(kernel_name="python3")
 
     def execute(self, notebook: Path, output: Path, parameters: dict) -> None:
         import papermill as pm
@@ -74,47 +79,42 @@ class Kernel:
             except FutureTimeout:
                 continue
 
-    def close(self) -> None:
+    def run_trial(self, scenario: Path, cell: Cell, raw_dir: Root, server: Server | None = None, trial: int = 1,
+                  series_id: str = "", out_dir: Path = BUILD_DIR / "runs", run_id: str = "") -> str | None:
+        """One papermill run of the measure notebook for one trial of a cell, stored as run_id (a sweep
+        on Ray names it ahead; empty: a new one). server: the session's server to measure (None: the
+        notebook starts the cell's own). Returns what went wrong as text, or None. Either way the
+        notebook has stored the run, with its status."""
+        import papermill as pm
+
+        run_id = run_id or store.new_run_id()
+        params = {"scenario": str(scenario), "cell_id": cell.cell_id,
+                  "server": json.dumps(server.to_dict()) if server else "",
+                  "data_dir": str(raw_dir), "trial": trial, "series_id": series_id, "run_id": run_id,
+                  "summary_path": str(summary_path(out_dir, run_id))}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb"
+        try:
+            self.execute(MEASURE, out_dir / name, params)
+        except pm.PapermillExecutionError as exc:
+            return f"{exc.ename}: {exc.evalue}"
+        except Exception as exc:  # the kernel itself died: a new one for the next trial
+            self._shutdown()
+            self.km = self._manager()
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _shutdown(self) -> None:
         from jupyter_core.utils import run_sync
 
         if self.km.has_kernel:
             self.pool.submit(run_sync(self.km.shutdown_kernel), now=True).result()
+
+    def close(self) -> None:
+        self._shutdown()
         self.pool.shutdown()
 
 
 def summary_path(out_dir: Path, run_id: str) -> Path:
     """Where the measure notebook leaves a trial's metrics.trial_summary row, as JSON."""
     return out_dir / f"{run_id}.summary.json"
-
-
-def measure_trial(kernel: Kernel, scenario: Path, cell: Cell, raw_dir: Root, server: Server | None = None,
-                  trial: int = 1, series_id: str = "", out_dir: Path = BUILD_DIR / "runs", run_id: str = "") -> str:
-    """One papermill run of the measure notebook for one trial of a cell; returns its run id.
-    server: the session's server to measure (None: the notebook starts the cell's own).
-    run_id: the id to store it under (a sweep on Ray names it ahead); empty: a new one."""
-    run_id = run_id or store.new_run_id()
-    params = {"scenario": str(scenario), "cell_id": cell.cell_id,
-              "server": json.dumps(server.to_dict()) if server else "",
-              "data_dir": str(raw_dir), "trial": trial, "series_id": series_id, "run_id": run_id,
-              "summary_path": str(summary_path(out_dir, run_id))}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb"
-    kernel.execute(MEASURE, out_dir / name, params)
-    return run_id
-
-
-def trial_outcome(kernel: Kernel, scenario: Path, cell: Cell, raw_dir: Root, server: Server | None, trial: int,
-                  series_id: str, out_dir: Path, run_id: str) -> tuple[Kernel, str | None]:
-    """measure_trial, with what went wrong as text: returns (the kernel for the next trial, the error
-    or None). Either way the notebook has stored the run, with its status; a kernel that died is
-    replaced."""
-    import papermill as pm
-
-    try:
-        measure_trial(kernel, scenario, cell, raw_dir, server, trial, series_id, out_dir, run_id)
-    except pm.PapermillExecutionError as exc:
-        return kernel, f"{exc.ename}: {exc.evalue}"
-    except Exception as exc:  # the kernel itself died: a new one for the next trial
-        kernel.close()
-        return Kernel(), f"{type(exc).__name__}: {exc}"
-    return kernel, None

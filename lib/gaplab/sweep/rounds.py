@@ -44,7 +44,7 @@ from gaplab.spec.scenario import Cell, load_scenario
 from gaplab.storage import partfiles, store
 from gaplab.storage.backend import Root
 from gaplab.sweep import cluster
-from gaplab.sweep.notebook import CtrlC, Kernel, summary_path, trial_outcome
+from gaplab.sweep.notebook import CtrlC, MeasureNotebook, summary_path
 from gaplab.sweep.servers import ServerPool
 
 
@@ -249,7 +249,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         print(f"gaplab: memory bandwidth here: {bandwidth.summary(bandwidth.record(raw_dir, sc.name))}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=need, desc="sweep", unit="trial", file=sys.stdout, disable=not progress)
-    kernel = Kernel()
+    notebook = MeasureNotebook()
 
     def budget_s() -> float | None:
         return None if load.max_sweep_seconds is None else load.max_sweep_seconds - (time.monotonic() - t0)
@@ -300,16 +300,15 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
             self.ct = ct
 
         def run(self, server: Server) -> None:
-            nonlocal kernel, current
+            nonlocal current
             ct = current = self.ct
             bar.set_postfix_str(f"round {result.rounds} · {ct.cell.cell_id}")
             run_id, started = store.new_run_id(), time.monotonic()
-            kernel, error = trial_outcome(kernel, scenario, ct.cell, raw_dir, server, ct.next_trial, ct.series_id,
-                                          out_dir, run_id)
+            error = notebook.run_trial(scenario, ct.cell, raw_dir, server, ct.next_trial, ct.series_id, out_dir, run_id)
             ct.wall_s.append(time.monotonic() - started)
             if error and ctrl_c.pressed:
                 raise KeyboardInterrupt
-            settle(ct, run_id, error, server_died=error is not None and sessions.dead(ct.cell) is not None)
+            settle(ct, run_id, error, server_died=error is not None and servers.dead(ct.cell) is not None)
             current = None
             if ctrl_c.pressed:
                 raise KeyboardInterrupt
@@ -319,7 +318,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
 
     current: CellTrials | None = None
     try:
-        with CtrlC() as ctrl_c, ServerPool(keep=load.keep_servers, max_restarts=load.max_restarts) as sessions:
+        with CtrlC() as ctrl_c, ServerPool(keep=load.keep_servers, max_restarts=load.max_restarts) as servers:
             while True:
                 todo = [ct for ct in pending(progress_by_key, load, budget_s()) if not out_of_time(ct)]
                 if not todo:
@@ -343,14 +342,14 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
                     rng.shuffle(group)
                     group = [ct for ct in group if not out_of_time(ct)]  # before its server starts
                     if group:
-                        sessions.serve(group[0].cell, [Trial(ct) for ct in group])
+                        servers.serve(group[0].cell, [Trial(ct) for ct in group])
     except KeyboardInterrupt:
         bar.close()
         where = f"; trial {current.next_trial} of {current.cell.cell_id} kept as interrupted" if current else ""
         raise Interrupted(f"interrupted after {result.trials} trials in {time.monotonic() - t0:.0f} s{where}; "
                           f"every finished trial is stored: run the same command again to resume") from None
     finally:
-        kernel.close()
+        notebook.close()
     bar.close()
     final, state = pools(progress_by_key), states(progress_by_key, load)
     for key, ct in progress_by_key.items():
