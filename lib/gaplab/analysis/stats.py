@@ -89,6 +89,19 @@ def pool(groups) -> Pool | None:
     return Pool(math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in logs) / df), df)
 
 
+def runtime_pools(trials, metrics: list[str]) -> dict[tuple, Pool | None]:
+    """(machine_id, runtime, metric) -> the trial-to-trial spread pooled over that runtime's cells on
+    that machine: the pool every interval of a cell uses, in the report and in the sweep's stopping
+    rule alike. trials: a polars frame with machine_id, runtime, cell_key and the metrics' columns."""
+    out = {}
+    for (machine, runtime), g in trials.group_by("machine_id", "runtime"):
+        cells = g.group_by("cell_key")
+        for m in metrics:
+            if m in g.columns:
+                out[(machine, runtime, m)] = pool([c[m].to_list() for _, c in cells])
+    return out
+
+
 def spread(logs: np.ndarray, pooled: Pool | None) -> tuple[float, float]:
     """(sd of log values, degrees of freedom) for one cell: its own, or the pool's when larger."""
     own = float(logs.std(ddof=1))

@@ -177,11 +177,11 @@ def measure(scenario: str | Path, raw_dir: Path, force: bool = False, every_mode
     servers = servers_to_probe(sc.cells(), every_model, runtimes)
     todo = [c for c in servers if probe_key(c) not in done]
     out = []
-    with ServerPool() as servers, tqdm(total=len(todo), desc="capabilities", unit="server", disable=not todo) as bar:
+    with ServerPool() as server_pool, tqdm(total=len(todo), desc="capabilities", unit="server", disable=not todo) as bar:
         for cell in todo:
             bar.set_postfix_str(cell.server_key)
             probing = Probing(cell, raw_dir)
-            servers.serve(cell, [probing])
+            server_pool.serve(cell, [probing])
             out.append((cell.server_key, probing.findings))
             bar.update()
     return out, len(servers) - len(todo)

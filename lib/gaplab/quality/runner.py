@@ -304,9 +304,9 @@ def _run_jobs(jobs: list[Job], raw_dir: Path, bar, result: QualityResult, task_o
 
     tally = threading.Lock()
     pool = ThreadPoolExecutor(max_workers=2)
-    with ServerPool() as servers:
+    with ServerPool() as server_pool:
         try:
-            for f in [pool.submit(servers.serve, j.cell,
+            for f in [pool.submit(server_pool.serve, j.cell,
                                   [Asking(j.cell, p, raw_dir, bar, result, tally, task_on_all) for p in j.parts])
                       for j in jobs]:
                 f.result()

@@ -26,7 +26,6 @@ from scipy import stats as st
 from gaplab.analysis import stats
 from gaplab.analysis.metrics import HIGHER_IS_BETTER, selected_runs
 from gaplab.analysis.stats import LEVEL
-from gaplab.report import speed
 from gaplab.report.claims import COLUMNS, UNITS, users_text
 from gaplab.report.markup import plain
 from gaplab.storage import store
@@ -74,7 +73,7 @@ def apportion(trials: pl.DataFrame, spec: dict) -> tuple[pl.DataFrame, str]:
     if short:
         return pl.DataFrame(), f"{', '.join(short)} measured in fewer than two trials at {users_text(spec['users'])}"
     factors = [r for r in chain if r.startswith("factor:")]
-    pools = speed.trial_pools(trials, [spec["metric"]])
+    pools = stats.runtime_pools(trials, [spec["metric"]])
     machine = trials["machine_id"][0] if "machine_id" in trials.columns else None
     cell = {r: (logs[r], pools.get((machine, chain[r].split(" · ")[0], spec["metric"]))) for r in chain}
     gap = _contrast([(1, *cell["b"]), (-1, *cell["a"])])

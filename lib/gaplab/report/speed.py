@@ -36,23 +36,11 @@ def measured_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None, st
     return (scan.select(columns) if columns else scan).collect()
 
 
-def trial_pools(trials: pl.DataFrame, metrics: list[str] = METRICS) -> dict:
-    """(machine_id, runtime, metric) -> the trial-to-trial spread pooled over that runtime's cells
-    on that machine (stats.pool), for the intervals."""
-    out = {}
-    for (machine, runtime), g in trials.group_by("machine_id", "runtime"):
-        cells = g.group_by("cell_key")
-        for m in metrics:
-            if m in g.columns:
-                out[(machine, runtime, m)] = stats.pool([c[m].to_list() for _, c in cells])
-    return out
-
-
 def estimates(trials: pl.DataFrame, precision: float | None = None, metrics: list[str] = METRICS) -> pl.DataFrame:
     """One row per cell: each metric's mean over trials (m), its 95% interval (m_lo, m_hi) and
     the sd across trials (m_sd), with trial, request and error counts (methodology page).
     precision: the target half-width of aggregate tok/s; precision_met says whether it was reached."""
-    pools = trial_pools(trials, metrics)
+    pools = stats.runtime_pools(trials, metrics)
     rows = []
     for key, g in trials.group_by(CELL, maintain_order=True):
         row = dict(zip(CELL, key))

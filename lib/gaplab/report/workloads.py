@@ -208,7 +208,7 @@ def switch_rows(trial_rows: pl.DataFrame) -> list[dict]:
     """The 'switch' claims rows (claims.COLUMNS): two servers of one kind that differ only in
     launch flags, on their workload's COMPARED metrics at one level; a is the switch's on side."""
     rows = []
-    pools = speed.trial_pools(trial_rows, [m for m in METRICS if m in trial_rows.columns])
+    pools = stats.runtime_pools(trial_rows, [m for m in METRICS if m in trial_rows.columns])
     cells = trial_rows.group_by(["machine_id", "model", "quant", "workload", "workload_kind", "runtime_kind",
                                  "concurrency", "runtime", "flags"], maintain_order=True).agg(pl.all())
     for key, g in cells.group_by(["machine_id", "model", "quant", "workload", "workload_kind", "runtime_kind",

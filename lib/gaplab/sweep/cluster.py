@@ -188,9 +188,9 @@ def measure_group(scenario_path: str, scenario_text: str, raw_dir: str, trials: 
             outcomes.append({"run_id": self.t["run_id"], "error": error, "stored": False})
 
     try:
-        with ServerPool() as servers:
+        with ServerPool() as server_pool:
             for group in by_server.values():
-                servers.serve(cells[group[0]["cell_id"]], [Trial(t) for t in group])
+                server_pool.serve(cells[group[0]["cell_id"]], [Trial(t) for t in group])
     finally:
         notebook.close()
     return outcomes

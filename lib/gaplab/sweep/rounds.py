@@ -107,11 +107,12 @@ class CellTrials:
 
 
 def pools(cells: dict[str, CellTrials]) -> dict[str, stats.Pool | None]:
-    """runtime name -> the spread of aggregate tok/s pooled over its cells' trials."""
-    by_runtime: dict[str, list[list[float]]] = {}
-    for ct in cells.values():
-        by_runtime.setdefault(ct.cell.runtime.name, []).append(ct.values)
-    return {rt: stats.pool(groups) for rt, groups in by_runtime.items()}
+    """runtime name -> the spread of aggregate tok/s pooled over its cells' trials (one machine: this one),
+    as the report pools it (stats.runtime_pools)."""
+    rows = [{"machine_id": "", "runtime": ct.cell.runtime.name, "cell_key": ct.cell.cell_key, "aggregate_tok_s": v}
+            for ct in cells.values() for v in ct.values]
+    found = stats.runtime_pools(pl.DataFrame(rows), ["aggregate_tok_s"]) if rows else {}
+    return {ct.cell.runtime.name: found.get(("", ct.cell.runtime.name, "aggregate_tok_s")) for ct in cells.values()}
 
 
 def open_items(cells: dict[str, CellTrials], load: LoadSpec) -> list[stopping.Item]:
@@ -308,7 +309,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
             ct.wall_s.append(time.monotonic() - started)
             if error and ctrl_c.pressed:
                 raise KeyboardInterrupt
-            settle(ct, run_id, error, server_died=error is not None and servers.dead(ct.cell) is not None)
+            settle(ct, run_id, error, server_died=error is not None and server_pool.dead(ct.cell) is not None)
             current = None
             if ctrl_c.pressed:
                 raise KeyboardInterrupt
@@ -318,7 +319,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
 
     current: CellTrials | None = None
     try:
-        with CtrlC() as ctrl_c, ServerPool(keep=load.keep_servers, max_restarts=load.max_restarts) as servers:
+        with CtrlC() as ctrl_c, ServerPool(keep=load.keep_servers, max_restarts=load.max_restarts) as server_pool:
             while True:
                 todo = [ct for ct in pending(progress_by_key, load, budget_s()) if not out_of_time(ct)]
                 if not todo:
@@ -342,7 +343,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
                     rng.shuffle(group)
                     group = [ct for ct in group if not out_of_time(ct)]  # before its server starts
                     if group:
-                        servers.serve(group[0].cell, [Trial(ct) for ct in group])
+                        server_pool.serve(group[0].cell, [Trial(ct) for ct in group])
     except KeyboardInterrupt:
         bar.close()
         where = f"; trial {current.next_trial} of {current.cell.cell_id} kept as interrupted" if current else ""
