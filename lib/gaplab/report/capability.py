@@ -10,12 +10,13 @@ import polars as pl
 
 from gaplab.capability.judges import BROKEN, CAPABILITIES, FAIL, NOT_OFFERED, PASS, UNDECIDED, VERDICTS
 from gaplab.report.markup import plain
+from gaplab.runtimes import kinds
 from gaplab.spec.config import ROOT
 from gaplab.storage import store
 
 CAPABILITIES_FILE = ROOT / "data" / "reference" / "capabilities.csv"
 COLUMNS = ("seed_file", "source", "runtime", "capability", "says", "words")
-KINDS = {"vllm": "vLLM", "llamacpp": "llama.cpp", "ollama": "Ollama"}  # the articles' runtimes, by kind
+KINDS = {name: kind.label for name, kind in kinds().items() if kind.display}  # the runtimes' names, by kind
 SAYS = ("yes", "no", "limited")
 AGREES = {"yes": {PASS}, "no": {FAIL, NOT_OFFERED}}  # the probe verdicts that agree with each answer
 NOT_PROBED = {"speculative decoding": "a draft model or MTP heads, which the small local models lack",

@@ -1,10 +1,14 @@
 """Runtime adapters: start (or attach to) a server for a cell and describe it.
 
-Each adapter module of this package defines `KIND`, a RuntimeKind: whether gaplab starts
-the server, attaches to one by URL, or either (it starts one when no base_url is given), the launch flags that make a runtime's identity, how
-to open a server for a cell (a context manager yielding a Server: where to send requests,
-how to force the output length there, the facts stored with the run), and any facts to read
-beside each trial. `kinds()` finds the modules; adding a runtime is adding one of them.
+Each adapter module of this package defines `KIND`, a RuntimeKind: everything about that kind
+of runtime in one place. Whether gaplab starts the server, attaches to one by URL, or either (it
+starts one when no base_url is given); its own scenario fields (a Fields model, beside every
+runtime's in spec.scenario.RuntimeSpec); the launch flags that make its identity; how to open a
+server for a cell (a context manager yielding a Server: where to send requests, how to force the
+output length there, the facts stored with the run); its stream protocol; what `gaplab local
+setup` installs for it; its name on the pages. `kinds()` finds the modules of this package, and
+a module outside it that a distribution registers under the `gaplab.runtimes` entry point group
+(`name = "module:KIND"`): adding a runtime is adding one module, and registering it nowhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +19,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
+from importlib.metadata import entry_points
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Fields(BaseModel):
+    """A kind's own scenario fields: subclass it in the kind's module. They sit in the runtime's YAML
+    mapping beside every runtime's fields (spec.scenario.RuntimeSpec) and are read as
+    `runtime.options.NAME`; another kind's field is refused in one line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,14 @@ class RuntimeKind:
     # server pid -> the pids of processes it runs the model in (Ollama's runner), found once the
     # server has answered: one of them that exits is a dead server, as the server itself is
     runners: Callable | None = None
+    fields: type[Fields] = Fields  # its own scenario fields
+    display: str = ""  # its name on the pages (default: the kind's name)
+    install: Callable | None = None  # (models: list[str] | None) -> None: `gaplab local setup --runtime NAME`
+    package_version: str = ""  # the version gaplab installs for it (capability probe runs are keyed by it)
+
+    @property
+    def label(self) -> str:
+        return self.display or self.name
 
     @property
     def reserved(self) -> tuple[str, ...]:
@@ -56,13 +79,19 @@ def attached_flags(runtime) -> dict:
 
 @cache
 def kinds() -> dict[str, RuntimeKind]:
-    """Every RuntimeKind of this package, by name: each adapter module's KIND."""
+    """Every RuntimeKind, by name: each adapter module's KIND in this package, then those registered
+    under the `gaplab.runtimes` entry point group."""
     found = {}
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
         kind = getattr(module, "KIND", None)
         if isinstance(kind, RuntimeKind):
             found[kind.name] = kind
+    for point in entry_points(group="gaplab.runtimes"):
+        kind = point.load()
+        if not isinstance(kind, RuntimeKind):
+            raise TypeError(f"entry point gaplab.runtimes {point.name} = {point.value} is not a RuntimeKind")
+        found.setdefault(kind.name, kind)
     return found
 
 

@@ -219,6 +219,13 @@ def open_ollama(cell, api_key):
     return nullcontext(attach_ollama(cell.runtime, cell.model))
 
 
+def local_setup(models: list[str] | None) -> None:
+    """Nothing to install: say which binary the servers will run, or how to get one."""
+    binary = install.find_binary()
+    print(f"gaplab: Ollama {install.binary_version(binary)} at {binary} (its models: {install.MODELS_DIR})")
+
+
 KIND = RuntimeKind("ollama", starts=True, attaches=True, quick=True, identity_flags=identity_flags, open=open_ollama,
                    trial_facts=lambda server: placement(server.base_url, server.served_model),
-                   facts_key="ollama_placement", protocol="ollama", runners=runner_pids)
+                   facts_key="ollama_placement", protocol="ollama", runners=runner_pids, display="Ollama",
+                   install=local_setup)

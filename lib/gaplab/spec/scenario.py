@@ -43,11 +43,6 @@ class RuntimeSpec(Strict):
     parallel: int = Field(1, ge=1, le=256)
     threads: int = Field(1, ge=1, le=512)
     ctx_size: int = Field(4096, ge=256)
-    kv_unified: bool = True
-    enforce_eager: bool = False  # vllm: skip torch.compile (starts faster, runs slower)
-    # llamacpp: which llama.cpp build serves it (provision.llama_build.BUILDS): native, or
-    # b10488-avx2, the source and CPU flags of Ollama's runner
-    build: str = "native"
     # Restrict this runtime to some models, and give it its own quants (vLLM serves dtypes,
     # llama.cpp serves GGUF files): empty means every model, with the model's quants. A model
     # that lists some of these quants gets those only (Ollama on each model's own 4-bit file);
@@ -59,10 +54,8 @@ class RuntimeSpec(Strict):
     # Restrict this runtime to some workloads (names); empty means every workload.
     workloads: list[str] = []
     # The server's prefix (prompt) cache: llama.cpp turns it off per request (cache_prompt),
-    # vLLM at launch (--no-enable-prefix-caching). Chunked prefill is vLLM's switch; llama.cpp
-    # always splits a prompt into batches of -b tokens.
+    # vLLM at launch (--no-enable-prefix-caching).
     prefix_cache: bool = True
-    chunked_prefill: bool = True
     extra_args: list[str] = []
     # fields added to every request, e.g. {ignore_eos: true} on vLLM
     extra_body: dict = {}
@@ -78,6 +71,8 @@ class RuntimeSpec(Strict):
                                "(default: threads + 1 for a server gaplab starts, 1 for one it attaches to)")
     gpus: float = Field(0, ge=0, description="GPUs it reserves (vLLM's tensor parallel size, say)")
     accelerator: str | None = Field(None, description="Ray accelerator type its node must have, e.g. A100")
+    # the kind's own fields (its module's Fields model), written beside these in the YAML mapping
+    options: runtimes.Fields = runtimes.Fields()
 
     def served_name(self, model: "ModelSpec") -> str:
         return self.served_names.get(model.name) or model.served_name or model.name
@@ -86,10 +81,32 @@ class RuntimeSpec(Strict):
         listed = [q for q in self.quants if q in model.quants]
         return listed or self.quants or list(model.quants)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_fields(cls, data: object) -> object:
+        """The kind's own fields, out of the mapping into `options`; another kind's field refused."""
+        kind = runtimes.kinds().get(data.get("kind")) if isinstance(data, dict) else None
+        if kind is None:
+            return data  # not a mapping, or an unknown kind: the field validators say which
+        own = set(kind.fields.model_fields)
+        common = {f.alias or name for name, f in cls.model_fields.items()}
+        for key in data:
+            owners = [f"'{k}'" for k, v in sorted(runtimes.kinds().items()) if key in v.fields.model_fields]
+            if key not in own and key not in common and owners:
+                raise ValueError(f"{key}: a field of kind {' and '.join(owners)}, not of '{kind.name}'; remove it")
+        options = {**(data.get("options") or {}), **{k: v for k, v in data.items() if k in own}}
+        return {**{k: v for k, v in data.items() if k not in own}, "options": options}
+
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
         return one_of(kind, sorted(runtimes.kinds()))
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _kind_options(cls, options: object, info) -> runtimes.Fields:
+        kind = runtimes.kinds().get(info.data.get("kind", ""))
+        return kind.fields.model_validate(options) if kind else runtimes.Fields()
 
     @field_validator("extra_body")
     @classmethod
@@ -116,13 +133,6 @@ class RuntimeSpec(Strict):
                                  "config.json on the machine that runs gaplab")
         return {model: str(path.resolve()) for model, path in found.items()}
 
-    @field_validator("build")
-    @classmethod
-    def _known_build(cls, build: str) -> str:
-        from gaplab.provision.llama_build import BUILDS
-
-        return one_of(build, BUILDS)
-
     @property
     def started_here(self) -> bool:
         return runtimes.kinds()[self.kind].started_here(self.base_url)
@@ -132,11 +142,6 @@ class RuntimeSpec(Strict):
         kind = runtimes.kinds()[self.kind]
         if not kind.starts and not self.base_url:
             raise ValueError(f"base_url is required when kind is '{self.kind}' (e.g. http://gpu-box:8000/v1)")
-        if self.build != "native" and self.kind != "llamacpp":
-            raise ValueError(f"build: only llamacpp runtimes have builds, not '{self.kind}'")
-        if not self.chunked_prefill and self.kind != "vllm":
-            raise ValueError(f"chunked_prefill: only vllm has this switch, not '{self.kind}' (llama.cpp splits a "
-                             "prompt into batches of -b tokens: set extra_args: ['-b', '4096'] for one batch)")
         if not self.prefix_cache and self.kind == "ollama":
             raise ValueError("prefix_cache: Ollama has no switch for its prompt cache; remove the field")
         if not self.prefix_cache and not self.started_here:
@@ -158,8 +163,6 @@ class RuntimeSpec(Strict):
             flags["extra_body"] = self.extra_body
         if not self.prefix_cache:
             flags["prefix_cache"] = False
-        if not self.chunked_prefill:
-            flags["chunked_prefill"] = False
         return flags
 
 
@@ -289,8 +292,8 @@ class Cell(Strict):
 def _describe(err: dict) -> str:
     # pydantic puts a workload's kind in the loc (workloads.0.distribution.prompt); the user wrote no such key
     parts = err["loc"]
-    loc = ".".join(str(p) for i, p in enumerate(parts)
-                   if not (i and isinstance(parts[i - 1], int) and p in WORKLOAD_KINDS))
+    loc = ".".join(str(p) for i, p in enumerate(parts)  # nor a runtime's own fields under options
+                   if not (i and isinstance(parts[i - 1], int) and p in WORKLOAD_KINDS) and p != "options")
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "union_tag_invalid":  # an unknown workload kind
         return f"{loc}.kind: got {err['ctx']['tag']!r}; input should be one of {', '.join(sorted(WORKLOAD_KINDS))}"
