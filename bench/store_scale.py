@@ -130,6 +130,7 @@ def request_table(run: dict, n: int) -> pa.Table:
         "http_status": i32(np.where(busy, 503, 200)),
         "error": pa.array(np.where(busy, "HTTP 503: busy", np.where(err, "connection reset after 3 tokens", None)),
                           pa.string()),
+        "error_kind": pa.array(np.where(busy, "HTTP 503", np.where(err, "connection reset", None)), pa.string()),
         "server_prompt_n": pa.array(np.full(n, PROMPT), pa.int32(), mask=quiet),
         "server_prompt_ms": pa.array(ttft_ms * 0.9, mask=quiet),
         "server_predicted_n": pa.array(tokens, pa.int32(), mask=quiet),

@@ -66,7 +66,7 @@ def test_good_streams_have_no_error_and_all_their_tokens(records, fault):
 def test_cut_streams_are_errors_and_keep_their_chunks(records, fault):
     for _, rec in (r for r in records if r[0] == fault):
         assert rec.error == FAULTS[fault]
-        assert error_kind(rec.error) == ("connection reset" if fault.startswith("reset") else "truncated")
+        assert rec.error_kind == error_kind(rec.error) == ("connection reset" if fault.startswith("reset") else "truncated")
         kinds = [c[1] for c in rec.chunks]
         assert kinds == ([] if fault.startswith("ollama") else [ROLE]) + [CONTENT] * CUT_AFTER
         assert rec.first_token_ns is not None and rec.completion_tokens is None
@@ -77,13 +77,13 @@ def test_http_errors_keep_status_and_body(records, fault):
     for _, rec in (r for r in records if r[0] == fault):
         assert rec.http_status == int(fault[5:])
         assert rec.error.startswith(FAULTS[fault]) and f"fault {fault}" in rec.error
-        assert error_kind(rec.error) == f"HTTP {fault[5:]}"
+        assert rec.error_kind == error_kind(rec.error) == f"HTTP {fault[5:]}"
         assert rec.chunks == []
 
 
 def test_a_hung_server_times_out(records):
     for _, rec in (r for r in records if r[0] == "hang"):
-        assert rec.error == f"no complete response within {TIMEOUT_S:g} s" and error_kind(rec.error) == "timeout"
+        assert rec.error == f"no complete response within {TIMEOUT_S:g} s" and rec.error_kind == error_kind(rec.error) == "timeout"
         assert TIMEOUT_S <= (rec.end_ns - rec.sent_ns) / 1e9 < TIMEOUT_S + 0.5
         assert rec.http_status is None
 
@@ -91,15 +91,15 @@ def test_a_hung_server_times_out(records):
 def test_malformed_event_error_events_and_missing_final_chunk(records):
     for fault, rec in records:
         if fault == "malformed":
-            assert rec.error.startswith(FAULTS[fault]) and error_kind(rec.error) == "malformed stream"
+            assert rec.error.startswith(FAULTS[fault]) and rec.error_kind == error_kind(rec.error) == "malformed stream"
             assert sum(c[1] in TOKEN_KINDS for c in rec.chunks) == TOKENS  # the good events still count
         elif fault == "error-event":  # the server's own words win over "truncated"
-            assert rec.error == FAULTS[fault]
+            assert rec.error == FAULTS[fault] and rec.error_kind == "error event"  # not guessed from its words
             assert [c[1] for c in rec.chunks] == [ROLE, CONTENT]
         elif fault == "ollama-error":
-            assert rec.error == FAULTS[fault] and [c[1] for c in rec.chunks] == [CONTENT]
+            assert rec.error == FAULTS[fault] and rec.error_kind == "error event" and [c[1] for c in rec.chunks] == [CONTENT]
         elif fault == "no-final-chunk":  # all of the stream, but the HTTP body never ended
-            assert rec.error == FAULTS[fault] and rec.completion_tokens == TOKENS
+            assert rec.error == FAULTS[fault] and rec.completion_tokens == TOKENS and rec.error_kind == "incomplete body"
 
 
 @pytest.mark.parametrize("fault", ["endless", "ollama-endless"])
@@ -107,7 +107,7 @@ def test_a_stream_that_ignores_its_length_is_cut_and_named(records, fault):
     for _, rec in (r for r in records if r[0] == fault):
         tokens = sum(c[1] in TOKEN_KINDS for c in rec.chunks)
         assert rec.error == f"server ignored the output length: {tokens} tokens for a target of {TOKENS}"
-        assert error_kind(rec.error) == "ignored output length"
+        assert rec.error_kind == error_kind(rec.error) == "ignored output length"
         # cut once it had sent 2 x 5 + 16 events, long before the 1 s timeout
         assert 2 * TOKENS <= tokens <= 200 and (rec.end_ns - rec.sent_ns) / 1e9 < TIMEOUT_S / 2
 
@@ -117,4 +117,4 @@ def test_ollamas_repeat_limit_is_named_not_taken_for_a_cut_stream(records):
     for fault, rec in records:
         if fault == "ollama-repeat-limit":
             assert rec.error == FAULTS[fault] and rec.token_chunks == 31
-            assert error_kind(rec.error) == "Ollama's token repeat limit"
+            assert rec.error_kind == error_kind(rec.error) == "Ollama's token repeat limit"

@@ -170,3 +170,20 @@ def test_a_bandwidth_measurement_is_stored_as_a_run_of_the_machine(tmp_path):
     assert stored.height == len(rows) and set(stored["runtime"]) == {"stream-triad"}
     assert (stored["gb_s"] > 0.1).all() and stored["machine_id"].null_count() == 0
     assert "thread" in bandwidth.summary(rows)
+
+
+def test_a_failed_requests_kind_is_stored_as_named_and_older_rows_get_theirs_guessed(tmp_path):
+    from gaplab.analysis.metrics import trial_summary as summary, with_latencies, with_run_keys
+
+    def trial_summary(rows):
+        return summary(with_latencies(with_run_keys(rows)))
+
+    recs = records()
+    recs[1].fail("refused", "ClientConnectorError: could not connect")  # words the guess would call "other"
+    store.write_run(tmp_path, identity(), {"status": "complete"}, recs)
+    req = store.read_table(tmp_path, "requests")
+    assert req.filter(pl.col("request_index") == 1)["error_kind"].to_list() == ["refused"]
+    assert trial_summary(req)["error_kinds"].to_list() == [["refused"]]
+    older = req.with_columns(pl.lit(None, pl.String).alias("error_kind"))  # a file before schema 11
+    assert trial_summary(older)["error_kinds"].to_list() == [["other"]]
+    assert trial_summary(req.drop("error_kind"))["error_kinds"].to_list() == [["other"]]

@@ -104,7 +104,8 @@ def with_latencies(requests: Frame) -> Frame:
 
 
 def error_kind(message: str) -> str:
-    """A short name for an error message, for counting errors by kind."""
+    """The kind of a failed request stored before schema 11, guessed from its message (since then
+    the client names the kind where the request failed: RequestRecord.fail)."""
     m = message.lower()
     for key, kind in (("token repeat limit", "Ollama's token repeat limit"), ("truncated", "truncated"),
                       ("reset", "connection reset"), ("no complete response", "timeout"),
@@ -152,11 +153,14 @@ def trial_summary(requests: Frame) -> pl.DataFrame:
         queue_p99_ms=pl.col("queue_ms").quantile(0.99, interpolation="linear"),
     ).with_columns(pl.col("run_id").cast(pl.String))
     del values
-    messages = lazy.filter(~ok).group_by("run_id").agg(error_messages=pl.col("error").drop_nulls()).collect()
+    guessed = pl.col("error").map_elements(error_kind, return_dtype=pl.String)
+    kind = pl.coalesce(pl.col("error_kind"), guessed) if "error_kind" in lazy.collect_schema() else guessed
+    messages = lazy.filter(~ok & pl.col("error").is_not_null()).group_by("run_id").agg(
+        error_messages=pl.col("error"), error_kinds=kind).collect()
     return (sums.join(ranks, on="run_id", how="left").join(messages, on="run_id", how="left").with_columns(
-        error_messages=pl.col("error_messages").fill_null([]),
+        error_messages=pl.col("error_messages").fill_null([]), error_kinds=pl.col("error_kinds").fill_null([]),
         aggregate_tok_s=pl.col("output_tokens") / pl.col("span_s"),
         config=pl.col("runtime") + " · " + pl.col("quant"),
-    ).select(*GROUP, "requests", "errors", "error_messages", "output_tokens", "span_s", "ttft_p50_ms", "ttft_p99_ms",
+    ).select(*GROUP, "requests", "errors", "error_messages", "error_kinds", "output_tokens", "span_s", "ttft_p50_ms", "ttft_p99_ms",
              "e2e_p50_ms", "per_user_tok_s", "itl_mean_ms", "queue_p99_ms", "server_decode_tok_s", "aggregate_tok_s",
              "config").sort(["model", "runtime", "quant", "concurrency", "trial"]))

@@ -182,12 +182,14 @@ class StreamClient:
                 transport.write(request)
                 await done
         except asyncio.CancelledError:
-            rec.error = "cancelled"
+            rec.fail("cancelled", "cancelled")
             raise
         except TimeoutError:
-            rec.error = f"no complete response within {self.timeout:g} s"
+            rec.fail("timeout", f"no complete response within {self.timeout:g} s")
         except OSError as exc:
-            rec.error = f"{type(exc).__name__}: {exc}"[:500]
+            kind = ("refused" if isinstance(exc, ConnectionRefusedError) else
+                    "connection reset" if isinstance(exc, ConnectionResetError) else "connection error")
+            rec.fail(kind, f"{type(exc).__name__}: {exc}"[:500])
         finally:
             if transport is not None:
                 transport.close()
@@ -205,22 +207,25 @@ class StreamClient:
         status, headers, body, complete = parsed
         rec.http_status = status
         if isinstance(lost, ConnectionResetError):
-            cut = "connection reset"
+            cut_kind, cut = "connection reset", "connection reset"
         else:
+            cut_kind = "connection lost" if lost else "truncated"
             cut = f"connection lost ({type(lost).__name__}: {lost})"[:300] if lost else "truncated"
         if status is None:
-            rec.error = rec.error or ("no HTTP response" + (f" ({cut})" if lost else ""))
+            rec.fail("no HTTP response", "no HTTP response" + (f" ({cut})" if lost else ""), first=True)
             return
         if status != 200:
             text = b"".join(d for _, d in body).decode(errors="replace")
             wait = headers.get("retry-after")  # the server's own answer to load (429, 503): kept in its words
-            rec.error = rec.error or f"HTTP {status}: {text[:500]}" + (f" [Retry-After: {wait[:40]}]" if wait else "")
+            rec.fail(f"HTTP {status}", f"HTTP {status}: {text[:500]}" + (f" [Retry-After: {wait[:40]}]" if wait else ""),
+                     first=True)
             return
         before = rec.error
         if self.protocol == "ollama":
             lines = body_lines(body, b"")
             finished = fill_from_ollama(rec, lines, self.api)
             if not finished and ollama_repeats(lines) >= OLLAMA_REPEAT_LIMIT:
+                cut_kind = "Ollama's token repeat limit"
                 cut = "stopped by Ollama's token repeat limit (the same token 31 times in a row), without its done line,"
         else:
             finished = fill_from_events(rec, body_lines(body), self.api)
@@ -228,15 +233,16 @@ class StreamClient:
             return
         tokens = rec.token_chunks
         if runaway:
-            rec.error = f"server ignored the output length: {tokens} tokens for a target of {rec.target_output_tokens}"
+            rec.fail("ignored output length",
+                     f"server ignored the output length: {tokens} tokens for a target of {rec.target_output_tokens}")
             return
         framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
         if not finished:  # beats "malformed": a connection cut mid-line leaves half an event
-            rec.error = f"{cut} after {tokens} tokens"
+            rec.fail(cut_kind, f"{cut} after {tokens} tokens")
         elif rec.error is None and framed and not complete:
-            rec.error = f"the response ended before its body was complete (after {tokens} tokens)"
+            rec.fail("incomplete body", f"the response ended before its body was complete (after {tokens} tokens)")
         elif rec.error is None and rec.first_token_ns is None:
-            rec.error = "stream ended without an output token"
+            rec.fail("no output token", "stream ended without an output token")
 
     async def served_models(self) -> list[str]:
         """Model ids the server lists (non-streamed call through the openai SDK)."""

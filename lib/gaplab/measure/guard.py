@@ -87,7 +87,7 @@ class TrialGuard:
             if self._cutting is None:  # not ours: Ctrl-C, or the caller's cancel
                 raise
             task.uncancel()
-            rec.error = self._cutting
+            rec.fail(self._cutting, self._cutting)
             self.cut += 1
             return True
         finally:

@@ -53,7 +53,7 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
         try:
             event = loads(line[5:])  # orjson skips the space after "data:"
         except orjson.JSONDecodeError:
-            rec.error = rec.error or f"malformed stream event: {line[:200]!r}"
+            rec.fail("malformed stream", f"malformed stream event: {line[:200]!r}", first=True)
             continue
         choices = event.get("choices")
         if choices:
@@ -64,7 +64,8 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
             if choice.get("finish_reason"):
                 rec.finish_reason = choice["finish_reason"]
         elif "error" in event:
-            rec.error, finished = str(event["error"])[:500], True
+            rec.fail("error event", str(event["error"])[:500])
+            finished = True
             continue
         else:
             kind, n_chars = classify(event, api)
@@ -120,10 +121,11 @@ def fill_from_ollama(rec: RequestRecord, lines: list[tuple[int, bytes]], api: st
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
-            rec.error = rec.error or f"malformed stream line: {line[:200]!r}"
+            rec.fail("malformed stream", f"malformed stream line: {line[:200]!r}", first=True)
             continue
         if "error" in obj:
-            rec.error, finished = str(obj["error"])[:500], True
+            rec.fail("error event", str(obj["error"])[:500])
+            finished = True
             continue
         # a thinking model's reasoning: "thinking" beside "response" (/api/generate) or "content" (/api/chat)
         part = obj if api == "completions" else (obj.get("message") or {})

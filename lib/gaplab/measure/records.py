@@ -25,7 +25,8 @@ class RequestRecord:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     http_status: int | None = None
-    error: str | None = None
+    error: str | None = None  # what went wrong, in the server's or the system's words
+    error_kind: str | None = None  # a short name to count errors by (fail)
     output_chars: int = 0
     server_timings: dict | None = None
     # the server's own count of reasoning tokens (usage.completion_tokens_details), where it gives one
@@ -36,6 +37,12 @@ class RequestRecord:
     target_prompt_tokens: int | None = None
     target_output_tokens: int | None = None
     tag: str | None = None
+
+    def fail(self, kind: str, message: str, first: bool = False) -> None:
+        """Mark the request failed, with its kind (timeout, HTTP 503, ...) named where it happened.
+        first: keep an error already set (the most telling one came first)."""
+        if not (first and self.error is not None):
+            self.error, self.error_kind = message, kind
 
     @property
     def token_chunks(self) -> int:

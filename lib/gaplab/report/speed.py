@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from gaplab.analysis import stats, stopping
-from gaplab.analysis.metrics import CELL, METRICS, error_kind, selected_runs, trial_summary, with_latencies, with_run_keys
+from gaplab.analysis.metrics import CELL, METRICS, selected_runs, trial_summary, with_latencies, with_run_keys
 from gaplab.spec.config import RAW_DIR
 from gaplab.storage import store
 
@@ -48,9 +48,9 @@ def estimates(trials: pl.DataFrame, precision: float | None = None, metrics: lis
                    run_ids=",".join(sorted(g["run_id"].to_list())), config=f"{row['runtime']} · {row['quant']}",
                    server_decode_tok_s=g["server_decode_tok_s"].mean())
         kinds: dict[str, int] = {}
-        for msgs in g["error_messages"].to_list():
-            for msg in msgs:
-                kinds[error_kind(msg)] = kinds.get(error_kind(msg), 0) + 1
+        for trial_kinds in g["error_kinds"].to_list():
+            for kind in trial_kinds:
+                kinds[kind] = kinds.get(kind, 0) + 1
         row["error_kinds"] = ", ".join(f"{k}×{n}" for k, n in sorted(kinds.items()))
         for m in metrics:
             iv = stats.mean_interval(g[m].to_list(), pools.get((row["machine_id"], row["runtime"], m)))

@@ -58,7 +58,7 @@ REQUESTS = pa.schema(list(IDENTITY) + [
     ("last_token_ns", pa.int64()), ("end_ns", pa.int64()),
     ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
     ("n_chunks", pa.int32()), ("n_token_chunks", pa.int32()), ("output_chars", pa.int32()),
-    ("finish_reason", pa.string()), ("http_status", pa.int32()), ("error", pa.string()),
+    ("finish_reason", pa.string()), ("http_status", pa.int32()), ("error", pa.string()), ("error_kind", pa.string()),
     ("server_prompt_n", pa.int32()), ("server_prompt_ms", pa.float64()),
     ("server_predicted_n", pa.int32()), ("server_predicted_ms", pa.float64()),
     ("server_load_ms", pa.float64()), ("server_total_ms", pa.float64()),
@@ -122,7 +122,8 @@ ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target
          7: {"rate", "workload_kind", "target_prompt_tokens", "target_output_tokens", "tag", "max_gap_ns"},  # open loop
          8: {"server_loaded_ns", "engine_version"},  # the model's load apart from the server's start
          9: {"first_answer_ns", "reasoning_chunks", "server_reasoning_tokens", "energy_unmeasured"},  # reasoning, RAPL
-         10: {"engine"}}  # the engine that answered, attached servers included (runtimes.identify)
+         10: {"engine"},  # the engine that answered, attached servers included (runtimes.identify)
+         11: {"error_kind"}}  # a failed request's kind, named where it failed (RequestRecord.fail)
 SCHEMA_VERSION = max(ADDED)
 
 
@@ -164,7 +165,7 @@ def _request_row(rec: RequestRecord) -> dict:
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
         "n_chunks": len(rec.chunks), "n_token_chunks": rec.token_chunks,
         "output_chars": rec.output_chars, "finish_reason": rec.finish_reason,
-        "http_status": rec.http_status, "error": rec.error, **server_figures(rec.server_timings),
+        "http_status": rec.http_status, "error": rec.error, "error_kind": rec.error_kind, **server_figures(rec.server_timings),
         "target_prompt_tokens": rec.target_prompt_tokens, "target_output_tokens": rec.target_output_tokens,
         "tag": rec.tag, "max_gap_ns": rec.max_gap_ns, "first_answer_ns": rec.first_answer_ns,
         "reasoning_chunks": rec.reasoning_chunks, "server_reasoning_tokens": rec.server_reasoning_tokens,
