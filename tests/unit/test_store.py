@@ -173,7 +173,8 @@ def test_a_bandwidth_measurement_is_stored_as_a_run_of_the_machine(tmp_path):
 
 
 def test_a_failed_requests_kind_is_stored_as_named_and_older_rows_get_theirs_guessed(tmp_path):
-    from gaplab.analysis.metrics import trial_summary as summary, with_latencies, with_run_keys
+    from gaplab.analysis.metrics import trial_summary as summary
+    from gaplab.analysis.metrics import with_latencies, with_run_keys
 
     def trial_summary(rows):
         return summary(with_latencies(with_run_keys(rows)))
