@@ -26,6 +26,7 @@ from gaplab.report import (  # noqa: E402
     checker,
     claims,
     claims_file,
+    claims_prose,
     cold_start,
     decompose,
     definitions,
@@ -33,7 +34,7 @@ from gaplab.report import (  # noqa: E402
     quality,
     roofline,
     speed,
-    speed_prose,
+    time_prose,
 )
 
 RAW = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data" / "raw"
@@ -48,16 +49,16 @@ estimates = speed.estimates(trials)
 print(f"{RAW}, machine {machine}: {trials.height} trials, {requests.height} measured requests\n")
 
 print("## Where the time goes")
-print(speed_prose.decomposition_check(decompose.check(requests)))
+print(time_prose.decomposition_check(decompose.check(requests)))
 parts = decompose.trial_parts(requests, RAW)
 for p in decompose.pairs(claims.claims_table(trials)):
     frame = decompose.waterfall(parts, p["model"], p["workload"], p["users"], p["a"], p["b"], p["metric"])
-    print("- " + speed_prose.waterfall_story(frame))
+    print("- " + time_prose.waterfall_story(frame))
 
 print("\n## How close to the limit")
 bw = roofline.bandwidth(RAW, machine)
 roof = roofline.roofline(estimates, requests, RAW, machine)
-print(speed_prose.roofline_story(roof, bw))
+print(time_prose.roofline_story(roof, bw))
 # every bandwidth run, each figure per device and thread count with its repeats, so runs can be compared
 for (run_id,), run in roofline.bandwidth_runs(RAW, machine).group_by("run_id", maintain_order=True):
     figures = [f"{roofline.figure_name(r['device'], r['threads_used'])} " + " / ".join(f"{v:.1f}" for v in r["gb_s"])
@@ -82,9 +83,9 @@ scores, _ = quality.read_quality(RAW, machine)
 recovery = (quality.recovery(quality.quality_speed_size(scores, estimates)) if not scores.is_empty()
             else pl.DataFrame())
 result = checker.check(claims_file.load_claims(), with_rss, cold_start.cold_starts(RAW, machine), recovery)
-print(speed_prose.published_story(result))
+print(claims_prose.published_story(result))
 for r in result.iter_rows(named=True):
     print(f"- {r['claim_id']} ({r['seed_file'][:3]}) {r['verdict']}: {r['claim']}\n    {r['evidence']}")
 
 print("\n## Whose definition")
-print(speed_prose.definitions_story(definitions.shifts(definitions.per_request(requests, RAW))))
+print(claims_prose.definitions_story(definitions.shifts(definitions.per_request(requests, RAW))))

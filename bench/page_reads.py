@@ -54,9 +54,9 @@ def page() -> None:
     machine = speed.pick_machine(RAW, "")
     trials = metrics.trial_summary(speed.measured_requests(RAW, machine))
     estimates = speed.estimates(trials, speed.precision_target(RAW, machine))
-    speed_prose.setup_story(RAW, machine, estimates)
+    speed_prose.setup_story(speed.runs(RAW), machine, estimates)
     cold_start.cold_starts(RAW, machine)
-    speed_prose.placement_story(RAW, machine)
+    speed_prose.placement_story(speed.runs(RAW), machine)
 
 
 def measure(scan, keep: bool) -> tuple[int, float]:

@@ -13,7 +13,7 @@ import yaml
 from ollama_replay import OllamaReplay
 
 from gaplab.measure.trial import run_trial
-from gaplab.report import speed_prose
+from gaplab.report import speed, speed_prose
 from gaplab.runtimes import ollama
 from gaplab.storage import store
 
@@ -43,7 +43,7 @@ def test_partial_offload_is_detected_and_said_in_plain_words(tmp_path, replay):
     assert after["split"] and after["gpu_fraction"] == pytest.approx(6477163520 / 9813884928, abs=1e-4)
     run = store.read_table(tmp_path / "raw", "run")  # the same facts as typed columns (schema 4)
     assert (run["model_bytes_loaded"][0], run["model_bytes_gpu"][0]) == (9813884928, 6477163520)
-    text = speed_prose.placement_story(tmp_path / "raw")
+    text = speed_prose.placement_story(speed.runs(tmp_path / "raw"))
     assert "qwen3-8b Q4_K_M on ollama" in text and "66% of 9.1 GiB in GPU memory" in text
 
 

@@ -21,7 +21,7 @@ from gaplab.measure.records import RequestRecord
 from gaplab.measure.trial import run_trial
 from gaplab.provision import ollama as install
 from gaplab.provision.models import model_info, model_path
-from gaplab.report import speed_prose
+from gaplab.report import speed, speed_prose
 from gaplab.runtimes import ollama, open_server
 from gaplab.spec.scenario import load_scenario
 from gaplab.storage import store
@@ -104,7 +104,7 @@ def test_run_says_what_ran_and_where_the_model_sits(two_sweeps):
         assert after["cpu_only"] and after["context_length"] == RUNTIME["ctx_size"]
         assert meta["server"]["served_digest"] == json.loads(install.IMPORTS.read_text())["smollm2-135m:q4_1"]["digest"]
     # the page: one sentence that the CPU held it, no GPU warning per cell on a machine with no GPU
-    story = speed_prose.placement_story(raw)
+    story = speed_prose.placement_story(speed.runs(raw))
     assert "held every model on the CPU" in story and "GPU memory:" not in story
 
 

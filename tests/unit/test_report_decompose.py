@@ -126,13 +126,13 @@ def test_pairs_take_the_largest_stated_gap_for_each_two_runtimes():
 
 
 def test_the_waterfall_sentence_names_the_parts_that_differ_and_only_those(tmp_path):
-    from gaplab.report import speed_prose
+    from gaplab.report import time_prose
 
     for trial, (wait_a, wait_b) in enumerate(((0, 900), (2, 1000), (4, 1100)), 1):
         _cell(tmp_path, "batch", "F16", trial, wait_a, 150)
         _cell(tmp_path, "single", "F16", trial, wait_b, 150 + trial % 2)
     parts = decompose.trial_parts(speed.measured_requests(tmp_path), tmp_path)
-    text = speed_prose.waterfall_story(decompose.waterfall(parts, "m", "w", 2, "batch · F16", "single · F16"))
+    text = time_prose.waterfall_story(decompose.waterfall(parts, "m", "w", 2, "batch · F16", "single · F16"))
     assert "single · F16's mean TTFT is 999 ms higher" in text  # 998 of queue, 0.7 of prompt
     assert "server queue +998 ms" in text and "prompt processing" not in text  # 150 or 151 ms: no difference
 

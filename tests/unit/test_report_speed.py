@@ -124,7 +124,7 @@ def test_the_committed_runs_of_schema_1_still_render_as_one_trial_each():
     assert set(rows["verdict"]) == {"no interval"}
     text = speed_prose.throughput_story(rows, est) + speed_prose.precision_story(est, 0.05)
     assert "1 trial" in text and "no verdict" in text
-    assert "1 trial, no interval" in speed_prose.setup_story(raw, old, est)
+    assert "1 trial, no interval" in speed_prose.setup_story(speed.runs(raw), old, est)
 
 
 def test_background_story_flags_trials_beside_other_work():

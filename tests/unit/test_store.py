@@ -110,7 +110,7 @@ def test_empty_store_reads_as_empty_frames(tmp_path):
 
 
 def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path):
-    from gaplab.report import cold_start, speed_prose
+    from gaplab.report import cold_start, speed, speed_prose
 
     meta = {"status": "complete", "server_started_ns": 1_000_000_000, "server_healthy_ns": 3_500_000_000,
             "server_first_token_ns": 3_600_000_000, "model_bytes_loaded": 2**30, "model_bytes_gpu": 2**29,
@@ -137,7 +137,7 @@ def test_cold_start_and_placement_are_columns_and_older_runs_still_read(tmp_path
     assert table.group_by("label").agg("phase").sort("label")["phase"].to_list() == [
         ["healthy", "first token"], ["healthy", "model loaded", "first token"]]  # a bar only where it differs
     assert run["engine_version"][0] == "llama.cpp b10488"
-    story = speed_prose.placement_story(tmp_path)
+    story = speed_prose.placement_story(speed.runs(tmp_path))
     assert "50% of 1.0 GiB in GPU memory" in story and "25% of 2.0 GiB in GPU memory" in story
 
 

@@ -36,6 +36,11 @@ def measured_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None, st
     return (scan.select(columns) if columns else scan).collect()
 
 
+def runs(raw_dir: Path) -> pl.DataFrame:
+    """The store's runs that count, every machine's: what the setup and placement sentences read."""
+    return selected_runs(store.read_table(raw_dir, "run"))
+
+
 def estimates(trials: pl.DataFrame, precision: float | None = None, metrics: list[str] = METRICS) -> pl.DataFrame:
     """One row per cell: each metric's mean over trials (m), its 95% interval (m_lo, m_hi) and
     the sd across trials (m_sd), with trial, request and error counts (methodology page).

@@ -6,14 +6,11 @@ measured, our scaling beside published figures, and where Ollama placed a model.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import polars as pl
 
-from gaplab.analysis.metrics import selected_runs
 from gaplab.report import claims as cl
 from gaplab.report.markup import code, plain
-from gaplab.storage import store
 
 
 def _iv(row: dict, m: str, digits: int = 1) -> str:
@@ -138,11 +135,11 @@ def background_story(other_cores: list[float]) -> str:
             f"(`make report FORCE=1`).")
 
 
-def setup_story(raw_dir: Path, machine_id: str, summary: pl.DataFrame) -> str:
-    """Where, when and how the figures were measured, and which other machines the store holds."""
+def setup_story(all_runs: pl.DataFrame, machine_id: str, summary: pl.DataFrame) -> str:
+    """Where, when and how the figures were measured, and which other machines the store holds.
+    all_runs: the store's runs, every machine's (speed.runs)."""
     from gaplab.machine.hardware import machine_id as this_machine
 
-    all_runs = selected_runs(store.read_table(raw_dir, "run"))
     runs = all_runs.filter(pl.col("machine_id") == machine_id)
     if runs.is_empty():
         return f"No complete runs for machine {code(machine_id)} yet: run `make report` or `gaplab sweep`."
@@ -199,11 +196,11 @@ def scaling_story(table: pl.DataFrame) -> str:
             "is in the per-user section above.")
 
 
-def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
-    """Plain words for every cell whose model was not wholly in GPU memory (Ollama's /api/ps)."""
+def placement_story(runs: pl.DataFrame, machine_id: str | None = None) -> str:
+    """Plain words for every cell whose model was not wholly in GPU memory (Ollama's /api/ps).
+    runs: the store's runs (speed.runs)."""
     from gaplab.runtimes.ollama import describe, where
 
-    runs = selected_runs(store.read_table(raw_dir, "run"))
     if machine_id:
         runs = runs.filter(pl.col("machine_id") == machine_id)
     lines, on_cpu = {}, set()
@@ -231,96 +228,6 @@ def placement_story(raw_dir: Path, machine_id: str | None = None) -> str:
     return text
 
 
-# ---------------------------------------------------------------- where the time goes (decompose.py)
-
-
-def decomposition_check(check: dict) -> str:
-    """How well the server's own times and the client's agree, for the requests the server timed."""
-    if not check:
-        return "No runtime here reports its own per-request times, so every part below is the client's."
-    return (f"For the {check['requests']} requests whose server timed them itself, the server's decode time "
-            f"is within {check['decode_vs_span_pct']:.2f}% of the client's first-to-last-token span (median), "
-            f"and the part neither side explains (after the last token, plus any disagreement) is "
-            f"{check['tail_pct']:.2f}% of the latency; prompt processing is {check['prompt_in_ttft_pct']:.0f}% "
-            f"of their time to first token.")
-
-
-def waterfall_story(frame: pl.DataFrame) -> str:
-    """Which parts carry the difference between two configurations (decompose.waterfall)."""
-    if frame.is_empty():
-        return ""
-    a, b, total = plain(frame["step"][0]), plain(frame["step"][-1]), frame.row(-1, named=True)
-    metric, pair = plain(frame["metric"][0]), plain(frame["pair"][0])
-    ms = lambda x: f"{abs(x):,.0f} ms" if abs(x) >= 10 else f"{abs(x):.1f} ms"  # noqa: E731
-    def iv(r: dict) -> str:
-        if r["lo"] is None:
-            return "(no interval)"
-        digits = 0 if max(abs(r["lo"]), abs(r["hi"])) >= 10 else 1
-        return f"[{r['lo']:+,.{digits}f} to {r['hi']:+,.{digits}f} ms]"
-
-    if total["lo"] is not None and total["lo"] <= 0 <= total["hi"]:
-        text = (f"**{pair}**: the means of {metric} do not separate {b} from {a} "
-                f"{iv(total)} (the claims table compares medians, with the spread pooled over each runtime's "
-                f"cells). ")
-    else:
-        text = (f"**{pair}**: {b}'s mean {metric} is {ms(total['delta'])} "
-                f"{'lower' if total['delta'] < 0 else 'higher'} than {a}'s {iv(total)}. ")
-    parts = frame.filter((pl.col("kind") == "part") & ((pl.col("lo") > 0) | (pl.col("hi") < 0)))
-    parts = parts.sort(pl.col("delta").abs(), descending=True)
-    if parts.is_empty():
-        return text + "No single part differs beyond its interval."
-    items = [f"{plain(r['step'])} {'+' if r['delta'] > 0 else '−'}{ms(r['delta'])} {iv(r)}"
-             for r in parts.iter_rows(named=True)]
-    return text + "Parts that differ beyond their intervals, largest first: " + "; ".join(items) + "."
-
-
-def roofline_story(frame: pl.DataFrame, bandwidth: pl.DataFrame) -> str:
-    """The bandwidth the bound uses, and how far from it each configuration's decode stays."""
-    if bandwidth.is_empty():
-        return ("No memory bandwidth is stored for this machine yet: `gaplab sweep` measures it before its "
-                "first trial.")
-    cpu = bandwidth.filter(pl.col("device") == "cpu")  # roofline.bandwidth names the device of older rows
-    by = cpu.group_by("threads_used").agg(pl.col("gb_s")).sort("threads_used")
-    bw = "; ".join(f"{r['threads_used']} thread{'s' if r['threads_used'] > 1 else ''}: "
-                   + " and ".join(f"{v:.1f}" for v in r["gb_s"]) + " GB/s" for r in by.iter_rows(named=True))
-    text = (f"Memory bandwidth measured here ({plain(cpu['method'][0])}), one figure per repeat: {bw}."
-            if not cpu.is_empty() else "")
-    text += "".join(f" {plain(r['device'])}: {r['gb_s']:.0f} GB/s, its peak ({plain(r['method'])})."
-                    for r in bandwidth.filter(pl.col("device") != "cpu").iter_rows(named=True))
-    if frame.is_empty():
-        return text + " No cell of this machine stored the bytes its model reads per step (runs before schema 5)."
-    parts = []
-    for key, g in frame.group_by("runtime", "quant", "model", maintain_order=True):
-        one, most = g.row(0, named=True), g.row(-1, named=True)
-        iv = f"[{one['pct_lo']:.0f}–{one['pct_hi']:.0f}]" if one["pct_lo"] is not None else "(one trial)"
-        parts.append(f"{plain(key[0])} {plain(key[1])} ({plain(key[2])}) {one['pct']:.0f}% {iv} "
-                     f"at {cl.users_text(one['concurrency'])}, {most['pct']:.0f}% at {cl.users_text(most['concurrency'])}")
-    return (text + " Share of the bandwidth-bound decode speed reached: " + "; ".join(parts) + ". "
-            "A file that reads fewer bytes per step raises the bound; only kernels that keep up with "
-            "memory turn that into speed.")
-
-
-# ---------------------------------------------------------------- published claims (checker.py)
-
-
-def published_story(result: pl.DataFrame) -> str:
-    """How many published claims hold here, from how many articles."""
-    if result.is_empty():
-        return "The claims file holds no claims."
-    counts = result.group_by("verdict").len()
-    n = dict(zip(counts["verdict"], counts["len"]))
-    words = {"holds here": "hold", "does not hold here": "do not hold", "mixed here": "mixed",
-             "undecided here": "undecided", "not testable here": "not testable here"}
-    parts = [f"{n[v]} {w}" for v, w in words.items() if v in n]
-    seeds = result["seed_file"].n_unique()
-    tested = result.filter(pl.col("verdict") != "not testable here")
-    return (f"{result.height} claims from {seeds} articles, each tested on this machine's rows: "
-            + ", ".join(parts) + f". The {tested.height} tested claims are decided by intervals, not by the "
-            "estimates alone: a claim holds only where every comparison it covers excludes the opposite. "
-            "Articles that contradict each other (which runtime is faster for one user, which reaches the "
-            "first token sooner) are both listed, and at most one of each pair can hold on one machine.")
-
-
 def cost_story(table: pl.DataFrame, slo_ttft_p99_ms: float) -> str:
     """The cheapest configuration per model, at its best load within the target when one is given."""
     if table.is_empty():
@@ -339,20 +246,3 @@ def cost_story(table: pl.DataFrame, slo_ttft_p99_ms: float) -> str:
     within = f" among loads whose TTFT p99 stays under {slo_ttft_p99_ms:g} ms" if slo_ttft_p99_ms > 0 else ""
     return "Cheapest" + within + ": " + "; ".join(out) + "."
 
-
-def definitions_story(shifts: pl.DataFrame) -> str:
-    """How far each other convention moves a figure from this report's, at the extremes over cells."""
-    if shifts.is_empty():
-        return ""
-    others = shifts.filter(pl.col("ratio") != 1.0)
-    parts = []
-    for (metric, conv), g in others.group_by("metric", "convention", maintain_order=True):
-        lo, hi = g.sort("lo").row(0, named=True), g.sort("hi").row(-1, named=True)
-        if hi["hi"] < 1.01 and lo["lo"] > 0.99:
-            parts.append(f"{plain(metric)} as {plain(conv.replace('_', ' '))}: within 1% of ours in every cell")
-        else:
-            parts.append(f"{plain(metric)} as {plain(conv.replace('_', ' '))}: ×{lo['lo']:.2f} ({plain(lo['runtime'])}) "
-                         f"to ×{hi['hi']:.2f} ({plain(hi['runtime'])}) of ours")
-    return ("By definition alone, from the same rows (each cell's median under a convention over its median "
-            "under this report's): " + "; ".join(parts) + ". A published figure that used another convention "
-            "can be read against this report's only after that factor.")
