@@ -142,11 +142,11 @@ def _where(root) -> str:
 def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --list); default: the first"),
         data_dir: str = typer.Option("", help=DATA_DIR_HELP)):
     """Measure one trial of one cell in this process (no papermill), starting its server."""
-    from gaplab.measure.trial import run_trial
+    from gaplab.measure.trial import TrialPlan, run_trial
 
     data_dir = _store(data_dir)
     try:
-        typer.echo(json.dumps(_guard(run_trial, scenario, cell, raw_dir=data_dir)))
+        typer.echo(json.dumps(_guard(run_trial, TrialPlan(scenario=scenario, cell_id=cell, data_dir=str(data_dir)))))
     except KeyboardInterrupt:
         typer.echo("gaplab: interrupted: the requests that finished are stored, marked interrupted", err=True)
         raise typer.Exit(130)

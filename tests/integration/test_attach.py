@@ -23,7 +23,7 @@ from conftest import SMOLLM2, write_scenario
 from gaplab.analysis import metrics
 from gaplab.machine.hardware import machine_id
 from gaplab.machine.modelfile import gguf_traffic, hf_traffic
-from gaplab.measure.trial import run_trial
+from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.provision import llama_build, vllm_env
 from gaplab.provision import ollama as install
 from gaplab.provision.models import model_path
@@ -202,7 +202,7 @@ def test_a_vllm_attached_as_openai_is_named_and_timed_by_its_histograms(vllm_url
     runtime = {"name": "vllm-url", "kind": "openai", "base_url": vllm_url + "/v1", "extra_body": {"ignore_eos": True}}
     path = write_scenario(tmp_path, runtime, (16, 16), {**LOAD, "concurrency": [2], "requests": 4, "min_seconds": 2})
     raw = tmp_path / "raw"
-    run_trial(path, raw_dir=raw, progress=False)  # one trial: a one-cell sweep has no comparison to stop on
+    run_trial(TrialPlan(scenario=path, data_dir=str(raw)), progress=False)  # one trial: a one-cell sweep has no comparison to stop on
     run = store.read_table(raw, "run").row(0, named=True)
     assert run["status"] == "complete", run["error"]
     version = _get(vllm_url + "/version")["version"]

@@ -18,7 +18,7 @@ import yaml
 
 from gaplab.measure.client_processes import ClientProcessError, Job, drive_processes
 from gaplab.measure.loadgen import arrival_offsets, run_sync
-from gaplab.measure.trial import run_trial
+from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.storage import store
 
 # Each response takes 0.05 + 0.02 x 9 = 0.23 s.
@@ -175,7 +175,7 @@ def test_run_cell_with_processes_stores_one_run(server, tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(scenario))
     attach = {"base_url": server, "served_model": "fake", "runtime_version": "test"}
-    summary = run_trial(path, server=attach, raw_dir=tmp_path / "raw", progress=False)
+    summary = run_trial(TrialPlan(scenario=path, server=attach, data_dir=str(tmp_path / "raw")), progress=False)
     assert summary["status"] == "complete" and summary["requests"] == 9 and summary["errors"] == 0, summary
     rows = store.read_table(tmp_path / "raw", "requests")
     assert rows["run_id"].n_unique() == 1

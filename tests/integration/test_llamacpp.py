@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 from conftest import write_scenario
 
-from gaplab.measure.trial import run_trial
+from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.provision import llama_build
 from gaplab.report import speed
 from gaplab.runtimes.llamacpp import llama_server
@@ -23,7 +23,7 @@ def two_levels(llama_ready, tmp_path_factory):
     path = write_scenario(tmp, {"name": "batch4", "kind": "llamacpp", "parallel": 4, "threads": 1}, (16, OUTPUT_TOKENS),
                           {"concurrency": [1, 2], "requests": 6, "min_seconds": 0, "warmup": 1, "max_seconds": 60})
     for cell in load_scenario(path).cells():
-        assert run_trial(path, cell.cell_id, raw_dir=tmp / "raw", progress=False)["errors"] == 0
+        assert run_trial(TrialPlan(scenario=path, cell_id=cell.cell_id, data_dir=str(tmp / "raw")), progress=False)["errors"] == 0
     return tmp / "raw"
 
 
@@ -87,7 +87,7 @@ def test_the_runner_matching_build_serves_and_names_its_engine(llama_ready, tmp_
         pytest.skip("the b10488-avx2 build is not built: run '.venv/bin/gaplab local setup --build b10488-avx2'")
     path = write_scenario(tmp_path, {"name": "runner", "kind": "llamacpp", "threads": 1, "build": "b10488-avx2"},
                           (16, 8), {"concurrency": [1], "requests": 2, "min_seconds": 0, "warmup": 1})
-    assert run_trial(path, raw_dir=tmp_path / "raw", progress=False)["errors"] == 0
+    assert run_trial(TrialPlan(scenario=path, data_dir=str(tmp_path / "raw")), progress=False)["errors"] == 0
     run = store.read_table(tmp_path / "raw", "run")
     assert run["engine_version"][0] == llama_build.BUILDS["b10488-avx2"].engine
     assert run["launch_command"][0].startswith(str(llama_build.tool_path("llama-server", "b10488-avx2")))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ollama_replay import OllamaReplay
 
-from gaplab.measure.trial import run_trial
+from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.report import speed, speed_prose
 from gaplab.runtimes import ollama
 from gaplab.storage import store
@@ -36,7 +36,7 @@ def scenario(tmp_path, url, served="qwen3:8b"):
 
 
 def test_partial_offload_is_detected_and_said_in_plain_words(tmp_path, replay):
-    run_trial(scenario(tmp_path, replay.url), raw_dir=tmp_path / "raw", progress=False)
+    run_trial(TrialPlan(scenario=scenario(tmp_path, replay.url), data_dir=str(tmp_path / "raw")), progress=False)
     meta = json.loads(store.read_table(tmp_path / "raw", "run")["meta_json"][0])
     assert meta["ollama_placement"]["before"] is None  # loaded by the first request
     after = meta["ollama_placement"]["after"]

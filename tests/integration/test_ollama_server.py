@@ -18,7 +18,7 @@ from conftest import SMOLLM2, write_scenario
 from gaplab.measure.client import StreamClient
 from gaplab.measure.loadgen import run_sync
 from gaplab.measure.records import RequestRecord
-from gaplab.measure.trial import run_trial
+from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.provision import ollama as install
 from gaplab.provision.models import model_info, model_path
 from gaplab.report import speed, speed_prose
@@ -68,7 +68,7 @@ def two_sweeps(binary, own_store, tmp_path_factory):
     path = write_scenario(tmp, RUNTIME, (16, OUTPUT_TOKENS), LOAD)
     results, files = [], []
     for _ in range(2):
-        results.append(run_trial(path, raw_dir=tmp / "raw", progress=False))
+        results.append(run_trial(TrialPlan(scenario=path, data_dir=str(tmp / "raw")), progress=False))
         files.append(_files(own_store / "models"))
     return tmp / "raw", results, files
 
@@ -206,7 +206,7 @@ def test_a_model_the_attached_server_lacks_is_one_line(binary, own_store, tmp_pa
                                              "served_names": {"smollm2-135m": "llama3:70b"}}, (16, 4), LOAD)
         with pytest.raises(RuntimeError, match=r"models.smollm2-135m: Ollama at .* has \[.*'smollm2-135m:q4_1'.*\], "
                                                r"not 'llama3:70b'"):
-            run_trial(attached, raw_dir=tmp_path / "raw", progress=False)
+            run_trial(TrialPlan(scenario=attached, data_dir=str(tmp_path / "raw")), progress=False)
 
 
 def test_extra_body_options_keep_the_forced_length_on_an_attached_server(binary, own_store, tmp_path, gaplab_cli):
@@ -221,7 +221,7 @@ def test_extra_body_options_keep_the_forced_length_on_an_attached_server(binary,
                    "extra_body": {"options": {"num_thread": 1, "num_ctx": 2048}}}
         attached = write_scenario(tmp_path, runtime, (16, 48), {**LOAD, "requests": 4, "max_seconds": 30})
         t0 = time.monotonic()
-        result = run_trial(attached, raw_dir=tmp_path / "raw", progress=False)
+        result = run_trial(TrialPlan(scenario=attached, data_dir=str(tmp_path / "raw")), progress=False)
         assert time.monotonic() - t0 < 30 + 10
         refused = write_scenario(tmp_path, {**runtime, "extra_body": {"options": {"num_thread": 1, "num_predict": -1}}},
                                  (16, 48), LOAD)

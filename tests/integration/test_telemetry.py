@@ -12,7 +12,7 @@ import pytest
 from conftest import write_scenario
 
 from gaplab.measure.telemetry import Rapl, Sampler, background, prometheus_rows
-from gaplab.measure.trial import run_trial
+from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.report import batch, over_time
 from gaplab.storage import store
 
@@ -29,7 +29,7 @@ def run(llama_ready, tmp_path_factory):
     path = write_scenario(tmp, {"name": "batch2", "kind": "llamacpp", "parallel": 2, "threads": 1}, (16, 32),
                           {"concurrency": [4], "requests": 8, "min_seconds": 0, "warmup": 0, "max_seconds": 60,
                            "telemetry_interval": INTERVAL})
-    res = run_trial(path, raw_dir=tmp / "raw", progress=False)
+    res = run_trial(TrialPlan(scenario=path, data_dir=str(tmp / "raw")), progress=False)
     return tmp / "raw", res["run_id"]
 
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from conftest import write_scenario
 
-from gaplab.measure.trial import run_trial
+from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.provision import vllm_env
 from gaplab.report import cold_start
 from gaplab.storage import store
@@ -23,7 +23,7 @@ def run(llama_ready, tmp_path_factory):
     path = write_scenario(tmp, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1, "enforce_eager": True,
                                 "quants": ["BF16"]}, (16, 16),
                           {"concurrency": [2], "requests": 4, "min_seconds": 0, "warmup": 1, "max_seconds": 120})
-    res = run_trial(path, raw_dir=tmp / "raw", progress=False)
+    res = run_trial(TrialPlan(scenario=path, data_dir=str(tmp / "raw")), progress=False)
     assert res["status"] == "complete", res
     return tmp / "raw", res["run_id"]
 

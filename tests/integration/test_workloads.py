@@ -14,7 +14,7 @@ import yaml
 from browser import draw, serve
 
 from gaplab.measure.loadgen import arrival_offsets, open_loop_count
-from gaplab.measure.trial import run_trial
+from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.report import speed, workloads
 from gaplab.spec.scenario import load_scenario
 from gaplab.storage import store
@@ -68,7 +68,7 @@ def measured(llama_ready, gaplab_cli, tmp_path_factory):
             assert res.returncode == 0, res.stderr[-2000:]
             summary = json.loads(res.stdout.strip().splitlines()[-1])
         else:
-            summary = run_trial(path, cell_id, raw_dir=raw, progress=False)
+            summary = run_trial(TrialPlan(scenario=path, cell_id=cell_id, data_dir=str(raw)), progress=False)
         assert summary["status"] == "complete" and summary["errors"] == 0, summary
     return raw, {c.workload.name + ("-nocache" if not c.runtime.prefix_cache else ""): c for c in cells.values()}
 

@@ -9,12 +9,12 @@ The run is written while it is measured: finished requests go to part files ever
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 import gaplab
@@ -31,6 +31,29 @@ from gaplab.storage import backend, partfiles, store
 from gaplab.sweep.servers import run_identity
 
 PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
+
+
+class TrialPlan(BaseModel):
+    """One trial to measure: what the sweep hands the measure notebook as its papermill parameters,
+    checked once, where the notebook builds it; and what `gaplab run` measures in its own process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scenario: Path  # the matrix file
+    cell_id: str = ""  # which cell; empty: the first one
+    server: Server | None = None  # a server already running (the sweep's); None: start the cell's own
+    data_dir: str = ""  # a folder or a URL (s3://...); empty: $GAPLAB_DATA_DIR/raw, else this clone's data/raw
+    trial: int = Field(1, ge=1)  # which trial of the cell this is
+    series_id: str = ""  # the series its trials belong to; empty: a series of its own
+    run_id: str = ""  # the run's id (a sweep on Ray names it ahead); empty: a new one
+    summary_path: Path | None = None  # where the notebook writes the trial's summary as JSON (the sweep reads it)
+
+    def parameters(self) -> dict:
+        """The measure notebook's papermill parameters for this plan: plain values papermill can write."""
+        return {"scenario": str(self.scenario), "cell_id": self.cell_id,
+                "server": self.server.to_dict() if self.server else {}, "data_dir": self.data_dir,
+                "trial": self.trial, "series_id": self.series_id, "run_id": self.run_id,
+                "summary_path": str(self.summary_path or "")}
 
 
 def find_cell(cells: list[Cell], cell_id: str) -> Cell:
@@ -117,19 +140,14 @@ async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records:
                                    guard=guard)
 
 
-def run_trial(scenario: str | Path, cell_id: str = "", server: str | dict | None = None,
-             raw_dir: Path = RAW_DIR, progress: bool = True, trial: int = 1, series_id: str = "",
-             run_id: str = "") -> dict:
-    """Measure one trial of one cell and store it as a run; returns a short summary (with the
-    run's folder, so its tables are read back without listing the store).
-
-    server: a running server (JSON or dict, as `sweep` passes it); None starts one.
-    Interrupted or failed runs are stored too, with their status.
-    """
-    cell = find_cell(load_scenario(scenario).cells(), cell_id)
-    attach = json.loads(server) if isinstance(server, str) and server else server or None
+def run_trial(plan: TrialPlan, progress: bool = True) -> dict:
+    """Measure the plan's trial and store it as a run; returns a short summary (with the run's
+    folder, so its tables are read back without listing the store). Interrupted or failed runs
+    are stored too, with their status."""
+    cell = find_cell(load_scenario(plan.scenario).cells(), plan.cell_id)
+    raw_dir, trial, series_id = backend.location(plan.data_dir or None, RAW_DIR), plan.trial, plan.series_id
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    run_id = run_id or store.new_run_id()
+    run_id = plan.run_id or store.new_run_id()
     records: list = []
     srv: Server | None = None
     sampler: Sampler | None = None
@@ -138,7 +156,7 @@ def run_trial(scenario: str | Path, cell_id: str = "", server: str | dict | None
     status, error = "complete", None
     guard: TrialGuard | None = None
     try:
-        with open_server(cell, attach=attach) as srv:
+        with open_server(cell, attach=plan.server) as srv:
             writer = partfiles.RunWriter(raw_dir, run_identity(cell, srv, run_id, trial, series_id),
                                      run_meta(cell, srv, started, "interrupted", "the process was killed"))
             if kind.trial_facts:

@@ -17,7 +17,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from importlib.metadata import entry_points
 
@@ -139,10 +139,11 @@ class Server:
 
 
 @contextmanager
-def open_server(cell, attach: dict | None = None) -> Iterator[Server]:
-    """Start the cell's server, or wrap one already running (attach: a Server as a dict)."""
+def open_server(cell, attach: Server | None = None) -> Iterator[Server]:
+    """Start the cell's server, or use one already running (attach: with no API key, which never
+    leaves this process's environment)."""
     if attach:
-        yield Server(**attach, api_key=_api_key(cell.runtime))
+        yield replace(attach, api_key=_api_key(cell.runtime))
         return
     kind = kinds()[cell.runtime.kind]
     with kind.open(cell, _api_key(cell.runtime)) as server:

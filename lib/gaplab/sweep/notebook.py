@@ -6,7 +6,6 @@ in its own process, so a trial is measured by the same code either way.
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import psutil
 
+from gaplab.measure.trial import TrialPlan
 from gaplab.runtimes import Server
 from gaplab.spec.config import BUILD_DIR, NOTEBOOKS_DIR, ROOT
 from gaplab.spec.scenario import Cell
@@ -88,14 +88,12 @@ class MeasureNotebook:
         import papermill as pm
 
         run_id = run_id or store.new_run_id()
-        params = {"scenario": str(scenario), "cell_id": cell.cell_id,
-                  "server": json.dumps(server.to_dict()) if server else "",
-                  "data_dir": str(raw_dir), "trial": trial, "series_id": series_id, "run_id": run_id,
-                  "summary_path": str(summary_path(out_dir, run_id))}
+        plan = TrialPlan(scenario=scenario, cell_id=cell.cell_id, server=server, data_dir=str(raw_dir), trial=trial,
+                         series_id=series_id, run_id=run_id, summary_path=summary_path(out_dir, run_id))
         out_dir.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb"
         try:
-            self.execute(MEASURE, out_dir / name, params)
+            self.execute(MEASURE, out_dir / name, plan.parameters())
         except pm.PapermillExecutionError as exc:
             return f"{exc.ename}: {exc.evalue}"
         except Exception as exc:  # the kernel itself died: a new one for the next trial
