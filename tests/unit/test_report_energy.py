@@ -63,7 +63,7 @@ def test_joules_per_token_per_cell_with_its_interval(tmp_path):
     assert got.height == 1
     row = got.row(0, named=True)
     per_token = [w * 4 / 40 for w in (10.0, 12.0, 11.0)]  # 4 s from first send to last end, 40 tokens
-    assert row["trials"] == 3 and row["package_w"] == pytest.approx(11.0)
+    assert row["trials"] == 3 and row["watts"] == pytest.approx(11.0)
     expected = stats.mean_interval(per_token, stats.pool([per_token]))
     assert row["joules_per_token"] == pytest.approx(1.1)
     assert (row["joules_per_token_lo"], row["joules_per_token_hi"]) == pytest.approx((expected.lo, expected.hi))
@@ -104,3 +104,27 @@ def test_runs_from_before_energy_was_read_say_so_beside_measured_ones(tmp_path):
     story = energy.energy_story(tmp_path, "m-1", got)
     assert "Not measured for the other runs: no RAPL samples were stored" in story and "(1 run)" in story
     assert got["joules_per_token"].item() == pytest.approx(10.0 * 4 / 40)
+
+
+def gpu_rows(watts: float, start_s=0.25, end_s=20.25, step_s=0.5):
+    """One card's energy since sampling began (NVML's total energy counter, as telemetry stores it)."""
+    n = int((end_s - start_s) / step_s) + 1
+    return [{"t_ns": int((start_s + k * step_s) * S), "source": "gpu", "metric": "energy_j",
+             "labels": json.dumps({"gpu": "0"}), "value": watts * k * step_s} for k in range(n)]
+
+
+def test_gpu_energy_per_token_beside_the_packages_and_not_measured_without_it(tmp_path):
+    for trial, (cpu_w, gpu_w) in enumerate(((10.0, 300.0), (12.0, 320.0), (11.0, 310.0)), start=1):
+        store.write_run(tmp_path, ident(f"2026010{trial}T000000Z-aaaaaa", trial), {"status": "complete"},
+                        requests(), telemetry=rapl_rows([cpu_w]) + gpu_rows(gpu_w))
+    scan = speed.scan_requests(tmp_path, "m-1")
+    trials = metrics.trial_summary(scan)
+    cpu, gpu = energy.cell_energy(tmp_path, trials, scan), energy.cell_energy(tmp_path, trials, scan, source="gpu")
+    assert gpu["joules_per_token"].item() == pytest.approx(310.0 * 4 / 40) and gpu["watts"].item() == pytest.approx(310.0)
+    assert cpu["joules_per_token"].item() == pytest.approx(11.0 * 4 / 40)  # the GPU's rows are not the packages'
+    assert gpu["joules_per_token_lo"].item() < 31.0 < gpu["joules_per_token_hi"].item()
+    assert "GPU energy per output token" in energy.energy_story(tmp_path, "m-1", cpu, gpu)
+    table = energy.energy_table(cpu, gpu).data
+    assert "| GPUs |" in table and "| CPU packages |" in table
+    empty = energy.cell_energy(tmp_path, trials.clear(), scan, source="gpu")
+    assert "**GPU energy: not measured**" in energy.energy_story(tmp_path, "m-1", cpu, empty)

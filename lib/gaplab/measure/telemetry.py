@@ -8,7 +8,8 @@ Every `interval` seconds a background thread records, as long-format rows
 - the server process's CPU (% of one core) and resident memory, with its children (psutil);
 - the whole machine's busy and stolen cores and the client process's CPU, so `background`
   can tell how much other work ran beside the trial;
-- GPU utilization and memory through NVML, when a GPU and pynvml are there;
+- per GPU through NVML, when a GPU and pynvml are there: utilization, memory used, power, SM and
+  memory clocks, and its energy since the sampler started (the driver's total energy counter);
 - the CPU packages' energy through RAPL (Linux powercap), where its counters can be read.
 Nothing fails when a source is missing: it simply has no rows (and for energy, a reason).
 """
@@ -47,7 +48,8 @@ def prometheus_rows(text: str) -> list[tuple[str, str, float]]:
 
 
 class _Nvml:
-    """GPU figures through NVML, or nothing."""
+    """GPU figures through NVML, or nothing. A figure a GPU does not report (NVML's Not Supported:
+    older cards have no energy counter, some no power reading) has no rows; the others stay."""
 
     def __init__(self) -> None:
         self.handles = []
@@ -59,15 +61,30 @@ class _Nvml:
             self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
         except Exception:  # no pynvml, no driver, no GPU: no GPU rows
             self.handles = []
+        # each GPU's energy counter (mJ since the driver loaded) when sampling starts
+        self._energy0 = [self._read(self.nv.nvmlDeviceGetTotalEnergyConsumption, h) for h in self.handles]
+
+    def _read(self, call, *args):
+        try:
+            return call(*args)
+        except Exception:  # pynvml.NVMLError (Not Supported, GPU lost): this figure is not read
+            return None
 
     def rows(self) -> list[tuple[str, str, float]]:
-        out = []
+        nv, out = getattr(self, "nv", None), []
         for i, h in enumerate(self.handles):
-            util = self.nv.nvmlDeviceGetUtilizationRates(h)
-            mem = self.nv.nvmlDeviceGetMemoryInfo(h)
             label = json.dumps({"gpu": str(i)})
-            out += [("gpu_util_pct", label, float(util.gpu)), ("gpu_mem_used_bytes", label, float(mem.used)),
-                    ("gpu_mem_total_bytes", label, float(mem.total))]
+            util = self._read(nv.nvmlDeviceGetUtilizationRates, h)
+            mem = self._read(nv.nvmlDeviceGetMemoryInfo, h)
+            power_mw = self._read(nv.nvmlDeviceGetPowerUsage, h)
+            energy_mj = self._read(nv.nvmlDeviceGetTotalEnergyConsumption, h) if self._energy0[i] is not None else None
+            found = {"gpu_util_pct": util.gpu if util else None,
+                     "gpu_mem_used_bytes": mem.used if mem else None, "gpu_mem_total_bytes": mem.total if mem else None,
+                     "gpu_power_w": power_mw / 1e3 if power_mw is not None else None,
+                     "gpu_sm_clock_mhz": self._read(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM),
+                     "gpu_mem_clock_mhz": self._read(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM),
+                     "energy_j": (energy_mj - self._energy0[i]) / 1e3 if energy_mj is not None else None}
+            out += [(metric, label, float(value)) for metric, value in found.items() if value is not None]
         return out
 
 

@@ -13,7 +13,7 @@ SERIES = {
     "llamacpp:requests_processing": "running (server)", "vllm:num_requests_running": "running (server)",
     "llamacpp:requests_deferred": "waiting (server)", "vllm:num_requests_waiting": "waiting (server)",
     "vllm:kv_cache_usage_perc": "KV cache used (%)", "vllm:gpu_cache_usage_perc": "KV cache used (%)",
-    "cpu_pct": "server CPU (% of one core)", "gpu_util_pct": "GPU utilization (%)",
+    "cpu_pct": "server CPU (% of one core)", "gpu_util_pct": "GPU utilization (%)", "gpu_power_w": "GPU power (W)",
 }
 
 
