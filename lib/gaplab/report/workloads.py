@@ -38,7 +38,7 @@ SLO_COLUMN = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2e": "e2e_ms"}
 PERCENTILE_COLUMNS = [f"{m}_p{p}_ms" for m in SLO_METRICS for p in SLO_PERCENTILES]
 METRICS = (["aggregate_tok_s", "offered_rps", "achieved_rps", "keep_up", "goodput_rps", "goodput_tok_s",
             "lag_p99_ms", "short_ttft_p50_ms", "short_ttft_p99_ms", "short_gap_p99_ms", "long_ttft_p50_ms",
-            "prompt_seen", "prompt_computed"] + PERCENTILE_COLUMNS)
+            "prompt_seen", "prompt_computed", "prefix_hit_pct"] + PERCENTILE_COLUMNS)
 HIGHER_IS_BETTER = {"aggregate_tok_s": True, "goodput_rps": True, "goodput_tok_s": True,
                     **{m: False for m in METRICS if m.endswith("_ms")}}
 UNITS = {"ttft_p50_ms": "median TTFT", "ttft_p90_ms": "p90 TTFT", "aggregate_tok_s": "output tok/s (all users)",
@@ -114,6 +114,30 @@ def trials(requests: pl.DataFrame, settings: pl.DataFrame) -> pl.DataFrame:
         lag_p99_ms=pl.col("queue_p99_ms"),
     )
     return out.with_columns(lagged=pl.col("lag_p99_ms") > pl.col("max_lag_ms"))
+
+
+def with_prefix_hits(raw_dir: Path, trial_rows: pl.DataFrame) -> pl.DataFrame:
+    """trial_rows with prefix_hit_pct: the share of prompt tokens the server's prefix cache served in
+    the trial, by the server's own account: its counters where it keeps them (vLLM's, SGLang's:
+    decompose.SERVER_METRICS), else its per-request counts of the prompt tokens it computed against
+    those it saw (llama.cpp's prompt_n, Ollama's prompt_eval_count: prompt_computed). Null where the
+    server says neither."""
+    from gaplab.report import decompose
+
+    if trial_rows.is_empty():
+        return trial_rows
+    engines = decompose.engines(raw_dir, trial_rows["run_id"].to_list())
+    counted = [pl.DataFrame(schema={"run_id": pl.String, "counted_pct": pl.Float64})]
+    for (engine,), g in engines.group_by("engine"):
+        if engine in decompose.SERVER_METRICS:
+            means = decompose.server_means(raw_dir, g["run_id"].to_list(), engine)
+            if "srv_prefix_hit_pct" in means.columns:
+                # no queries counted (the cache off): no share, rather than 0/0
+                counted.append(means.select("run_id", counted_pct=pl.col("srv_prefix_hit_pct").cast(pl.Float64)
+                                            .fill_nan(None)))
+    return (trial_rows.join(pl.concat(counted), on="run_id", how="left")
+            .with_columns(prefix_hit_pct=pl.coalesce("counted_pct", (1 - pl.col("prompt_computed")) * 100))
+            .drop("counted_pct"))
 
 
 def estimates(trial_rows: pl.DataFrame) -> pl.DataFrame:

@@ -77,12 +77,22 @@ def switch_story(claim_rows: pl.DataFrame, est: pl.DataFrame, kind: str) -> str:
     return claims_mod.render(rows, "switch")
 
 
+def prefix_hits(est: pl.DataFrame) -> pl.DataFrame:
+    """The shared-prefix cells: the share of prompt tokens each server's cache served, by its own
+    count (workloads.with_prefix_hits), beside the median TTFT the client measured."""
+    if est.is_empty() or "prefix_hit_pct" not in est.columns:
+        return pl.DataFrame()
+    cells = est.filter(pl.col("workload_kind") == "shared-prefix")
+    return charts.with_intervals(cells, ["prefix_hit_pct", "ttft_p50_ms"], digits=1).select(
+        "runtime", "workload", "concurrency", "trials", "prefix_hit_pct", "ttft_p50_ms").sort("workload", "runtime")
+
+
 def token_check(est: pl.DataFrame) -> pl.DataFrame:
     """Per cell: the prompt tokens the server counted over those gaplab aimed for, and the share
     of them it computed (llama.cpp's prompt_n; the rest came from its cache)."""
     if est.is_empty():
         return pl.DataFrame()
-    cols = [m for m in ("prompt_seen", "prompt_computed") if m in est.columns]
+    cols = [m for m in ("prompt_seen", "prompt_computed", "prefix_hit_pct") if m in est.columns]
     return charts.with_intervals(est, cols, digits=2).select(
         "runtime", "workload", pl.coalesce(pl.col("rate").cast(pl.String) + " req/s",
                                            pl.col("concurrency").cast(pl.String) + " users").alias("load"),
