@@ -21,13 +21,14 @@ import yaml
 from conftest import SMOLLM2, write_scenario
 
 from gaplab.analysis import metrics
+from gaplab.capability import judges, probes
 from gaplab.machine.hardware import machine_id
 from gaplab.machine.modelfile import gguf_traffic, hf_traffic
 from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.provision import llama_build, vllm_env
 from gaplab.provision import ollama as install
 from gaplab.provision.models import model_path
-from gaplab.report import decompose, roofline, speed
+from gaplab.report import capability, claims, decompose, roofline, speed
 from gaplab.runtimes import vllm
 from gaplab.spec.scenario import RuntimeSpec
 from gaplab.storage import store
@@ -36,8 +37,8 @@ from gaplab.sweep.rounds import sweep
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m"
-LOAD = {"concurrency": [1], "requests": 3, "min_seconds": 0, "warmup": 1, "max_seconds": 60, "trials": 1,
-        "max_trials": 1}
+LOAD = {"concurrency": [1], "requests": 3, "min_seconds": 0, "warmup": 1, "max_seconds": 60, "trials": 2,
+        "max_trials": 2}  # two trials: the claims between the attached servers get intervals
 
 
 def _port() -> int:
@@ -139,7 +140,7 @@ def swept(llama_url, ollama_url, tmp_path_factory):
 def test_runs_name_the_engine_and_version_each_server_reports(swept, llama_url, ollama_url):
     raw = swept
     runs = store.read_table(raw, "run").sort("runtime")
-    assert runs["status"].to_list() == ["complete"] * 3, runs.select("runtime", "error").to_dicts()
+    assert runs["status"].to_list() == ["complete"] * 6, runs.select("runtime", "error").to_dicts()
     by = {r["runtime"]: r for r in runs.iter_rows(named=True)}
     build = _get(llama_url + "/props")["build_info"]
     version = _get(ollama_url + "/api/version")["version"]
@@ -179,6 +180,25 @@ def test_the_report_frames_hold_the_servers_own_parts_and_a_roofline(swept):
     assert sorted(roof["runtime"].to_list()) == ["llama-url", "ollama-native", "ollama-openai"]
     assert roof.filter(pl.col("weight_mb") > 0)["bound_tok_s"].min() > 0
     assert roof["pct"].is_finite().all()
+
+
+def test_the_capability_matrix_and_the_claims_cover_every_attached_server(swept):
+    raw = swept
+    names = ["llama-url", "ollama-native"]  # one per engine: the probes take a minute a server here
+    found, skipped = probes.measure(raw.parent / "scenario.yaml", raw, runtimes=names)
+    assert len(found) == 2 and skipped == 0
+    matrix = capability.measured(raw, machine_id())
+    assert sorted(matrix["runtime"].unique()) == names
+    assert matrix.group_by("runtime").len()["len"].to_list() == [len(judges.CAPABILITIES)] * 2  # every probe answered
+    assert not matrix["verdict"].is_in(list(judges.BROKEN)).any()
+    verdict = {(r["runtime"], r["capability"]): r["verdict"] for r in matrix.iter_rows(named=True)}
+    assert verdict[("llama-url", "streamed usage")] == verdict[("llama-url", "forced output length")] == judges.PASS
+    table = claims.claims_table(metrics.trial_summary(speed.measured_requests(raw)))
+    faster = table.filter(pl.col("kind") == "faster")
+    assert {frozenset((r["a"].split(" · ")[0], r["b"].split(" · ")[0])) for r in faster.iter_rows(named=True)} >= {
+        frozenset(p) for p in (("llama-url", "ollama-native"), ("ollama-native", "ollama-openai"))}
+    assert (faster["trials_a"] == 2).all() and faster["ratio_lo"].is_not_null().all()  # intervals, not one trial
+    assert faster["text"].str.len_chars().min() > 20
 
 
 @pytest.fixture(scope="module")
