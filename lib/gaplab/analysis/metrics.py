@@ -14,13 +14,15 @@ what it needs of a lazy frame.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import polars as pl
 
 NS_PER_MS = 1_000_000
 CELL = ["machine_id", "hardware_id", "runtime", "runtime_kind", "model", "quant", "workload", "concurrency",
         "rate", "threads", "parallel", "cell_key"]
 GROUP = CELL + ["series_id", "trial", "run_id"]
-Frame = pl.DataFrame | pl.LazyFrame
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)  # what a function takes, it returns: lazy stays lazy
 
 
 # The headline metrics: each cell gets the mean over its trials, a 95% interval and the sd.
