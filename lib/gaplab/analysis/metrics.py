@@ -31,6 +31,14 @@ HIGHER_IS_BETTER = {"aggregate_tok_s": True, "per_user_tok_s": True, "ttft_p50_m
                     "e2e_p50_ms": False, "itl_mean_ms": False}
 
 
+def number(value: object) -> float:
+    """A number polars computed (a Series' max, mean, ...), which it types as any Python value
+    since a column's type is known only when it runs; a null (empty column) or a non-number raises."""
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number from a numeric column, got {value!r}")
+    return value
+
+
 def with_run_keys(frame: Frame) -> Frame:
     """Rows of schema-1 files name no machine, series or trial: each was one trial, on a machine
     known only by its class."""
@@ -122,7 +130,7 @@ def error_kind(message: str) -> str:
     return "other"
 
 
-def trial_summary(requests: Frame) -> pl.DataFrame:
+def trial_summary(requests: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """One row per trial (run): throughput and latency of its measured requests. Requests that
     failed count in `errors` and in the span, never in the token or latency figures.
 

@@ -302,7 +302,7 @@ def sweep_panels(est: pl.DataFrame) -> pl.DataFrame:
     rates = est.filter(pl.col("rate").is_not_null()) if "rate" in est.columns else pl.DataFrame()
     rows = []
     for r in rates.iter_rows(named=True):
-        figures = [("keep-up (answers ÷ arrivals)", "keep_up", KEEP_UP, r["sustained"])]
+        figures: list[tuple[str, str, float | None, str | None]] = [("keep-up (answers ÷ arrivals)", "keep_up", KEEP_UP, r["sustained"])]
         for o in json.loads(r["slo"] or "[]"):
             figures.append((f"{o['metric'].upper()} p{o['percentile']:g} (ms)", f"{o['metric']}_p{o['percentile']:g}_ms",
                             o["max_ms"], _against(r.get(f"{o['metric']}_p{o['percentile']:g}_ms_lo"),
