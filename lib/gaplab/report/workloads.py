@@ -314,7 +314,7 @@ def sweep_panels(est: pl.DataFrame) -> pl.DataFrame:
             rows.append({"runtime": r["runtime"], "model": r["model"], "workload": r["workload"], "rate": r["rate"],
                          "panel": panel, "value": r[m], "lo": lo, "hi": hi, "bound": bound,
                          "interval": "1 trial, no interval" if lo is None else f"{lo:,.2f} – {hi:,.2f}",
-                         "verdict": {"above": "above the bound", "below": "within the bound"}.get(verdict, verdict),
+                         "verdict": {"above": "above the bound", "below": "within the bound"}.get(verdict or "", verdict),
                          "trials": r["trials"], "run_ids": r["run_ids"]})
     return pl.DataFrame(rows, schema={"runtime": pl.String, "model": pl.String, "workload": pl.String,
                                       "rate": pl.Float64, "panel": pl.String, "value": pl.Float64, "lo": pl.Float64,
