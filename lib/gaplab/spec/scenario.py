@@ -86,9 +86,11 @@ class RuntimeSpec(Strict):
     @classmethod
     def _own_fields(cls, data: object) -> object:
         """The kind's own fields, out of the mapping into `options`; another kind's field refused."""
-        kind = runtimes.kinds().get(data.get("kind")) if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return data  # not a mapping: the validation says so
+        kind = runtimes.kinds().get(data.get("kind", ""))
         if kind is None:
-            return data  # not a mapping, or an unknown kind: the field validators say which
+            return data  # an unknown kind: the field validators say which
         own = set(kind.fields.model_fields)
         common = {f.alias or name for name, f in cls.model_fields.items()}
         for key in data:
