@@ -57,9 +57,11 @@ test: setup toolchain browser lint
 test-fast: setup
 	$(BIN)/python -m pytest tests/unit -q
 
-# pyflakes, pycodestyle and import order (pyproject.toml's [tool.ruff]); make test runs it first.
+# pyflakes, pycodestyle and import order (pyproject.toml's [tool.ruff]), then mypy on lib/gaplab
+# ([tool.mypy]; its cache in .mypy_cache makes a rerun take seconds); make test runs it first.
 lint: setup
 	$(BIN)/ruff check lib tests bench
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/client_capacity.py

@@ -14,19 +14,29 @@ what it needs of a lazy frame.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import polars as pl
 
 NS_PER_MS = 1_000_000
 CELL = ["machine_id", "hardware_id", "runtime", "runtime_kind", "model", "quant", "workload", "concurrency",
         "rate", "threads", "parallel", "cell_key"]
 GROUP = CELL + ["series_id", "trial", "run_id"]
-Frame = pl.DataFrame | pl.LazyFrame
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)  # what a function takes, it returns: lazy stays lazy
 
 
 # The headline metrics: each cell gets the mean over its trials, a 95% interval and the sd.
 METRICS = ["aggregate_tok_s", "per_user_tok_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "itl_mean_ms"]
 HIGHER_IS_BETTER = {"aggregate_tok_s": True, "per_user_tok_s": True, "ttft_p50_ms": False, "ttft_p99_ms": False,
                     "e2e_p50_ms": False, "itl_mean_ms": False}
+
+
+def number(value: object) -> float:
+    """A number polars computed (a Series' max, mean, ...), which it types as any Python value
+    since a column's type is known only when it runs; a null (empty column) or a non-number raises."""
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number from a numeric column, got {value!r}")
+    return value
 
 
 def with_run_keys(frame: Frame) -> Frame:
@@ -120,7 +130,7 @@ def error_kind(message: str) -> str:
     return "other"
 
 
-def trial_summary(requests: Frame) -> pl.DataFrame:
+def trial_summary(requests: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """One row per trial (run): throughput and latency of its measured requests. Requests that
     failed count in `errors` and in the span, never in the token or latency figures.
 

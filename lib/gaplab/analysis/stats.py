@@ -57,7 +57,7 @@ class Interval:
     @property
     def halfwidth(self) -> float | None:
         """Half the interval's width as a fraction of the estimate."""
-        if self.lo is None or not self.estimate:
+        if self.lo is None or self.hi is None or not self.estimate:
             return None
         return (self.hi - self.lo) / 2 / abs(self.estimate)
 
@@ -121,6 +121,7 @@ def mean_interval(values, pooled: Pool | None = None, level: float = LEVEL) -> I
         return Interval(m, None, None, None, 1)
     sd = float(x.std(ddof=1))
     logs = _logs(x)
+    df: float  # spread's degrees of freedom are fractional (Welch)
     if pooled is None or logs.size < x.size:
         rel, df = sd / abs(m) if m else 0.0, x.size - 1
     else:
@@ -188,6 +189,7 @@ def paired_ratio_interval(a, b, pool_a: Pool | None = None, pool_b: Pool | None 
     m = float(d.mean())
     if d.size < 2:
         return Interval(math.exp(m), None, None, None, 1)
+    df: float  # fractional once the pools add theirs (Welch)
     sd, df = float(d.std(ddof=1)), d.size - 1
     if pool_a is not None and pool_b is not None:
         va, vb = pool_a.log_sd ** 2, pool_b.log_sd ** 2
@@ -224,7 +226,7 @@ def same_text(margin: float = MARGIN) -> str:
 def verdict(ratio: Interval | None, higher_is_better: bool = True, margin: float = MARGIN) -> str:
     """'the same within 5%' (the interval inside the margin), 'A better' or 'B better' (it
     excludes 1), else 'undecided'; 'no interval' when a side has a single trial."""
-    if ratio is None or ratio.lo is None:
+    if ratio is None or ratio.lo is None or ratio.hi is None:
         return NO_INTERVAL
     if 1 / (1 + margin) <= ratio.lo and ratio.hi <= 1 + margin:
         return same_text(margin)
@@ -236,4 +238,4 @@ def verdict(ratio: Interval | None, higher_is_better: bool = True, margin: float
 
 def is_same(verdict_text: str | None) -> bool:
     """Whether a verdict is an equivalence (any margin)."""
-    return bool(verdict_text) and verdict_text.startswith(SAME)
+    return verdict_text is not None and verdict_text.startswith(SAME)

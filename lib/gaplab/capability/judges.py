@@ -227,7 +227,8 @@ def judge_overlap(recs: list[RequestRecord]) -> Finding:
         refused = _stream_refused("concurrent streams", request, rec)
         if refused:
             return refused
-    spans = [(r.first_token_ns, r.last_token_ns) for r in recs]
+    # a stream that sent no token decodes at no moment
+    spans = [(r.first_token_ns, r.last_token_ns) for r in recs if r.first_token_ns is not None and r.last_token_ns is not None]
     k = most_at_once(spans)
     t0 = min(r.sent_ns for r in recs)
     shown = ", ".join(f"{(s - t0) / 1e6:.0f}-{(e - t0) / 1e6:.0f}" for s, e in sorted(spans))
@@ -272,10 +273,11 @@ def judge_prefix_cache(pairs: list[tuple[tuple, tuple]]) -> Finding:
     cached = [(_cached_tokens(first[1]), _cached_tokens(second[1]), _prompt_tokens(second[1]))
               for first, second in pairs]
     timed = f"second/first time {ratio:.2f}x (median; {min(ratios):.2f}-{max(ratios):.2f})"
-    if all(c[1] is not None for c in cached):
-        shares = [c[1] / c[2] if c[2] else 0.0 for c in cached]
+    hits = [c[1] for c in cached if c[1] is not None]  # of the second sends
+    if len(hits) == len(cached):
+        shares = [hit / c[2] if c[2] else 0.0 for hit, c in zip(hits, cached)]
         verdict = PASS if min(shares) >= 0.5 else FAIL
-        said = (f"server: {_span([c[1] for c in cached])} of {_span([c[2] or 0 for c in cached])} prompt tokens "
+        said = (f"server: {_span(hits)} of {_span([c[2] or 0 for c in cached])} prompt tokens "
                 f"from cache on the second send, {_span([c[0] or 0 for c in cached])} on the first")
     else:  # no count reported: the time says it, where it is clear
         verdict = PASS if ratio < FASTER else FAIL if ratio > NOT_FASTER else UNDECIDED

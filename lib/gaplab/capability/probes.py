@@ -55,7 +55,7 @@ async def probe(server, api_key: str | None = None, salt: str = "") -> list[Find
             rec = RequestRecord(index=0, user=0, warmup=False, scheduled_ns=0)
             return await client.stream(client.body(prompt, n, model, body_extra), rec)
 
-        async def ask(content: str, **fields):
+        async def ask(content: str, **fields) -> tuple[int | None, dict | list | str, float]:
             return await api.call("POST", "chat/completions", {
                 "model": model, "temperature": 0, "messages": [{"role": "user", "content": content}], **fields})
 
@@ -170,9 +170,9 @@ def measure(scenario: str | Path, raw_dir: Path, force: bool = False, every_mode
     if unknown:
         raise ValueError(f"--runtime: {unknown[0]!r} is not a runtime of {sc.name}; "
                          f"it has {', '.join(r.name for r in sc.runtimes)}")
-    done = store.read_table(raw_dir, "capability").filter(  # a run that could not probe is probed again
+    probed = store.read_table(raw_dir, "capability").filter(  # a run that could not probe is probed again
         (pl.col("machine_id") == machine_id()) & ~pl.col("capability").is_in(BROKEN))
-    done = set() if force else set(done["cell_key"].to_list())
+    done = set() if force else set(probed["cell_key"].to_list())
     servers = servers_to_probe(sc.cells(), every_model, runtimes)
     todo = [c for c in servers if probe_key(c) not in done]
     out = []

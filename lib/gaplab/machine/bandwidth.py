@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from gaplab.spec.config import REFERENCE_DIR
+from gaplab.storage.backend import Root
 
 ELEMENTS = 16_000_000  # 128 MB per array, three arrays: far past the last-level cache
 BYTES_PER_ELEMENT = 40
@@ -134,7 +135,7 @@ def measure(repeats: int = 2) -> list[dict]:
     return cpu + gpu
 
 
-def record(raw_dir: Path, scenario: str) -> list[dict]:
+def record(raw_dir: Root, scenario: str) -> list[dict]:
     """Measure this machine's bandwidth and store it; returns the rows."""
     from gaplab.machine.hardware import hardware, machine_id
     from gaplab.measure.records import RunIdentity

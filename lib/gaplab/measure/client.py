@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from typing import Required, TypedDict
 from urllib.parse import urlsplit
 
 import openai
@@ -80,6 +81,7 @@ class _Reads(asyncio.Protocol):
             if self.events > self.limit and not self.done.done():
                 self.runaway = True
                 self.done.set_result(None)
+                assert self.transport is not None  # data comes only after connection_made
                 self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -106,6 +108,15 @@ async def wait_until(ns: int, halt: asyncio.Event | None = None) -> None:
                 return
     while time.perf_counter_ns() < ns:
         await asyncio.sleep(0)
+
+
+class ClientArgs(TypedDict, total=False):
+    """StreamClient's arguments, as a trial hands them to each client process (the URL, and any others)."""
+    base_url: Required[str]
+    api: str
+    api_key: str | None
+    timeout: float
+    protocol: str
 
 
 class StreamClient:
@@ -276,7 +287,7 @@ class StreamClient:
             else:
                 resp = await self.sdk.post(path, body=body, cast_to=httpx.Response)
         except openai.APIStatusError as exc:
-            resp = exc.response
+            resp = exc.response  # type: ignore[assignment]  # openai types get/post's reply as cast_to (httpx), but it is its client's (httpx2)
         except openai.APIError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - t0
         seconds = time.perf_counter() - t0

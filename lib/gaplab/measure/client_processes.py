@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gaplab.measure.client import StreamClient, wait_until
+from gaplab.measure.client import ClientArgs, StreamClient, wait_until
 from gaplab.measure.guard import Rules, TrialGuard, TrialStopped
 from gaplab.measure.loadgen import CONNECT_AHEAD_NS, Payload, closed_loop, one_by_one, open_loop, run_sync
 from gaplab.measure.prompts import request
@@ -81,7 +81,7 @@ class Job:
     requests: anything picklable with payload(client). Closed loop: `concurrency` users and the
     stop rules; open loop: `offsets`, seconds from the schedule's start."""
 
-    client: dict
+    client: ClientArgs
     requests: Requests
     warmup: int
     concurrency: int | None = None
@@ -93,7 +93,9 @@ class Job:
 
     def parts(self, processes: int) -> int:
         """How many processes get a share: no more than the load has users (or arrivals)."""
-        return max(1, min(processes, self.concurrency if self.offsets is None else len(self.offsets)))
+        users = self.concurrency if self.offsets is None else len(self.offsets)
+        assert users is not None  # a closed loop has its users
+        return max(1, min(processes, users))
 
 
 class _Started:
@@ -246,6 +248,7 @@ def _child(job: Job, part: tuple[int, int], inbox, go, stop, start_ns, started, 
 async def _share(job: Job, part: tuple[int, int], records: list[RequestRecord], inbox, go, stop, start_ns,
                  started, parent: int, guard: TrialGuard | None) -> None:
     task = asyncio.current_task()
+    assert task is not None  # a coroutine runs in a task
 
     async def watch() -> None:  # a stop from the parent, or its death, cancels the share
         while not stop.is_set() and os.getppid() == parent:
@@ -268,6 +271,7 @@ async def _share(job: Job, part: tuple[int, int], records: list[RequestRecord], 
             inbox.put(("ready", part[0], None))
             await begin(0)
             if job.offsets is None:
+                assert job.concurrency is not None  # a closed loop has its users
                 await closed_loop(client, payload, job.concurrency, job.warmup, job.min_requests, job.min_seconds,
                                   job.max_seconds, records, part=part, count=lambda first: _Started(started, first),
                                   between=measured, guard=guard)

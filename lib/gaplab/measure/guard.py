@@ -80,6 +80,7 @@ class TrialGuard:
         """Await stream (the client filling rec) as a request this guard may cut; then count rec.
         Returns whether rec is to be stored."""
         task = asyncio.current_task()
+        assert task is not None  # a coroutine runs in a task
         self._inflight.add(task)
         try:
             await stream
@@ -100,7 +101,7 @@ class TrialGuard:
         self._ended.append((now, failed))
         while self._ended and self._ended[0][0] < now - WINDOW_S:
             self._ended.popleft()
-        if not failed:
+        if rec.error is None:
             self._in_row = 0
             self._latencies.append((rec.end_ns - rec.sent_ns) / 1e9)
             return True

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 
 from gaplab.spec.scenario import WorkloadSpec
+from gaplab.spec.workloads import FixedWorkload
 
 # Short common words: one token each (with their leading space) in the BPE
 # vocabularies of the local models, so the word count tracks the token count.
@@ -21,7 +22,7 @@ under never day same another know while last might us great old year off come si
 came right used take three""".split()
 
 
-def make_prompt(spec: WorkloadSpec, seed: int, salt: str, index: int) -> str:
+def make_prompt(spec: FixedWorkload, seed: int, salt: str, index: int) -> str:
     """Prompt `index` of a run, about spec.prompt_tokens tokens; the server's count is stored.
 
     salt (the cell key and trial) makes each trial's prompts its own: a server kept up across
@@ -79,6 +80,6 @@ def request(spec: WorkloadSpec, seed: int, salt: str, index: int, user: int = 0,
         n = spec.first_prompt_tokens + turn * (spec.turn_prompt_tokens + spec.output_tokens)
         return Request(messages, spec.output_tokens, n, f"turn-{turn + 1}")
     if spec.kind == "file":  # the file's own text, as written: not salted
-        prompt, out = spec.entries[index % len(spec.entries)]
-        return Request(prompt, out or spec.output_tokens, None, "file")
+        prompt, tokens = spec.entries[index % len(spec.entries)]
+        return Request(prompt, tokens or spec.output_tokens, None, "file")
     raise ValueError(f"kind: got {spec.kind!r}; no requests for it")

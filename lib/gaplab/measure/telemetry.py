@@ -72,6 +72,8 @@ class _Nvml:
 
     def rows(self) -> list[tuple[str, str, float]]:
         nv, out = getattr(self, "nv", None), []
+        if nv is None:  # pynvml did not load, so there are no handles: no GPU rows
+            return []
         for i, h in enumerate(self.handles):
             label = json.dumps({"gpu": str(i)})
             util = self._read(nv.nvmlDeviceGetUtilizationRates, h)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import gaplab
 from gaplab.machine.hardware import hardware
-from gaplab.measure.client import StreamClient
+from gaplab.measure.client import ClientArgs, StreamClient
 from gaplab.measure.client_processes import Job, Requests, drive_processes
 from gaplab.measure.guard import Rules, TrialGuard, TrialStopped
 from gaplab.measure.loadgen import arrival_offsets, closed_loop, one_by_one, open_loop, open_loop_count, run_sync
@@ -67,7 +67,7 @@ def find_cell(cells: list[Cell], cell_id: str) -> Cell:
 
 
 def _versions() -> dict:
-    out = {"python": sys.version.split()[0], "gaplab": gaplab.__version__}
+    out: dict[str, str | None] = {"python": sys.version.split()[0], "gaplab": gaplab.__version__}
     for name in PACKAGES:
         try:
             out[name] = version(name)
@@ -98,7 +98,7 @@ def run_meta(cell: Cell, server: Server | None, started: str, status: str, error
             "kv_bytes_per_token": server.kv_bytes_per_token if server else None}
 
 
-def write_failed(raw_dir: Path, cell: Cell, error: str, trial: int = 1, series_id: str = "") -> None:
+def write_failed(raw_dir: backend.Root, cell: Cell, error: str, trial: int = 1, series_id: str = "") -> None:
     """A run whose server never started: stored, with no requests."""
     run_id = store.new_run_id()
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -116,7 +116,7 @@ def guard_rules(cell: Cell, server: Server) -> Rules:
 async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records: list, guard: TrialGuard) -> list:
     load = cell.load
     requests = Requests(cell.workload, cell.seed, salt, server.served_model, server.extra_body)
-    client_args = {"base_url": server.base_url, "api": cell.model.api, "api_key": server.api_key,
+    client_args: ClientArgs = {"base_url": server.base_url, "api": cell.model.api, "api_key": server.api_key,
                    "timeout": load.request_timeout, "protocol": server.protocol}
     offsets = None
     if cell.rate is not None:  # open loop: the seeded schedule, its own per trial (salt)
@@ -132,6 +132,7 @@ async def _drive(cell: Cell, server: Server, salt: str, progress: bool, records:
         async with StreamClient(**client_args) as client:
             payload = requests.payload(client)
             if offsets is None:
+                assert cell.concurrency is not None  # a cell without a rate has users (Cell._one_level)
                 return await closed_loop(client, payload, cell.concurrency, load.warmup, load.requests,
                                          load.min_seconds, load.max_seconds, records, on_done=done, guard=guard)
             # open loop: warmup one by one, then the schedule

@@ -32,6 +32,8 @@ from gaplab.spec.config import RAW_DIR
 from gaplab.spec.scenario import stable_key
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from gaplab.spec.scenario import Cell
 
 
@@ -130,7 +132,7 @@ def measure(scenario: str | Path, raw_dir: Path = RAW_DIR, force: bool = False, 
         cells = [c for c in cells if c.runtime.name in runtimes]
     else:
         cells = [c for c in cells if kinds()[c.runtime.kind].quick]  # e.g. not vLLM CPU: minutes to start
-    sessions: dict[str, object] = {}
+    sessions: dict[str, Cell] = {}
     for c in cells:
         sessions.setdefault(c.server_key, c)
     done = set() if force else store.completed_quality(raw_dir, hw["machine_id"])
@@ -242,7 +244,7 @@ class Asking:
     cell: Cell
     part: Part
     raw_dir: Path
-    bar: object  # a tqdm bar, one step per answer
+    bar: tqdm  # one step per answer
     result: QualityResult
     tally: threading.Lock  # sessions run on two threads; each updates the result under it
     token_ids: bool = False  # also ask for the completions' token ids (task_on_all)

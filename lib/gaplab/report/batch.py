@@ -21,6 +21,7 @@ comes, so a request waiting in a queue is not counted, and one prefilled over se
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -64,7 +65,7 @@ def steps(arrivals: pl.DataFrame) -> pl.DataFrame:
             .sort("run_id", "step"))
 
 
-def estimate_at(run_steps: pl.DataFrame, t_ns: list[int], firsts: list[tuple[int, int]] = ()) -> list[int]:
+def estimate_at(run_steps: pl.DataFrame, t_ns: list[int], firsts: Sequence[tuple[int, int]] = ()) -> list[int]:
     """The streams running at each instant: those the step under way will write a token to,
     which is the next step to reach the client. A stream with tokens before that step runs
     however long the step takes (a contended server's steps stretch); one getting its first

@@ -85,7 +85,7 @@ def by_concurrency(summary: pl.DataFrame, metric: str, title: str, y_title: str,
                + base.mark_rule(strokeWidth=2, opacity=0.6).encode(y=alt.Y(f"{metric}_lo:Q", title=y_title),
                                                                    y2=f"{metric}_hi:Q", detail="quant:N")
                + base.mark_point(filled=True, size=50).encode(y=y, detail="quant:N"))
-    facet = {"column": alt.Column("model:N", title=None)}
+    facet: dict[str, alt.Column | alt.Row] = {"column": alt.Column("model:N", title=None)}
     if row:
         facet["row"] = alt.Row(f"{row}:N", title=None)
     return layered.properties(width=300, height=220).facet(**facet).properties(title=title).resolve_scale(

@@ -24,6 +24,7 @@ import polars as pl
 from scipy import stats as st
 
 from gaplab.analysis import stats
+from gaplab.analysis.metrics import number
 from gaplab.report.claims_file import matches
 
 SIXTEEN_BIT = ("F16", "BF16", "F32")  # what "the 16-bit model" may be measured as
@@ -74,7 +75,7 @@ def _faster(claim: dict, claim_rows: pl.DataFrame, configs_a: set, configs_b: se
     """a better than b on the metric at this load, in every measured pair of their configurations."""
     rows = claim_rows.filter((pl.col("kind") == "faster") & (pl.col("metric") == claim["metric"])
                              & (pl.col("users") == users))
-    results, unlike = [], set()
+    results, unlike = [], set[str]()
     for r, _, _, a_better in _oriented(rows, configs_a, configs_b):
         outcome = {True: "holds", False: "fails", None: "undecided"}[a_better]
         ratio = (f"×{r['ratio']:.2f} [{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}]" if r["ratio_lo"] is not None
@@ -111,7 +112,7 @@ def _against(ratio: stats.Interval, limit: float, at_least: bool, margin: float)
     """A threshold claim's outcome from a ratio's interval, and a note when the margin decided
     it: an interval inside [limit/(1+m), limit*(1+m)] is the threshold within the margin, so
     the claim holds even if the interval lies just on the wrong side."""
-    if ratio.lo is None:
+    if ratio.lo is None or ratio.hi is None:
         return "undecided", ""
     if at_least and ratio.lo >= limit or not at_least and ratio.hi <= limit:
         return "holds", ""
@@ -217,6 +218,8 @@ def _starts_slower(claim: dict, starts: pl.DataFrame, cells: pl.DataFrame, margi
     if a.is_empty() or b.is_empty():
         return Verdict("not testable here", "a subject started no server here")
     ratio = stats.ratio_interval(a["to_first_token_s"].to_list(), b["to_first_token_s"].to_list())
+    if ratio is None:
+        return Verdict("not testable here", "a subject stored no positive time to its first token")
     limit = float(claim["threshold"] or 1)
     note = ""
     if ratio.lo is None:
@@ -225,8 +228,8 @@ def _starts_slower(claim: dict, starts: pl.DataFrame, cells: pl.DataFrame, margi
     else:
         outcome, note = _against(ratio, limit, True, margin)
         verdict = {"holds": "holds here", "fails": "does not hold here", "undecided": "undecided here"}[outcome]
-    return Verdict(verdict, f"seconds from launch to the first token: {a['to_first_token_s'].median():.1f} s "
-                            f"({a.height} starts) against {b['to_first_token_s'].median():.1f} s ({b.height} starts), "
+    return Verdict(verdict, f"seconds from launch to the first token: {number(a['to_first_token_s'].median()):.1f} s "
+                            f"({a.height} starts) against {number(b['to_first_token_s'].median()):.1f} s ({b.height} starts), "
                             f"ratio {_iv(ratio)} (threshold ×{limit:g}{note})")
 
 
@@ -306,7 +309,7 @@ def check(claims: pl.DataFrame, trials: pl.DataFrame, starts: pl.DataFrame, reco
 
     cells = trials.select("runtime", "runtime_kind", "parallel", "quant", "config").unique()
     compared: dict[str, pl.DataFrame] = {}
-    max_users = int(trials["concurrency"].max()) if not trials.is_empty() else 0
+    max_users = int(number(trials["concurrency"].max())) if not trials.is_empty() else 0
     out = []
     for c in claims.iter_rows(named=True):
         if c["test"] == "not_testable":

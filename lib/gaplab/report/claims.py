@@ -74,7 +74,7 @@ def _same_rounds(va: list, vb: list, rounds_a: list | None, rounds_b: list | Non
 def compare(kind: str, model: str, workload: str, metric: str, a: str, b: str, users: int, users_b: int,
             va: list, vb: list, pa, pb, higher_is_better: bool, across: bool = False,
             rounds: tuple[list, list] | None = None, margin: float = stats.MARGIN,
-            round_pools: tuple = (None, None), level: float = stats.LEVEL) -> dict:
+            round_pools: tuple[stats.Pool | None, stats.Pool | None] = (None, None), level: float = stats.LEVEL) -> dict:
     """A claims row but its text: a's and b's trial values (pa, pb: their runtimes' pooled
     spreads) as estimates, their ratio with its interval, and the verdict within `margin`.
     rounds: the sweep round of each of a's and b's values; where 2 or more are shared the
@@ -84,6 +84,8 @@ def compare(kind: str, model: str, workload: str, metric: str, a: str, b: str, u
     paired = _same_rounds(va, vb, *rounds) if rounds else None
     ratio = (stats.paired_ratio_interval(*paired, *round_pools, level=level) if paired
              else stats.ratio_interval(va, vb, pa, pb, level=level))
+    if ia is None or ib is None or ratio is None:  # every value of a side is null, zero or not finite
+        raise ValueError(f"{kind} {metric} of {model}: {a} or {b} has no positive value to compare")
     verdict = stats.verdict(ratio, higher_is_better, margin)
     return {"claim_id": f"{kind}|{model}|{workload}|{metric}|{a}|{b}|{users}", "kind": kind, "model": model,
             "workload": workload, "metric": metric, "users": users, "users_b": users_b, "a": a, "b": b,
@@ -140,8 +142,8 @@ def claims_table(trials: pl.DataFrame, compared: tuple[str, ...] = COMPARED,
     round_pools = {(rt, m): stats.round_pool([dict(zip(c["round"], c[m])) for _, c in g.group_by("cell")])
                    for (rt,), g in per_cell.group_by("runtime") for m in compared}
     rows = []
-    for (model, workload), group in itertools.groupby(sorted(values), key=lambda k: k[:2]):
-        group = list(group)
+    for (model, workload), keys in itertools.groupby(sorted(values), key=lambda k: k[:2]):
+        group = list(keys)
         configs = sorted({k[2] for k in group})
         levels = sorted({k[3] for k in group})
         for metric in compared:

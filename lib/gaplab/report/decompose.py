@@ -24,12 +24,14 @@ better derivation never needs the data rewritten.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import polars as pl
 
 from gaplab.analysis import stats
-from gaplab.analysis.metrics import GROUP
+from gaplab.analysis.metrics import GROUP, number
 from gaplab.storage import store
 
 PARTS = ["client_queue", "server_queue", "prompt", "ttft_other", "first_decode", "decode_rest", "tail"]
@@ -79,7 +81,13 @@ CLIENT_ONLY = {"client_queue": "measured (client)", "server_queue": "not reporte
 # their sample's name; then how the per-request means (seconds, tokens) make the server's queue,
 # prompt and decode time (ms) and tokens per request, and the share of prompt tokens its prefix
 # cache served (a counter the server does not expose leaves that share null, the parts stand).
-SERVER_METRICS = {
+class ServerMetrics(TypedDict):
+    histograms: dict[str, str]  # mean's name -> histogram
+    counters: dict[str, str]  # change's name -> counter
+    parts: Callable[[dict[str, pl.Series]], dict[str, pl.Series]]  # those per run -> the parts (srv_ columns)
+
+
+SERVER_METRICS: dict[str, ServerMetrics] = {
     "vllm": {
         "histograms": {"queue": "vllm:request_queue_time_seconds", "prefill": "vllm:request_prefill_time_seconds",
                        "decode": "vllm:request_decode_time_seconds", "tokens": "vllm:request_generation_tokens"},
@@ -196,8 +204,9 @@ def sources(engines: list[str | None]) -> pl.DataFrame:
     whom) or inferred (from what)."""
     from gaplab.runtimes.identify import NAMES
 
-    rows = [{"engine": NAMES.get(e, "unidentified server"), **{LABELS[p]: SOURCES.get(e, CLIENT_ONLY)[p] for p in PARTS}}
-            for e in engines]
+    # None (not identified) is a key of neither table
+    rows = [{"engine": NAMES.get(e or "", "unidentified server"),
+             **{LABELS[p]: SOURCES.get(e or "", CLIENT_ONLY)[p] for p in PARTS}} for e in engines]
     return pl.DataFrame(rows).transpose(include_header=True, header_name="part",
                                         column_names="engine") if rows else pl.DataFrame()
 
@@ -212,9 +221,9 @@ def check(requests: pl.DataFrame) -> dict:
     span = (rp["last_token_ns"] - rp["first_token_ns"]) / 1e6
     decode = rp["first_decode"] + rp["decode_rest"]
     return {"requests": rp.height,
-            "decode_vs_span_pct": float(((decode - span).abs() / span * 100).median()),
-            "tail_pct": float((rp["tail"].abs() / rp["latency"] * 100).median()),
-            "prompt_in_ttft_pct": float((rp["prompt"] / rp["ttft_ms"] * 100).median())}
+            "decode_vs_span_pct": float(number(((decode - span).abs() / span * 100).median())),
+            "tail_pct": float(number((rp["tail"].abs() / rp["latency"] * 100).median())),
+            "prompt_in_ttft_pct": float(number((rp["prompt"] / rp["ttft_ms"] * 100).median()))}
 
 
 def waterfall(trials: pl.DataFrame, model: str, workload: str, users: int, a: str, b: str,
@@ -228,7 +237,7 @@ def waterfall(trials: pl.DataFrame, model: str, workload: str, users: int, a: st
     ta, tb = sel.filter(pl.col("config") == a), sel.filter(pl.col("config") == b)
     if ta.is_empty() or tb.is_empty():
         return pl.DataFrame()
-    total_a, total_b = float(ta[metric].mean()), float(tb[metric].mean())
+    total_a, total_b = float(number(ta[metric].mean())), float(number(tb[metric].mean()))
     rows = [{"step": f"{a}", "kind": "total", "start": 0.0, "end": total_a, "delta": total_a, "lo": None,
              "hi": None, "order": 0}]
     level = total_a

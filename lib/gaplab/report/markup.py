@@ -71,7 +71,7 @@ def _cells(column: pl.Series, digits: int) -> list[str]:
     return ["" if v is None else str(v) for v in column.to_list()]
 
 
-def table(frame: pl.DataFrame, digits: int = 1):
+def table(frame: pl.DataFrame | None, digits: int = 1):
     """A frame as a Markdown pipe table for a page (numbers right-aligned, text left), every
     header and cell escaped; an empty Markdown for a frame without columns."""
     from IPython.display import Markdown

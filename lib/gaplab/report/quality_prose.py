@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from gaplab.analysis.metrics import number
 from gaplab.quality.evaltext import EVAL_TEXT
 from gaplab.quality.questions import FEW_SHOT
 from gaplab.report.markup import plain
@@ -18,14 +19,14 @@ def setup_story(quality: pl.DataFrame) -> str:
     parts = []
     if not fid.is_empty():
         tokens = fid["n"].drop_nulls()
-        parts.append(f"Fidelity: `llama-perplexity` scored {int(tokens.max()) if len(tokens) else 'no'} tokens of "
+        parts.append(f"Fidelity: `llama-perplexity` scored {int(number(tokens.max())) if len(tokens) else 'no'} tokens of "
                      f"{EVAL_TEXT.citation} (its prose chapters and appendices, {EVAL_TEXT.license.split(' (')[0]}, "
                      f"from Debian's {EVAL_TEXT.package} {EVAL_TEXT.version} package, sha256 {EVAL_TEXT.sha256[:12]}…), "
                      "each token with the 256 before it as context, first with each model's highest-precision file, "
                      "then with every other file against the saved distributions.")
     if not task.is_empty():
         sets = ", ".join(plain(s) for s in sorted(set(task["eval_set"].to_list())))
-        parts.append(f"Task accuracy: {int(task['n'].max())} questions ({sets}: sums, differences, products, "
+        parts.append(f"Task accuracy: {int(number(task['n'].max()))} questions ({sets}: sums, differences, products, "
                      "the next number, unit conversions, the larger or smaller of four numbers, the letter "
                      f"before or after) asked at temperature 0 through each runtime's API with {len(FEW_SHOT)} "
                      "worked examples first; an answer is right when its number (within the item's tolerance), "

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import polars as pl
 
+from gaplab.analysis.metrics import number
 from gaplab.runtimes import kinds
 from gaplab.storage import store
 
@@ -70,7 +71,7 @@ def traffic(raw_dir: Path, machine_id: str) -> pl.DataFrame:
                                                 "model_bytes_loaded", "model_bytes_gpu").last())
 
 
-def figure_name(device: str, threads_used: int | None) -> str:
+def figure_name(device: str, threads_used: int) -> str:
     """How bandwidth_source names a figure: "cpu 1 thread", "cpu 2 threads", or the GPU's device."""
     return f"cpu {threads_used} thread{'s' if threads_used > 1 else ''}" if device == "cpu" else device
 
@@ -95,7 +96,7 @@ def roofline(estimates: pl.DataFrame, requests: pl.DataFrame, raw_dir: Path, mac
     gpu_gb_s, gpu_name = (gpus["gb_s"][0], gpus["device"][0]) if not gpus.is_empty() else (1.0, None)
     cpu_gb_s = pl.when(pl.col("threads") == 1).then(pl.lit(one, pl.Float64)).otherwise(pl.lit(every, pl.Float64))
     cpu_name = (pl.when(pl.col("threads") == 1).then(pl.lit(figure_name("cpu", 1)))
-                .otherwise(pl.lit(figure_name("cpu", most) if most is not None else None, pl.String)))
+                .otherwise(pl.lit(figure_name("cpu", int(number(most))) if most is not None else None, pl.String)))
     # the share of the model in GPU memory: none for the CPU builds gaplab starts, what the runtime
     # says where it says (Ollama), else all of it
     here = [name for name, kind in kinds().items() if kind.starts and not kind.attaches]

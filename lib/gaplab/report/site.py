@@ -101,7 +101,7 @@ def notebook_qmd(notebook: Path, key: str) -> str:
     """A notebook as a Quarto page: its first heading as the title, markdown as it is, code cells
     as python chunks (the parameters cell tagged so that -P reaches it)."""
     nb = nbformat.read(notebook, as_version=4)
-    title, parts = notebook.stem, []
+    title, parts = notebook.stem, list[str]()
     for cell in nb.cells:
         text = cell.source.strip("\n")
         if cell.cell_type == "markdown":
@@ -183,6 +183,7 @@ def _render_with_quarto(quarto: str, parameters: dict, out: Path) -> None:
     env = {**os.environ, "QUARTO_PYTHON": sys.executable}  # the kernels and the pre-render run gaplab's Python
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     page, error, last = "", "", ""
+    assert proc.stdout is not None  # stdout=PIPE
     for line in proc.stdout:
         sys.stdout.write(line)
         plain = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
@@ -224,7 +225,7 @@ def _strip_options(nb) -> None:
 def _qmd_notebook(qmd: Path, executed: dict[str, Path]):
     """A .qmd page as a notebook: markdown cells, and embedded outputs as code cells."""
     text = qmd.read_text()
-    meta = {}
+    meta: dict = {}
     if text.startswith("---"):
         _, front, text = text.split("---", 2)
         meta = yaml.safe_load(front) or {}

@@ -12,9 +12,10 @@ from gaplab.analysis import stats, stopping
 from gaplab.analysis.metrics import CELL, METRICS, selected_runs, trial_summary, with_latencies, with_run_keys
 from gaplab.spec.config import RAW_DIR
 from gaplab.storage import store
+from gaplab.storage.backend import Root
 
 
-def scan_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None,
+def scan_requests(raw_dir: Root = RAW_DIR, machine_id: str | None = None,
                   study: str | None = "matrix") -> pl.LazyFrame:
     """Measured (non-warmup) request rows of the trials the report combines, of one study
     (metrics.in_study: the matrix pages by default), as a lazy scan of the store: nothing is
@@ -29,7 +30,7 @@ def scan_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None,
     return with_latencies(with_run_keys(req))
 
 
-def measured_requests(raw_dir: Path = RAW_DIR, machine_id: str | None = None, study: str | None = "matrix",
+def measured_requests(raw_dir: Root = RAW_DIR, machine_id: str | None = None, study: str | None = "matrix",
                       columns: list[str] | None = None) -> pl.DataFrame:
     """scan_requests, read: every column (the store's and with_latencies'), or only `columns`."""
     scan = scan_requests(raw_dir, machine_id, study)
@@ -83,14 +84,14 @@ def cell_summary(requests: pl.DataFrame | pl.LazyFrame, precision: float | None 
     return estimates(trial_summary(requests), precision)
 
 
-def precision_target(raw_dir: Path, machine_id: str) -> float | None:
+def precision_target(raw_dir: Root, machine_id: str) -> float | None:
     """The precision the machine's newest runs aimed for (load.precision), if they recorded one."""
     runs = selected_runs(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == machine_id)
     targets = runs.sort("run_id")["precision_target"].drop_nulls()
     return float(targets[-1]) if targets.len() else None
 
 
-def equivalence_margin(raw_dir: Path, machine_id: str) -> float:
+def equivalence_margin(raw_dir: Root, machine_id: str) -> float:
     """The equivalence margin the machine's newest runs were measured under (their scenario's
     load.equivalence_margin, kept in each run's meta_json), else stats.MARGIN."""
     runs = selected_runs(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == machine_id)
@@ -101,7 +102,7 @@ def equivalence_margin(raw_dir: Path, machine_id: str) -> float:
     return stats.MARGIN
 
 
-def pick_machine(raw_dir: Path, machine_id: str = "") -> str:
+def pick_machine(raw_dir: Root, machine_id: str = "") -> str:
     """The machine a page reports on: the one asked for, else this one if it has runs, else the
     one with the newest run (then the page says these are reference runs from elsewhere)."""
     from gaplab.machine.hardware import machine_id as this_machine

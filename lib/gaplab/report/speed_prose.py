@@ -9,6 +9,7 @@ import json
 
 import polars as pl
 
+from gaplab.analysis.metrics import number
 from gaplab.report import claims as cl
 from gaplab.report.markup import code, plain
 
@@ -23,7 +24,7 @@ def throughput_story(claims: pl.DataFrame, estimates: pl.DataFrame) -> str:
     """Per model: the comparisons at the most users, flips and overtakes, and how each scales."""
     if estimates.is_empty():
         return "No measured cells yet: run `make report` or `gaplab sweep`."
-    hi = int(estimates["concurrency"].max())
+    hi = int(number(estimates["concurrency"].max()))
     out = []
     for model in estimates["model"].unique(maintain_order=True).to_list():
         parts = [f"**{plain(model)}**, total output tok/s:",
@@ -43,7 +44,7 @@ def per_user_story(estimates: pl.DataFrame) -> str:
     """How much decode speed one user keeps as others join, with intervals."""
     if estimates.is_empty():
         return ""
-    lo = int(estimates["concurrency"].min())
+    lo = int(number(estimates["concurrency"].min()))
     out = []
     for key, cell in estimates.group_by(["model", "runtime", "quant"], maintain_order=True):
         cell = cell.sort("concurrency")
@@ -64,7 +65,7 @@ def ttft_story(claims: pl.DataFrame, estimates: pl.DataFrame) -> str:
     who waits less at the most users."""
     if estimates.is_empty():
         return ""
-    hi = int(estimates["concurrency"].max())
+    hi = int(number(estimates["concurrency"].max()))
     grow = cl.render(claims, "scales", "ttft_p50_ms")
     faster = cl.render(claims, "faster", "ttft_p50_ms", users=hi, only_stated=True)
     return ("How the median wait for the first token changes from the fewest users to the most "
@@ -95,8 +96,8 @@ def precision_story(estimates: pl.DataFrame, precision: float | None) -> str:
     halves = estimates["halfwidth_pct"].drop_nulls()
     text = (f"{estimates.height} cells, {int(estimates['trials'].sum())} trials. ")
     if halves.len():
-        text += (f"The 95% interval of aggregate tok/s is within ±{halves.median():.1f}% of the estimate for the "
-                 f"median cell (best {halves.min():.1f}%, worst {halves.max():.1f}%).")
+        text += (f"The 95% interval of aggregate tok/s is within ±{number(halves.median()):.1f}% of the estimate for the "
+                 f"median cell (best {number(halves.min()):.1f}%, worst {number(halves.max()):.1f}%).")
     one = estimates.filter(pl.col("trials") == 1)
     if one.height:
         text += f" {one.height} cells have 1 trial and no interval."
@@ -152,9 +153,9 @@ def setup_story(all_runs: pl.DataFrame, machine_id: str, summary: pl.DataFrame) 
     text = (f"Measured on {whose}, {code(machine_id)} of class {code(r['hardware_id'])}: {plain(r['cpu_model'])}, "
             f"{plain(r['cpu_cores'])} cores, {plain(r['memory_gib'])} GiB, between {plain(runs['started_at'].min())} and "
             f"{plain(runs['finished_at'].max())}. {summary.height} cells, {int(trials.sum())} trials "
-            f"({int(trials.min())} to {int(trials.max())} per cell), {int(summary['requests'].sum())} measured "
+            f"({int(number(trials.min()))} to {int(number(trials.max()))} per cell), {int(summary['requests'].sum())} measured "
             f"requests, {int(summary['errors'].sum())} errors. Runtime: {versions}.")
-    if int(trials.max()) == 1:
+    if int(number(trials.max())) == 1:
         text += " Each cell was measured once: 1 trial, no interval."
     background = runs["other_cores"].drop_nulls().to_list()  # speed trials only: quality runs have none
     if background:
@@ -183,13 +184,13 @@ def scaling_story(table: pl.DataFrame) -> str:
     parts = []
     for rt in ours["runtime"].unique(maintain_order=True):
         r = ours.filter(pl.col("runtime") == rt)
-        parts.append(f"{plain(rt)} ×{r['scaling'].min():.2f} to ×{r['scaling'].max():.2f}")
+        parts.append(f"{plain(rt)} ×{number(r['scaling'].min()):.2f} to ×{number(r['scaling'].max()):.2f}")
     return (f"Going from one user to many multiplies total throughput by "
             f"×{best_pub['scaling']:.1f} for {plain(best_pub['runtime'])} {plain(best_pub['quant'])} on "
             f"{plain(best_pub['hardware'])} ({best_pub['users']} users, {plain(best_pub['source'])}) but only "
             f"×{worst_pub['scaling']:.2f} for {plain(worst_pub['runtime'])} {plain(worst_pub['quant'])} on "
             f"{plain(worst_pub['hardware'])}. "
-            f"Here, from 1 to {ours['users'].max()} users: " + "; ".join(parts) + ". "
+            f"Here, from 1 to {number(ours['users'].max())} users: " + "; ".join(parts) + ". "
             "Adding users multiplies throughput only when one decode step serves many sequences for "
             "little more than the cost of one: true while the step is bound by reading the weights "
             "from memory, as on a GPU at small batch sizes; the cost of a batched step on this machine "
@@ -203,7 +204,8 @@ def placement_story(runs: pl.DataFrame, machine_id: str | None = None) -> str:
 
     if machine_id:
         runs = runs.filter(pl.col("machine_id") == machine_id)
-    lines, on_cpu = {}, set()
+    lines: dict[tuple[str, int], str] = {}  # one line a cell
+    on_cpu: set[str] = set()
     for row in runs.sort("cell_id").iter_rows(named=True):
         size, vram = row["model_bytes_loaded"], row["model_bytes_gpu"]
         if size is None and (row["schema_version"] or 1) < 4:  # older runs: only in meta_json

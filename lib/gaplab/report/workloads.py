@@ -302,7 +302,7 @@ def sweep_panels(est: pl.DataFrame) -> pl.DataFrame:
     rates = est.filter(pl.col("rate").is_not_null()) if "rate" in est.columns else pl.DataFrame()
     rows = []
     for r in rates.iter_rows(named=True):
-        figures = [("keep-up (answers ÷ arrivals)", "keep_up", KEEP_UP, r["sustained"])]
+        figures: list[tuple[str, str, float | None, str | None]] = [("keep-up (answers ÷ arrivals)", "keep_up", KEEP_UP, r["sustained"])]
         for o in json.loads(r["slo"] or "[]"):
             figures.append((f"{o['metric'].upper()} p{o['percentile']:g} (ms)", f"{o['metric']}_p{o['percentile']:g}_ms",
                             o["max_ms"], _against(r.get(f"{o['metric']}_p{o['percentile']:g}_ms_lo"),
@@ -314,7 +314,7 @@ def sweep_panels(est: pl.DataFrame) -> pl.DataFrame:
             rows.append({"runtime": r["runtime"], "model": r["model"], "workload": r["workload"], "rate": r["rate"],
                          "panel": panel, "value": r[m], "lo": lo, "hi": hi, "bound": bound,
                          "interval": "1 trial, no interval" if lo is None else f"{lo:,.2f} – {hi:,.2f}",
-                         "verdict": {"above": "above the bound", "below": "within the bound"}.get(verdict, verdict),
+                         "verdict": {"above": "above the bound", "below": "within the bound"}.get(verdict or "", verdict),
                          "trials": r["trials"], "run_ids": r["run_ids"]})
     return pl.DataFrame(rows, schema={"runtime": pl.String, "model": pl.String, "workload": pl.String,
                                       "rate": pl.Float64, "panel": pl.String, "value": pl.Float64, "lo": pl.Float64,

@@ -92,7 +92,7 @@ def token_check(est: pl.DataFrame) -> pl.DataFrame:
     of them it computed (llama.cpp's prompt_n; the rest came from its cache)."""
     if est.is_empty():
         return pl.DataFrame()
-    cols = [m for m in ("prompt_seen", "prompt_computed", "prefix_hit_pct") if m in est.columns]
+    cols: list[str] = [m for m in ("prompt_seen", "prompt_computed", "prefix_hit_pct") if m in est.columns]
     return charts.with_intervals(est, cols, digits=2).select(
         "runtime", "workload", pl.coalesce(pl.col("rate").cast(pl.String) + " req/s",
                                            pl.col("concurrency").cast(pl.String) + " users").alias("load"),

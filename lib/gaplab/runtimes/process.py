@@ -58,6 +58,12 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def program(self) -> str:
+        """The executable's name: the first item of start's cmd, a list."""
+        assert isinstance(self.proc.args, list)
+        return Path(self.proc.args[0]).name
+
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM to the group, SIGKILL to whatever is left after `grace` seconds."""
         if self.proc.poll() is None:
@@ -68,6 +74,7 @@ class ServerProcess:
                 pass
         self._signal(signal.SIGKILL)  # forked children outlive a leader that exited
         self.proc.wait()
+        assert self.guard.stdin is not None  # start opened it as a pipe
         self.guard.stdin.close()
         self.guard.wait()
 
@@ -132,8 +139,8 @@ def wait_healthy(base: str, server: ServerProcess, timeout: float, log: Path, pa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{Path(proc.args[0]).name} exited with code {proc.returncode}: {log_tail(log)}")
+            raise RuntimeError(f"{server.program} exited with code {proc.returncode}: {log_tail(log)}")
         if get_bytes(base + path, timeout=2) is not None:  # 2xx: loaded and serving
             return time.perf_counter_ns()
         time.sleep(0.05)
-    raise RuntimeError(f"{Path(proc.args[0]).name} did not become healthy within {timeout:.0f} s; see {log}")
+    raise RuntimeError(f"{server.program} did not become healthy within {timeout:.0f} s; see {log}")

@@ -94,12 +94,14 @@ class LoadSpec(Strict):
     @field_validator("concurrency")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
-        return levels(v, "every concurrency level must be 1 or more", "concurrency levels")
+        levels(v, "every concurrency level must be 1 or more", "concurrency levels")
+        return v
 
     @field_validator("rates")
     @classmethod
     def _positive_rates(cls, v: list[float]) -> list[float]:
-        return levels(v, "a rate is requests per second, above 0", "rates")
+        levels(v, "a rate is requests per second, above 0", "rates")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "LoadSpec":

@@ -14,6 +14,7 @@ from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from gaplab import runtimes
 from gaplab.spec.ablation import Ablation
@@ -85,9 +86,11 @@ class RuntimeSpec(Strict):
     @classmethod
     def _own_fields(cls, data: object) -> object:
         """The kind's own fields, out of the mapping into `options`; another kind's field refused."""
-        kind = runtimes.kinds().get(data.get("kind")) if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return data  # not a mapping: the validation says so
+        kind = runtimes.kinds().get(data.get("kind", ""))
         if kind is None:
-            return data  # not a mapping, or an unknown kind: the field validators say which
+            return data  # an unknown kind: the field validators say which
         own = set(kind.fields.model_fields)
         common = {f.alias or name for name, f in cls.model_fields.items()}
         for key in data:
@@ -112,7 +115,9 @@ class RuntimeSpec(Strict):
     @classmethod
     def _no_reserved(cls, extra: dict, info) -> dict:
         kind = runtimes.kinds().get(info.data.get("kind", ""))
-        for path in kind.reserved if kind else ():
+        if kind is None:  # an unknown kind, which _known_kind reports
+            return extra
+        for path in kind.reserved:
             node: object = extra
             for part in path.split("."):
                 node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
@@ -191,12 +196,12 @@ class Scenario(Strict):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ValueError(f"{field}: names must be unique, '{dup[0]}' appears twice")
-        for field, names in (("models", {m.name for m in self.models}), ("workloads", {w.name for w in self.workloads})):
+        for field, known in (("models", {m.name for m in self.models}), ("workloads", {w.name for w in self.workloads})):
             for i, rt in enumerate(self.runtimes):
-                unknown = [m for m in getattr(rt, field) if m not in names]
+                unknown = [m for m in getattr(rt, field) if m not in known]
                 if unknown:
                     raise ValueError(f"runtimes.{i}.{field}: {unknown[0]!r} is not one of the scenario's {field} "
-                                     f"({', '.join(sorted(names))})")
+                                     f"({', '.join(sorted(known))})")
         models = {m.name for m in self.models}
         for i, rt in enumerate(self.runtimes):
             unknown = sorted(set(rt.model_files) - models)
@@ -276,7 +281,7 @@ class Cell(Strict):
         # at a concurrency keep the keys they had before rates and workload kinds existed.
         workload = {k: v for k, v in self.workload.model_dump(exclude_none=True).items()
                     if k not in ("concurrency", "rates")}
-        out = {"runtime": self.runtime.name, "kind": self.runtime.kind, "flags": self.runtime.launch_flags(),
+        out: dict[str, object] = {"runtime": self.runtime.name, "kind": self.runtime.kind, "flags": self.runtime.launch_flags(),
                "model": self.model.name, "api": self.model.api, "quant": self.quant,
                "workload": workload, "concurrency": self.concurrency, "seed": self.seed}
         if self.rate is not None:
@@ -289,7 +294,7 @@ class Cell(Strict):
         return stable_key(self.identity())
 
 
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     # pydantic puts a workload's kind in the loc (workloads.0.distribution.prompt); the user wrote no such key
     parts = err["loc"]
     loc = ".".join(str(p) for i, p in enumerate(parts)  # nor a runtime's own fields under options

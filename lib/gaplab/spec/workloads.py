@@ -81,9 +81,11 @@ class LengthSpec(Strict):
 
     def draw(self, rng: random.Random) -> int:
         if self.dist == "fixed":
+            assert self.value is not None  # _fits: dist fixed has its value
             return self.value
         if self.dist == "uniform":
             return rng.randint(self.min, self.max)
+        assert self.mean is not None and self.sd is not None  # _fits: normal and lognormal have both
         if self.dist == "normal":
             x = rng.gauss(self.mean, self.sd)
         else:  # the log's mu and sigma that give the lengths this mean and sd
@@ -97,14 +99,13 @@ def _at_most(tokens: int, what: str, fix: str) -> None:
         raise ValueError(f"{what} is {tokens} tokens, more than {MAX_TOKENS}; {fix}")
 
 
-def levels(v: list | None, below: str, what: str) -> list | None:
-    """Load levels (users or rates): each above 0, none twice."""
+def levels(v: list[int] | list[float] | None, below: str, what: str) -> None:
+    """Check load levels (users or rates): each above 0, none twice."""
     bad = [x for x in v or [] if not x > 0]
     if bad:
         raise ValueError(f"got {bad[0]:g}; {below}")
     if v and len(set(v)) != len(v):
         raise ValueError(f"{what} must be distinct")
-    return v
 
 
 class _WorkloadBase(Strict):
@@ -118,12 +119,14 @@ class _WorkloadBase(Strict):
     @field_validator("concurrency")
     @classmethod
     def _users(cls, v):
-        return levels(v, "every concurrency level must be 1 or more", "concurrency levels")
+        levels(v, "every concurrency level must be 1 or more", "concurrency levels")
+        return v
 
     @field_validator("rates")
     @classmethod
     def _rates(cls, v):
-        return levels(v, "a rate is requests per second, above 0", "rates")
+        levels(v, "a rate is requests per second, above 0", "rates")
+        return v
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
@@ -219,6 +222,7 @@ def _entry(obj: dict, where: str) -> tuple[str | list[dict], int | None]:
     out = obj.get("output_tokens")
     if out is not None and not (type(out) is int and 1 <= out <= MAX_TOKENS):
         raise ValueError(f"{where}: output_tokens: got {out!r}; it must be an integer from 1 to {MAX_TOKENS}")
+    assert isinstance(prompt, str | list)  # checked above: one of the two
     return prompt, out
 
 

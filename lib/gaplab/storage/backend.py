@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TypeGuard
 
 import polars as pl
 import pyarrow as pa
@@ -48,7 +49,7 @@ def location(data_dir: str | Path | None, default: Path | None = None) -> Root:
     return text.rstrip("/") if sep else Path(text)
 
 
-def is_url(root: Root) -> bool:
+def is_url(root: Root) -> TypeGuard[str]:
     return isinstance(root, str) and "://" in root
 
 
@@ -168,15 +169,17 @@ def scan(files: list[Root], schema: pa.Schema) -> pl.LazyFrame:
     dropped, and filters and column selections reach the files (row groups are skipped by their
     statistics). Local files go through polars' own reader; URLs through a pyarrow dataset on
     the fsspec file system, so they use that library's credentials."""
+    empty = pl.from_arrow(schema.empty_table())
+    assert isinstance(empty, pl.DataFrame)  # a Table converts to a frame (a Series only from an array)
     if not files:
-        return pl.LazyFrame(schema=pl.from_arrow(schema.empty_table()).schema)
+        return pl.LazyFrame(schema=empty.schema)
     if not is_url(files[0]):
-        return pl.scan_parquet(files, schema=pl.from_arrow(schema.empty_table()).schema,
+        return pl.scan_parquet([Path(f) for f in files], schema=empty.schema,
                                missing_columns="insert", extra_columns="ignore")
     import pyarrow.dataset as ds
 
     fs = filesystem(files[0])
-    return pl.scan_pyarrow_dataset(ds.dataset([_path(f) for f in files], schema=schema, format="parquet",
+    return pl.scan_pyarrow_dataset(ds.dataset([_path(str(f)) for f in files], schema=schema, format="parquet",
                                               filesystem=fs))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -186,7 +187,7 @@ def _table(rows: list[dict] | dict[str, list], identity: dict, schema: pa.Schema
 
 
 def _write_tables(raw_dir: Root, identity: RunIdentity | dict, meta: dict,
-                  tables: list[tuple[str, list[dict] | dict[str, list]]]) -> dict:
+                  tables: Sequence[tuple[str, list[dict] | dict[str, list]]]) -> dict:
     """Write one run's tables in order, each atomically; refuses to overwrite any of them."""
     identity = _identity_row(identity)
     folder = run_dir(raw_dir, identity, identity["run_id"])
@@ -274,11 +275,15 @@ def read_run(raw_dir: Root, run_id: str, name: str, folder: Root | None = None) 
     """One table of one run; folder: the run's own (write_run's path's parent), read without
     listing the store."""
     if folder is not None:
-        return pl.from_arrow(backend.read_parquet(backend.join(folder, f"{run_id}.{name}.parquet")))
-    files = backend.glob(raw_dir, f"**/{run_id}.{name}.parquet")
-    if not files:
-        raise FileNotFoundError(f"run {run_id} has no {name} table under {raw_dir}")
-    return pl.from_arrow(backend.read_parquet(files[0]))
+        path = backend.join(folder, f"{run_id}.{name}.parquet")
+    else:
+        files = backend.glob(raw_dir, f"**/{run_id}.{name}.parquet")
+        if not files:
+            raise FileNotFoundError(f"run {run_id} has no {name} table under {raw_dir}")
+        path = files[0]
+    frame = pl.from_arrow(backend.read_parquet(path))
+    assert isinstance(frame, pl.DataFrame)  # a Table converts to a frame (a Series only from an array)
+    return frame
 
 
 def run_files(raw_dir: Root, name: str, run_ids) -> list[Root]:
@@ -329,7 +334,7 @@ def write_quality(raw_dir: Root, identity: RunIdentity | dict, rows: list[dict],
 
 
 def _write_figures(raw_dir: Root, identity: RunIdentity | dict, meta: dict, name: str, rows: list[dict],
-                   before: list[tuple[str, list[dict]]] = ()) -> Root:
+                   before: Sequence[tuple[str, list[dict]]] = ()) -> Root:
     """A run of figures (quality, bandwidth, capability): `before`'s tables, then table `name`, whose
     rows carry the schema version as a column; returns that table's path."""
     rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]

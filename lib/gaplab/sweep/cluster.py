@@ -16,6 +16,7 @@ The Jupyter kernel of a killed worker exits by itself within a second (ipykernel
 
 from __future__ import annotations
 
+import logging
 import socket
 import tempfile
 from collections.abc import Callable
@@ -71,7 +72,7 @@ def connect(address: str) -> None:
         raise ValueError(f"--ray: {host}:{port} answers, but not as a Ray head; give the port 'ray start --head' "
                          "printed (6379 by default; 8265 is the dashboard's)")
     if not ray.is_initialized():
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
 
 
 def _nodes() -> list[dict]:

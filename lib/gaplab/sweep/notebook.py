@@ -79,7 +79,7 @@ class MeasureNotebook:
             except FutureTimeout:
                 continue
 
-    def run_trial(self, scenario: Path, cell: Cell, raw_dir: Root, server: Server | None = None, trial: int = 1,
+    def run_trial(self, scenario: str | Path, cell: Cell, raw_dir: Root, server: Server | None = None, trial: int = 1,
                   series_id: str = "", out_dir: Path = BUILD_DIR / "runs", run_id: str = "") -> str | None:
         """One papermill run of the measure notebook for one trial of a cell, stored as run_id (a sweep
         on Ray names it ahead; empty: a new one). server: the session's server to measure (None: the

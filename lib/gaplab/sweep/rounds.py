@@ -194,7 +194,7 @@ def cell_trials(cells: list[Cell], raw_dir: Root, force: bool = False, anywhere:
     for key, g in series.group_by("cell_key"):
         ct = out[key[0]]
         ct.series_id = g["series_id"][0]
-        ct.next_trial = int(g["trial"].max()) + 1
+        ct.next_trial = int(metrics.number(g["trial"].max())) + 1
         for run_id in g.filter(pl.col("status") == "complete").sort("trial")["run_id"].to_list():
             if run_id in rows:
                 ct.add(rows[run_id])
@@ -279,6 +279,7 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         the trial is stored here as a failed run with the reason. server_died: the trial failed
         because its server died; the cell goes on, on a server started again (ServerPool)."""
         if error is None:
+            assert run_id is not None  # only a trial that never ran (fail) has no run, and it has an error
             got = trial_summary(run_id)
             result.trials += 1
             result.run_ids.append(run_id)
@@ -293,6 +294,8 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
             result.failed.append(f"{ct.cell.cell_id}: {error}"[:300])
         ct.next_trial += 1
         bar.update()
+
+    current: CellTrials | None = None  # the cell being measured (Ctrl-C's message names it)
 
     class Trial:
         """The next trial of a cell, as a measurement of the server session."""
@@ -317,7 +320,6 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
         def fail(self, error: str) -> None:
             settle(self.ct, None, error)
 
-    current: CellTrials | None = None
     try:
         with CtrlC() as ctrl_c, ServerPool(keep=load.keep_servers, max_restarts=load.max_restarts) as server_pool:
             while True:
