@@ -177,7 +177,7 @@ def test_the_articles_tables_agree_or_differ_with_every_server_of_their_kind():
 
 
 @pytest.mark.parametrize("text, error", [
-    ("a.txt,A,tgi,tool calls,yes,x", r"capabilities.csv: row 3: runtime 'tgi' is not one of llamacpp, ollama, vllm"),
+    ("a.txt,A,tgi,tool calls,yes,x", r"capabilities.csv: row 3: runtime 'tgi' is not one of llamacpp, ollama, sglang, vllm"),
     ("a.txt,A,vllm,tool-calls,yes,x", r"row 3: capability 'tool-calls' is not one of streamed usage"),
     ("a.txt,A,vllm,tool calls,maybe,x", r"row 3: says 'maybe' is not one of yes, no, limited"),
 ])

@@ -72,7 +72,7 @@ def _error(mutate) -> str:
 @pytest.mark.parametrize("mutate, expected", [
     (lambda d: d.update(runtims=[]), "s.yaml: runtims: unknown field"),
     (lambda d: d["runtimes"][0].update(kind="vllm2"),
-     "runtimes.0.kind: got 'vllm2'; input should be one of llamacpp, ollama, openai, vllm"),
+     "runtimes.0.kind: got 'vllm2'; input should be one of llamacpp, ollama, openai, sglang, vllm"),
     (lambda d: d["runtimes"][0].update(parallel=0), "runtimes.0.parallel: got 0; input should be greater than or equal to 1"),
     (lambda d: d["load"].update(concurrency=["eight"]), "load.concurrency.0: got 'eight'"),
     (lambda d: d["load"].update(concurrency=[0]), "every concurrency level must be 1 or more"),
@@ -141,8 +141,8 @@ def test_runtime_kinds_come_from_the_adapter_modules():
     for name, kind in found.items():
         module = __import__(kind.open.__module__, fromlist=["KIND"])
         assert module.KIND is kind and kind.name == name
-    assert {n for n, k in found.items() if k.starts} == {"llamacpp", "vllm", "ollama"}
-    assert {n for n, k in found.items() if k.attaches} == {"openai", "ollama"}
+    assert {n for n, k in found.items() if k.starts} == {"llamacpp", "vllm", "ollama", "sglang"}
+    assert {n for n, k in found.items() if k.attaches} == {"openai", "ollama", "sglang"}
     # a kind that does both is started without a base_url and attached with one
     assert found["ollama"].started_here(None) and not found["ollama"].started_here("http://box:11434")
     assert found["llamacpp"].started_here(None) and not found["openai"].started_here("http://box:8000/v1")

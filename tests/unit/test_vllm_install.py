@@ -24,3 +24,28 @@ def test_server_binds_threads_and_selects_the_cpu_platform():
     cmd = vllm.server_command(RuntimeSpec(name="v", kind="vllm", parallel=8, enforce_eager=True), "m", "bfloat16", 1234)
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert "--enforce-eager" in cmd and cmd[cmd.index("--max-num-seqs") + 1] == "8"
+
+
+def test_the_cuda_build_runs_pypis_vllm_without_the_cpu_platform():
+    from gaplab.spec.scenario import RuntimeSpec
+
+    gpu = RuntimeSpec(name="v", kind="vllm", device="cuda", parallel=8)
+    env, cmd = vllm.server_env(gpu), vllm.server_command(gpu, "m", "bfloat16", 1234)
+    assert "VLLM_TARGET_DEVICE" not in env and "VLLM_CPU_OMP_THREADS_BIND" not in env
+    assert cmd[0] == str(vllm_env.venv_python("cuda")) != str(vllm_env.venv_python())
+    assert vllm_env.vllm_dir("cuda").name == f"{vllm_env.VLLM}-cuda" and vllm_env.VLLM == vllm_env.VLLM_CPU
+    assert gpu.launch_flags()["device"] == "cuda"
+    assert "device" not in RuntimeSpec(name="v", kind="vllm").launch_flags()  # CPU cells keep their keys
+
+
+def test_without_a_gpu_the_cuda_build_is_refused_in_one_line():
+    import pytest
+
+    from gaplab.machine.hardware import hardware
+    from gaplab.spec.scenario import RuntimeSpec
+
+    if hardware()["gpus"]:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match=r"^runtime v: device cuda, but no NVIDIA GPU was found on this machine"):
+        with vllm.vllm_server(RuntimeSpec(name="v", kind="vllm", device="cuda"), "smollm2-135m", "BF16"):
+            pass

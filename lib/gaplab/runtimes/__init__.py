@@ -51,7 +51,8 @@ class RuntimeKind:
     runners: Callable | None = None
     fields: type[Fields] = Fields  # its own scenario fields
     display: str = ""  # its name on the pages (default: the kind's name)
-    install: Callable | None = None  # (models: list[str] | None) -> None: `gaplab local setup --runtime NAME`
+    # (models: list[str] | None, device: "cpu" or "cuda") -> None: `gaplab local setup --runtime NAME`
+    install: Callable | None = None
     package_version: str = ""  # the version gaplab installs for it (capability probe runs are keyed by it)
 
     @property

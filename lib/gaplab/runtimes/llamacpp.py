@@ -88,7 +88,7 @@ def identity_flags(runtime) -> dict:
     return flags
 
 
-def local_setup(models: list[str] | None) -> None:
+def local_setup(models: list[str] | None, device: str = "cpu") -> None:
     """Nothing beyond the models' step: that builds llama.cpp (its tools make the quants)."""
     print(f"gaplab: llama.cpp tools in {llama_build.tool_path('llama-server').parent}")
 

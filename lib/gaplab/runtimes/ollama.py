@@ -219,7 +219,7 @@ def open_ollama(cell, api_key):
     return nullcontext(attach_ollama(cell.runtime, cell.model))
 
 
-def local_setup(models: list[str] | None) -> None:
+def local_setup(models: list[str] | None, device: str = "cpu") -> None:
     """Nothing to install: say which binary the servers will run, or how to get one."""
     binary = install.find_binary()
     print(f"gaplab: Ollama {install.binary_version(binary)} at {binary} (its models: {install.MODELS_DIR})")
