@@ -50,13 +50,13 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
     first, last, chars = rec.first_token_ns, rec.last_token_ns, rec.output_chars
     try:
         for arrival_ns, line in events:
-            if line.endswith(b"[DONE]"):
-                finished = True
-                continue
             try:
                 event = loads(line[5:])  # orjson skips the space after "data:"
-            except orjson.JSONDecodeError:
-                rec.error = rec.error or f"malformed stream event: {line[:200]!r}"
+            except orjson.JSONDecodeError:  # [DONE] too: no JSON text ends in it, so it is looked for here
+                if line.endswith(b"[DONE]"):
+                    finished = True
+                else:
+                    rec.error = rec.error or f"malformed stream event: {line[:200]!r}"
                 continue
             choices = event.get("choices")
             if choices:
@@ -77,7 +77,7 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
                     first = arrival_ns
                 last = arrival_ns
                 chars += n_chars
-            usage = event.get("usage")
+            usage = event["usage"] if "usage" in event else None
             if usage:
                 rec.prompt_tokens = usage.get("prompt_tokens")
                 rec.completion_tokens = usage.get("completion_tokens")  # reasoning tokens included
