@@ -2,9 +2,10 @@
 process left (store.py's docstring describes the layout).
 
 A trial's finished requests are written every load.flush_seconds as
-<run_id>.{chunks,requests}.part-NNNN.parquet beside where the run's tables will go; the run's
-own tables replace them when it ends (store.write_run). `recover` turns those of a run whose
-process died into a run marked "interrupted".
+<run_id>.{chunks,requests}.part-NNNN.parquet beside where the run's tables will go (chunk
+parts without the identity columns: CHUNKS_PART); the run's own tables replace them when it
+ends (store.write_run). `recover` turns those of a run whose process died into a run marked
+"interrupted".
 """
 
 from __future__ import annotations
