@@ -13,8 +13,8 @@ Both count the same thing: the output tokens of the requests that succeeded. vLL
 a request's count from the server's usage event (the server reports --tokens); gaplab's count is
 its chunks that carried text. Two figures per client:
 - per CPU second: tokens over the CPU time (user + system, every thread) the client's process
-  spent from its first request to its last: for gaplab, measure._drive (the load, with the part
-  files written meanwhile), for vLLM from its first get_request to calculate_metrics (both wrapped
+  spent from its first request to its last: for gaplab, measure._drive (its client's setup and the
+  load, with the part files written meanwhile), for vLLM from its first get_request to calculate_metrics (both wrapped
   here to read the clock; nothing else of theirs is changed). Other work on the machine slows a
   client down but takes none of its CPU time, so this is the figure the target is checked on;
 - tokens/s over the span (first send to last end), which other work on the core lowers.
@@ -154,7 +154,7 @@ def main() -> None:
     clients = ["gaplab", "vLLM"]
     if not (vllm_env.installed() and vllm_env.converted_dir(args.tokenizer_model, "float32").is_dir()):
         print(f"vLLM's side skipped: no vLLM venv with a converted {args.tokenizer_model} in "
-              f"{vllm_env.vllm_dir().parent} (gaplab setup --vllm provides both)")
+              f"{vllm_env.vllm_dir().parent} (gaplab local setup --runtime vllm provides both)")
         clients.remove("vLLM")
     server, url = sse_server.start(0, 0, args.tokens, cpu=SERVER_CORE, log=False)
     try:
