@@ -4,19 +4,20 @@ and 64 streams, against one server that writes each stream of --tokens chunks at
 
 gaplab's side is what a sweep runs for one trial: measure.run_cell on a scenario that attaches
 to the server, a closed loop with its part files written every load.flush_seconds, the run
-stored at the end. It runs in a fresh process; the process that reads the streams is pinned to
-core 0. vLLM's side is its real client, 0.32 from gaplab's cache (provision.vllm_env), in a
-fresh process pinned to core 0 (taskset), dataset `random`, the SmolLM2 tokenizer from the
-model cache, the same number of requests and users. When its venv is absent, one line says so.
+stored at the end. It runs in a fresh process pinned to core 0. vLLM's side is its real client,
+0.32 from gaplab's cache (provision.vllm_env), in a fresh process pinned to core 0 (taskset),
+dataset `random`, the SmolLM2 tokenizer from the model cache, the same number of requests and
+users. When its venv is absent, one line says so.
 
 Both count the same thing: the output tokens of the requests that succeeded. vLLM's client takes
 a request's count from the server's usage event (the server reports --tokens); gaplab's count is
 its chunks that carried text. Two figures per client:
 - per CPU second: tokens over the CPU time (user + system, every thread) the client's process
-  spent from its first request to its last: for gaplab, measure._drive (its client's setup and the
-  load, with the part files written meanwhile), for vLLM from its first get_request to calculate_metrics (both wrapped
-  here to read the clock; nothing else of theirs is changed). Other work on the machine slows a
-  client down but takes none of its CPU time, so this is the figure the target is checked on;
+  spent from its first request to its last: for gaplab, measure._drive (its client's setup and
+  the load, with the part files written meanwhile), for vLLM from its first get_request to
+  calculate_metrics (both wrapped here to read the clock; nothing else of theirs is changed).
+  Other work on the machine slows a client down far more than it adds to its CPU time, so this
+  is the figure the target is checked on;
 - tokens/s over the span (first send to last end), which other work on the core lowers.
 Rounds alternate which client runs first; each figure is a median over --rounds, with its range.
 
