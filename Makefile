@@ -65,6 +65,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/client_capacity.py
+	$(BIN)/python bench/vs_vllm.py  # vLLM's side is skipped, in one line, without its venv
 	$(BIN)/python bench/client_accuracy.py
 	$(BIN)/python bench/open_loop_lag.py
 	$(BIN)/python bench/store_scale.py --no-eager  # the eager reference: 15 GB, a minute more

@@ -54,6 +54,7 @@ async def handle(reader, writer, ttft: float, itl: float, tokens: int) -> None:
         writer.write(chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
         await writer.drain()
         token = chunk({**base, "choices": [{"index": 0, "delta": {"content": " tok"}}]})
+        sent = tokens
         if ttft == 0 and itl == 0:  # capacity mode: the whole stream in one write
             writer.write(token * tokens)
             tokens = 0
@@ -68,7 +69,7 @@ async def handle(reader, writer, ttft: float, itl: float, tokens: int) -> None:
             if first_sent_ns is None:
                 first_sent_ns = time.perf_counter_ns()
         writer.write(chunk({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}))
-        writer.write(chunk({**base, "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": tokens}}))
+        writer.write(chunk({**base, "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": sent}}))
         writer.write(frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
         if LOG_TRUTH:  # what the server really did, for the timing test to compare against

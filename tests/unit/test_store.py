@@ -81,6 +81,21 @@ def test_part_files_of_a_killed_run_become_an_interrupted_run(tmp_path):
     assert partfiles.recover(tmp_path) == []
 
 
+def test_a_recovered_run_stores_the_rows_a_finished_run_stores(tmp_path):
+    """Chunk parts leave the identity out (it is most of a chunk row's cost); recovery puts it back,
+    so a killed run's tables hold what write_run would have written for the same records."""
+    recs = records()
+    writer = partfiles.RunWriter(tmp_path / "killed", identity(), {"status": "interrupted"})
+    writer.flush(recs[:1])
+    writer.flush(recs)
+    assert partfiles.recover(tmp_path / "killed") == ["20260101T000000Z-abc123"]
+    store.write_run(tmp_path / "finished", identity(), {"status": "complete"}, recs)
+    for table in ("requests", "chunks"):
+        killed, finished = (store.read_table(tmp_path / where, table) for where in ("killed", "finished"))
+        assert killed.height > 0 and killed.equals(finished), table
+    assert store.read_table(tmp_path / "killed", "chunks")["machine_id"].to_list() == ["m-1"] * 4
+
+
 def test_a_finished_run_removes_its_part_files(tmp_path):
     writer = partfiles.RunWriter(tmp_path, identity(), {})
     writer.flush(records())

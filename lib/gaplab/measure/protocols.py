@@ -44,44 +44,49 @@ def fill_from_events(rec: RequestRecord, events: list[tuple[int, bytes]], api: s
 
     Returns whether the stream finished: `data: [DONE]` or an error event was seen. A stream
     that stops without either was cut off, however cleanly its connection closed."""
-    loads, chunks, text_key = orjson.loads, rec.chunks, "text" if api == "completions" else "content"
-    finished = False
-    for arrival_ns, line in events:
-        if line.endswith(b"[DONE]"):
-            finished = True
-            continue
-        try:
-            event = loads(line[5:])  # orjson skips the space after "data:"
-        except orjson.JSONDecodeError:
-            rec.fail("malformed stream", f"malformed stream event: {line[:200]!r}", first=True)
-            continue
-        choices = event.get("choices")
-        if choices:
-            choice = choices[0]
-            part = choice.get("delta", choice) if api == "chat" else choice
-            text = part.get(text_key) if part else None
-            kind, n_chars = (CONTENT, len(text)) if text else classify(event, api)
-            if choice.get("finish_reason"):
-                rec.finish_reason = choice["finish_reason"]
-        elif "error" in event:
-            rec.fail("error event", str(event["error"])[:500])
-            finished = True
-            continue
-        else:
-            kind, n_chars = classify(event, api)
-        chunks.append((arrival_ns, kind, n_chars))
-        if kind in TOKEN_KINDS:
-            if rec.first_token_ns is None:
-                rec.first_token_ns = arrival_ns
-            rec.last_token_ns = arrival_ns
-            rec.output_chars += n_chars
-        usage = event.get("usage")
-        if usage:
-            rec.prompt_tokens = usage.get("prompt_tokens")
-            rec.completion_tokens = usage.get("completion_tokens")  # reasoning tokens included
-            rec.server_reasoning_tokens = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
-        if "timings" in event:  # llama.cpp's own per-request figures
-            rec.server_timings = event["timings"]
+    loads, append, text_key = orjson.loads, rec.chunks.append, "text" if api == "completions" else "content"
+    chat, finished = api == "chat", False
+    # kept in locals while the events are read, and set on the record once (an attribute a chunk cost more)
+    first, last, chars = rec.first_token_ns, rec.last_token_ns, rec.output_chars
+    try:
+        for arrival_ns, line in events:
+            try:
+                event = loads(line[5:])  # orjson skips the space after "data:"
+            except orjson.JSONDecodeError:  # [DONE] too: no JSON text ends in it, so it is looked for here
+                if line.endswith(b"[DONE]"):
+                    finished = True
+                else:
+                    rec.fail("malformed stream", f"malformed stream event: {line[:200]!r}", first=True)
+                continue
+            choices = event.get("choices")
+            if choices:
+                choice = choices[0]
+                part = choice.get("delta", choice) if chat else choice
+                text = part.get(text_key) if part else None
+                kind, n_chars = (CONTENT, len(text)) if text else classify(event, api)
+                if choice.get("finish_reason"):
+                    rec.finish_reason = choice["finish_reason"]
+            elif "error" in event:
+                rec.fail("error event", str(event["error"])[:500])
+                finished = True
+                continue
+            else:
+                kind, n_chars = classify(event, api)
+            append((arrival_ns, kind, n_chars))
+            if kind in TOKEN_KINDS:
+                if first is None:
+                    first = arrival_ns
+                last = arrival_ns
+                chars += n_chars
+            usage = event["usage"] if "usage" in event else None
+            if usage:
+                rec.prompt_tokens = usage.get("prompt_tokens")
+                rec.completion_tokens = usage.get("completion_tokens")  # reasoning tokens included
+                rec.server_reasoning_tokens = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+            if "timings" in event:  # llama.cpp's own per-request figures
+                rec.server_timings = event["timings"]
+    finally:
+        rec.first_token_ns, rec.last_token_ns, rec.output_chars = first, last, chars
     return finished
 
 

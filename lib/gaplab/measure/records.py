@@ -4,11 +4,14 @@ kinds), and the identity every stored row of a run carries."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import compress
+from operator import itemgetter, sub
 
 # Chunk kinds stored in the chunks table.
 ROLE, CONTENT, REASONING, TOOL, EMPTY, USAGE = "role", "content", "reasoning", "tool", "empty", "usage"
 TOKEN_KINDS = (CONTENT, REASONING, TOOL)
 ANSWER_KINDS = (CONTENT, TOOL)  # output that is not the model's reasoning
+_TOKEN_KIND = frozenset(TOKEN_KINDS).__contains__
 
 
 @dataclass
@@ -47,7 +50,10 @@ class RequestRecord:
     @property
     def token_chunks(self) -> int:
         """Chunks that carried output (TOKEN_KINDS), whatever the server's own count says."""
-        return sum(1 for c in self.chunks if c[1] in TOKEN_KINDS)
+        # counted in C (map, list.count), as the figures below: a part file's writer takes each
+        # record's, and a loop in Python cost more a chunk than reading the chunk
+        kinds = list(map(itemgetter(1), self.chunks))
+        return sum(map(kinds.count, TOKEN_KINDS))
 
     @property
     def first_answer_ns(self) -> int | None:
@@ -58,13 +64,13 @@ class RequestRecord:
     @property
     def reasoning_chunks(self) -> int:
         """Chunks that carried reasoning text: the client's count of reasoning tokens."""
-        return sum(1 for c in self.chunks if c[1] == REASONING)
+        return list(map(itemgetter(1), self.chunks)).count(REASONING)
 
     @property
     def max_gap_ns(self) -> int | None:
         """The longest wait between two output chunks: a stall such as another request's prefill."""
-        times = [c[0] for c in self.chunks if c[1] in TOKEN_KINDS]
-        return max((b - a for a, b in zip(times, times[1:])), default=None)
+        times = list(compress(map(itemgetter(0), self.chunks), map(_TOKEN_KIND, map(itemgetter(1), self.chunks))))
+        return max(map(sub, times[1:], times), default=None)
 
 
 @dataclass(frozen=True)

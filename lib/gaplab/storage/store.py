@@ -6,7 +6,8 @@ metadata under b"gaplab". Files are written to a temporary name and renamed, so 
 crash never leaves half a file; a rerun adds files and never rewrites old ones.
 
 While a run is measured, its completed requests are written every few seconds as part
-files (<run_id>.requests.part-NNNN.parquet, ...), each complete and readable. The run's
+files (<run_id>.requests.part-NNNN.parquet, ...), each complete and readable (a chunks part
+holds the chunk columns without the run identity, which its requests part carries). The run's
 final tables replace them when it ends; if the process is killed first, `partfiles.recover`
 turns the part files into a normal run marked "interrupted", so at most one flush interval of
 finished requests is lost.
