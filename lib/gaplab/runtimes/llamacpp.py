@@ -1,7 +1,8 @@
 """llama.cpp's llama-server, started by gaplab on a free loopback port.
 
 The server is always stopped: on return, on errors, on Ctrl-C, and when the process that
-started it dies (see process.py).
+started it dies (see process.py). With device: cuda it is the CUDA build, every layer on the
+GPU; on a machine without one it is refused before it starts.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator, model_validator
 
+from gaplab.machine.hardware import hardware
 from gaplab.machine.modelfile import gguf_traffic, traffic_or_none
 from gaplab.provision import llama_build, models
 from gaplab.runtimes import Fields, RuntimeKind, Server, process
@@ -28,17 +31,38 @@ class LlamaFields(Fields):
     # which llama.cpp build serves it (provision.llama_build.BUILDS): native, or b10488-avx2, the
     # source and CPU flags of Ollama's runner
     build: str = "native"
+    # where it runs. cuda: the CUDA build of the native source (gaplab local setup --runtime
+    # llamacpp --device cuda) with every layer on the GPU, for the architecture cuda_arch
+    # (CMake's number: 89 the RTX 4090, 120 the RTX 5090; see llama_build.CUDA_ARCH)
+    device: Literal["cpu", "cuda"] = "cpu"
+    cuda_arch: int = Field(llama_build.CUDA_ARCH, ge=75, le=199)  # 75: the oldest CUDA 13 compiles for
 
     @field_validator("build")
     @classmethod
     def _known_build(cls, build: str) -> str:
         return one_of(build, llama_build.BUILDS)
 
+    @model_validator(mode="after")
+    def _cuda_build(self) -> "LlamaFields":
+        if self.device == "cuda" and self.build != "native":
+            raise ValueError(f"device: the CUDA build is of the native source, not '{self.build}'; remove build")
+        if "cuda_arch" in self.model_fields_set and self.device != "cuda":
+            raise ValueError("cuda_arch: only with device: cuda; remove it or set device: cuda")
+        return self
+
+
+def build_name(runtime) -> str:
+    """The llama.cpp build that serves a runtime: its `build`, or the CUDA one for its device."""
+    opts = runtime.options
+    return llama_build.cuda_name(opts.cuda_arch) if opts.device == "cuda" else opts.build
+
 
 def server_command(runtime, model_file: Path, port: int) -> list[str]:
-    cmd = [str(llama_build.tool_path("llama-server", runtime.options.build)), "-m", str(model_file), "--host", "127.0.0.1",
-           "--port", str(port), "-np", str(runtime.parallel), "-c", str(runtime.ctx_size),
+    cmd = [str(llama_build.tool_path("llama-server", build_name(runtime))), "-m", str(model_file), "--host",
+           "127.0.0.1", "--port", str(port), "-np", str(runtime.parallel), "-c", str(runtime.ctx_size),
            "-t", str(runtime.threads), "--metrics", "--no-webui"]
+    if runtime.options.device == "cuda":
+        cmd += ["-ngl", "all"]  # every layer on the GPU, as a GPU box's users run it
     if runtime.options.kv_unified:
         cmd.append("-kvu")  # slots share the whole context instead of ctx_size / parallel each
     return cmd + list(runtime.extra_args)
@@ -48,9 +72,14 @@ def server_command(runtime, model_file: Path, port: int) -> list[str]:
 def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Iterator[Server]:
     model_file = models.model_path(model, quant)
     info = models.model_info(model, quant)
-    if not llama_build.llama_built(runtime.options.build):
-        how = "" if runtime.options.build == "native" else f" --build {runtime.options.build}"
-        raise RuntimeError(f"llama-server ({runtime.options.build} build) is not built: run 'gaplab local setup{how}'")
+    build, opts = build_name(runtime), runtime.options
+    if opts.device == "cuda" and not hardware()["gpus"]:
+        raise RuntimeError(f"runtime {runtime.name}: device cuda, but no NVIDIA GPU was found on this machine "
+                           "(nvidia-smi lists none); run it on a GPU box, or set device: cpu")
+    if not llama_build.llama_built(build):
+        how = ("" if build == "native" else f" --build {build}" if opts.device == "cpu"
+               else f" --runtime llamacpp --device cuda --cuda-arch {opts.cuda_arch}")
+        raise RuntimeError(f"llama-server ({build} build) is not built: run 'gaplab local setup{how}'")
     port = free_port()
     cmd = server_command(runtime, model_file, port) + ["-a", model]
     log = BUILD_DIR / "logs" / f"llama-server-{runtime.name}-{model}-{quant}-{port}.log"
@@ -61,9 +90,10 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
         started = time.perf_counter_ns()
         proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT)
         try:
-            healthy = wait_healthy(base, proc, timeout, log)
-            yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(runtime.options.build),
-                         engine_version=llama_build.BUILDS[runtime.options.build].engine, engine="llamacpp",
+            # a GPU newer than the build's architecture compiles its PTX at the first load (minutes)
+            healthy = wait_healthy(base, proc, max(timeout, 600) if opts.device == "cuda" else timeout, log)
+            yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(build),
+                         engine_version=llama_build.get(build).engine, engine="llamacpp",
                          launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
                          model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
                          pid=proc.pid, started_ns=started, healthy_ns=healthy, loaded_ns=healthy,
@@ -85,6 +115,8 @@ def identity_flags(runtime) -> dict:
              "kv_unified": runtime.options.kv_unified, "extra_args": list(runtime.extra_args)}
     if runtime.options.build != "native":  # only then, so that native cells keep their keys
         flags["build"] = runtime.options.build
+    if runtime.options.device == "cuda":  # likewise
+        flags.update(device="cuda", cuda_arch=runtime.options.cuda_arch)
     return flags
 
 
