@@ -59,7 +59,11 @@ def local_setup(model: list[str] = typer.Option(None, help="only these local mod
                 quant: list[str] = typer.Option(None, help="only these derived quants (F16, Q8_0, Q4_0)"),
                 runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp, vllm and/or ollama (gaplab doctor lists them)"),
                 build: list[str] = typer.Option(None, help="llama.cpp builds beside the native one: b10488-avx2 "
-                                                "(the source and CPU flags of Ollama's runner)")):
+                                                "(the source and CPU flags of Ollama's runner)"),
+                device: str = typer.Option("cpu", help="cuda: each runtime's GPU build (llama.cpp built with CUDA, vLLM's "
+                                           "CUDA wheel, ...); no GPU needed to set them up"),
+                cuda_arch: int = typer.Option(89, help="the GPU architecture of the CUDA build: 89 the RTX 4090 "
+                                              "(its PTX also loads on newer GPUs), 120 the RTX 5090")):
     """Build llama.cpp from the llama-cpp-python sdist, install vLLM's CPU build in its own venv,
     find Ollama, and provision the local models (all cached outside the clone)."""
     from gaplab.provision import llama_build, models
@@ -72,12 +76,20 @@ def local_setup(model: list[str] = typer.Option(None, help="only these local mod
     unknown = sorted(set(build or []) - set(llama_build.BUILDS))
     if unknown:
         _fail(f"--build: got {unknown[0]!r}; llama.cpp builds are {', '.join(llama_build.BUILDS)}")
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device: got {device!r}; devices are cpu and cuda")
+    if not 75 <= cuda_arch <= 199:
+        _fail(f"--cuda-arch: got {cuda_arch}; give a CUDA architecture of 75 or more (89: RTX 4090, 120: RTX 5090)")
     _guard(models.setup, model or None, quant or None)
     for name in build or []:
         folder = _guard(llama_build.build_llama_cpp, build=name)
         typer.echo(f"gaplab: llama.cpp {name} build in {folder} ({llama_build.BUILDS[name].engine})")
+    if device == "cuda" and "llamacpp" in runtime:  # a llama.cpp build, as --build's are
+        name = llama_build.cuda_name(cuda_arch)
+        folder = _guard(llama_build.build_llama_cpp, build=name)
+        typer.echo(f"gaplab: llama.cpp {name} build in {folder} ({llama_build.llama_version(name)})")
     for name in dict.fromkeys(runtime):  # each runtime's own step (its module's RuntimeKind.install)
-        _guard(local[name].install, model or None)
+        _guard(local[name].install, model or None, device)
 
 
 @app.command()
