@@ -1,10 +1,10 @@
 """What this machine can launch, measure and publish with, and why not: `gaplab doctor`.
 
 One line per part: ready (what and where), to set up (the command that does it), or missing
-(why, and how to get it). Nothing is installed or started; only `ollama --version` runs.
-gaplab launches CPU builds only (llama.cpp built here, vLLM's CPU wheel, Ollama); a GPU box's
-servers are attached by URL (scenarios/gpu-box.example.yaml), so the GPU line says what there
-is to attach to, not what gaplab would start.
+(why, and how to get it). Nothing is installed or started; only `ollama --version`, the built
+llama-servers' --version and nvcc's --version run. gaplab launches llama.cpp's CPU builds, vLLM's
+CPU wheel and Ollama, and llama.cpp's CUDA build where there is a GPU; a GPU box's servers can
+also be attached by URL (scenarios/gpu-box.example.yaml).
 """
 
 from __future__ import annotations
@@ -37,6 +37,28 @@ def _llama() -> list[Check]:
                          f"'gaplab local setup{flag}'") if lacking else
                    Check(part, SETUP, f"'gaplab local setup{flag}' builds it from source on PyPI (minutes)"))
     return out
+
+
+def _llama_cuda(gpus: list[str]) -> Check:
+    """The CUDA build of the default architecture: built, or which compiler would build it, and
+    whether this machine has a GPU to run it."""
+    from gaplab.provision import cuda_toolkit, llama_build
+
+    name = llama_build.cuda_name()
+    part, setup = f"llama.cpp {name}", "'gaplab local setup --runtime llamacpp --device cuda'"
+    run = (f"runs on {gpus[0].split(',')[0]}" if gpus else
+           "no GPU here to run it (device: cuda is refused on this machine)")
+    if llama_build.llama_built(name):
+        return Check(part, READY, f"{llama_build.llama_version(name)} in {llama_build.tool_path('llama-server', name).parent}; "
+                     f"{run}")
+    if not (shutil.which("cmake") and shutil.which("c++")):
+        return Check(part, MISSING, f"cmake or c++ not found: run 'apt-get install -y cmake g++', then {setup}")
+    toolkit, why_not = cuda_toolkit.found()
+    toolkit = toolkit or cuda_toolkit.wheels_installed()
+    compiler = (f"with CUDA {toolkit.version} from {toolkit.source}" if toolkit else
+                f"with CUDA {cuda_toolkit.CUDA_VERSION} it installs from PyPI (about 850 MB)"
+                + (f", as {why_not}" if why_not else ""))
+    return Check(part, SETUP, f"{setup} builds it {compiler} (tens of minutes on 2 cores); {run}")
 
 
 def _vllm() -> Check:
@@ -72,8 +94,8 @@ def _gpu(gpus: list[str]) -> Check:
     if not gpus:
         return Check("GPU", MISSING, "no NVIDIA GPU (nvidia-smi not found or lists none): CPU runtimes only; "
                      "on a GPU box attach its servers by URL (scenarios/gpu-box.example.yaml)")
-    return Check("GPU", READY, f"{'; '.join(gpus)}: attach its servers by URL (scenarios/gpu-box.example.yaml); "
-                 "gaplab does not launch GPU builds yet")
+    return Check("GPU", READY, f"{'; '.join(gpus)}: gaplab launches llama.cpp's CUDA build on it (device: cuda); "
+                 "its servers can be attached by URL (scenarios/gpu-box.example.yaml)")
 
 
 def _quarto() -> Check:
@@ -102,4 +124,4 @@ def checks(gpus: list[str] | None = None) -> list[Check]:
         from gaplab.machine.hardware import hardware
 
         gpus = hardware()["gpus"]
-    return [*_llama(), _models(), _vllm(), _ollama(), _gpu(gpus), _quarto(), _chromium()]
+    return [*_llama(), _llama_cuda(gpus), _models(), _vllm(), _ollama(), _gpu(gpus), _quarto(), _chromium()]
