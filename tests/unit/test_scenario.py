@@ -110,6 +110,14 @@ def _error(mutate) -> str:
      "runtimes.2.model_config: 'other' is not one of the scenario's models (m)"),
     (lambda d: d["runtimes"][0].update(model_config={"m": "/"}),
      "runtimes.0: model_config: only for servers gaplab attaches to"),
+    (lambda d: d["runtimes"][0].update(device="gpu"), "runtimes.0.device: got 'gpu'; input should be 'cpu' or 'cuda'"),
+    (lambda d: d["runtimes"].append({"name": "v", "kind": "vllm", "device": "cuda", "cuda_arch": 120}),
+     "runtimes.2: cuda_arch: a field of kind 'llamacpp', not of 'vllm'; remove it"),
+    (lambda d: d["runtimes"][0].update(device="cuda", build="b10488-avx2"),
+     "runtimes.0: device: the CUDA build is of the native source, not 'b10488-avx2'"),
+    (lambda d: d["runtimes"][0].update(cuda_arch=120), "runtimes.0: cuda_arch: only with device: cuda"),
+    (lambda d: d["runtimes"][0].update(device="cuda", cuda_arch=52),
+     "runtimes.0.cuda_arch: got 52; input should be greater than or equal to 75"),
 ])
 def test_each_bad_field_names_itself(mutate, expected):
     assert expected.lower() in _error(mutate).lower()
