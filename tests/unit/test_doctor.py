@@ -40,3 +40,14 @@ def test_the_command_prints_the_machine_and_a_line_per_part():
     lines = res.output.splitlines()
     assert lines[0].startswith("machine: m-") and len(lines) >= 8
     assert any(line.strip().startswith("GPU:") for line in lines)
+
+
+def test_the_gpu_servers_are_listed_with_whether_a_gpu_can_run_them():
+    from gaplab.machine.doctor import checks
+
+    without = {c.part: c for c in checks(gpus=[])}
+    with_gpu = {c.part: c for c in checks(gpus=["NVIDIA GeForce RTX 4090, 24564 MiB"])}
+    for part in ("vLLM (CUDA)", "SGLang"):
+        assert "refused on this machine" in without[part].detail
+        assert "runs on NVIDIA GeForce RTX 4090" in with_gpu[part].detail
+    assert "--runtime sglang" in without["SGLang"].detail or without["SGLang"].status == "ready"

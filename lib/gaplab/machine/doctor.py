@@ -3,8 +3,8 @@
 One line per part: ready (what and where), to set up (the command that does it), or missing
 (why, and how to get it). Nothing is installed or started; only `ollama --version`, the built
 llama-servers' --version and nvcc's --version run. gaplab launches llama.cpp's CPU builds, vLLM's
-CPU wheel and Ollama, and llama.cpp's CUDA build where there is a GPU; a GPU box's servers can
-also be attached by URL (scenarios/gpu-box.example.yaml).
+CPU wheel and Ollama, and where there is a GPU llama.cpp's CUDA build, PyPI's CUDA vLLM and SGLang;
+a GPU box's servers can also be attached by URL (scenarios/gpu-box.example.yaml).
 """
 
 from __future__ import annotations
@@ -70,6 +70,22 @@ def _vllm() -> Check:
                  "into its own venv (about 2.5 GB)")
 
 
+def _gpu_servers(gpus: list[str]) -> list[Check]:
+    """vLLM's CUDA build and SGLang: installed or how to, and whether a GPU is here to run them."""
+    from gaplab.provision import sglang_env, vllm_env
+
+    run = f"runs on {gpus[0].split(',')[0]}" if gpus else "no GPU here to run it (refused on this machine)"
+    out = []
+    for part, ready, where, setup, size in (
+            ("vLLM (CUDA)", vllm_env.installed("cuda"), vllm_env.vllm_dir("cuda"),
+             f"'gaplab local setup --runtime vllm --device cuda' installs PyPI's vllm {vllm_env.VLLM}", "about 8.5 GB"),
+            ("SGLang", sglang_env.installed(), sglang_env.sglang_dir(),
+             f"'gaplab local setup --runtime sglang' installs PyPI's sglang {sglang_env.SGLANG}", "several GB")):
+        out.append(Check(part, READY, f"in {where}; {run}") if ready else
+                   Check(part, SETUP, f"{setup} into its own venv ({size}; no GPU needed to install); {run}"))
+    return out
+
+
 def _ollama() -> Check:
     from gaplab.provision import SetupError, ollama
 
@@ -94,7 +110,7 @@ def _gpu(gpus: list[str]) -> Check:
     if not gpus:
         return Check("GPU", MISSING, "no NVIDIA GPU (nvidia-smi not found or lists none): CPU runtimes only; "
                      "on a GPU box attach its servers by URL (scenarios/gpu-box.example.yaml)")
-    return Check("GPU", READY, f"{'; '.join(gpus)}: gaplab launches llama.cpp's CUDA build on it (device: cuda); "
+    return Check("GPU", READY, f"{'; '.join(gpus)}: gaplab launches llama.cpp's CUDA build, vLLM and SGLang on it; "
                  "its servers can be attached by URL (scenarios/gpu-box.example.yaml)")
 
 
@@ -124,4 +140,5 @@ def checks(gpus: list[str] | None = None) -> list[Check]:
         from gaplab.machine.hardware import hardware
 
         gpus = hardware()["gpus"]
-    return [*_llama(), _llama_cuda(gpus), _models(), _vllm(), _ollama(), _gpu(gpus), _quarto(), _chromium()]
+    return [*_llama(), _llama_cuda(gpus), _models(), _vllm(), *_gpu_servers(gpus), _ollama(), _gpu(gpus), _quarto(),
+            _chromium()]
