@@ -57,7 +57,7 @@ def _guard(fn, *args, **kwargs):
 @local_app.command("setup")
 def local_setup(model: list[str] = typer.Option(None, help="only these local models"),
                 quant: list[str] = typer.Option(None, help="only these derived quants (F16, Q8_0, Q4_0)"),
-                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp, vllm and/or ollama (gaplab doctor lists them)"),
+                runtime: list[str] = typer.Option(["llamacpp"], help="llamacpp, vllm, ollama and/or sglang (gaplab doctor lists them)"),
                 build: list[str] = typer.Option(None, help="llama.cpp builds beside the native one: b10488-avx2 "
                                                 "(the source and CPU flags of Ollama's runner)"),
                 device: str = typer.Option("cpu", help="cuda: each runtime's GPU build (llama.cpp built with CUDA, vLLM's "
