@@ -8,8 +8,6 @@ GPU; on a machine without one it is refused before it starts.
 from __future__ import annotations
 
 import shlex
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +19,7 @@ from gaplab.machine.hardware import hardware
 from gaplab.machine.modelfile import gguf_traffic, traffic_or_none
 from gaplab.provision import llama_build, models
 from gaplab.runtimes import Fields, RuntimeKind, Server, process
-from gaplab.runtimes.process import free_port, wait_healthy
+from gaplab.runtimes.process import free_port
 from gaplab.spec.config import BUILD_DIR
 from gaplab.spec.workloads import one_of
 
@@ -83,25 +81,17 @@ def llama_server(runtime, model: str, quant: str, timeout: float = 180) -> Itera
     port = free_port()
     cmd = server_command(runtime, model_file, port) + ["-a", model]
     log = BUILD_DIR / "logs" / f"llama-server-{runtime.name}-{model}-{quant}-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    base = f"http://127.0.0.1:{port}"
     traffic = traffic_or_none(gguf_traffic, model_file)  # K and V in f16, llama-server's default cache type
-    with open(log, "wb") as logf:
-        started = time.perf_counter_ns()
-        proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT)
-        try:
-            # a GPU newer than the build's architecture compiles its PTX at the first load (minutes)
-            healthy = wait_healthy(base, proc, max(timeout, 600) if opts.device == "cuda" else timeout, log)
-            yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(build),
-                         engine_version=llama_build.get(build).engine, engine="llamacpp",
-                         launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
-                         model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
-                         pid=proc.pid, started_ns=started, healthy_ns=healthy, loaded_ns=healthy,
-                         metrics_url=base + "/metrics", slots_url=base + "/slots", log_file=str(log),
-                         weight_bytes=traffic.weight_bytes,
-                         kv_bytes_per_token=traffic.kv_bytes_per_token)
-        finally:
-            proc.stop()
+    # a GPU newer than the build's architecture compiles its PTX at the first load (minutes)
+    with process.serving(cmd, log, port, max(timeout, 600) if opts.device == "cuda" else timeout) as (
+            proc, base, started, healthy):
+        yield Server(base_url=base + "/v1", served_model=model, runtime_version=llama_build.llama_version(build),
+                     engine_version=llama_build.get(build).engine, engine="llamacpp",
+                     launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
+                     model_file=model_file.name, model_sha256=info["sha256"], model_note=info["note"],
+                     pid=proc.pid, started_ns=started, healthy_ns=healthy, loaded_ns=healthy,
+                     metrics_url=base + "/metrics", slots_url=base + "/slots", log_file=str(log),
+                     weight_bytes=traffic.weight_bytes, kv_bytes_per_token=traffic.kv_bytes_per_token)
 
 
 def request_fields(runtime) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -34,7 +33,7 @@ from gaplab.provision import models
 from gaplab.provision import ollama as install
 from gaplab.runtimes import RuntimeKind, Server, attached_flags, process
 from gaplab.runtimes.identify import Engine, attached_traffic
-from gaplab.runtimes.process import free_port, wait_healthy
+from gaplab.runtimes.process import free_port
 from gaplab.spec.config import BUILD_DIR
 
 
@@ -136,14 +135,9 @@ def _serve(binary, runtime, what: str, timeout: float):
     port = free_port()
     base, env = f"http://127.0.0.1:{port}", server_env(runtime, port)
     log = BUILD_DIR / "logs" / f"ollama-{runtime.name}-{what}-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as logf:
-        started = time.perf_counter_ns()
-        proc = process.start([str(binary), "serve"], stdout=logf, stderr=subprocess.STDOUT, env=env)
-        try:
-            yield proc, base, env, started, wait_healthy(base, proc, timeout, log, "/api/version"), log
-        finally:
-            proc.stop()
+    with process.serving([str(binary), "serve"], log, port, timeout, env=env, path="/api/version") as (
+            proc, _, started, healthy):
+        yield proc, base, env, started, healthy, log
 
 
 def _launch_command(env: dict, proc) -> str:

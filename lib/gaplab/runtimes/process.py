@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,3 +146,20 @@ def wait_healthy(base: str, server: ServerProcess, timeout: float, log: Path, pa
             return time.perf_counter_ns()
         time.sleep(0.05)
     raise RuntimeError(f"{server.program} did not become healthy within {timeout:.0f} s; see {log}")
+
+
+@contextmanager
+def serving(cmd: list[str], log: Path, port: int, timeout: float, env: dict | None = None, path: str = "/health",
+            grace: float = STOP_GRACE_S) -> Iterator[tuple[ServerProcess, str, int, int]]:
+    """The one way a runtime starts its server: cmd, its output in `log`, listening on 127.0.0.1:port.
+    Yields (the process, its root URL, perf_counter_ns at its start, and when root + path first
+    answered 200); stopped when the block ends, however it ends (SIGKILL after `grace` seconds)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as logf:
+        started = time.perf_counter_ns()
+        proc = start(cmd, stdout=logf, stderr=subprocess.STDOUT, **({"env": env} if env is not None else {}))
+        try:
+            yield proc, base, started, wait_healthy(base, proc, timeout, log, path)
+        finally:
+            proc.stop(grace)

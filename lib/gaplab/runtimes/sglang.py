@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -20,7 +18,7 @@ from gaplab.machine.modelfile import hf_traffic, traffic_or_none
 from gaplab.provision import sglang_env, vllm_env
 from gaplab.runtimes import Fields, RuntimeKind, Server, process
 from gaplab.runtimes.openai_compat import attach_openai
-from gaplab.runtimes.process import free_port, wait_healthy
+from gaplab.runtimes.process import free_port
 from gaplab.spec.config import BUILD_DIR
 
 DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
@@ -57,24 +55,16 @@ def sglang_server(runtime, model: str, quant: str, timeout: float = 900) -> Iter
     port = free_port()
     cmd = server_command(runtime, model, dtype, port)
     log = BUILD_DIR / "logs" / f"sglang-{runtime.name}-{model}-{quant}-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    base = f"http://127.0.0.1:{port}"
     src = json.loads((folder / "gaplab-source.json").read_text())
     traffic = traffic_or_none(hf_traffic, folder, dtype)
-    with open(log, "wb") as logf:
-        started = time.perf_counter_ns()
-        proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT)
-        try:
-            healthy = wait_healthy(base, proc, timeout, log)
-            version = sglang_env.sglang_version()
-            yield Server(base_url=base + "/v1", served_model=model, runtime_version=version, engine_version=version,
-                         engine="sglang", launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
-                         model_file=f"{folder.name} (from {src['source']})", model_sha256=src["source_sha256"],
-                         model_note=f"{src['note']}; served as {dtype}", pid=proc.pid, started_ns=started,
-                         healthy_ns=healthy, loaded_ns=healthy, metrics_url=base + "/metrics", log_file=str(log),
-                         weight_bytes=traffic.weight_bytes, kv_bytes_per_token=traffic.kv_bytes_per_token)
-        finally:
-            proc.stop(grace=10)
+    with process.serving(cmd, log, port, timeout, grace=10) as (proc, base, started, healthy):
+        version = sglang_env.sglang_version()
+        yield Server(base_url=base + "/v1", served_model=model, runtime_version=version, engine_version=version,
+                     engine="sglang", launch_command=shlex.join(cmd), extra_body=request_fields(runtime),
+                     model_file=f"{folder.name} (from {src['source']})", model_sha256=src["source_sha256"],
+                     model_note=f"{src['note']}; served as {dtype}", pid=proc.pid, started_ns=started,
+                     healthy_ns=healthy, loaded_ns=healthy, metrics_url=base + "/metrics", log_file=str(log),
+                     weight_bytes=traffic.weight_bytes, kv_bytes_per_token=traffic.kv_bytes_per_token)
 
 
 def request_fields(runtime) -> dict:

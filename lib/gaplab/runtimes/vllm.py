@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -21,7 +19,7 @@ from gaplab.machine.modelfile import hf_traffic, traffic_or_none
 from gaplab.provision import vllm_env
 from gaplab.provision.vllm_env import convert, converted_dir, installed, venv_python, vllm_version
 from gaplab.runtimes import Fields, RuntimeKind, Server, process
-from gaplab.runtimes.process import free_port, wait_healthy
+from gaplab.runtimes.process import free_port
 from gaplab.spec.config import BUILD_DIR
 
 
@@ -69,26 +67,19 @@ def vllm_server(runtime, model: str, quant: str, timeout: float = 600) -> Iterat
     port = free_port()
     cmd = server_command(runtime, model, dtype, port)
     log = BUILD_DIR / "logs" / f"vllm-{runtime.name}-{model}-{quant}-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    base = f"http://127.0.0.1:{port}"
     src = json.loads((folder / "gaplab-source.json").read_text())
     traffic = traffic_or_none(hf_traffic, folder, dtype)
-    with open(log, "wb") as logf:
-        started = time.perf_counter_ns()
-        proc = process.start(cmd, stdout=logf, stderr=subprocess.STDOUT, env=server_env(runtime))
-        try:
-            healthy = wait_healthy(base, proc, timeout, log)
-            version = vllm_version(device)
-            yield Server(base_url=base + "/v1", served_model=model, runtime_version=version,
-                         engine_version=version, engine="vllm", launch_command=shlex.join(cmd),
-                         extra_body=request_fields(runtime),
-                         model_file=f"{folder.name} (from {src['source']})", model_sha256=src["source_sha256"],
-                         model_note=f"{src['note']}; served as {dtype}", pid=proc.pid, started_ns=started,
-                         healthy_ns=healthy, loaded_ns=healthy, metrics_url=base + "/metrics", log_file=str(log),
-                         weight_bytes=traffic.weight_bytes,
-                         kv_bytes_per_token=traffic.kv_bytes_per_token)
-        finally:
-            proc.stop(grace=10)  # vLLM shuts its engine down on SIGTERM
+    # grace: vLLM shuts its engine down on SIGTERM
+    with process.serving(cmd, log, port, timeout, env=server_env(runtime), grace=10) as (proc, base, started, healthy):
+        version = vllm_version(device)
+        yield Server(base_url=base + "/v1", served_model=model, runtime_version=version,
+                     engine_version=version, engine="vllm", launch_command=shlex.join(cmd),
+                     extra_body=request_fields(runtime),
+                     model_file=f"{folder.name} (from {src['source']})", model_sha256=src["source_sha256"],
+                     model_note=f"{src['note']}; served as {dtype}", pid=proc.pid, started_ns=started,
+                     healthy_ns=healthy, loaded_ns=healthy, metrics_url=base + "/metrics", log_file=str(log),
+                     weight_bytes=traffic.weight_bytes,
+                     kv_bytes_per_token=traffic.kv_bytes_per_token)
 
 
 def request_fields(runtime) -> dict:
