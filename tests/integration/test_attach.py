@@ -182,6 +182,33 @@ def test_the_report_frames_hold_the_servers_own_parts_and_a_roofline(swept):
     assert roof["pct"].is_finite().all()
 
 
+def page_tables(raw, tmp_path) -> dict[str, str]:
+    """The tables of the page on where the time goes (notebook 40, run by papermill as the site runs
+    it) for this store, by their labels."""
+    import papermill as pm
+
+    from gaplab.spec.config import NOTEBOOKS_DIR, ROOT
+
+    out = tmp_path / "40.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS_DIR / "40-where-the-time-goes.ipynb"), str(out), parameters={"data_dir": str(raw)},
+                        cwd=str(ROOT), progress_bar=False, log_output=False)
+    tables = {}
+    for cell in json.loads(out.read_text())["cells"]:
+        label = next((line.split(":", 1)[1].strip() for line in "".join(cell["source"]).splitlines()
+                      if line.startswith("#| label:")), None)
+        if label and label.startswith("tbl-"):
+            tables[label] = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in cell.get("outputs", []))
+    return tables
+
+
+def test_the_page_shows_each_engines_parts_and_a_roofline(swept, tmp_path):
+    tables = page_tables(swept, tmp_path)
+    assert "llama.cpp" in tables["tbl-sources"] and "Ollama" in tables["tbl-sources"]
+    for name in ("llama-url", "ollama-native"):
+        assert any(name in row and "| server |" in row for row in tables["tbl-parts"].splitlines()), name
+    assert all(name in tables["tbl-roofline"] for name in ("llama-url", "ollama-native", "ollama-openai"))
+
+
 def test_the_capability_matrix_and_the_claims_cover_every_attached_server(swept):
     raw = swept
     names = ["llama-url", "ollama-native"]  # one per engine: the probes take a minute a server here
@@ -234,3 +261,9 @@ def test_a_vllm_attached_as_openai_is_named_and_timed_by_its_histograms(vllm_url
     parts = decompose.trial_parts(speed.measured_requests(raw), raw).row(0, named=True)
     assert parts["engine"] == "vllm" and parts["timed_by"] == "server (trial histograms)"
     assert parts["prompt"] > 0 and parts["decode_rest"] > 0 and parts["server_queue"] >= 0
+    from gaplab.machine import bandwidth
+
+    bandwidth.record(raw, "test")  # what a sweep measures before its trials: the roofline's bound
+    tables = page_tables(raw, tmp_path)  # the page shows them: vLLM's parts and its roofline
+    assert "vLLM" in tables["tbl-sources"] and r"server \(trial histograms\)" in tables["tbl-parts"]  # Markdown-escaped
+    assert "vllm-url" in tables["tbl-roofline"]
