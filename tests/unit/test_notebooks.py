@@ -19,6 +19,8 @@ def test_committed_clean_with_one_parameters_cell(path):
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{path} needs exactly one cell tagged 'parameters'"
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    ids = [c.get("id") for c in nb["cells"]]  # nbformat 4.5 requires one; Quarto's render warns without
+    assert all(ids) and len(ids) == len(set(ids)), f"{path} has a cell without an id, or an id twice"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
