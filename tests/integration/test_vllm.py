@@ -22,7 +22,9 @@ def run(llama_ready, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm")
     path = write_scenario(tmp, {"name": "vllm", "kind": "vllm", "parallel": 4, "threads": 1, "enforce_eager": True,
                                 "quants": ["BF16"]}, (16, 16),
-                          {"concurrency": [2], "requests": 4, "min_seconds": 0, "warmup": 1, "max_seconds": 120})
+                          {"concurrency": [2], "requests": 4, "min_seconds": 0, "warmup": 1, "max_seconds": 120,
+                           # the measured part can end in under a second: sample often enough to see it
+                           "telemetry_interval": 0.1})
     res = run_trial(TrialPlan(scenario=path, data_dir=str(tmp / "raw")), progress=False)
     assert res["status"] == "complete", res
     return tmp / "raw", res["run_id"]
