@@ -8,8 +8,8 @@ per trial. That notebook calls measure/trial.run_trial: measure/prompts builds t
 measure/loadgen (or measure/client_processes) sends them closed- or open-loop under
 measure/guard's bounds, measure/client times every chunk (measure/http1, measure/protocols),
 measure/telemetry samples the server beside them, and storage/ writes the rows as Parquet
-(storage/partfiles while it runs, storage/store for the layout and reads, storage/backend for a
-folder or an s3:// URL). analysis/ turns raw rows into figures (metrics), intervals (stats) and
+(storage/partfiles while it runs, storage/store for the layout and reads, storage/run_record for a
+run's settings as typed columns, storage/backend for a folder or an s3:// URL). analysis/ turns raw rows into figures (metrics), intervals (stats) and
 the rule for when a cell or a comparison has had trials enough (stopping), which the sweep and
 the report both call. report/ builds each page's frames, charts and sentences from those;
 capability/ and quality/ measure what a runtime can do and how well it answers; machine/ says what

@@ -1,12 +1,15 @@
 """Published claims tested on hand-built trials: each test kind decides by its intervals, and a
 bad claims file stops with one line naming the file, row and field."""
 
+import json
+
 import polars as pl
 import pytest
 from typer.testing import CliRunner
 
 from gaplab.report import checker, claims_file
 from gaplab.report.workloads import COMPARED
+from gaplab.storage import run_record
 
 HEADER = ",".join(claims_file.COLUMNS)
 
@@ -183,7 +186,8 @@ def switch_trials(pairs: list[tuple]) -> pl.DataFrame:
     for runtime, kind, flags, wl_kind, metric, value in pairs:
         for k, f in enumerate((0.98, 1.0, 1.02), 1):
             out.append({"machine_id": "m1", "model": "m", "quant": "F16", "workload": wl_kind, "workload_kind": wl_kind,
-                        "runtime_kind": kind, "concurrency": 4, "runtime": runtime, "flags": flags,
+                        "runtime_kind": kind, "concurrency": 4, "runtime": runtime,
+                        "flags": run_record.columns({"cell": {"flags": json.loads(flags)}})["flags"],
                         "cell_key": runtime, "run_id": f"{runtime}-{k}",
                         **{m: None for ms in COMPARED.values() for m in ms}, metric: value * f})
     return pl.DataFrame(out, infer_schema_length=None)

@@ -8,7 +8,6 @@ in flight (a server that keeps up), or a single queue that serves one request at
 fixed pace (one that does not)."""
 
 import hashlib
-import json
 import random
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 from gaplab.analysis import metrics
 from gaplab.measure.records import RequestRecord
 from gaplab.report import speed, workloads
-from gaplab.storage import store
+from gaplab.storage import run_record, store
 
 MS = 1_000_000
 T0 = 5_000_000_000_000  # perf_counter_ns-like origin
@@ -340,7 +339,7 @@ def test_a_trial_is_lagged_when_its_p99_send_lag_exceeds_the_runs_bound(tmp_path
     assert lag["a"][0] == pytest.approx(2.0) and lag["a"][1] is False
     assert lag["b"][0] > 10 and lag["b"][1] is True
     assert lag["c"][0] == pytest.approx(lag["b"][0]) and lag["c"][1] is False
-    assert workloads.LAG_MS < lag["d"][0] and lag["d"][1] is True
+    assert run_record.LAG_MS < lag["d"][0] and lag["d"][1] is True
     assert by(est, runtime="b")["lagged"] is True and by(est, runtime="a")["lagged"] is False
 
 
@@ -434,4 +433,4 @@ def test_measured_requests_split_the_studies_from_stored_runs(tmp_path):
     assert sorted(set(matrix["runtime"])) == ["old", "users"] and sorted(set(work["runtime"])) == ["prefix", "rate"]
     assert matrix.height == work.height == 2 * 4  # measured rows only
     assert speed.measured_requests(tmp_path, study=None).height == 4 * 4
-    assert json.loads(workloads.run_settings(tmp_path)["slo"][0]) == SLO
+    assert workloads.run_settings(tmp_path)["slo"][0].to_list() == SLO

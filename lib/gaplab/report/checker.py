@@ -15,7 +15,6 @@ within the margin of the threshold (the evidence says so).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from scipy import stats as st
 from gaplab.analysis import stats
 from gaplab.analysis.metrics import number
 from gaplab.report.claims_file import matches
+from gaplab.storage import run_record
 
 SIXTEEN_BIT = ("F16", "BF16", "F32")  # what "the 16-bit model" may be measured as
 GROWTH_SHARE = 0.5  # linear_in_users: the line's rise over the levels, as a share of the value at the most users
@@ -266,7 +266,7 @@ def _switch_cuts(claim: dict, workload_trials: pl.DataFrame | None) -> Verdict:
     if workload_trials is None or workload_trials.is_empty():
         return Verdict("not testable here", f"no workloads study stored here; run a scenario whose runtimes come in "
                                             f"pairs with {switch} on and off (scenarios/workloads-cpu.yaml)")
-    flags = {r: json.loads(f or "{}") for r, f in workload_trials.select("runtime", "flags").unique().iter_rows()}
+    flags = {r: run_record.flag_values(f) for r, f in workload_trials.select("runtime", "flags").unique().iter_rows()}
     limit = 1 - float(claim["threshold"]) / 100
     results = []
     for r in (r for r in workloads.switch_rows(workload_trials) if r["metric"] == claim["metric"]):

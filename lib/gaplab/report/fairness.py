@@ -23,21 +23,18 @@ Output agreement at temperature 0 is the quality page's (agreement and task accu
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from gaplab.analysis.metrics import selected_runs
 from gaplab.measure.telemetry import CONTENDED_CORES
 from gaplab.report.markup import plain
-from gaplab.storage import store
+from gaplab.storage import run_record, store
 
 CHECKS = {"prompt": "same prompt tokens", "output": "same output tokens", "weights": "same weights",
           "threads": "same threads", "engine": "same engine version", "lag": "client on time",
           "machine": "uncontended machine"}
 PROMPT_TOLERANCE = 0.02
 CONVERTED = ("BF16", "FP16", "FP32")  # dtypes vLLM serves a GGUF file's weights in
-LAG_MS = 10.0  # load.max_lag_ms of runs that stored none (its default)
 KEYS = ["model", "workload", "config", "concurrency"]
 
 
@@ -55,16 +52,17 @@ def facts(raw_dir, machine_id: str, requests: pl.DataFrame | pl.LazyFrame) -> pl
         run_ids=pl.col("run_id").unique(),
     ).collect()
     runs = selected_runs(store.read_table(raw_dir, "run"), None).filter(pl.col("machine_id") == machine_id)
-    by_run = {r["run_id"]: r for r in runs.select("run_id", "model_sha256", "engine_version", "other_cores",
-                                                   "meta_json").iter_rows(named=True)}
+    runs = runs.select("run_id", "model_sha256", "engine_version", "other_cores").join(
+        run_record.settings(runs).select("run_id", "max_lag_ms"), on="run_id", how="left")
+    by_run = {r["run_id"]: r for r in runs.iter_rows(named=True)}
     rows = []
     for r in per.iter_rows(named=True):
         mine = [by_run[i] for i in r.pop("run_ids") if i in by_run]
-        lags = [float((json.loads(m["meta_json"] or "{}").get("load") or {}).get("max_lag_ms") or LAG_MS) for m in mine]
+        lags = [m["max_lag_ms"] for m in mine]
         rows.append({**r, "sha256": ",".join(sorted({m["model_sha256"] or "" for m in mine})),
                      "engine": ",".join(sorted({m["engine_version"] or "" for m in mine})),
                      "other_cores": max((m["other_cores"] or 0.0 for m in mine), default=0.0),
-                     "max_lag_ms": min(lags, default=LAG_MS)})
+                     "max_lag_ms": min(lags, default=run_record.LAG_MS)})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 

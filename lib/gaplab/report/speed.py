@@ -3,7 +3,6 @@ per cell with its interval (methodology page), and our scaling beside published 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +10,7 @@ import polars as pl
 from gaplab.analysis import stats, stopping
 from gaplab.analysis.metrics import CELL, METRICS, selected_runs, trial_summary, with_latencies, with_run_keys
 from gaplab.spec.config import RAW_DIR
-from gaplab.storage import store
+from gaplab.storage import run_record, store
 from gaplab.storage.backend import Root
 
 
@@ -93,13 +92,10 @@ def precision_target(raw_dir: Root, machine_id: str) -> float | None:
 
 def equivalence_margin(raw_dir: Root, machine_id: str) -> float:
     """The equivalence margin the machine's newest runs were measured under (their scenario's
-    load.equivalence_margin, kept in each run's meta_json), else stats.MARGIN."""
+    load.equivalence_margin, a column of the run record), else stats.MARGIN."""
     runs = selected_runs(store.read_table(raw_dir, "run")).filter(pl.col("machine_id") == machine_id)
-    for meta in runs.sort("run_id", descending=True)["meta_json"].drop_nulls().to_list():
-        margin = (json.loads(meta).get("load") or {}).get("equivalence_margin")
-        if margin is not None:
-            return float(margin)
-    return stats.MARGIN
+    margins = run_record.settings(runs).sort("run_id")["equivalence_margin"].drop_nulls()
+    return float(margins[-1]) if margins.len() else stats.MARGIN
 
 
 def pick_machine(raw_dir: Root, machine_id: str = "") -> str:

@@ -19,7 +19,6 @@ Definitions (per trial, from its measured requests):
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import polars as pl
@@ -29,10 +28,9 @@ from gaplab.report import speed
 from gaplab.report.claims import COLUMNS, _fmt, _ratio_text, compare, users_text
 from gaplab.report.markup import plain
 from gaplab.spec.load import SLO_METRICS, SLO_PERCENTILES
-from gaplab.storage import store
+from gaplab.storage import run_record, store
 
 KEEP_UP = 0.9
-LAG_MS = 10.0  # load.max_lag_ms of runs that did not record one
 # the per-request column each SLO metric reads
 SLO_COLUMN = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2e": "e2e_ms"}
 PERCENTILE_COLUMNS = [f"{m}_p{p}_ms" for m in SLO_METRICS for p in SLO_PERCENTILES]
@@ -51,17 +49,8 @@ COMPARED = {"shared-prefix": ("ttft_p50_ms", "aggregate_tok_s"),
 
 
 def run_settings(raw_dir: Path) -> pl.DataFrame:
-    """Per run: its SLO objectives (JSON), lag bound and launch flags, from the run's metadata."""
-    runs = store.read_table(raw_dir, "run").select("run_id", "meta_json")
-    rows = []
-    for run_id, meta in runs.iter_rows():
-        m = json.loads(meta or "{}")
-        load = m.get("load") or {}
-        rows.append({"run_id": run_id, "slo": json.dumps(load.get("slo") or []),
-                     "max_lag_ms": float(load.get("max_lag_ms") or LAG_MS),
-                     "flags": json.dumps((m.get("cell") or {}).get("flags") or {}, sort_keys=True)})
-    return pl.DataFrame(rows, schema={"run_id": pl.String, "slo": pl.String, "max_lag_ms": pl.Float64,
-                                      "flags": pl.String})
+    """Per run: its SLO objectives, lag bound and launch flags (storage.run_record's typed columns)."""
+    return run_record.settings(store.read_table(raw_dir, "run")).select("run_id", "slo", "max_lag_ms", "flags")
 
 
 def _within_slo(slo: list[dict]) -> pl.Expr:
@@ -77,8 +66,8 @@ def trials(requests: pl.DataFrame, settings: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame()
     req = requests.join(settings, on="run_id", how="left")
     parts = []
-    for (slo_json,), g in req.group_by("slo"):
-        parts.append(g.with_columns(good=_within_slo(json.loads(slo_json or "[]"))))
+    for (slo,), g in req.group_by("slo"):
+        parts.append(g.with_columns(good=_within_slo(slo or [])))
     req = pl.concat(parts, how="diagonal_relaxed")
     ok, short, long = pl.col("ok"), pl.col("tag") == "short", pl.col("tag") == "long"
     n = pl.len()
@@ -157,7 +146,7 @@ def estimates(trial_rows: pl.DataFrame) -> pl.DataFrame:
         r["sustained"] = (None if r["rate"] is None else
                           {"above": "sustained", "below": "overloaded"}.get(keep, keep))
         verdicts = []
-        for o in json.loads(r["slo"] or "[]"):
+        for o in r["slo"] or []:
             col = f"{o['metric']}_p{o['percentile']:g}_ms"
             side = _against(r.get(f"{col}_lo"), r.get(f"{col}_hi"), o["max_ms"])
             verdicts.append({"above": "missed", "below": "met"}.get(side, side))
@@ -200,9 +189,9 @@ def knee(est: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def _flag_difference(a: str, b: str) -> str:
+def _flag_difference(a: list[dict], b: list[dict]) -> str:
     """How two cells' launch flags differ, in Markdown words (a's side)."""
-    fa, fb = json.loads(a), json.loads(b)
+    fa, fb = run_record.flag_values(a), run_record.flag_values(b)
     words = []
     for k in sorted(set(fa) | set(fb)):
         if fa.get(k) != fb.get(k):
@@ -242,7 +231,7 @@ def switch_rows(trial_rows: pl.DataFrame) -> list[dict]:
             if a["concurrency"] is None:
                 continue
             # the switch's "on" side is a: the runtime's defaults (fewer flags set) first
-            if len(json.loads(a["flags"])) > len(json.loads(b["flags"])):
+            if len(a["flags"]) > len(b["flags"]):
                 a, b = b, a
             for m in COMPARED.get(kind, ()):
                 va, vb = a[m], b[m]
@@ -267,7 +256,7 @@ def claims(trial_rows: pl.DataFrame, est: pl.DataFrame) -> pl.DataFrame:
     if trial_rows.is_empty():
         return pl.DataFrame(schema={c: pl.String for c in COLUMNS})
     rows = switch_rows(trial_rows)
-    stated = est.filter(pl.col("rate").is_not_null() & (pl.col("slo") != "[]")) if "rate" in est.columns else est
+    stated = est.filter(pl.col("rate").is_not_null() & (pl.col("slo").list.len() > 0)) if "rate" in est.columns else est
     for r in knee(stated).iter_rows(named=True):  # without objectives there is no SLO to sustain a rate within
         rate = r["slo_rps"]
         text = (f"{plain(r['runtime'])} sustains {rate:g} req/s within the SLO on {plain(r['workload'])} (goodput "
@@ -303,11 +292,11 @@ def sweep_panels(est: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for r in rates.iter_rows(named=True):
         figures: list[tuple[str, str, float | None, str | None]] = [("keep-up (answers ÷ arrivals)", "keep_up", KEEP_UP, r["sustained"])]
-        for o in json.loads(r["slo"] or "[]"):
+        for o in r["slo"] or []:
             figures.append((f"{o['metric'].upper()} p{o['percentile']:g} (ms)", f"{o['metric']}_p{o['percentile']:g}_ms",
                             o["max_ms"], _against(r.get(f"{o['metric']}_p{o['percentile']:g}_ms_lo"),
                                                   r.get(f"{o['metric']}_p{o['percentile']:g}_ms_hi"), o["max_ms"])))
-        figures.append(("goodput (req/s within the SLO)" if r["slo"] not in (None, "[]") else
+        figures.append(("goodput (req/s within the SLO)" if r["slo"] else
                         "goodput (req/s answered; no SLO stated)", "goodput_rps", None, r["slo_verdict"]))
         for panel, m, bound, verdict in figures:
             lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")

@@ -4,8 +4,6 @@ interval supports it."""
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from gaplab.report import charts
@@ -19,10 +17,9 @@ NOTHING = ("Nothing of this study is measured on this machine yet: `gaplab sweep
 VERDICT_WORDS = {"no interval": "one trial, no verdict", "undecided": "undecided (the interval holds the bound)"}
 
 
-def _slo_text(slo_json: str) -> str:
-    objectives = json.loads(slo_json or "[]")
+def _slo_text(objectives: list[dict] | None) -> str:
     return " and ".join(f"{plain(o['metric'].upper())} p{o['percentile']:g} ≤ {o['max_ms']:,.0f} ms"
-                        for o in objectives) or "none"
+                        for o in objectives or []) or "none"
 
 
 def sweep_story(est: pl.DataFrame, knee_rows: pl.DataFrame) -> str:
@@ -30,7 +27,7 @@ def sweep_story(est: pl.DataFrame, knee_rows: pl.DataFrame) -> str:
     rates = est.filter(pl.col("rate").is_not_null()) if not est.is_empty() else est
     if rates.is_empty():
         return NOTHING if est.is_empty() else "No open-loop rates (`load.rates`) in this study's runs."
-    lines = [f"The SLO: {_slo_text(rates['slo'][0])}. A rate is *sustained* when keep-up's interval lies above "
+    lines = [f"The SLO: {_slo_text(rates['slo'].to_list()[0])}. A rate is *sustained* when keep-up's interval lies above "
              f"{KEEP_UP:g} (answers come back at least {KEEP_UP:.0%} as fast as requests arrive), *overloaded* when "
              "it lies below, and undecided otherwise.", ""]
     keep_up_text = charts.with_intervals(rates, ["keep_up"], digits=2)["keep_up"]

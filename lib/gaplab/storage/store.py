@@ -30,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 
 from gaplab.measure.records import RequestRecord, RunIdentity
-from gaplab.storage import backend
+from gaplab.storage import backend, run_record
 from gaplab.storage.backend import Root
 
 IDENTITY = pa.schema([
@@ -102,6 +102,8 @@ RUNS = pa.schema(list(IDENTITY) + [
     ("energy_unmeasured", pa.string()),
     # schema 10: the server software that answered (runtimes.identify.NAMES), attached servers included
     ("engine", pa.string()),
+    # schema 12: the load's settings, the launch flags and the guard's counts (run_record.FIELDS)
+    *run_record.FIELDS,
     ("meta_json", pa.string()),
 ])
 
@@ -125,7 +127,8 @@ ADDED = {2: {"machine_id", "series_id", "trial", "measured_s", "precision_target
          8: {"server_loaded_ns", "engine_version"},  # the model's load apart from the server's start
          9: {"first_answer_ns", "reasoning_chunks", "server_reasoning_tokens", "energy_unmeasured"},  # reasoning, RAPL
          10: {"engine"},  # the engine that answered, attached servers included (runtimes.identify)
-         11: {"error_kind"}}  # a failed request's kind, named where it failed (RequestRecord.fail)
+         11: {"error_kind"},  # a failed request's kind, named where it failed (RequestRecord.fail)
+         run_record.VERSION: set(run_record.NAMES)}  # the run's settings typed, not only in meta_json
 SCHEMA_VERSION = max(ADDED)
 
 
@@ -223,7 +226,7 @@ def _rows(records: list[RequestRecord]) -> tuple[list[dict], dict[str, list]]:
 def _run_row(meta: dict, requests: list[dict]) -> dict:
     measured = [r for r in requests if not r["warmup"] and r["sent_ns"]]
     span = (max(r["end_ns"] for r in measured) - min(r["sent_ns"] for r in measured)) / 1e9 if measured else 0.0
-    return {**{k: meta.get(k) for k in RUNS.names}, "n_requests": len(requests),
+    return {**{k: meta.get(k) for k in RUNS.names}, **run_record.columns(meta), "n_requests": len(requests),
             "precision_target": (meta.get("load") or {}).get("precision"),
             "n_errors": sum(r["error"] is not None for r in requests), "measured_s": span,
             "schema_version": SCHEMA_VERSION, "meta_json": json.dumps(meta, default=str)}

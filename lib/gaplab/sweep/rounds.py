@@ -22,7 +22,6 @@ runs, and the memory bandwidth (roofline) is not measured, as the driver is not 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -41,7 +40,7 @@ from gaplab.runtimes import Server
 from gaplab.spec.config import BUILD_DIR, RAW_DIR
 from gaplab.spec.load import LoadSpec
 from gaplab.spec.scenario import Cell, load_scenario
-from gaplab.storage import partfiles, store
+from gaplab.storage import partfiles, run_record, store
 from gaplab.storage.backend import Root
 from gaplab.sweep import cluster
 from gaplab.sweep.notebook import CtrlC, MeasureNotebook, summary_path
@@ -370,9 +369,8 @@ def sweep(scenario: str | Path, force: bool = False, raw_dir: Root = RAW_DIR,
     if result.run_ids:
         runs = store.read_table(raw_dir, "run").filter(pl.col("run_id").is_in(result.run_ids))
         result.other_cores = runs["other_cores"].drop_nulls().to_list()
-        for meta in runs["meta_json"].to_list():
-            guarded = json.loads(meta).get("guard") or {}
-            result.cut_requests += guarded.get("cut_requests", 0)
-            result.dropped_errors += guarded.get("dropped_errors", 0)
+        guarded = run_record.settings(runs)
+        result.cut_requests += int(guarded["cut_requests"].sum())
+        result.dropped_errors += int(guarded["dropped_errors"].sum())
     result.seconds = time.monotonic() - t0
     return result
