@@ -17,7 +17,7 @@ from gaplab.measure.loadgen import arrival_offsets, open_loop_count
 from gaplab.measure.trial import TrialPlan, run_trial
 from gaplab.report import speed, workloads
 from gaplab.spec.scenario import load_scenario
-from gaplab.storage import store
+from gaplab.storage import run_record, store
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_the_prefix_cache_shows_in_the_servers_own_prompt_count(measured):
     assert computed["shared"] < 0.7  # the 256-token prefix was found in the cache
     assert computed["shared-nocache"] > 0.9  # cache_prompt false: every prompt computed whole
     # the two runtimes differ in one flag, and the run says which
-    flags = {json.loads(r["flags"]).get("prefix_cache", True)
+    flags = {run_record.flag_values(r["flags"]).get("prefix_cache", True)
              for r in trial.filter(pl.col("workload") == "shared").iter_rows(named=True)}
     assert flags == {True, False}
 
