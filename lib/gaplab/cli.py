@@ -150,18 +150,48 @@ def _where(root) -> str:
     return str(root if isinstance(root, str) else root.resolve())
 
 
+# what a trial raises, by its class name, for a user's mistake or a server that would not serve (the
+# exceptions _guard turns into one line; TrialStopped: a server that died or failed its requests)
+USER_ERRORS = {"ScenarioError", "SetupError", "ValueError", "FileNotFoundError", "RuntimeError", "TrialStopped"}
+
+
 @app.command()
 def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --list); default: the first"),
         data_dir: str = typer.Option("", help=DATA_DIR_HELP)):
-    """Measure one trial of one cell in this process (no papermill), starting its server."""
-    from gaplab.measure.trial import TrialPlan, run_trial
+    """Measure one trial of one cell, starting its server, the way a sweep does: papermill runs the
+    measure notebook, which is left executed under build/runs/. Prints the trial's outcome as JSON."""
+    from gaplab.measure.trial import find_cell
+    from gaplab.spec.scenario import load_scenario
+    from gaplab.storage import store
+    from gaplab.sweep.notebook import CtrlC, MeasureNotebook, notebook_path, summary_path
 
-    data_dir = _store(data_dir)
+    root = _store(data_dir)
+    found = _guard(lambda: find_cell(load_scenario(scenario).cells(), cell))
+    run_id, out_dir = store.new_run_id(), BUILD_DIR / "runs"
+    typer.echo(f"gaplab: measuring {found.cell_id} (notebook: {notebook_path(out_dir, found, 1)})")
+    notebook = MeasureNotebook()
     try:
-        typer.echo(json.dumps(_guard(run_trial, TrialPlan(scenario=scenario, cell_id=cell, data_dir=str(data_dir)))))
+        with CtrlC():
+            error = notebook.run_trial(scenario, found, root, run_id=run_id, out_dir=out_dir)
     except KeyboardInterrupt:
+        error = "KeyboardInterrupt: "
+    finally:
+        notebook.close()
+    kind, _, message = (error or "").partition(": ")
+    if kind == "KeyboardInterrupt":
         typer.echo("gaplab: interrupted: the requests that finished are stored, marked interrupted", err=True)
         raise typer.Exit(130)
+    if kind in USER_ERRORS:
+        _fail(message)
+    if error:
+        typer.echo(f"gaplab: the trial failed: {error}", err=True)
+        raise typer.Exit(1)
+    stored = store.read_run(root, run_id, "run").row(0, named=True)
+    summary = json.loads(summary_path(out_dir, run_id).read_text())[0]
+    typer.echo(json.dumps({"cell_id": found.cell_id, "run_id": run_id, "trial": 1, "status": stored["status"],
+                           "requests": summary["requests"], "errors": summary["errors"],
+                           "aggregate_tok_s": summary["aggregate_tok_s"], "ttft_p50_ms": summary["ttft_p50_ms"],
+                           "notebook": str(notebook_path(out_dir, found, 1))}))
 
 
 @app.command()

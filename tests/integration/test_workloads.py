@@ -6,6 +6,7 @@ server saw. One scenario, four cells, one trial each, stored in tmp_path."""
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -67,6 +68,9 @@ def measured(llama_ready, gaplab_cli, tmp_path_factory):
                                  capture_output=True, text=True, timeout=120)
             assert res.returncode == 0, res.stderr[-2000:]
             summary = json.loads(res.stdout.strip().splitlines()[-1])
+            # measured by the measure notebook, left executed where the sweep leaves its trials'
+            cells_run = {c["id"]: c for c in json.loads(Path(summary["notebook"]).read_text())["cells"]}
+            assert cells_run["10-02"]["outputs"], summary
         else:
             summary = run_trial(TrialPlan(scenario=path, cell_id=cell_id, data_dir=str(raw)), progress=False)
         assert summary["status"] == "complete" and summary["errors"] == 0, summary

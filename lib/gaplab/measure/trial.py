@@ -1,6 +1,6 @@
 """Measure one trial of one cell and store it: what notebooks/10-measure.ipynb runs
-(papermill, once per trial, from `gaplab sweep`; the sweep's server session passes the
-server in) and what `gaplab run` calls in its own process, starting the cell's server.
+(papermill, once per trial, from `gaplab sweep`, whose server session passes the server in, and
+from `gaplab run`, where the trial starts the cell's own server).
 
 The run is written while it is measured: finished requests go to part files every
 `load.flush_seconds`, and the run's tables replace them at the end, with its status
@@ -35,7 +35,7 @@ PACKAGES = ("openai", "orjson", "polars", "pyarrow", "altair", "papermill")
 
 class TrialPlan(BaseModel):
     """One trial to measure: what the sweep hands the measure notebook as its papermill parameters,
-    checked once, where the notebook builds it; and what `gaplab run` measures in its own process."""
+    checked once, where the notebook builds it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,7 +1,7 @@
 """The measure notebook in a Jupyter kernel: `gaplab sweep` has papermill execute
 notebooks/10-measure.ipynb once per trial, in one kernel kept for the whole sweep, against
-its session's server. The notebook calls measure.run_trial, the function `gaplab run` calls
-in its own process, so a trial is measured by the same code either way.
+its session's server; `gaplab run` has it run one trial that starts its own server. Either way a
+trial is measured by the notebook, which calls measure.trial.run_trial.
 """
 
 from __future__ import annotations
@@ -88,12 +88,14 @@ class MeasureNotebook:
         import papermill as pm
 
         run_id = run_id or store.new_run_id()
-        plan = TrialPlan(scenario=scenario, cell_id=cell.cell_id, server=server, data_dir=str(raw_dir), trial=trial,
-                         series_id=series_id, run_id=run_id, summary_path=summary_path(out_dir, run_id))
+        # the kernel runs in the clone's root: local paths go to it whole
+        raw_dir = raw_dir.resolve() if isinstance(raw_dir, Path) else raw_dir
+        plan = TrialPlan(scenario=Path(scenario).resolve(), cell_id=cell.cell_id, server=server,
+                         data_dir=str(raw_dir), trial=trial, series_id=series_id, run_id=run_id,
+                         summary_path=summary_path(out_dir, run_id).resolve())
         out_dir.mkdir(parents=True, exist_ok=True)
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb"
         try:
-            self.execute(MEASURE, out_dir / name, plan.parameters())
+            self.execute(MEASURE, notebook_path(out_dir, cell, trial), plan.parameters())
         except pm.PapermillExecutionError as exc:
             return f"{exc.ename}: {exc.evalue}"
         except Exception as exc:  # the kernel itself died: a new one for the next trial
@@ -111,6 +113,11 @@ class MeasureNotebook:
     def close(self) -> None:
         self._shutdown()
         self.pool.shutdown()
+
+
+def notebook_path(out_dir: Path, cell: Cell, trial: int) -> Path:
+    """Where the executed measure notebook of a cell's trial is left."""
+    return out_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", cell.cell_id) + f"-t{trial}.ipynb")
 
 
 def summary_path(out_dir: Path, run_id: str) -> Path:
