@@ -169,16 +169,16 @@ def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --
     found = _guard(lambda: find_cell(load_scenario(scenario).cells(), cell))
     run_id, out_dir = store.new_run_id(), BUILD_DIR / "runs"
     typer.echo(f"gaplab: measuring {found.cell_id} (notebook: {notebook_path(out_dir, found, 1)})")
-    notebook = MeasureNotebook()
+    notebook, error, interrupted = MeasureNotebook(), None, False
     try:
         with CtrlC():
             error = notebook.run_trial(scenario, found, root, run_id=run_id, out_dir=out_dir)
-    except KeyboardInterrupt:
-        error = "KeyboardInterrupt: "
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the kernel ran
+        interrupted = True
     finally:
         notebook.close()
-    kind, _, message = (error or "").partition(": ")
-    if kind == "KeyboardInterrupt":
+    kind, _, message = (error or "").partition(": ")  # the trial's exception: "ClassName: message"
+    if interrupted or kind == "KeyboardInterrupt":
         typer.echo("gaplab: interrupted: the requests that finished are stored, marked interrupted", err=True)
         raise typer.Exit(130)
     if kind in USER_ERRORS:
