@@ -84,7 +84,8 @@ def test_http_errors_keep_status_and_body(records, fault):
 def test_a_hung_server_times_out(records):
     for _, rec in (r for r in records if r[0] == "hang"):
         assert rec.error == f"no complete response within {TIMEOUT_S:g} s" and rec.error_kind == error_kind(rec.error) == "timeout"
-        assert TIMEOUT_S <= (rec.end_ns - rec.sent_ns) / 1e9 < TIMEOUT_S + 0.5
+        # the timeout runs from the connect, which sent_ns follows (CI once saw 40 us of it)
+        assert TIMEOUT_S - 0.05 <= (rec.end_ns - rec.sent_ns) / 1e9 < TIMEOUT_S + 0.5
         assert rec.http_status is None
 
 
