@@ -71,6 +71,7 @@ bench: setup
 	$(BIN)/python bench/store_scale.py --no-eager  # the eager reference: 15 GB, a minute more
 	$(BIN)/python bench/cluster_sweep.py
 	$(BIN)/python bench/targeting.py --runs 20 --budget 300
+	$(BIN)/python bench/workload_precision.py  # the committed workloads study; give a folder for your own
 
 clean:
 	rm -rf build _site .quarto _freeze notebooks/*.qmd
