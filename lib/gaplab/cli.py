@@ -43,14 +43,19 @@ def _store(data_dir: str, write: bool = True):
 DATA_DIR_HELP = "where raw Parquet files are: a folder or a URL (s3://bucket/prefix, ...); default: data/raw"
 
 
-def _guard(fn, *args, **kwargs):
-    """Run fn, turning user-facing errors into one line."""
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that say a user's mistake, or a server that would not serve, in one line."""
     from gaplab.provision import SetupError
     from gaplab.spec.scenario import ScenarioError
 
+    return (ScenarioError, SetupError, ValueError, FileNotFoundError, RuntimeError)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run fn, turning user-facing errors into one line."""
     try:
         return fn(*args, **kwargs)
-    except (ScenarioError, SetupError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except _user_errors() as exc:
         _fail(str(exc))
 
 
@@ -150,11 +155,6 @@ def _where(root) -> str:
     return str(root if isinstance(root, str) else root.resolve())
 
 
-# what a trial raises, by its class name, for a user's mistake or a server that would not serve (the
-# exceptions _guard turns into one line; TrialStopped: a server that died or failed its requests)
-USER_ERRORS = {"ScenarioError", "SetupError", "ValueError", "FileNotFoundError", "RuntimeError", "TrialStopped"}
-
-
 @app.command()
 def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --list); default: the first"),
         data_dir: str = typer.Option("", help=DATA_DIR_HELP)):
@@ -181,7 +181,8 @@ def run(scenario: Path, cell: str = typer.Option("", help="cell id (see sweep --
     if interrupted or kind == "KeyboardInterrupt":
         typer.echo("gaplab: interrupted: the requests that finished are stored, marked interrupted", err=True)
         raise typer.Exit(130)
-    if kind in USER_ERRORS:
+    # the kernel names its exception's class; TrialStopped (a RuntimeError): a server that died or failed
+    if kind in {e.__name__ for e in _user_errors()} | {"TrialStopped"}:
         _fail(message)
     if error:
         typer.echo(f"gaplab: the trial failed: {error}", err=True)
